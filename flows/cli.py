@@ -1,0 +1,97 @@
+"""The `kdflow` command line."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from kdcore.errors import KdflowError
+
+app = typer.Typer(help="kdflow: knowledge distillation as a Prefect pipeline tracked in MLflow.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+console = Console()
+err = Console(stderr=True)
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _quiet_prefect(verbose: bool) -> None:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+
+
+@app.command()
+def run(
+    config: Optional[Path] = typer.Argument(None, help="pipeline YAML (default: the shipped configs/default.yaml)"),
+    set_: List[str] = typer.Option([], "--set", "-s", help="override a config value, e.g. distill.temperature=4"),
+    report: Optional[Path] = typer.Option(None, "--report", help="also write the results as JSON here"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="show Prefect's task logs"),
+) -> None:
+    """Run the pipeline: teacher -> features -> pretrain -> distill (+ baseline) -> evaluate -> register."""
+    _quiet_prefect(verbose)
+    try:
+        from flows.runner import run_pipeline
+
+        result = run_pipeline(config or DEFAULT_CONFIG, set_)
+    except KdflowError as exc:
+        fail(str(exc))
+    from flows.report import print_report
+
+    print_report(console, result)
+    if report:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps(result, indent=2, default=str))
+        console.print(f"report written to {report}")
+
+
+@app.command()
+def validate(
+    config: Optional[Path] = typer.Argument(None, help="pipeline YAML"),
+    set_: List[str] = typer.Option([], "--set", "-s", help="override a config value"),
+) -> None:
+    """Check a config (fields, names, module paths) without running anything."""
+    from kdcore.config import load_config
+    from kdcore.preflight import preflight
+
+    try:
+        cfg = load_config(config or DEFAULT_CONFIG, set_)
+        preflight(cfg)
+    except KdflowError as exc:
+        fail(str(exc))
+    console.print(f"config OK (hash {cfg.config_hash()[:12]})")
+
+
+@app.command()
+def ui() -> None:
+    """Say where MLflow and Prefect data live and how to open their UIs."""
+    from flows.report import print_locations
+    from tasks.home import kdflow_home
+    from tasks.tracking import default_tracking_uri
+
+    try:
+        home = kdflow_home()
+    except KdflowError as exc:
+        fail(str(exc))
+    print_locations(console, str(home), default_tracking_uri(home))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Datasets: ``load_dataset(cfg.data) -> DataBundle`` (in memory, split, normalised, fingerprinted).
+
+Built-in datasets: ``digits``, ``mnist5k``, ``fashion_mnist``, ``cifar10``, ``cifar100``,
+``imagefolder``. Register your own with ``@DATASETS.register("name")`` (see :mod:`.registry`).
+"""
+from __future__ import annotations
+
+from kdcore.config import DataConfig
+from kdcore.data.bundle import DataBundle, Split, channel_stats, content_fingerprint, to_split
+from kdcore.data.registry import DATASETS, RawData, validate_raw
+from kdcore.data.splits import SplitIndices, make_splits
+
+# the built-in loaders register themselves on import
+from kdcore.data import cifar, fashion_mnist, imagefolder, mnist5k, sklearn_digits  # noqa: E402,F401
+
+__all__ = ["DATASETS", "DataBundle", "RawData", "Split", "SplitIndices", "load_dataset", "make_splits"]
+
+
+def load_dataset(cfg: DataConfig) -> DataBundle:
+    """Load ``cfg.name``, split it (seeded, stratified), limit, normalise with train statistics,
+    validate, and fingerprint. Raises :class:`~kdcore.errors.DataError` on any data problem."""
+    loader = DATASETS.get(cfg.name)
+    raw = loader(cfg)
+    validate_raw(cfg.name, raw)
+
+    idx = make_splits(cfg.name, raw.train_y, len(raw.test_y) if raw.has_test else None, cfg)
+    test_x, test_y = (raw.test_x, raw.test_y) if idx.test_is_official else (raw.train_x, raw.train_y)
+    parts = {
+        "train": (raw.train_x[idx.train], raw.train_y[idx.train]),
+        "val": (raw.train_x[idx.val], raw.train_y[idx.val]),
+        "test": (test_x[idx.test], test_y[idx.test]),
+    }
+    params = {
+        "val_fraction": cfg.val_fraction,
+        "test_fraction": None if idx.test_is_official else cfg.test_fraction,
+        "split_seed": cfg.split_seed,
+        "limit_train": cfg.limit_train,
+        "limit_test": cfg.limit_test,
+        "official_test": idx.test_is_official,
+    }
+    fingerprint = content_fingerprint(cfg.name, parts, params, raw.scale, raw.class_names)
+
+    train_x = parts["train"][0]
+    mean, std = channel_stats(train_x, raw.scale)
+    splits = {k: to_split(x, y, raw.scale, mean, std) for k, (x, y) in parts.items()}
+    return DataBundle(
+        name=cfg.name,
+        train=splits["train"],
+        val=splits["val"],
+        test=splits["test"],
+        num_classes=len(raw.class_names),
+        class_names=list(raw.class_names),
+        input_shape=tuple(int(d) for d in train_x.shape[1:]),
+        modality=raw.modality,
+        fingerprint=fingerprint,
+        mean=[float(m) for m in mean],
+        std=[float(s) for s in std],
+    )

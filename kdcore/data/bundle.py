@@ -1,0 +1,131 @@
+"""The in-memory dataset handed to every stage: normalised tensors for train / val / test.
+
+The datasets kdflow works with (digits, MNIST, Fashion-MNIST, CIFAR, small image folders) fit in
+memory, so a :class:`DataBundle` simply holds whole tensors; stages batch them with
+``torch.utils.data.TensorDataset`` / ``DataLoader`` or by slicing, and can move them to the
+device once.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Split:
+    """One split: ``x`` float32 [N, C, H, W], already normalised; ``y`` int64 [N] class indices."""
+
+    x: Tensor
+    y: Tensor
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+@dataclass
+class DataBundle:
+    """A dataset held in memory, split and normalised.
+
+    ``mean`` / ``std`` are the per-channel statistics of the TRAIN split (of the [0, 1]-scaled
+    pixels); every split was normalised with them, and so must any new input be.
+    ``fingerprint`` is a sha256 of the split contents and the split parameters.
+    """
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    class_names: list[str]
+    input_shape: tuple[int, int, int]
+    modality: str = "image"
+    fingerprint: str = ""
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.input_shape[0])
+
+    def splits(self) -> dict[str, Split]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """Apply this bundle's normalisation to [0, 1]-scaled images [N, C, H, W]."""
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+    def summary(self) -> dict:
+        """A small JSON-serialisable description (for records and logging)."""
+        return {
+            "name": self.name,
+            "fingerprint": self.fingerprint,
+            "num_classes": self.num_classes,
+            "input_shape": list(self.input_shape),
+            "modality": self.modality,
+            "sizes": {k: len(s) for k, s in self.splits().items()},
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+
+def channel_stats(x: np.ndarray, scale: float, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of raw images [N, C, H, W] scaled by ``1 / scale``.
+
+    Two passes over chunks in float64 (exact enough, small temporaries). A channel with (near)
+    zero spread gets std 1 so that normalising it does not divide by zero.
+    """
+    n, c = x.shape[0], x.shape[1]
+    per_sample = int(np.prod(x.shape[2:]))
+    total = np.zeros(c)
+    for i in range(0, n, chunk):
+        total += x[i : i + chunk].sum(axis=(0, 2, 3), dtype=np.float64)
+    mean = total / (n * per_sample) / scale
+    sq = np.zeros(c)
+    for i in range(0, n, chunk):
+        part = x[i : i + chunk].astype(np.float64) / scale - mean.reshape(1, -1, 1, 1)
+        sq += np.square(part).sum(axis=(0, 2, 3))
+    std = np.sqrt(sq / (n * per_sample))
+    std[std < 1e-6] = 1.0
+    return mean, std
+
+
+def to_split(x: np.ndarray, y: np.ndarray, scale: float, mean: np.ndarray, std: np.ndarray) -> Split:
+    """Scale raw pixels to [0, 1], normalise with (mean, std) and wrap as tensors."""
+    xf = x.astype(np.float32) / np.float32(scale)
+    xf -= mean.astype(np.float32).reshape(1, -1, 1, 1)
+    xf /= std.astype(np.float32).reshape(1, -1, 1, 1)
+    return Split(torch.from_numpy(np.ascontiguousarray(xf)), torch.from_numpy(y.astype(np.int64)))
+
+
+FINGERPRINT_VERSION = "kdflow-data-v1"
+
+
+def content_fingerprint(name: str, parts: dict[str, tuple[np.ndarray, np.ndarray]], params: dict, scale: float,
+                        class_names: list[str]) -> str:
+    """sha256 over the dataset name, the split parameters, the class names and, per split, the
+    shape, dtype and raw bytes of the images and labels. Stable across processes and machines."""
+    h = hashlib.sha256()
+
+    def put(text: str) -> None:
+        b = text.encode()
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+
+    put(FINGERPRINT_VERSION)
+    put(name)
+    put(json.dumps(params, sort_keys=True, default=str))
+    put(json.dumps({"scale": float(scale), "class_names": list(class_names)}))
+    for split, (x, y) in parts.items():
+        x = np.ascontiguousarray(x)
+        y = np.ascontiguousarray(y, dtype="<i8")
+        put(f"{split}|{x.dtype.str}|{list(x.shape)}|{list(y.shape)}")
+        h.update(memoryview(x).cast("B"))
+        h.update(memoryview(y).cast("B"))
+    return h.hexdigest()

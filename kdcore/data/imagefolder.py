@@ -1,0 +1,114 @@
+"""``imagefolder``: your own images, one sub-folder per class.
+
+    root/<class_name>/*.png|jpg|jpeg|bmp            -> a test split is carved
+    root/train/<class_name>/..., root/test/<class_name>/...   -> official train / test
+
+Images are converted to RGB (or grey with ``data.options.grayscale: true``) and resized to
+``data.image_size`` x ``data.image_size``; without ``image_size`` all images must share one size.
+Class indices follow the sorted class-folder names of the train folder.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from kdcore.config import DataConfig
+from kdcore.data.registry import DATASETS, RawData, check_options
+from kdcore.errors import DataError
+
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+def class_folders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in EXTENSIONS and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def scan(folder: Path, class_names: Optional[list[str]] = None) -> tuple[list[Path], list[int], list[str]]:
+    """Image paths and labels under ``folder``; ``class_names`` fixes the label order (for test)."""
+    classes = class_folders(folder)
+    if not classes:
+        raise DataError(
+            f"no class folders in {folder}: put each class's images in {folder}/<class_name>/ "
+            f"({', '.join(EXTENSIONS)})"
+        )
+    names = class_names if class_names is not None else [c.name for c in classes]
+    index = {n: i for i, n in enumerate(names)}
+    paths, labels = [], []
+    for c in classes:
+        if c.name not in index:
+            raise DataError(f"class folder {c} is not among the train classes: {', '.join(names)}")
+        files = image_files(c)
+        paths += files
+        labels += [index[c.name]] * len(files)
+    if not paths:
+        raise DataError(f"no images ({', '.join(EXTENSIONS)}) found under {folder}")
+    return paths, labels, names
+
+
+def read_images(paths: list[Path], mode: str, size: Optional[int]) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    out = []
+    first: Optional[tuple[Path, tuple[int, int]]] = None
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                im = im.convert(mode)
+                if size is not None:
+                    im = im.resize((size, size), Image.Resampling.BILINEAR)
+                arr = np.asarray(im, dtype=np.uint8)
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            raise DataError(f"cannot read image {p}: {exc}") from None
+        if first is None:
+            first = (p, arr.shape[:2])
+        elif arr.shape[:2] != first[1]:
+            (h0, w0), (h, w) = first[1], arr.shape[:2]
+            raise DataError(
+                f"images differ in size ({first[0]} is {w0}x{h0}, {p} is {w}x{h}); "
+                "set data.image_size to resize them all"
+            )
+        out.append(arr)
+    x = np.stack(out)
+    return x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+
+
+@DATASETS.register("imagefolder")
+def load_imagefolder(cfg: DataConfig) -> RawData:
+    check_options(cfg, {"grayscale"})
+    if not cfg.root:
+        raise DataError("dataset imagefolder needs data.root: a folder with one sub-folder of images per class")
+    root = Path(cfg.root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"image folder {root} (data.root) does not exist")
+    mode = "L" if cfg.options.get("grayscale") else "RGB"
+    official = (root / "train").is_dir() and (root / "test").is_dir()
+    train_dir = root / "train" if official else root
+    paths, labels, names = scan(train_dir)
+    train_x = read_images(paths, mode, cfg.image_size)
+    test_x = test_y = None
+    if official:
+        t_paths, t_labels, _ = scan(root / "test", names)
+        test_x = read_images(t_paths, mode, cfg.image_size)
+        if test_x.shape[1:] != train_x.shape[1:]:
+            raise DataError(
+                f"test images in {root / 'test'} are {test_x.shape[3]}x{test_x.shape[2]} but train images are "
+                f"{train_x.shape[3]}x{train_x.shape[2]}; set data.image_size to resize them all"
+            )
+        test_y = np.asarray(t_labels, dtype=np.int64)
+    return RawData(
+        train_x=train_x,
+        train_y=np.asarray(labels, dtype=np.int64),
+        test_x=test_x,
+        test_y=test_y,
+        class_names=names,
+        source=str(root),
+    )

@@ -1,0 +1,87 @@
+"""What every stage function shares: config, data on the right device, a work directory."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdcore.config import PipelineConfig
+from kdcore.data.bundle import DataBundle, Split
+from kdcore.models import create_model
+from kdcore.train import FitResult, TrainCallbacks, autocast_dtype, resolve_device, seed_everything
+
+
+@dataclass
+class StageResult:
+    """What a stage function hands back: the artifact on disk, its hash, headline metrics."""
+
+    path: Optional[Path]
+    sha256: Optional[str]
+    metrics: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    fit: Optional[FitResult] = None
+    model: Optional[nn.Module] = None
+
+
+@dataclass
+class StageEnv:
+    cfg: PipelineConfig
+    data: DataBundle
+    workdir: Path
+    callbacks: TrainCallbacks = field(default_factory=TrainCallbacks)
+    device: torch.device = field(init=False)
+    amp_dtype: Optional[torch.dtype] = field(init=False)
+    _on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.device = resolve_device(self.cfg.trainer.device)
+        self.amp_dtype = autocast_dtype(self.device, self.cfg.trainer.amp)
+        if self.cfg.trainer.num_threads:
+            torch.set_num_threads(self.cfg.trainer.num_threads)
+        self.workdir = Path(self.workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) of a split, moved to the stage's device once."""
+        if name not in self._on_device:
+            s: Split = getattr(self.data, name)
+            self._on_device[name] = (s.x.to(self.device), s.y.to(self.device))
+        return self._on_device[name]
+
+    def seed(self, offset: int = 0) -> None:
+        seed_everything(self.cfg.trainer.seed + offset, self.cfg.trainer.deterministic)
+
+    def build(self, arch: str, kwargs: dict[str, Any]) -> nn.Module:
+        return create_model(arch, in_channels=self.data.in_channels, num_classes=self.data.num_classes, **kwargs)
+
+    def new_student(self) -> nn.Module:
+        """The student at its seeded initialisation (the same for the baseline and distillation)."""
+        self.seed(1)
+        return self.build(self.cfg.student.arch, self.cfg.student.kwargs).to(self.device)
+
+
+@torch.no_grad()
+def classifier_val(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> dict[str, float]:
+    """Validation top-1 and cross-entropy of ``model`` on (x, y)."""
+    model.eval()
+    correct, loss = 0, 0.0
+    for i in range(0, len(x), batch_size):
+        logits = model(x[i:i + batch_size]).float()
+        yb = y[i:i + batch_size]
+        loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+        correct += int((logits.argmax(1) == yb).sum())
+    n = max(len(x), 1)
+    return {"val_top1": correct / n, "val_loss": loss / n}
+
+
+def fit_summary(fit: FitResult) -> dict[str, Any]:
+    last = fit.history[-1] if fit.history else {}
+    return {
+        "epochs_run": fit.epochs_run, "best_epoch": fit.best_epoch + 1, "best_value": fit.best_value,
+        "stop_reason": fit.stop_reason, "resumed_from_epoch": fit.resumed_from,
+        "seconds": round(fit.seconds, 3), **{f"last_{k}": v for k, v in last.items() if k.startswith("val_")},
+    }

@@ -1,0 +1,46 @@
+"""Stage `teacher`: train the teacher with cross-entropy, or load a given checkpoint."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from kdcore.errors import CheckpointError
+from kdcore.stages.env import StageEnv, StageResult, classifier_val, fit_summary
+from kdcore.train import fit
+from kdcore.train.checkpoint import load_model, save_model
+
+
+def train_teacher(env: StageEnv) -> StageResult:
+    cfg = env.cfg.teacher
+    if cfg.checkpoint:
+        model = _load_given(env)
+        fit_result = None
+        info = {"source": "checkpoint", "checkpoint": cfg.checkpoint}
+    else:
+        env.seed(0)
+        model = env.build(cfg.arch, cfg.kwargs).to(env.device)
+        x, y = env.split("train")
+        xv, yv = env.split("val")
+
+        def step(idx):
+            return F.cross_entropy(model(x[idx]), y[idx]), {}
+
+        fit_result = fit({"model": model}, step, len(x), lambda: classifier_val(model, xv, yv), cfg.train,
+                         ckpt_dir=env.workdir / "checkpoints", seed=env.cfg.trainer.seed, device=env.device,
+                         amp_dtype=env.amp_dtype, callbacks=env.callbacks, run_key=str(env.workdir), stage="teacher")
+        info = {"source": "trained", **fit_summary(fit_result)}
+    metrics = classifier_val(model, *env.split("val"))
+    path = env.workdir / "teacher.safetensors"
+    sha = save_model(model, path, {"stage": "teacher", "data_fingerprint": env.data.fingerprint})
+    return StageResult(path, sha, metrics, info, fit_result, model)
+
+
+def _load_given(env: StageEnv):
+    cfg = env.cfg.teacher
+    model = load_model(cfg.checkpoint)
+    spec = model.kdflow_spec
+    expected = {"arch": cfg.arch, "in_channels": env.data.in_channels, "num_classes": env.data.num_classes}
+    wrong = {k: (spec.get(k), v) for k, v in expected.items() if spec.get(k) != v}
+    if wrong:
+        parts = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in wrong.items())
+        raise CheckpointError(f"teacher.checkpoint {cfg.checkpoint} does not match the configured teacher ({parts})")
+    return model.to(env.device)

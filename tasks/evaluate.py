@@ -1,0 +1,31 @@
+"""Task `evaluate`: teacher, baseline and distilled student on the test split."""
+import json
+
+from kdcore.evaluate import comparison_table
+from kdcore.stages import evaluate_models
+from kdcore.train.checkpoint import load_model
+from tasks.stage import StageCall, stage_task
+
+MODELS = ("teacher", "baseline", "distill")
+LABELS = {"teacher": "teacher", "baseline": "baseline", "distill": "student"}
+
+
+def _evaluate(call: StageCall) -> dict:
+    models = {LABELS[s]: load_model(call.inputs[s].path).to(call.env.device) for s in MODELS if s in call.inputs}
+    results = evaluate_models(call.env, models)
+    metrics = {name: r["metrics"] for name, r in results.items()}
+    table = comparison_table(metrics)
+    out = call.env.workdir / "comparison.csv"
+    table.to_csv(out)
+    (call.env.workdir / "per_sample_correct.json").write_text(
+        json.dumps({name: r["correct"] for name, r in results.items()}))
+    call.tracker.log_artifact(call.run_id, out)
+    call.tracker.log_artifact(call.run_id, call.env.workdir / "per_sample_correct.json")
+    call.tracker.log_text(call.run_id, table.to_html(float_format="%.4g"), "comparison.html")
+    flat = {f"{name}.{k}": float(v) for name, m in metrics.items() for k, v in m.items()}
+    if "student" in metrics and "baseline" in metrics:
+        flat["student_gain_top1"] = metrics["student"]["top1"] - metrics["baseline"]["top1"]
+    return {"path": str(out), "metrics": flat, "info": {"models": metrics}}
+
+
+evaluate_task = stage_task("evaluate", _evaluate)

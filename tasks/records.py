@@ -1,0 +1,23 @@
+"""The record a stage task returns: small, JSON-serialisable, enough to find its artifact again."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from pydantic import BaseModel, Field
+
+
+class StageRecord(BaseModel):
+    stage: str
+    fingerprint: str
+    path: Optional[str] = None
+    sha256: Optional[str] = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    info: dict[str, Any] = Field(default_factory=dict)
+    mlflow_run_id: Optional[str] = None
+    model_uri: Optional[str] = None
+    seconds: float = 0.0
+
+    def artifact_ok(self) -> bool:
+        """The artifact this record points to still exists (a cached record is only reused then)."""
+        return self.path is None or Path(self.path).exists()

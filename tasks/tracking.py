@@ -1,0 +1,151 @@
+"""The MLflow adapter: every run, metric, model and registry call goes through here, always with
+an explicit run id (MLflow's active run is per thread)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Optional
+
+import mlflow
+import numpy as np
+import torch
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+
+import kdcore
+from kdcore.errors import KdflowError
+
+_LOCK = threading.RLock()  # one writer at a time from this process (SQLite stores dislike concurrency)
+_CRED = re.compile(r"(//)([^/@:]+)(:[^/@]*)?@")
+
+
+def redact(uri: str) -> str:
+    """``http://user:secret@host`` -> ``http://***@host``."""
+    return _CRED.sub(r"\1***@", uri)
+
+
+def default_tracking_uri(home: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+class Tracker:
+    """A thin wrapper over ``MlflowClient`` bound to one tracking URI."""
+
+    def __init__(self, uri: str, home: Path) -> None:
+        self.uri = uri
+        self.home = home
+        mlflow.set_tracking_uri(uri)  # log_model/register_model use the process-wide URI
+        self.client = MlflowClient(tracking_uri=uri)
+
+    def experiment_id(self, name: str) -> str:
+        with _LOCK:
+            exp = self.client.get_experiment_by_name(name)
+            if exp is not None:
+                return exp.experiment_id
+            location = None
+            if self.uri.startswith("sqlite:"):  # keep artifacts beside the default store, not in ./mlruns
+                location = (self.home / "mlartifacts").as_uri()
+            try:
+                return self.client.create_experiment(name, artifact_location=location)
+            except mlflow.exceptions.MlflowException:
+                return self.client.get_experiment_by_name(name).experiment_id
+
+    def start_run(self, experiment_id: str, name: str, parent: Optional[str] = None,
+                  tags: Optional[dict[str, str]] = None) -> str:
+        tags = dict(tags or {})
+        if parent:
+            tags["mlflow.parentRunId"] = parent
+        with _LOCK:
+            return self.client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        with _LOCK:
+            self.client.set_terminated(run_id, status=status)
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        flat = flatten(params)
+        items = [Param(k, redact(json.dumps(v) if not isinstance(v, str) else v)[:6000]) for k, v in flat.items()]
+        with _LOCK:
+            for i in range(0, len(items), 100):
+                self.client.log_batch(run_id, params=items[i:i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, Any], step: Optional[int] = None) -> None:
+        import time
+
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, step or 0) for k, v in flatten(metrics).items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)]
+        with _LOCK:
+            for i in range(0, len(items), 500):
+                self.client.log_batch(run_id, metrics=items[i:i + 500])
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        with _LOCK:
+            self.client.log_batch(run_id, tags=[RunTag(k, redact(str(v))[:5000]) for k, v in tags.items()])
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: Optional[str] = None) -> None:
+        with _LOCK:
+            self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_text(self, run_id: str, text: str, name: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            p = Path(tmp) / name
+            p.write_text(text)
+            self.log_artifact(run_id, p)
+
+    def log_torch_model(self, run_id: str, model: torch.nn.Module, example: torch.Tensor, name: str = "model") -> str:
+        """Log ``model`` with the pytorch flavour (kdcore shipped as code) and return its model URI."""
+        from mlflow.models import infer_signature
+
+        model = model.cpu().eval()
+        x = example.cpu().numpy()
+        with torch.no_grad():
+            y = model(example.cpu()).numpy()
+        torch_req = f"torch=={torch.__version__.split('+')[0]}"
+        with _LOCK:
+            info = mlflow.pytorch.log_model(
+                model, name=name, run_id=run_id, input_example=x, signature=infer_signature(x, y),
+                pip_requirements=[torch_req, f"numpy=={np.__version__}"],
+                code_paths=[str(Path(kdcore.__file__).parent)],
+            )
+        return info.model_uri
+
+    def register(self, model_uri: str, name: str, tags: dict[str, Any]) -> str:
+        with _LOCK:
+            try:
+                self.client.get_registered_model(name)
+            except mlflow.exceptions.MlflowException:
+                try:
+                    self.client.create_registered_model(name)
+                except mlflow.exceptions.MlflowException:
+                    pass
+            mv = mlflow.register_model(model_uri, name, tags={k: redact(str(v)) for k, v in tags.items()})
+        return str(mv.version)
+
+
+def check_reachable(uri: str) -> None:
+    """Fail with one clear message when the tracking server cannot be reached."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).read()
+    except Exception as exc:  # noqa: BLE001
+        raise KdflowError(f"MLflow tracking server {redact(uri)} is unreachable ({exc}); start it or fix "
+                          "MLFLOW_TRACKING_URI") from None
