@@ -33,7 +33,7 @@ def _quiet_prefect(verbose: bool) -> None:
 @app.command()
 def run(
     config: Optional[Path] = typer.Argument(None, help="pipeline YAML (default: the shipped configs/default.yaml)"),
-    set_: List[str] = typer.Option([], "--set", "-s", help="override a config value, e.g. distill.temperature=4"),
+    set_: List[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help="override a config value, e.g. distill.temperature=4"),
     report: Optional[Path] = typer.Option(None, "--report", help="also write the results as JSON here"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="show Prefect's task logs"),
 ) -> None:
@@ -57,7 +57,7 @@ def run(
 @app.command()
 def validate(
     config: Optional[Path] = typer.Argument(None, help="pipeline YAML"),
-    set_: List[str] = typer.Option([], "--set", "-s", help="override a config value"),
+    set_: List[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help="override a config value"),
 ) -> None:
     """Check a config (fields, names, module paths) without running anything."""
     from kdcore.config import load_config

@@ -32,7 +32,8 @@ def _outcome(state, stage: str, started: float) -> tuple[dict, dict]:
     cached = state.name == "Cached"
     return record, {"fingerprint": record["fingerprint"], "cached": cached,
                     "seconds": round(time.perf_counter() - started, 3),
-                    "compute_seconds": record["seconds"], "mlflow_run_id": record["mlflow_run_id"]}
+                    "task_seconds": record["seconds"], "compute_seconds": record["info"].get("compute_seconds", 0.0),
+                    "mlflow_run_id": record["mlflow_run_id"]}
 
 
 @flow(name="kdflow-pipeline", description=__doc__)
@@ -50,6 +51,7 @@ def pipeline_flow(config: dict[str, Any], home: Optional[str] = None) -> dict[st
         "kdflow.config_hash": cfg.config_hash()})
     records: dict[str, dict] = {}
     stages: dict[str, dict] = {}
+    done: dict[str, float] = {}
     try:
         tracker.log_params(parent, cfgd)
         data = load_data(cfg.data)
@@ -75,11 +77,13 @@ def pipeline_flow(config: dict[str, Any], home: Optional[str] = None) -> dict[st
         if cfg.baseline.enabled:
             t_base = time.perf_counter()
             baseline_future = baseline_task.submit(cfgd, data.fingerprint, ctx, {})
+            baseline_future.add_done_callback(lambda _f: done.__setitem__("baseline", time.perf_counter()))
         for stage in ("teacher", "features", "pretrain", "distill"):
             run(stage)
         if baseline_future is not None:
             baseline_future.wait()
             records["baseline"], stages["baseline"] = _outcome(baseline_future.state, "baseline", t_base)
+            stages["baseline"]["seconds"] = round(done.get("baseline", time.perf_counter()) - t_base, 3)
         run("evaluate")
         run("register")
     except BaseException:
@@ -92,7 +96,7 @@ def pipeline_flow(config: dict[str, Any], home: Optional[str] = None) -> dict[st
         "tracking_uri": redact(uri), "home": str(home_path), "config_hash": cfg.config_hash(),
         "data_fingerprint": data.fingerprint, "models": models, "stages": stages,
         "registered": records["register"]["info"].get("registered", {}),
-        "registered_new": not stages["register"]["cached"],
+        "registered_new": [] if stages["register"]["cached"] else records["register"]["info"].get("created", []),
     }
     tracker.log_metrics(parent, {f"{m}.{k}": v for m, ms in models.items() for k, v in ms.items()})
     tracker.set_tags(parent, {f"kdflow.stage.{s}.cached": i["cached"] for s, i in stages.items()})

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -139,28 +140,31 @@ class TrainerConfig(Section):
         return self
 
 
-class PipelineConfig(Section):
-    name: str = Field("kdflow", description="MLflow experiment name")
-    data: DataConfig = Field(default_factory=DataConfig)
-    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
-    student: StudentConfig = Field(default_factory=StudentConfig)
-    cache: CacheConfig = Field(default_factory=CacheConfig)
-    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
-    distill: DistillConfig = Field(default_factory=DistillConfig)
-    baseline: BaselineConfig = Field(default_factory=BaselineConfig)
-    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
-    register: RegisterConfig = Field(default_factory=RegisterConfig)
-    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+with warnings.catch_warnings():  # a section named "register" shadows ABCMeta.register; harmless
+    warnings.simplefilter("ignore", UserWarning)
 
-    def baseline_train(self) -> TrainSpec:
-        return self.baseline.train or self.distill.train
+    class PipelineConfig(Section):
+        name: str = Field("kdflow", description="MLflow experiment name")
+        data: DataConfig = Field(default_factory=DataConfig)
+        teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+        student: StudentConfig = Field(default_factory=StudentConfig)
+        cache: CacheConfig = Field(default_factory=CacheConfig)
+        pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+        distill: DistillConfig = Field(default_factory=DistillConfig)
+        baseline: BaselineConfig = Field(default_factory=BaselineConfig)
+        evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+        register: RegisterConfig = Field(default_factory=RegisterConfig)
+        trainer: TrainerConfig = Field(default_factory=TrainerConfig)
 
-    def section(self, name: str) -> dict[str, Any]:
-        return getattr(self, name).model_dump(mode="json")
+        def baseline_train(self) -> TrainSpec:
+            return self.baseline.train or self.distill.train
 
-    def config_hash(self) -> str:
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()
+        def section(self, name: str) -> dict[str, Any]:
+            return getattr(self, name).model_dump(mode="json")
+
+        def config_hash(self) -> str:
+            blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+            return hashlib.sha256(blob.encode()).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from tasks.stage import StageCall, stage_task
 
 
 def _baseline(call: StageCall) -> dict:
-    res = train_baseline(call.env)
+    res = call.timed(train_baseline, call.env)
     uri = call.tracker.log_torch_model(call.run_id, res.model, call.data.test.x[:2])
     return {"path": str(res.path), "sha256": res.sha256, "metrics": res.metrics, "info": res.info, "model_uri": uri}
 

@@ -15,7 +15,7 @@ def _distill(call: StageCall) -> dict:
     else:
         teacher = load_model(call.inputs["teacher"].path).to(call.env.device)
         source = TeacherSource(call.env, None, teacher, paths)
-    res = distill_student(call.env, call.inputs["pretrain"].path, source)
+    res = call.timed(distill_student, call.env, call.inputs["pretrain"].path, source)
     uri = call.tracker.log_torch_model(call.run_id, res.model, call.data.test.x[:2])
     call.tracker.log_artifact(call.run_id, res.path, "weights")
     return {"path": str(res.path), "sha256": res.sha256, "metrics": res.metrics, "info": res.info, "model_uri": uri}

@@ -12,7 +12,7 @@ LABELS = {"teacher": "teacher", "baseline": "baseline", "distill": "student"}
 
 def _evaluate(call: StageCall) -> dict:
     models = {LABELS[s]: load_model(call.inputs[s].path).to(call.env.device) for s in MODELS if s in call.inputs}
-    results = evaluate_models(call.env, models)
+    results = call.timed(evaluate_models, call.env, models)
     metrics = {name: r["metrics"] for name, r in results.items()}
     table = comparison_table(metrics)
     out = call.env.workdir / "comparison.csv"

@@ -11,7 +11,7 @@ def _features(call: StageCall) -> dict:
     teacher = call.inputs["teacher"]
     model = load_model(teacher.path).to(call.env.device)
     t0 = time.perf_counter()
-    entry, built = build_features(call.env, model, teacher.sha256, cache_dir(call.home))
+    entry, built = call.timed(build_features, call.env, model, teacher.sha256, cache_dir(call.home))
     size = sum(f["bytes"] for f in entry.manifest["files"].values())
     call.tracker.log_text(call.run_id, (entry.root / "manifest.json").read_text(), "cache_manifest.json")
     return {"path": str(entry.root), "sha256": entry.key,

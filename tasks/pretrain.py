@@ -15,7 +15,7 @@ def _pretrain(call: StageCall) -> dict:
         source = TeacherSource(call.env, entry, None, paths)
     elif method == "teacher_layers":
         teacher = load_model(call.inputs["teacher"].path)
-    res = pretrain_student(call.env, source, teacher)
+    res = call.timed(pretrain_student, call.env, source, teacher)
     return {"path": str(res.path), "sha256": res.sha256, "metrics": res.metrics, "info": res.info}
 
 

@@ -67,6 +67,15 @@ class StageCall:
     inputs: dict[str, StageRecord]
     home: Path
     parent_run_id: str
+    compute_seconds: float = 0.0
+
+    def timed(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call a kdcore function, adding its wall time to ``compute_seconds``."""
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.compute_seconds += time.perf_counter() - t0
 
 
 def _key(stage: str) -> Callable[[Any, dict[str, Any]], str]:
@@ -105,9 +114,11 @@ def stage_task(stage: str, body: Callable[[StageCall], dict[str, Any]]):
                              {k: StageRecord.model_validate(v) for k, v in inputs.items()}, home,
                              ctx["parent_run_id"])
             fields = body(call)
+            fields.setdefault("info", {})["compute_seconds"] = round(call.compute_seconds, 3)
             record = StageRecord(stage=stage, fingerprint=fp, mlflow_run_id=run_id,
                                  seconds=round(time.perf_counter() - t0, 3), **fields)
-            tracker.log_metrics(run_id, {**record.metrics, "stage_seconds": record.seconds})
+            final = {(f"final_{k}" if stage in TRAINING_STAGES else k): v for k, v in record.metrics.items()}
+            tracker.log_metrics(run_id, {**final, "stage_seconds": record.seconds})
             tracker.set_tags(run_id, {"kdflow.artifact_sha256": record.sha256 or ""})
         except BaseException:
             tracker.end_run(run_id, "FAILED")

@@ -4,7 +4,7 @@ from tasks.stage import StageCall, stage_task
 
 
 def _teacher(call: StageCall) -> dict:
-    res = train_teacher(call.env)
+    res = call.timed(train_teacher, call.env)
     uri = call.tracker.log_torch_model(call.run_id, res.model, call.data.test.x[:2])
     call.tracker.log_artifact(call.run_id, res.path, "weights")
     call.tracker.log_artifact(call.run_id, res.path.with_name(res.path.name + ".json"), "weights")

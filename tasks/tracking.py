@@ -125,17 +125,23 @@ class Tracker:
             )
         return info.model_uri
 
-    def register(self, model_uri: str, name: str, tags: dict[str, Any]) -> str:
+    def find_version(self, name: str, fingerprint: str) -> Optional[str]:
+        """The oldest version of ``name`` registered for this stage fingerprint, if any."""
         with _LOCK:
-            try:
-                self.client.get_registered_model(name)
-            except mlflow.exceptions.MlflowException:
-                try:
-                    self.client.create_registered_model(name)
-                except mlflow.exceptions.MlflowException:
-                    pass
+            found = self.client.search_model_versions(
+                f"name='{name}' and tags.`kdflow.fingerprint`='{fingerprint}'")
+        return str(min(int(v.version) for v in found)) if found else None
+
+    def register(self, model_uri: str, name: str, tags: dict[str, Any]) -> tuple[str, bool]:
+        """Register ``model_uri`` as a version of ``name`` unless the same fingerprint already is one.
+
+        Returns (version, created)."""
+        existing = self.find_version(name, str(tags.get("kdflow.fingerprint", ""))) if "kdflow.fingerprint" in tags else None
+        if existing is not None:
+            return existing, False
+        with _LOCK:
             mv = mlflow.register_model(model_uri, name, tags={k: redact(str(v)) for k, v in tags.items()})
-        return str(mv.version)
+        return str(mv.version), True
 
 
 def check_reachable(uri: str) -> None:

@@ -63,7 +63,7 @@ class CacheEntry:
     def tensor(self, split: str, name: str, index: torch.Tensor | None = None) -> torch.Tensor:
         """Rows ``index`` (all when None) of one stored tensor, as float32."""
         arr = self.array(split, name)
-        rows = np.asarray(arr if index is None else arr[index.cpu().numpy()])
+        rows = np.array(arr) if index is None else arr[index.cpu().numpy()]
         t = torch.from_numpy(np.ascontiguousarray(rows))
         if self.manifest["dtype"] == "bfloat16":
             t = t.view(torch.bfloat16)

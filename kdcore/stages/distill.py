@@ -12,7 +12,7 @@ from kdcore.cache import CacheEntry
 from kdcore.hooks import FeatureTap, probe_shapes
 from kdcore.losses import KDInputs, build_objective
 from kdcore.models.transplant import init_from_teacher
-from kdcore.stages.env import StageEnv, StageResult, classifier_val, fit_summary
+from kdcore.stages.env import _INIT_LOCK, StageEnv, StageResult, classifier_val, fit_summary
 from kdcore.train import fit
 from kdcore.train.checkpoint import load_model, save_model
 
@@ -51,7 +51,9 @@ def _train_with_objective(env: StageEnv, student: nn.Module, spec_losses: dict[s
     s_paths = objective.student_paths
     s_shapes = probe_shapes(student, s_paths, x[:2]) if s_paths else {}
     t_shapes = source.shapes() if (source is not None and objective.teacher_paths) else {}
-    objective.build(s_shapes, t_shapes)
+    with _INIT_LOCK:  # connectors are initialised from the seeded global RNG
+        env.seed(2)
+        objective.build(s_shapes, t_shapes)
     objective.to(env.device)
 
     def run(split: str, idx: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor):

@@ -1,6 +1,7 @@
 """What every stage function shares: config, data on the right device, a work directory."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -13,6 +14,11 @@ from kdcore.config import PipelineConfig
 from kdcore.data.bundle import DataBundle, Split
 from kdcore.models import create_model
 from kdcore.train import FitResult, TrainCallbacks, autocast_dtype, resolve_device, seed_everything
+
+
+# Model initialisation draws from torch's global RNG: stages that run side by side in threads
+# (the baseline beside the distillation branch) must not interleave their seeding and drawing.
+_INIT_LOCK = threading.Lock()
 
 
 @dataclass
@@ -55,13 +61,17 @@ class StageEnv:
     def seed(self, offset: int = 0) -> None:
         seed_everything(self.cfg.trainer.seed + offset, self.cfg.trainer.deterministic)
 
-    def build(self, arch: str, kwargs: dict[str, Any]) -> nn.Module:
-        return create_model(arch, in_channels=self.data.in_channels, num_classes=self.data.num_classes, **kwargs)
+    def build(self, arch: str, kwargs: dict[str, Any], seed_offset: int) -> nn.Module:
+        """A freshly initialised model, seeded with ``trainer.seed + seed_offset``."""
+        with _INIT_LOCK:
+            self.seed(seed_offset)
+            model = create_model(arch, in_channels=self.data.in_channels, num_classes=self.data.num_classes,
+                                 **kwargs)
+        return model.to(self.device)
 
     def new_student(self) -> nn.Module:
         """The student at its seeded initialisation (the same for the baseline and distillation)."""
-        self.seed(1)
-        return self.build(self.cfg.student.arch, self.cfg.student.kwargs).to(self.device)
+        return self.build(self.cfg.student.arch, self.cfg.student.kwargs, seed_offset=1)
 
 
 @torch.no_grad()

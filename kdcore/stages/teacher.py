@@ -16,8 +16,7 @@ def train_teacher(env: StageEnv) -> StageResult:
         fit_result = None
         info = {"source": "checkpoint", "checkpoint": cfg.checkpoint}
     else:
-        env.seed(0)
-        model = env.build(cfg.arch, cfg.kwargs).to(env.device)
+        model = env.build(cfg.arch, cfg.kwargs, seed_offset=0)
         x, y = env.split("train")
         xv, yv = env.split("val")
 

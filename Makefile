@@ -1,0 +1,39 @@
+# kdflow set-up and entry points. `make demo` and `make test` do everything on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.kdflow-installed
+
+.PHONY: install data demo test bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch/torchvision first, pinned to the builds this machine kind ships on disk
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP) data
+
+# Real data sets that install offline: Fashion-MNIST from Debian (benchmarks, tests).
+data:
+	@if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null)) \
+	    && echo "installed dataset-fashion-mnist"; \
+	  else echo "note: Fashion-MNIST not installed (sudo apt-get install dataset-fashion-mnist)"; fi; \
+	fi
+
+demo: install
+	$(BIN)/kdflow run
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python bench/overhead.py
+
+clean:
+	rm -rf .kdflow .pytest_cache

@@ -1,0 +1,50 @@
+"""Shared fixtures. Prefect's temporary server starts once per test session."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+TINY = {
+    "name": "tiny",
+    "data": {"name": "digits"},
+    "teacher": {"arch": "cnn_small", "train": {"max_epochs": 2, "batch_size": 64}},
+    "student": {"arch": "cnn_tiny"},
+    "distill": {"train": {"max_epochs": 2, "batch_size": 64}},
+    "evaluate": {"min_run_time": 0.01, "throughput_batch": 32},
+    "register": {"teacher_name": "tiny-teacher", "student_name": "tiny-student"},
+}
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture()
+def kdhome(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "home"
+    monkeypatch.setenv("KDFLOW_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return home
+
+
+def tiny_config(**sections):
+    import copy
+
+    from kdcore.config import config_from_dict
+
+    raw = copy.deepcopy(TINY)
+    for key, value in sections.items():
+        raw.setdefault(key, {}).update(value)
+    return config_from_dict(raw)

@@ -1,0 +1,105 @@
+"""The whole pipeline under Prefect's test server with a temporary SQLite MLflow store.
+
+One module-scoped home: a first run, an unchanged rerun, and a rerun with one distill parameter
+changed."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from conftest import TINY
+from kdcore.config import config_from_dict
+
+STAGES = {"teacher", "features", "pretrain", "distill", "baseline", "evaluate", "register"}
+
+
+@pytest.fixture(scope="module")
+def runs(prefect_server, tmp_path_factory):
+    import os
+
+    from flows.runner import run_pipeline
+
+    home = tmp_path_factory.mktemp("pipeline-home")
+    old = {k: os.environ.get(k) for k in ("KDFLOW_HOME", "MLFLOW_TRACKING_URI")}
+    os.environ["KDFLOW_HOME"] = str(home)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        cfg = config_from_dict(copy.deepcopy(TINY))
+        first = run_pipeline(cfg)
+        second = run_pipeline(cfg)
+        changed = run_pipeline(config_from_dict(copy.deepcopy(TINY), ["distill.temperature=2"]))
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return home, first, second, changed
+
+
+def client(home: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+
+
+def test_first_run_creates_parent_and_stage_runs_with_metrics(runs):
+    home, first, _, _ = runs
+    c = client(home)
+    parent = c.get_run(first["mlflow_parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["kdflow.prefect_flow_run_id"] == first["prefect_flow_run_id"]
+    assert parent.data.tags["kdflow.config_hash"] == first["config_hash"]
+    children = c.search_runs([parent.info.experiment_id],
+                             filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    names = {r.info.run_name for r in children}
+    assert names == STAGES and len(children) >= 6
+    for r in children:
+        assert r.info.status == "FINISHED"
+        assert r.data.metrics, f"stage run {r.info.run_name} has no metrics"
+        assert r.data.params["stage"] == r.info.run_name
+    teacher = next(r for r in children if r.info.run_name == "teacher")
+    history = c.get_metric_history(teacher.info.run_id, "val_top1")
+    assert [m.step for m in history] == [0, 1], "per-epoch metrics are logged with steps"
+    assert set(first["stages"]) == STAGES and not any(s["cached"] for s in first["stages"].values())
+
+
+def test_models_are_registered_with_lineage(runs):
+    home, first, _, _ = runs
+    c = client(home)
+    versions = c.search_model_versions("name='tiny-teacher'") + c.search_model_versions("name='tiny-student'")
+    assert len(versions) >= 2
+    student = c.get_model_version("tiny-student", first["registered"]["tiny-student"])
+    assert student.tags["kdflow.teacher_model"] == f"tiny-teacher/{first['registered']['tiny-teacher']}"
+    assert student.tags["kdflow.data_fingerprint"] == first["data_fingerprint"]
+    assert student.tags["kdflow.config_hash"] == first["config_hash"]
+    assert sorted(first["registered_new"]) == ["tiny-student", "tiny-teacher"]
+
+
+def test_distillation_and_teacher_learn(runs):
+    _, first, _, _ = runs
+    m = first["models"]
+    assert m["teacher"]["top1"] > 0.8, m["teacher"]
+    assert m["student"]["top1"] > 0.3 and m["baseline"]["top1"] > 0.3   # 10 classes: chance is 0.1
+    for name in ("teacher", "baseline", "student"):
+        assert m[name]["params"] > 0 and m[name]["flops"] > 0 and m[name]["latency_ms"] > 0
+    assert m["teacher"]["params"] > 5 * m["student"]["params"]
+
+
+def test_unchanged_rerun_is_fully_cached_and_registers_nothing(runs):
+    home, first, second, _ = runs
+    assert all(s["cached"] for s in second["stages"].values()), second["stages"]
+    assert second["registered"] == first["registered"] and second["registered_new"] == []
+    assert len(client(home).search_model_versions("name='tiny-student'")) <= 2
+    for stage in STAGES:
+        assert second["stages"][stage]["fingerprint"] == first["stages"][stage]["fingerprint"]
+
+
+def test_changed_distill_parameter_reruns_only_what_depends_on_it(runs):
+    _, first, _, changed = runs
+    cached = {s for s, i in changed["stages"].items() if i["cached"]}
+    assert cached == {"teacher", "features", "pretrain", "baseline"}
+    assert changed["stages"]["teacher"]["fingerprint"] == first["stages"]["teacher"]["fingerprint"]
+    assert changed["stages"]["distill"]["fingerprint"] != first["stages"]["distill"]["fingerprint"]
+    assert changed["registered_new"] == ["tiny-student"], "the unchanged teacher is not registered again"
