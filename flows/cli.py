@@ -85,6 +85,11 @@ def ui() -> None:
     print_locations(console, str(home), default_tracking_uri(home))
 
 
+from flows.cache_cli import cache_app  # noqa: E402
+
+app.add_typer(cache_app, name="cache")
+
+
 def main() -> None:
     try:
         app()

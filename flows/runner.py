@@ -7,9 +7,10 @@ from typing import Any, Optional
 
 from kdcore.config import PipelineConfig, load_config
 from kdcore.errors import KdflowError
-from kdcore.preflight import preflight
+from kdcore.preflight import preflight, preflight_with_data
+from tasks.data import load_data
 from tasks.home import kdflow_home
-from tasks.tracking import check_reachable, default_tracking_uri
+from tasks.tracking import check_prefect_api, check_reachable, default_tracking_uri
 
 
 def run_pipeline(config: Path | str | PipelineConfig | None = None, overrides: Optional[list[str]] = None,
@@ -19,6 +20,9 @@ def run_pipeline(config: Path | str | PipelineConfig | None = None, overrides: O
     preflight(cfg)
     home = Path(home) if home else kdflow_home()
     check_reachable(default_tracking_uri(home))
+    check_prefect_api()
+    data = load_data(cfg.data)  # missing or bad data fails here, before any run is opened
+    preflight_with_data(cfg, tuple(data.input_shape), data.num_classes, example=data.train.x[:2])
 
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 

@@ -9,7 +9,7 @@ import hashlib
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
@@ -65,23 +65,52 @@ class StudentConfig(Section):
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
+class ViewsConfig(Section):
+    """Augmented views of the training images: the teacher's output on each is cached and replayed."""
+
+    policy: Literal["none", "shift", "crop_flip"] = "none"
+    num_views: PositiveInt = 1
+    pad: int = Field(2, ge=0, le=16, description="maximum shift in pixels")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_view_without_augmentation(self) -> "ViewsConfig":
+        if self.policy == "none" and self.num_views != 1:
+            raise ValueError("cache.views.num_views must be 1 when cache.views.policy is 'none'")
+        return self
+
+
 class CacheConfig(Section):
     mode: Literal["cached", "online"] = "cached"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     features: list[str] = Field(default_factory=list, description="extra teacher module paths to store")
+    views: ViewsConfig = Field(default_factory=ViewsConfig)
+    topk: Optional[PositiveInt] = Field(None, description="store only the k largest logits per sample")
+    rebuild: bool = Field(True, description="rebuild a damaged entry (else fail)")
+    verify: Literal["size", "sha256"] = Field("size", description="how readers check an entry's files")
 
 
 class FeaturePair(Section):
     student: str
     teacher: str
+    connector: Optional[str] = Field(None, description="this pair's connector kind (default: pretrain.connector)")
 
 
 class PretrainConfig(Section):
     method: Literal["none", "hint", "teacher_layers"] = "none"
     pairs: list[FeaturePair] = Field(default_factory=list)
-    connector: Literal["auto", "none"] = "auto"
-    select: Literal["first", "last", "spread"] = "first"
+    connector: Literal["auto", "none", "conv", "linear"] = "auto"
+    select: Union[Literal["first", "last", "spread"], dict[str, list[int]]] = Field(
+        "first", description="teacher_layers: which teacher blocks a shorter student stage takes: a rule, or "
+                             "{stage path: [teacher block index per student block]}")
     mapping: Optional[dict[str, str]] = None
+    partial: bool = Field(False, description="teacher_layers: copy the leading slice of teacher tensors whose "
+                                             "shapes are larger (narrower student layers)")
+    freeze_copied: bool = Field(True, description="teacher_layers: keep the tensors copied whole frozen while the "
+                                                  "new or reshaped layers train")
+    losses: Optional[dict[str, dict[str, Any]]] = Field(
+        None, description="teacher_layers: objective that trains the new or reshaped layers "
+                          "(default ce 0.1 + kd 0.9 at distill.temperature)")
     train: TrainSpec = Field(default_factory=lambda: TrainSpec(max_epochs=3))
 
     @model_validator(mode="after")
@@ -101,8 +130,9 @@ class DistillConfig(Section):
     def objective_spec(self) -> dict[str, dict[str, Any]]:
         """The loss spec with the section's temperature filled in where a loss takes one."""
         spec = copy.deepcopy(self.losses)
-        if "kd" in spec:
-            spec["kd"].setdefault("temperature", self.temperature)
+        for name in ("kd", "dkd"):
+            if name in spec:
+                spec[name].setdefault("temperature", self.temperature)
         return spec
 
 
@@ -124,6 +154,34 @@ class RegisterConfig(Section):
     student_name: str = "kdflow-student"
 
 
+class ExportConfig(Section):
+    """The registered student is also exported for serving, checked against the PyTorch model's outputs."""
+
+    format: Literal["torchscript", "none"] = "torchscript"
+    atol: PositiveFloat = Field(1e-4, description="largest allowed |exported - PyTorch| output difference")
+
+
+class RetrainConfig(Section):
+    """When the retrain flow retrains, and when its new student (challenger) replaces the champion."""
+
+    max_age_days: Optional[PositiveFloat] = Field(30.0, description="retrain once the champion is older (None: never)")
+    min_improvement: float = Field(0.0, ge=0, le=1, description="test top-1 gain (a fraction) the challenger needs")
+    alpha: float = Field(0.05, gt=0, lt=1, description="McNemar significance level for the gain")
+
+
+class SweepConfig(Section):
+    """Trials of the sweep flow: ``trials`` (overrides) crossed with ``grid``, sharing one teacher and cache."""
+
+    trials: list[dict[str, Any]] = Field(default_factory=list, description="one {dotted.key: value} per trial")
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted.key: values, crossed with trials")
+    task_runner: Literal["thread", "ray", "dask"] = "thread"
+    max_workers: Optional[PositiveInt] = Field(None, description="concurrent trials (thread runner)")
+    address: Optional[str] = Field(None, description="Ray or Dask cluster address (None: a local cluster)")
+    gpus_per_trial: float = Field(0.0, ge=0, description="GPU resource each trial asks of Ray/Dask")
+    register_trials: bool = Field(False, description="register every trial's student in the model registry")
+    profile: bool = Field(True, description="re-measure latency of every student one at a time after the trials")
+
+
 class TrainerConfig(Section):
     device: str = "auto"
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
@@ -131,12 +189,15 @@ class TrainerConfig(Section):
     num_threads: Optional[PositiveInt] = None
     deterministic: bool = True
     retries: int = Field(1, ge=0, description="Prefect retries of a training stage (resumes from checkpoint)")
+    devices: PositiveInt = Field(1, description="processes for DistributedDataParallel training (GPUs, or CPU)")
 
     @model_validator(mode="after")
     def _device(self) -> "TrainerConfig":
         d = self.device
         if not (d in ("auto", "cpu", "cuda", "mps") or (d.startswith("cuda:") and d[5:].isdigit())):
             raise ValueError(f"trainer.device {d!r} is not one of auto, cpu, cuda, cuda:N, mps")
+        if self.devices > 1 and d not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"trainer.devices = {self.devices} needs trainer.device auto, cpu or cuda, not {d!r}")
         return self
 
 
@@ -155,6 +216,9 @@ with warnings.catch_warnings():  # a section named "register" shadows ABCMeta.re
         evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
         register: RegisterConfig = Field(default_factory=RegisterConfig)
         trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+        export: ExportConfig = Field(default_factory=ExportConfig)
+        retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+        sweep: SweepConfig = Field(default_factory=SweepConfig)
 
         def baseline_train(self) -> TrainSpec:
             return self.baseline.train or self.distill.train

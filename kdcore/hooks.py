@@ -6,6 +6,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from kdcore.errors import KdflowError
 
@@ -17,6 +18,10 @@ def module_paths(model: nn.Module) -> list[str]:
 
 class FeatureTap:
     """Context manager recording the outputs of the modules at ``paths`` into ``self.features``.
+
+    A module returning a tuple (an RNN's ``(output, state)``) contributes its first element; a
+    ``PackedSequence`` is unpacked to a zero-padded ``[N, T, D]`` tensor whose T is the model
+    input's time length (dim 1), so every batch of one dataset gives features of one shape.
 
     >>> with FeatureTap(model, ["layer2", "layer3.0.relu"]) as tap:
     ...     logits = model(x)
@@ -33,19 +38,34 @@ class FeatureTap:
         self.paths = list(dict.fromkeys(paths))
         self._modules = {p: modules[p] for p in self.paths}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._input_steps: int | None = None
         self.features: dict[str, Tensor] = {}
 
     def _hook(self, path: str):
         def record(module: nn.Module, args: Any, output: Any) -> None:
-            if isinstance(output, (tuple, list)):
-                output = output[0]
+            if isinstance(output, (tuple, list)) and not isinstance(output, PackedSequence):
+                output = output[0]  # an RNN's (output, state): keep the output
+            if isinstance(output, PackedSequence):  # padded back to the model input's time length
+                output, _ = pad_packed_sequence(output, batch_first=True, total_length=self._time_steps(output))
             self.features[path] = output
 
         return record
 
+    def _record_input(self, module: nn.Module, args: Any) -> None:
+        x = args[0] if args else None
+        self._input_steps = int(x.shape[1]) if isinstance(x, Tensor) and x.dim() >= 2 else None
+
+    def _time_steps(self, packed: PackedSequence) -> int | None:
+        """The model input's time length (so every batch gives [N, T, D] with the same T), unless the
+        packed sequence is longer than it."""
+        longest = int(packed.batch_sizes.shape[0])
+        return self._input_steps if self._input_steps is not None and self._input_steps >= longest else None
+
     def __enter__(self) -> "FeatureTap":
         self.features = {}
-        self._handles = [m.register_forward_hook(self._hook(p)) for p, m in self._modules.items()]
+        self._input_steps = None
+        self._handles = [self.model.register_forward_pre_hook(self._record_input)]
+        self._handles += [m.register_forward_hook(self._hook(p)) for p, m in self._modules.items()]
         return self
 
     def __exit__(

@@ -34,6 +34,8 @@ def preflight(cfg: PipelineConfig) -> None:
     student = check("student.arch", lambda: create_model(cfg.student.arch, in_channels=3, num_classes=10,
                                                           **cfg.student.kwargs))
     objective = check("distill.losses", lambda: build_objective(cfg.distill.objective_spec()))
+    if cfg.pretrain.losses:
+        check("pretrain.losses", lambda: build_objective(cfg.pretrain.losses))
     check("trainer.device", lambda: resolve_device(cfg.trainer.device))
     if cfg.teacher.checkpoint and not Path(cfg.teacher.checkpoint).is_file():
         problems.append(f"teacher.checkpoint: file {cfg.teacher.checkpoint!r} does not exist")
@@ -54,5 +56,60 @@ def preflight(cfg: PipelineConfig) -> None:
         if bad:
             problems.append(f"{role} module path(s) {', '.join(map(repr, bad))} not found in {getattr(model, 'kdflow_spec', {}).get('arch')}; "
                             f"valid paths: {', '.join(sorted(valid))}")
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def preflight_with_data(cfg: PipelineConfig, input_shape: tuple[int, ...], num_classes: int,
+                        example=None) -> None:
+    """Checks that need the data's shape: feature pairs' shapes against their connectors, and a
+    given teacher checkpoint against the configured architecture. Cheap: untrained models, one
+    forward pass of two samples."""
+    import torch
+
+    from kdcore.hooks import probe_shapes
+    from kdcore.losses import build_objective
+    from kdcore.models import create_model
+    from kdcore.train.checkpoint import load_model
+
+    channels = input_shape[0] if len(input_shape) == 3 else 1
+    problems: list[str] = []
+    if cfg.teacher.checkpoint:
+        try:
+            teacher = load_model(cfg.teacher.checkpoint)
+        except KdflowError as exc:
+            raise ConfigError(f"teacher.checkpoint: {exc}") from None
+        spec = getattr(teacher, "kdflow_spec", {}) or {}
+        expected = {"arch": cfg.teacher.arch, "num_classes": num_classes}
+        if len(input_shape) == 3:
+            expected["in_channels"] = channels
+        wrong = [f"{k}: checkpoint {spec.get(k)!r} vs config/data {v!r}" for k, v in expected.items()
+                 if spec.get(k) != v]
+        if wrong:
+            raise ConfigError(f"teacher.checkpoint {cfg.teacher.checkpoint} does not match the configured teacher "
+                              f"({'; '.join(wrong)})")
+    # every loss checks its own layer pairs (connectors, map/vector ranks) by being built on the probed shapes
+    objectives = []
+    if cfg.pretrain.method == "hint":
+        hint = {"fitnet": {"pairs": [p.model_dump(exclude_none=True) for p in cfg.pretrain.pairs],
+                           "connector": cfg.pretrain.connector}}
+        objectives.append(("pretrain.pairs", build_objective(hint)))
+    if cfg.pretrain.method == "teacher_layers" and cfg.pretrain.losses:
+        objectives.append(("pretrain.losses", build_objective(cfg.pretrain.losses)))
+    objectives.append(("distill.losses", build_objective(cfg.distill.objective_spec())))
+    objectives = [(w, o) for w, o in objectives if o.student_paths or o.teacher_paths]
+    if not objectives:
+        return
+    x = example if example is not None else torch.zeros(2, *input_shape)
+    with torch.no_grad():
+        student = create_model(cfg.student.arch, in_channels=channels, num_classes=num_classes, **cfg.student.kwargs)
+        teacher = create_model(cfg.teacher.arch, in_channels=channels, num_classes=num_classes, **cfg.teacher.kwargs)
+        for where, objective in objectives:
+            s_shapes = probe_shapes(student, objective.student_paths, x) if objective.student_paths else {}
+            t_shapes = probe_shapes(teacher, objective.teacher_paths, x) if objective.teacher_paths else {}
+            try:
+                objective.build(s_shapes, t_shapes, num_samples=1)
+            except KdflowError as exc:
+                problems.append(f"{where}: {exc}")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

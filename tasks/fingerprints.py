@@ -32,14 +32,16 @@ def stage_section(stage: str, cfg: PipelineConfig) -> dict[str, Any]:
             section.pop("train")
         return {"teacher": section, "trainer": _trainer(cfg)}
     if stage == "features":
-        return {"dtype": cfg.cache.dtype, "paths": teacher_paths(cfg)}
+        return {"dtype": cfg.cache.dtype, "paths": teacher_paths(cfg), "views": cfg.cache.views.model_dump(),
+                "topk": cfg.cache.topk}
     if stage == "pretrain":
         return {"pretrain": cfg.section("pretrain"), "student": cfg.section("student"), "trainer": _trainer(cfg)}
     if stage == "distill":
-        return {"distill": cfg.section("distill"), "mode": cfg.cache.mode, "trainer": _trainer(cfg)}
+        return {"distill": cfg.section("distill"), "mode": cfg.cache.mode, "views": cfg.cache.views.model_dump(),
+                "trainer": _trainer(cfg)}
     if stage == "baseline":
         return {"train": cfg.baseline_train().model_dump(mode="json"), "student": cfg.section("student"),
-                "trainer": _trainer(cfg)}
+                "views": cfg.cache.views.model_dump(), "trainer": _trainer(cfg)}
     if stage == "evaluate":
         return {"evaluate": cfg.section("evaluate")}
     if stage == "register":

@@ -1,8 +1,9 @@
 """Task `pretrain`: the student's initialisation (hint training or teacher layers)."""
-from kdcore.cache import open_entry
+from kdcore.losses import build_objective
 from kdcore.stages import TeacherSource, pretrain_student
+from kdcore.stages.distill import pretrain_objective_spec
 from kdcore.train.checkpoint import load_model
-from tasks.home import cache_dir
+from tasks.cache_entries import open_entries
 from tasks.stage import StageCall, stage_task
 
 
@@ -10,11 +11,13 @@ def _pretrain(call: StageCall) -> dict:
     method = call.cfg.pretrain.method
     source = teacher = None
     if method == "hint":
-        entry = open_entry(cache_dir(call.home), call.inputs["features"].info["key"])
         paths = [p.teacher for p in call.cfg.pretrain.pairs]
-        source = TeacherSource(call.env, entry, None, paths)
-    elif method == "teacher_layers":
+        source = TeacherSource(call.env, open_entries(call), None, paths)
+    elif method == "teacher_layers":  # new / reshaped layers train on the teacher's outputs
         teacher = load_model(call.inputs["teacher"].path)
+        paths = build_objective(pretrain_objective_spec(call.cfg)).teacher_paths
+        if call.cfg.cache.mode == "cached":
+            source = TeacherSource(call.env, open_entries(call), None, paths)
     res = call.timed(pretrain_student, call.env, source, teacher)
     return {"path": str(res.path), "sha256": res.sha256, "metrics": res.metrics, "info": res.info}
 

@@ -18,6 +18,7 @@ from kdcore.data.bundle import DataBundle
 from kdcore.errors import KdflowError
 from kdcore.stages import StageEnv
 from kdcore.train import TrainCallbacks
+from kdcore.train.ddp import device_slot, run_distributed
 from tasks.data import load_data
 from tasks.fingerprints import fingerprint
 from tasks.home import stage_dir
@@ -73,6 +74,9 @@ class StageCall:
         """Call a kdcore function, adding its wall time to ``compute_seconds``."""
         t0 = time.perf_counter()
         try:
+            if self.stage in TRAINING_STAGES and self.cfg.trainer.devices > 1:  # DDP, one process per device
+                return run_distributed(fn, *args, world_size=self.cfg.trainer.devices, device=self.env.device,
+                                       **kwargs)
             return fn(*args, **kwargs)
         finally:
             self.compute_seconds += time.perf_counter() - t0
@@ -113,7 +117,8 @@ def stage_task(stage: str, body: Callable[[StageCall], dict[str, Any]]):
             call = StageCall(stage, config, data, env, tracker, run_id, fp,
                              {k: StageRecord.model_validate(v) for k, v in inputs.items()}, home,
                              ctx["parent_run_id"])
-            fields = body(call)
+            with device_slot(config.trainer.device):  # concurrent stages spread over the visible GPUs
+                fields = body(call)
             fields.setdefault("info", {})["compute_seconds"] = round(call.compute_seconds, 3)
             record = StageRecord(stage=stage, fingerprint=fp, mlflow_run_id=run_id,
                                  seconds=round(time.perf_counter() - t0, 3), **fields)

@@ -108,8 +108,11 @@ class Tracker:
             p.write_text(text)
             self.log_artifact(run_id, p)
 
-    def log_torch_model(self, run_id: str, model: torch.nn.Module, example: torch.Tensor, name: str = "model") -> str:
-        """Log ``model`` with the pytorch flavour (kdcore shipped as code) and return its model URI."""
+    def log_torch_model(self, run_id: str, model: torch.nn.Module, example: torch.Tensor, name: str = "model",
+                        extra_files: Optional[list[Path]] = None) -> str:
+        """Log ``model`` with the pytorch flavour (kdcore shipped as code) and return its model URI.
+
+        ``extra_files`` (e.g. the text vocabulary) are stored in the model under ``extra_files/``."""
         from mlflow.models import infer_signature
 
         model = model.cpu().eval()
@@ -122,6 +125,7 @@ class Tracker:
                 model, name=name, run_id=run_id, input_example=x, signature=infer_signature(x, y),
                 pip_requirements=[torch_req, f"numpy=={np.__version__}"],
                 code_paths=[str(Path(kdcore.__file__).parent)],
+                extra_files=[str(p) for p in extra_files] if extra_files else None,
             )
         return info.model_uri
 
@@ -144,8 +148,27 @@ class Tracker:
         return str(mv.version), True
 
 
+def check_prefect_api() -> None:
+    """Fail with one clear message when PREFECT_API_URL names a server that does not answer."""
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
+        return
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(url.rstrip("/") + "/health", timeout=5).read()
+    except Exception as exc:  # noqa: BLE001
+        raise KdflowError(f"Prefect server {redact(url)} (PREFECT_API_URL) is unreachable ({exc}); start it "
+                          "with `prefect server start` or unset PREFECT_API_URL to use a temporary local server") from None
+
+
 def check_reachable(uri: str) -> None:
-    """Fail with one clear message when the tracking server cannot be reached."""
+    """Fail with one clear message when the tracking store cannot be reached or created."""
+    if uri.startswith("sqlite:///"):
+        parent = Path(uri[len("sqlite:///"):]).parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise KdflowError(f"MLflow tracking URI {uri}: directory {parent} does not exist or is not writable")
+        return
     if not uri.startswith(("http://", "https://")):
         return
     import urllib.request

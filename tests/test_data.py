@@ -212,10 +212,14 @@ def test_fashion_mnist_missing_lists_places_and_how_to_get_them(tmp_path, monkey
     with pytest.raises(DataError) as err:
         load_dataset(DataConfig(name="fashion_mnist", root=str(tmp_path / "empty")))
     msg = str(err.value)
-    for place in (tmp_path / "empty", tmp_path / "empty" / "FashionMNIST" / "raw", tmp_path / "no-system-copy",
-                  tmp_path / "kdflow_home" / "data" / "FashionMNIST" / "raw"):
+    for place in (tmp_path / "empty", tmp_path / "empty" / "FashionMNIST" / "raw"):
         assert str(place) in msg
+    assert str(tmp_path / "no-system-copy") not in msg, "a root the user names is the only place looked in"
     assert "apt-get install dataset-fashion-mnist" in msg and "data.download: true" in msg
+    with pytest.raises(DataError) as err:
+        load_dataset(DataConfig(name="fashion_mnist"))
+    for place in (tmp_path / "no-system-copy", tmp_path / "kdflow_home" / "data" / "FashionMNIST" / "raw"):
+        assert str(place) in str(err.value)
 
 
 @pytest.mark.parametrize("compress", [True, False])

@@ -31,13 +31,17 @@ def runs(prefect_server, tmp_path_factory):
         first = run_pipeline(cfg)
         second = run_pipeline(cfg)
         changed = run_pipeline(config_from_dict(copy.deepcopy(TINY), ["distill.temperature=2"]))
+        manifests = {p: p.stat().st_mtime_ns for p in (home / "cache").glob("*/manifest.json")}
+        other_student = run_pipeline(config_from_dict(copy.deepcopy(TINY), ["student.arch=cnn",
+                                                                             "student.kwargs.channels=[4,8]"]))
+        manifests_after = {p: p.stat().st_mtime_ns for p in (home / "cache").glob("*/manifest.json")}
     finally:
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    return home, first, second, changed
+    return home, first, second, changed, (other_student, manifests, manifests_after)
 
 
 def client(home: Path) -> MlflowClient:
@@ -45,7 +49,7 @@ def client(home: Path) -> MlflowClient:
 
 
 def test_first_run_creates_parent_and_stage_runs_with_metrics(runs):
-    home, first, _, _ = runs
+    home, first, _, _, _ = runs
     c = client(home)
     parent = c.get_run(first["mlflow_parent_run_id"])
     assert parent.info.status == "FINISHED"
@@ -66,7 +70,7 @@ def test_first_run_creates_parent_and_stage_runs_with_metrics(runs):
 
 
 def test_models_are_registered_with_lineage(runs):
-    home, first, _, _ = runs
+    home, first, _, _, _ = runs
     c = client(home)
     versions = c.search_model_versions("name='tiny-teacher'") + c.search_model_versions("name='tiny-student'")
     assert len(versions) >= 2
@@ -78,7 +82,7 @@ def test_models_are_registered_with_lineage(runs):
 
 
 def test_distillation_and_teacher_learn(runs):
-    _, first, _, _ = runs
+    _, first, _, _, _ = runs
     m = first["models"]
     assert m["teacher"]["top1"] > 0.8, m["teacher"]
     assert m["student"]["top1"] > 0.3 and m["baseline"]["top1"] > 0.3   # 10 classes: chance is 0.1
@@ -88,18 +92,31 @@ def test_distillation_and_teacher_learn(runs):
 
 
 def test_unchanged_rerun_is_fully_cached_and_registers_nothing(runs):
-    home, first, second, _ = runs
+    home, first, second, _, _ = runs
     assert all(s["cached"] for s in second["stages"].values()), second["stages"]
     assert second["registered"] == first["registered"] and second["registered_new"] == []
-    assert len(client(home).search_model_versions("name='tiny-student'")) <= 2
+    c = client(home)
+    # versions come only from runs that changed the student (first, changed temperature, other
+    # student); the unchanged rerun added none, and the teacher was registered once
+    assert len(c.search_model_versions("name='tiny-student'")) == 3
+    assert len(c.search_model_versions("name='tiny-teacher'")) == 1
     for stage in STAGES:
         assert second["stages"][stage]["fingerprint"] == first["stages"][stage]["fingerprint"]
 
 
 def test_changed_distill_parameter_reruns_only_what_depends_on_it(runs):
-    _, first, _, changed = runs
+    _, first, _, changed, _ = runs
     cached = {s for s, i in changed["stages"].items() if i["cached"]}
     assert cached == {"teacher", "features", "pretrain", "baseline"}
     assert changed["stages"]["teacher"]["fingerprint"] == first["stages"]["teacher"]["fingerprint"]
     assert changed["stages"]["distill"]["fingerprint"] != first["stages"]["distill"]["fingerprint"]
     assert changed["registered_new"] == ["tiny-student"], "the unchanged teacher is not registered again"
+
+
+def test_another_student_reuses_the_teacher_cache_entry(runs):
+    _, first, _, _, (other, before, after) = runs
+    assert other["stages"]["teacher"]["cached"] and other["stages"]["features"]["cached"]
+    assert other["stages"]["features"]["fingerprint"] == first["stages"]["features"]["fingerprint"]
+    assert not other["stages"]["distill"]["cached"] and not other["stages"]["baseline"]["cached"]
+    assert before and before == after, "the cache entries were not rewritten"
+    assert other["models"]["student"]["params"] != first["models"]["student"]["params"]

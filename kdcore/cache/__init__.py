@@ -1,4 +1,15 @@
-"""Teacher output cache (logits and intermediate features, content-addressed)."""
-from kdcore.cache.store import CacheEntry, CacheError, build_entry, cache_key, open_entry
+"""Teacher output cache (logits and intermediate features per view, content-addressed)."""
+from kdcore.cache.store import (
+    CacheEntry,
+    CacheError,
+    build_entry,
+    cache_key,
+    find_covering,
+    gc,
+    key_fields,
+    list_entries,
+    open_entry,
+)
 
-__all__ = ["CacheEntry", "CacheError", "build_entry", "cache_key", "open_entry"]
+__all__ = ["CacheEntry", "CacheError", "build_entry", "cache_key", "find_covering", "gc", "key_fields",
+           "list_entries", "open_entry"]

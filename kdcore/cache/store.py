@@ -1,10 +1,11 @@
-"""The teacher feature cache: one content-addressed directory per entry.
+"""The teacher feature cache: one content-addressed directory per (teacher, data, split, views...).
 
-An entry holds, for each split it covers, the teacher's logits and the captured intermediate
-features as ``.npy`` arrays (memory-mapped on read) plus ``manifest.json`` describing the key,
-shapes, dtypes and the sha256 of every file. Entries are written into a temporary directory and
-renamed into place when complete; a file lock makes concurrent builders of one key produce one
-entry.
+An entry holds the teacher's logits and captured intermediate features for every (sample, view)
+as ``.npy`` arrays shaped ``[N, V, ...]`` (memory-mapped on read), the seed of every view
+(``view_seeds.npy``, so the student replays exactly the image the teacher saw), and
+``manifest.json``: key fields, shapes, dtypes, sample count, per-file size and sha256, creation
+time, kdflow version. Entries are built in a temporary directory renamed into place when
+complete; a file lock makes concurrent builders of one key produce one entry.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -27,22 +28,31 @@ from kdcore.fingerprint import file_sha256, stable_hash
 
 STORAGE = {"float32": (np.float32, torch.float32), "float16": (np.float16, torch.float16),
            "bfloat16": (np.uint16, torch.bfloat16)}  # numpy has no bf16: its bits are kept as uint16
+MISSING_LOGIT = -1e4  # logits outside the stored top-k: softmax gives them exactly 0 in float32
+SEEDS = "view_seeds"
 
 
 class CacheError(KdflowError):
     """A cache entry is missing, truncated or corrupted."""
 
 
-def cache_key(teacher_sha256: str, data_fingerprint: str, splits: Iterable[str], paths: Iterable[str],
-              dtype: str, views: dict[str, Any] | None = None) -> str:
-    return stable_hash({
-        "teacher": teacher_sha256, "data": data_fingerprint, "splits": sorted(splits),
-        "paths": list(paths), "dtype": dtype, "views": views or {"augment": None, "num_views": 1},
-    })
+def key_fields(teacher_sha256: str, data_fingerprint: str, split: str, views: dict[str, Any], dtype: str,
+               topk: Optional[int] = None) -> dict[str, Any]:
+    """Everything but the captured paths that determines an entry."""
+    return {"teacher_sha256": teacher_sha256, "data_fingerprint": data_fingerprint, "split": split,
+            "views": views, "dtype": dtype, "topk": topk}
 
 
-def tensor_file(split: str, name: str) -> str:
-    return f"{split}.{name.replace('/', '_')}.npy"
+def cache_key(fields: dict[str, Any], paths: list[str]) -> str:
+    return stable_hash(fields, list(paths))
+
+
+def entry_id(key: str) -> str:
+    return key[:24]
+
+
+def _fname(name: str) -> str:
+    return f"{name.replace('/', '_')}.npy"
 
 
 @dataclass
@@ -54,37 +64,77 @@ class CacheEntry:
     def key(self) -> str:
         return self.manifest["key"]
 
-    def names(self) -> list[str]:
-        return ["logits", *self.manifest["paths"]]
+    @property
+    def id(self) -> str:
+        return self.root.name
 
-    def array(self, split: str, name: str) -> np.ndarray:
-        return np.load(self.root / tensor_file(split, name), mmap_mode="r")
+    @property
+    def num_views(self) -> int:
+        return int(self.manifest["num_views"])
 
-    def tensor(self, split: str, name: str, index: torch.Tensor | None = None) -> torch.Tensor:
-        """Rows ``index`` (all when None) of one stored tensor, as float32."""
-        arr = self.array(split, name)
-        rows = np.array(arr) if index is None else arr[index.cpu().numpy()]
+    @property
+    def paths(self) -> list[str]:
+        return list(self.manifest["paths"])
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(v) for k, v in self.manifest["shapes"].items()}
+
+    def _array(self, name: str) -> np.ndarray:
+        return np.load(self.root / _fname(name), mmap_mode="r")
+
+    def _as_float(self, rows: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(rows))
         if self.manifest["dtype"] == "bfloat16":
             t = t.view(torch.bfloat16)
         return t.float()
 
-    def load_split(self, split: str) -> dict[str, torch.Tensor]:
-        return {name: self.tensor(split, name) for name in self.names()}
+    def read(self, name: str, index: torch.Tensor, views: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Rows ``index`` of a stored tensor (``logits`` or a module path) at the given views, float32."""
+        i = index.cpu().numpy()
+        v = np.zeros_like(i) if views is None else views.cpu().numpy()
+        if name == "logits" and self.manifest.get("topk"):
+            values = self._as_float(self._array("logits.values")[i, v])
+            indices = torch.from_numpy(np.ascontiguousarray(self._array("logits.indices")[i, v])).long()
+            out = torch.full((len(i), self.manifest["num_classes"]), MISSING_LOGIT)
+            return out.scatter_(1, indices, values)
+        return self._as_float(self._array(name)[i, v])
+
+    def read_all(self, name: str) -> torch.Tensor:
+        """A whole stored tensor ``[N, V, ...]`` (logits reconstructed when top-k compressed)."""
+        n, views = self.manifest["count"], self.num_views
+        idx = torch.arange(n).repeat_interleave(views)
+        vs = torch.arange(views).repeat(n)
+        flat = self.read(name, idx, vs)
+        return flat.reshape(n, views, *flat.shape[1:])
+
+    def seeds(self) -> np.ndarray:
+        return np.load(self.root / _fname(SEEDS))
 
     def touch(self) -> None:
-        (self.root / "last_used").write_text(str(time.time()))
+        try:
+            (self.root / "last_used").write_text(str(time.time()))
+        except OSError:
+            pass  # a read-only cache is still usable
+
+    def last_used(self) -> float:
+        try:
+            return float((self.root / "last_used").read_text())
+        except (OSError, ValueError):
+            return float(self.manifest.get("created", 0))
+
+    def size_bytes(self) -> int:
+        return sum(int(f["bytes"]) for f in self.manifest["files"].values())
 
     def verify(self, checksums: bool = False) -> None:
-        """Check files against the manifest (sizes always; sha256 when ``checksums``)."""
+        """Check every file against the manifest: size always, sha256 when ``checksums``."""
         for fname, info in self.manifest["files"].items():
             path = self.root / fname
             if not path.is_file():
                 raise CacheError(f"cache entry {self.root} is missing {fname}")
-            if path.stat().st_size != info["bytes"]:
-                raise CacheError(
-                    f"cache entry {self.root}: {fname} is truncated or altered "
-                    f"({path.stat().st_size} bytes, manifest says {info['bytes']})")
+            size = path.stat().st_size
+            if size != info["bytes"]:
+                raise CacheError(f"cache entry {self.root}: {fname} is truncated or altered "
+                                 f"({size} bytes, the manifest says {info['bytes']})")
             if checksums and file_sha256(path) != info["sha256"]:
                 raise CacheError(f"cache entry {self.root}: {fname} fails its sha256 check (corrupted)")
 
@@ -94,12 +144,15 @@ def _read_manifest(root: Path) -> dict[str, Any]:
         return json.loads((root / "manifest.json").read_text())
     except FileNotFoundError:
         raise CacheError(f"cache entry {root} has no manifest.json") from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CacheError(f"cache entry {root} has a corrupted manifest.json ({exc})") from None
 
 
 def open_entry(cache_dir: Path, key: str, checksums: bool = False) -> CacheEntry:
-    root = Path(cache_dir) / key[:24]
+    """Open and check the entry for ``key`` (CacheError if absent or damaged)."""
+    root = Path(cache_dir) / entry_id(key)
+    if not root.is_dir():
+        raise CacheError(f"cache entry {root} does not exist (was the cache cleared? rerun the features stage)")
     entry = CacheEntry(root, _read_manifest(root))
     if entry.manifest.get("key") != key:
         raise CacheError(f"cache entry {root} belongs to another key")
@@ -107,21 +160,49 @@ def open_entry(cache_dir: Path, key: str, checksums: bool = False) -> CacheEntry
     return entry
 
 
-Producer = Callable[[str], Iterator[dict[str, torch.Tensor]]]
+def list_entries(cache_dir: Path) -> list[CacheEntry]:
+    """Every entry with a readable manifest (damaged ones are listed by ``scan_damaged``)."""
+    out = []
+    for root in sorted(Path(cache_dir).glob("*")):
+        if root.is_dir() and not root.name.startswith("."):
+            try:
+                out.append(CacheEntry(root, _read_manifest(root)))
+            except CacheError:
+                continue
+    return out
 
 
-def build_entry(cache_dir: Path, key: str, meta: dict[str, Any], splits: dict[str, int], produce: Producer,
-                dtype: str = "float32", rebuild: bool = True, checksums: bool = False) -> tuple[CacheEntry, bool]:
-    """Return (entry, built): reuse a valid entry for ``key`` or build it.
+def find_covering(cache_dir: Path, fields: dict[str, Any], paths: list[str], checksums: bool = False
+                  ) -> Optional[CacheEntry]:
+    """An intact entry with the same key fields whose captured paths include ``paths``."""
+    for entry in list_entries(cache_dir):
+        m = entry.manifest
+        if m.get("fields") == fields and set(paths) <= set(m.get("paths", [])):
+            try:
+                entry.verify(checksums=checksums)
+            except CacheError:
+                continue
+            return entry
+    return None
 
-    ``produce(split)`` yields batches ``{name: tensor[B, ...]}`` in sample order; ``splits`` maps
-    each split to its sample count. At most one batch is held in memory beyond the memory maps.
-    A damaged existing entry is rebuilt when ``rebuild`` else reported.
+
+Producer = Callable[[], Iterator[dict[str, torch.Tensor]]]
+
+
+def build_entry(cache_dir: Path, fields: dict[str, Any], paths: list[str], count: int, num_views: int,
+                seeds: np.ndarray, produce: Producer, *, rebuild: bool = True, checksums: bool = False,
+                num_classes: Optional[int] = None) -> tuple[CacheEntry, bool]:
+    """Return (entry, built): reuse an intact entry covering ``fields``/``paths`` or build one.
+
+    ``produce()`` yields batches ``{"logits": [B, V, K], path: [B, V, ...]}`` in sample order. At
+    most one batch is held in memory beyond the memory maps. A damaged entry for this exact key is
+    rebuilt when ``rebuild``, else reported.
     """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    root = cache_dir / key[:24]
-    with FileLock(str(cache_dir / f".{key[:24]}.lock")):
+    key = cache_key(fields, paths)
+    root = cache_dir / entry_id(key)
+    with FileLock(str(cache_dir / f".{entry_id(key)}.lock")):
         if root.exists():
             try:
                 entry = open_entry(cache_dir, key, checksums=checksums)
@@ -129,11 +210,21 @@ def build_entry(cache_dir: Path, key: str, meta: dict[str, Any], splits: dict[st
                 return entry, False
             except CacheError as exc:
                 if not rebuild:
-                    raise CacheError(f"{exc}; rebuilding is disabled") from None
+                    raise CacheError(f"{exc}; set cache.rebuild: true to rebuild it") from None
                 shutil.rmtree(root)
-        tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".build-{key[:12]}-"))
+        covering = find_covering(cache_dir, fields, paths, checksums=checksums)
+        if covering is not None:
+            covering.touch()
+            return covering, False
+        tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".build-{entry_id(key)}-"))
         try:
-            manifest = _write_arrays(tmp, key, meta, splits, produce, dtype)
+            files, shapes = _write_arrays(tmp, fields["dtype"], fields.get("topk"), count, num_views, produce)
+            np.save(tmp / _fname(SEEDS), seeds)
+            for fname in (_fname(SEEDS),):
+                files[fname] = {"bytes": (tmp / fname).stat().st_size, "sha256": file_sha256(tmp / fname)}
+            manifest = {"key": key, "fields": fields, **fields, "paths": list(paths), "count": count,
+                        "num_views": num_views, "num_classes": num_classes, "shapes": shapes, "files": files,
+                        "created": time.time(), "kdflow_version": kdcore.__version__}
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
             os.replace(tmp, root)
         except BaseException:
@@ -144,30 +235,76 @@ def build_entry(cache_dir: Path, key: str, meta: dict[str, Any], splits: dict[st
         return entry, True
 
 
-def _write_arrays(tmp: Path, key: str, meta: dict[str, Any], splits: dict[str, int], produce: Producer,
-                  dtype: str) -> dict[str, Any]:
+def _write_arrays(tmp: Path, dtype: str, topk: Optional[int], count: int, num_views: int,
+                  produce: Producer) -> tuple[dict[str, dict[str, Any]], dict[str, list[int]]]:
     np_dtype, torch_dtype = STORAGE[dtype]
+    maps: dict[str, np.memmap] = {}
     shapes: dict[str, list[int]] = {}
-    files: dict[str, dict[str, Any]] = {}
-    for split, count in splits.items():
-        maps: dict[str, np.memmap] = {}
-        pos = 0
-        for batch in produce(split):
-            b = next(iter(batch.values())).shape[0]
-            for name, t in batch.items():
-                if name not in maps:
-                    shapes[name] = list(t.shape[1:])
-                    maps[name] = np.lib.format.open_memmap(
-                        tmp / tensor_file(split, name), mode="w+", dtype=np_dtype, shape=(count, *t.shape[1:]))
-                out = t.detach().to("cpu", torch_dtype)
-                maps[name][pos:pos + b] = (out.view(torch.uint16) if dtype == "bfloat16" else out).numpy()
-            pos += b
-        if pos != count:
-            raise CacheError(f"cache build for split {split!r} produced {pos} samples, expected {count}")
-        for name, mm in maps.items():
-            mm.flush()
-            del mm
-            fname = tensor_file(split, name)
-            files[fname] = {"bytes": (tmp / fname).stat().st_size, "sha256": file_sha256(tmp / fname)}
-    return {"key": key, **meta, "dtype": dtype, "splits": splits, "shapes": shapes, "files": files,
-            "created": time.time(), "kdflow_version": kdcore.__version__}
+    pos = 0
+
+    def put(name: str, t: torch.Tensor, store_dtype=None) -> None:
+        if name not in maps:
+            maps[name] = np.lib.format.open_memmap(tmp / _fname(name), mode="w+", dtype=store_dtype or np_dtype,
+                                                   shape=(count, num_views, *t.shape[2:]))
+        if store_dtype is None:
+            t = t.detach().to("cpu", torch_dtype)
+            arr = (t.view(torch.uint16) if dtype == "bfloat16" else t).numpy()
+        else:
+            arr = t.detach().cpu().numpy().astype(store_dtype)
+        maps[name][pos:pos + t.shape[0]] = arr
+
+    for batch in produce():
+        b = batch["logits"].shape[0]
+        if pos + b > count:
+            raise CacheError(f"cache build produced more than the expected {count} samples")
+        for name, t in batch.items():
+            if t.shape[1] != num_views:
+                raise CacheError(f"cache build: {name} has {t.shape[1]} views, expected {num_views}")
+            shapes.setdefault(name, list(t.shape[2:]))
+            if name == "logits" and topk:
+                k = min(topk, t.shape[-1])
+                values, indices = t.topk(k, dim=-1)
+                put("logits.values", values)
+                put("logits.indices", indices, np.int32)
+            else:
+                put(name, t)
+        pos += b
+    if pos != count:
+        raise CacheError(f"cache build produced {pos} samples, expected {count}")
+    files = {}
+    for name, mm in maps.items():
+        mm.flush()
+        fname = _fname(name)
+        files[fname] = {"bytes": (tmp / fname).stat().st_size, "sha256": file_sha256(tmp / fname)}
+    maps.clear()
+    return files, shapes
+
+
+def gc(cache_dir: Path, keep_days: Optional[float] = None, max_size: Optional[int] = None,
+       dry_run: bool = False) -> list[CacheEntry]:
+    """Remove entries unused for ``keep_days``, then the least recently used until the cache holds at
+    most ``max_size`` bytes. Also removes leftovers of interrupted builds. Returns what was removed."""
+    cache_dir = Path(cache_dir)
+    removed: list[CacheEntry] = []
+    entries = sorted(list_entries(cache_dir), key=lambda e: e.last_used())
+    now = time.time()
+    keep: list[CacheEntry] = []
+    for e in entries:
+        if keep_days is not None and now - e.last_used() > keep_days * 86400:
+            removed.append(e)
+        else:
+            keep.append(e)
+    if max_size is not None:
+        total = sum(e.size_bytes() for e in keep)
+        while keep and total > max_size:
+            e = keep.pop(0)
+            total -= e.size_bytes()
+            removed.append(e)
+    if not dry_run:
+        for e in removed:
+            with FileLock(str(cache_dir / f".{e.id}.lock")):
+                shutil.rmtree(e.root, ignore_errors=True)
+        for stale in cache_dir.glob(".build-*"):
+            if now - stale.stat().st_mtime > 3600:
+                shutil.rmtree(stale, ignore_errors=True)
+    return removed

@@ -1,17 +1,21 @@
 """Datasets: ``load_dataset(cfg.data) -> DataBundle`` (in memory, split, normalised, fingerprinted).
 
-Built-in datasets: ``digits``, ``mnist5k``, ``fashion_mnist``, ``cifar10``, ``cifar100``,
-``imagefolder``. Register your own with ``@DATASETS.register("name")`` (see :mod:`.registry`).
+Built-in datasets: images ``digits``, ``mnist5k``, ``fashion_mnist``, ``cifar10``, ``cifar100``,
+``imagefolder``; speech ``japanese_vowels``, ``audio_folder``; text ``rotten_tomatoes``,
+``chinese_reviews``, ``text_csv``. Register your own with ``@DATASETS.register("name")`` (see
+:mod:`.registry`).
 """
 from __future__ import annotations
 
 from kdcore.config import DataConfig
 from kdcore.data.bundle import DataBundle, Split, channel_stats, content_fingerprint, to_split
 from kdcore.data.registry import DATASETS, RawData, validate_raw
+from kdcore.data.sequences import prepare_sequences
 from kdcore.data.splits import SplitIndices, make_splits
 
 # the built-in loaders register themselves on import
-from kdcore.data import cifar, fashion_mnist, imagefolder, mnist5k, sklearn_digits  # noqa: E402,F401
+from kdcore.data import cifar, fashion_mnist, imagefolder, mnist5k, npz, sklearn_digits  # noqa: E402,F401
+from kdcore.data import audio_folder, chinese_reviews, japanese_vowels, rotten_tomatoes, text_csv  # noqa: E402,F401
 
 __all__ = ["DATASETS", "DataBundle", "RawData", "Split", "SplitIndices", "load_dataset", "make_splits"]
 
@@ -38,6 +42,8 @@ def load_dataset(cfg: DataConfig) -> DataBundle:
         "limit_test": cfg.limit_test,
         "official_test": idx.test_is_official,
     }
+    if raw.modality != "image":  # speech / text: padding, masks, vocabulary (kdcore.data.sequences)
+        return prepare_sequences(cfg.name, raw, parts, params)
     fingerprint = content_fingerprint(cfg.name, parts, params, raw.scale, raw.class_names)
 
     train_x = parts["train"][0]

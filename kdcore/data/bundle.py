@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,7 +20,8 @@ from torch import Tensor
 
 @dataclass
 class Split:
-    """One split: ``x`` float32 [N, C, H, W], already normalised; ``y`` int64 [N] class indices."""
+    """One split: ``x`` the inputs, already normalised (images float32 [N, C, H, W]; speech float32
+    [N, T, F + 1] with a validity-mask channel; text int64 token ids [N, T]); ``y`` int64 [N]."""
 
     x: Tensor
     y: Tensor
@@ -42,21 +45,35 @@ class DataBundle:
     test: Split
     num_classes: int
     class_names: list[str]
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
     modality: str = "image"
     fingerprint: str = ""
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def in_channels(self) -> int:
+        """What models are built with as ``in_channels``: image channels, speech features per frame
+        (the last input channel is the validity mask), or the text vocabulary size."""
+        if self.modality == "speech":
+            return int(self.input_shape[-1]) - 1
+        if self.modality == "text":
+            return len(self.extras["vocab"])
         return int(self.input_shape[0])
 
     def splits(self) -> dict[str, Split]:
         return {"train": self.train, "val": self.val, "test": self.test}
 
     def normalize(self, x: Tensor) -> Tensor:
-        """Apply this bundle's normalisation to [0, 1]-scaled images [N, C, H, W]."""
+        """Apply this bundle's normalisation to [0, 1]-scaled images [N, C, H, W], or to speech
+        frames [N, T, F + 1] (features only, on valid frames; padding and mask untouched)."""
+        if self.modality == "speech":
+            mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device)
+            std = torch.tensor(self.std, dtype=x.dtype, device=x.device)
+            valid = x[..., -1:] > 0.5
+            feats = torch.where(valid, (x[..., :-1] - mean) / std, torch.zeros_like(x[..., :-1]))
+            return torch.cat([feats, x[..., -1:]], dim=-1)
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         return (x - mean) / std
@@ -72,7 +89,15 @@ class DataBundle:
             "sizes": {k: len(s) for k, s in self.splits().items()},
             "mean": list(self.mean),
             "std": list(self.std),
+            **({"vocab_size": len(self.extras["vocab"])} if "vocab" in self.extras else {}),
         }
+
+    def model_files(self, folder: Path) -> list[Path]:
+        """Write what a model trained on this data needs to read raw inputs (text: ``vocab.json``,
+        the train-split vocabulary) into ``folder``; return the paths written."""
+        if "vocab" in self.extras:
+            return [self.extras["vocab"].save(Path(folder) / "vocab.json")]
+        return []
 
 
 def channel_stats(x: np.ndarray, scale: float, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,7 @@
 """``fashion_mnist``: Zalando's Fashion-MNIST (60000 train + 10000 test, 28x28 grey, 10 classes).
 
-Read from the four IDX files (``.gz`` or plain), looked for, in order, in:
-``data.root`` and ``data.root/FashionMNIST/raw`` (torchvision's layout); the Debian/Ubuntu
+Read from the four IDX files (``.gz`` or plain). When ``data.root`` is set, only there:
+``data.root`` and ``data.root/FashionMNIST/raw`` (torchvision's layout). Otherwise in the Debian/Ubuntu
 package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``); and
 ``$KDFLOW_HOME/data/FashionMNIST/raw`` (where a download goes when ``data.root`` is unset).
 Only with ``data.download: true`` is anything downloaded (through torchvision).
@@ -29,11 +29,10 @@ TORCHVISION_SUBDIR = Path("FashionMNIST") / "raw"
 
 
 def candidate_dirs(cfg: DataConfig) -> list[Path]:
-    dirs = []
-    if cfg.root:
+    if cfg.root:  # a root the user names is the only place looked in (no silent fallback)
         root = Path(cfg.root).expanduser()
-        dirs += [root, root / TORCHVISION_SUBDIR]
-    dirs += list(SYSTEM_DIRS)
+        return [root, root / TORCHVISION_SUBDIR]
+    dirs = list(SYSTEM_DIRS)
     dirs.append(data_home() / TORCHVISION_SUBDIR)
     unique: list[Path] = []
     for d in dirs:

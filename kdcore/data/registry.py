@@ -17,7 +17,7 @@ Add your own dataset without editing the library::
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
@@ -32,9 +32,12 @@ from kdcore.registry import Registry
 class RawData:
     """What a loader returns.
 
-    ``*_x``: images [N, C, H, W], uint8 or float in [0, ``scale``]; ``*_y``: integer labels [N].
+    ``*_x``: images [N, C, H, W], uint8 or float in [0, ``scale``]; for ``modality`` "speech" an
+    object array of float frames [T_i, F], for "text" an object array of strings (see
+    :mod:`kdcore.data.sequences`); ``*_y``: integer labels [N].
     ``test_x``/``test_y`` are None when the source has no official test split (one is carved
     from the train pool then). ``source`` says where the data was read from (used in messages).
+    ``options`` are the resolved preparation options of sequence data (text: tokenisation).
     """
 
     train_x: np.ndarray
@@ -45,6 +48,7 @@ class RawData:
     scale: float = 255.0
     source: str = ""
     modality: str = "image"
+    options: dict = field(default_factory=dict)
 
     @property
     def has_test(self) -> bool:
@@ -70,8 +74,14 @@ def validate_raw(name: str, raw: RawData) -> None:
         raise DataError(f"dataset {name}{where} has no classes")
     if len(raw.train_y) == 0:
         raise DataError(f"dataset {name} has no samples{where}")
+    if raw.modality != "image":
+        from kdcore.data.sequences import SEQUENCE_MODALITIES, validate_sequences
+
+        if raw.modality not in SEQUENCE_MODALITIES:
+            raise DataError(f"dataset {name}{where}: unknown modality {raw.modality!r} (image, speech or text)")
+        validate_sequences(name, raw.parts(), raw.modality, where)
     for part, (x, y) in raw.parts().items():
-        if x.ndim != 4:
+        if raw.modality == "image" and x.ndim != 4:
             raise DataError(f"dataset {name}{where}: {part} images must be [N, C, H, W], got shape {tuple(x.shape)}")
         if len(x) != len(y):
             raise DataError(f"dataset {name}{where}: {part} has {len(x)} images but {len(y)} labels")
@@ -87,6 +97,8 @@ def validate_raw(name: str, raw: RawData) -> None:
                 f"dataset {name}{where}: {part} has {int(bad.sum())} labels outside [0, {num_classes}) "
                 f"for {num_classes} classes: {shown}"
             )
+        if raw.modality != "image":
+            continue
         if np.issubdtype(x.dtype, np.floating):
             finite = np.isfinite(x)
             if not finite.all():
@@ -98,7 +110,7 @@ def validate_raw(name: str, raw: RawData) -> None:
                 )
         elif not np.issubdtype(x.dtype, np.integer):
             raise DataError(f"dataset {name}{where}: {part} images have unsupported dtype {x.dtype}")
-    if raw.test_x is not None and raw.test_x.shape[1:] != raw.train_x.shape[1:]:
+    if raw.modality == "image" and raw.test_x is not None and raw.test_x.shape[1:] != raw.train_x.shape[1:]:
         raise DataError(
             f"dataset {name}{where}: test images are {tuple(raw.test_x.shape[1:])} "
             f"but train images are {tuple(raw.train_x.shape[1:])}"

@@ -1,20 +1,32 @@
 """Distillation losses: each returns named unweighted terms; an Objective sums them with weights."""
-from kdcore.losses import ce, fitnet, kd  # noqa: F401  (registers the losses)
+from kdcore.losses import at, ce, crd, dkd, fitnet, kd, pkt, rkd, sp  # noqa: F401  (registers the losses)
+from kdcore.losses.at import ATLoss
 from kdcore.losses.ce import CELoss
+from kdcore.losses.crd import CRDLoss
+from kdcore.losses.dkd import DKDLoss
 from kdcore.losses.fitnet import FitNetLoss
 from kdcore.losses.inputs import KDInputs
 from kdcore.losses.kd import KDLoss
 from kdcore.losses.objective import Objective, build_objective
+from kdcore.losses.pkt import PKTLoss
 from kdcore.losses.registry import LOSSES, DistillLoss, create_loss, loss_params
+from kdcore.losses.rkd import RKDLoss
+from kdcore.losses.sp import SPLoss
 
 __all__ = [
     "LOSSES",
+    "ATLoss",
     "CELoss",
+    "CRDLoss",
+    "DKDLoss",
     "DistillLoss",
     "FitNetLoss",
     "KDInputs",
     "KDLoss",
     "Objective",
+    "PKTLoss",
+    "RKDLoss",
+    "SPLoss",
     "build_objective",
     "create_loss",
     "loss_params",

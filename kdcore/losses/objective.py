@@ -38,9 +38,13 @@ class Objective(nn.Module):
     def needs_teacher(self) -> bool:
         return any(loss.needs_teacher for loss in self.losses.values())
 
-    def build(self, student_shapes: Shapes, teacher_shapes: Shapes) -> None:
-        """Let each loss create its connectors (call before moving to a device and making the optimiser)."""
+    def build(self, student_shapes: Shapes, teacher_shapes: Shapes, num_samples: int | None = None) -> None:
+        """Let each loss create its connectors (call before moving to a device and making the optimiser).
+
+        ``num_samples`` (the training set's size) goes to losses that keep per-sample memory."""
         for loss in self.losses.values():
+            if num_samples is not None:
+                loss.bind_dataset(num_samples)
             loss.build(student_shapes, teacher_shapes)
 
     def forward(self, inp: KDInputs) -> tuple[Tensor, dict[str, Tensor]]:

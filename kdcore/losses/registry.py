@@ -25,6 +25,9 @@ class DistillLoss(nn.Module):
         self.student_paths: list[str] = []
         self.teacher_paths: list[str] = []
 
+    def bind_dataset(self, num_samples: int) -> None:
+        """Told the training set's size before ``build`` (losses with per-sample memory use it); default no-op."""
+
     def build(self, student_shapes: Shapes, teacher_shapes: Shapes) -> None:
         """Create shape-dependent parts (connectors) once feature shapes are known; default no-op."""
 

@@ -1,46 +1,78 @@
 """Stages `pretrain`, `distill` and `baseline`: the student's three ways of being trained."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from kdcore.cache import CacheEntry
+from kdcore.data.augment import apply_views, epoch_views, view_seeds
 from kdcore.hooks import FeatureTap, probe_shapes
 from kdcore.losses import KDInputs, build_objective
-from kdcore.models.transplant import init_from_teacher
+from kdcore.models.transplant import TransplantReport, transplant
 from kdcore.stages.env import _INIT_LOCK, StageEnv, StageResult, classifier_val, fit_summary
-from kdcore.train import fit
-from kdcore.train.checkpoint import load_model, save_model
+from kdcore.stages.features import split_views
+from kdcore.train import TrainCallbacks, fit
+from kdcore.train.checkpoint import load_model
 
 
 class TeacherSource:
-    """Teacher logits/features for a batch of train indices: from the cache or computed online."""
+    """Teacher logits/features for a batch of train indices at given views: read from the cache
+    entries of each split, or computed online from the same augmented images."""
 
-    def __init__(self, env: StageEnv, entry: Optional[CacheEntry], teacher: Optional[nn.Module], paths: list[str]):
-        self.env, self.entry, self.teacher, self.paths = env, entry, teacher, paths
-        if entry is None and teacher is None:
-            raise ValueError("a TeacherSource needs a cache entry or a teacher")
-        if entry is not None:  # the logits are small: keep them on the device
-            self._logits = {s: entry.tensor(s, "logits").to(env.device) for s in ("train", "val")}
+    def __init__(self, env: StageEnv, entries: Optional[dict[str, CacheEntry]], teacher: Optional[nn.Module],
+                 paths: list[str]):
+        self.env, self.entries, self.teacher, self.paths = env, entries, teacher, paths
+        if entries is None and teacher is None:
+            raise ValueError("a TeacherSource needs cache entries or a teacher")
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
-        if self.entry is not None:
-            return {p: tuple(self.entry.manifest["shapes"][p]) for p in self.paths}
+        if self.entries is not None:
+            return {p: self.entries["train"].shapes()[p] for p in self.paths}
         return probe_shapes(self.teacher, self.paths, self.env.split("train")[0][:2])
 
-    def get(self, split: str, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        if self.entry is not None:
-            feats = {p: self.entry.tensor(split, p, idx).to(self.env.device, non_blocking=True) for p in self.paths}
-            return self._logits[split][idx.to(self._logits[split].device)], feats
-        x, _ = self.env.split(split)
+    def seeds(self, split: str, n: int) -> np.ndarray:
+        """The view seeds of a split: those stored with the entry, else recomputed identically."""
+        if self.entries is not None:
+            return self.entries[split].seeds()
+        views = split_views(self.env.cfg, split)
+        return view_seeds(n, views["num_views"], views["seed"])
+
+    def get(self, split: str, idx: torch.Tensor, views: torch.Tensor, x_view: torch.Tensor
+            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Teacher outputs for samples ``idx`` at ``views``; ``x_view`` is the student's input batch."""
+        dev = self.env.device
+        if self.entries is not None:
+            entry = self.entries[split]
+            logits = entry.read("logits", idx, views).to(dev, non_blocking=True)
+            return logits, {p: entry.read(p, idx, views).to(dev, non_blocking=True) for p in self.paths}
         self.teacher.eval()
         with FeatureTap(self.teacher, self.paths) as tap, torch.no_grad():
-            logits = self.teacher(x[idx]).float()
+            logits = self.teacher(x_view).float()
             return logits, {p: tap.features[p].float() for p in self.paths}
+
+
+class _EpochViews(TrainCallbacks):
+    """Chooses, at the start of each epoch, which stored view every training sample shows."""
+
+    def __init__(self, inner: TrainCallbacks, n: int, num_views: int, seed: int) -> None:
+        self.inner, self.n, self.num_views, self.seed = inner, n, num_views, seed
+        self.views = torch.zeros(n, dtype=torch.long)
+
+    def on_fit_start(self, start_epoch: int, max_epochs: int) -> None:
+        self.inner.on_fit_start(start_epoch, max_epochs)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.views = epoch_views(self.n, self.num_views, self.seed, epoch)
+        self.inner.on_epoch_start(epoch)
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.inner.on_epoch_end(epoch, metrics)
 
 
 def _train_with_objective(env: StageEnv, student: nn.Module, spec_losses: dict[str, Any], train_spec,
@@ -53,28 +85,35 @@ def _train_with_objective(env: StageEnv, student: nn.Module, spec_losses: dict[s
     t_shapes = source.shapes() if (source is not None and objective.teacher_paths) else {}
     with _INIT_LOCK:  # connectors are initialised from the seeded global RNG
         env.seed(2)
-        objective.build(s_shapes, t_shapes)
+        objective.build(s_shapes, t_shapes, num_samples=len(x))
     objective.to(env.device)
+    vcfg = env.cfg.cache.views
+    train_seeds = torch.from_numpy(source.seeds("train", len(x)) if source is not None
+                                   else view_seeds(len(x), vcfg.num_views, vcfg.seed))
+    callbacks = _EpochViews(env.callbacks, len(x), vcfg.num_views, vcfg.seed)
 
-    def run(split: str, idx: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor):
-        t_logits, t_feats = (source.get(split, idx) if source is not None and objective.needs_teacher
+    def run(split: str, idx: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, views: torch.Tensor):
+        xb = xs[idx.to(xs.device)]
+        if split == "train" and vcfg.policy != "none":
+            xb = apply_views(xb, train_seeds[idx.cpu(), views.cpu()], vcfg.policy, vcfg.pad)
+        t_logits, t_feats = (source.get(split, idx, views, xb) if source is not None and objective.needs_teacher
                              else (None, {}))
         with FeatureTap(student, s_paths) as tap:
-            logits = student(xs[idx])
-            inp = KDInputs(student_logits=logits.float(), teacher_logits=t_logits, targets=ys[idx],
+            logits = student(xb)
+            inp = KDInputs(student_logits=logits.float(), teacher_logits=t_logits, targets=ys[idx.to(ys.device)],
                            student_features={p: tap.features[p].float() for p in s_paths},
-                           teacher_features=t_feats)
+                           teacher_features=t_feats, indices=idx if split == "train" else None)
         return objective(inp)
 
     def step(idx):
-        return run("train", idx.to(x.device), x, y)
+        return run("train", idx, x, y, callbacks.views[idx])
 
     def evaluate() -> dict[str, float]:
         out = classifier_val(student, xv, yv)
         if monitor_objective:
             with torch.no_grad():
-                idx = torch.arange(len(xv), device=xv.device)
-                total = sum(float(run("val", b, xv, yv)[0]) * len(b) for b in idx.split(1024))
+                idx = torch.arange(len(xv))
+                total = sum(float(run("val", b, xv, yv, torch.zeros_like(b))[0]) * len(b) for b in idx.split(1024))
             out["val_loss"] = total / max(len(xv), 1)
         return out
 
@@ -82,26 +121,62 @@ def _train_with_objective(env: StageEnv, student: nn.Module, spec_losses: dict[s
         train_spec = train_spec.model_copy(update={"monitor": "val_loss"})
     result = fit({"model": student, "objective": objective}, step, len(x), evaluate, train_spec,
                  ckpt_dir=env.workdir / "checkpoints", seed=env.cfg.trainer.seed, device=env.device,
-                 amp_dtype=env.amp_dtype, callbacks=env.callbacks, run_key=str(env.workdir), stage=stage)
+                 amp_dtype=env.amp_dtype, callbacks=callbacks, run_key=str(env.workdir), stage=stage)
     return result, objective
 
 
 def _finish(env: StageEnv, student: nn.Module, stage: str, info: dict[str, Any], fit_result=None) -> StageResult:
     metrics = classifier_val(student, *env.split("val"))
     path = env.workdir / "student.safetensors"
-    sha = save_model(student, path, {"stage": stage, "data_fingerprint": env.data.fingerprint})
-    return StageResult(path, sha, metrics, info, fit_result, student)
+    sha, files = env.save_model(student, path, stage)
+    return StageResult(path, sha, metrics, info, fit_result, student, files)
+
+
+def pretrain_objective_spec(cfg) -> dict[str, dict[str, Any]]:
+    """The objective that trains the new or reshaped layers of a student made from teacher layers."""
+    spec = copy.deepcopy(cfg.pretrain.losses) if cfg.pretrain.losses else {"ce": {"weight": 0.1}, "kd": {"weight": 0.9}}
+    for name in ("kd", "dkd"):
+        if name in spec:
+            spec[name].setdefault("temperature", cfg.distill.temperature)
+    return spec
+
+
+def _train_new_layers(env: StageEnv, student: nn.Module, report: TransplantReport, source: Optional[TeacherSource],
+                      teacher: Optional[nn.Module]):
+    """Train what did not come whole from the teacher (new and sliced tensors), the rest frozen."""
+    cfg = env.cfg.pretrain
+    params = dict(student.named_parameters())
+    frozen = [n for n in report.copied if n in params] if cfg.freeze_copied else []
+    if len(frozen) == len(params):
+        return None  # every tensor came whole from the teacher: nothing new to train
+    spec = pretrain_objective_spec(env.cfg)
+    if source is None and teacher is not None:  # no cache given: run the teacher online
+        source = TeacherSource(env, None, teacher.to(env.device), build_objective(spec).teacher_paths)
+    for n in frozen:
+        params[n].requires_grad_(False)
+    try:
+        fit_result, _ = _train_with_objective(env, student, spec, cfg.train, source, "pretrain")
+    finally:
+        for n in frozen:
+            params[n].requires_grad_(True)
+    return fit_result
 
 
 def pretrain_student(env: StageEnv, source: Optional[TeacherSource], teacher: Optional[nn.Module]) -> StageResult:
-    """Hint training of the student's lower layers, or initialisation from the teacher's layers."""
+    """Hint training of the student's lower layers, or initialisation from the teacher's layers
+    (with the new or reshaped layers then trained for ``pretrain.train`` while the copied ones stay
+    frozen)."""
     cfg = env.cfg.pretrain
     student = env.new_student()
     info: dict[str, Any] = {"method": cfg.method}
     fit_result = None
     if cfg.method == "teacher_layers":
-        copied = init_from_teacher(student, teacher, mapping=cfg.mapping, select=cfg.select)
-        info["copied_tensors"] = len(copied)
+        report = transplant(student, teacher, mapping=cfg.mapping, select=cfg.select, partial=cfg.partial)
+        info.update(copied_tensors=len(report.copied), sliced_tensors=len(report.sliced))
+        fit_result = _train_new_layers(env, student, report, source, teacher)
+        info["trained_new_layers"] = fit_result is not None
+        if fit_result is not None:
+            info.update(fit_summary(fit_result))
     elif cfg.method == "hint":
         pairs = [p.model_dump() for p in cfg.pairs]
         fit_result, _ = _train_with_objective(

@@ -31,6 +31,7 @@ class StageResult:
     info: dict[str, Any] = field(default_factory=dict)
     fit: Optional[FitResult] = None
     model: Optional[nn.Module] = None
+    files: list[Path] = field(default_factory=list)  # what the model needs beside its weights (vocab.json)
 
 
 @dataclass
@@ -68,6 +69,16 @@ class StageEnv:
             model = create_model(arch, in_channels=self.data.in_channels, num_classes=self.data.num_classes,
                                  **kwargs)
         return model.to(self.device)
+
+    def save_model(self, model: nn.Module, path: Path, stage: str) -> tuple[str, list[Path]]:
+        """Write the weights (+ JSON sidecar) and, beside them, the files the data needs at inference
+        (text: the train-split ``vocab.json``); return (sha256 of the weights, extra files)."""
+        from kdcore.train.checkpoint import save_model
+
+        files = self.data.model_files(Path(path).parent)
+        meta = {"stage": stage, "data_fingerprint": self.data.fingerprint, "modality": self.data.modality,
+                "files": [f.name for f in files]}
+        return save_model(model, path, meta), files
 
     def new_student(self) -> nn.Module:
         """The student at its seeded initialisation (the same for the baseline and distillation)."""

@@ -17,7 +17,8 @@ def evaluate_models(env: StageEnv, models: dict[str, nn.Module], reference: str 
     out: dict[str, dict] = {}
     for name, model in models.items():
         metrics = classification_metrics(logits[name], y, teacher_logits=ref if name != reference else None)
-        metrics.update(model_profile(model, tuple(env.data.input_shape), latency=cfg.latency,
-                                     throughput_batch=cfg.throughput_batch, min_run_time=cfg.min_run_time))
+        metrics.update(model_profile(model, tuple(env.data.input_shape), example=env.data.test.x[0],
+                                     latency=cfg.latency, throughput_batch=cfg.throughput_batch,
+                                     min_run_time=cfg.min_run_time))
         out[name] = {"metrics": metrics, "correct": per_sample_correct(logits[name], y).tolist()}
     return out

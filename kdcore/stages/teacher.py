@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from kdcore.errors import CheckpointError
 from kdcore.stages.env import StageEnv, StageResult, classifier_val, fit_summary
 from kdcore.train import fit
-from kdcore.train.checkpoint import load_model, save_model
+from kdcore.train.checkpoint import load_model
 
 
 def train_teacher(env: StageEnv) -> StageResult:
@@ -29,8 +29,8 @@ def train_teacher(env: StageEnv) -> StageResult:
         info = {"source": "trained", **fit_summary(fit_result)}
     metrics = classifier_val(model, *env.split("val"))
     path = env.workdir / "teacher.safetensors"
-    sha = save_model(model, path, {"stage": "teacher", "data_fingerprint": env.data.fingerprint})
-    return StageResult(path, sha, metrics, info, fit_result, model)
+    sha, files = env.save_model(model, path, "teacher")
+    return StageResult(path, sha, metrics, info, fit_result, model, files)
 
 
 def _load_given(env: StageEnv):

@@ -21,6 +21,7 @@ from kdcore.train.checkpoint import (
     save_training_checkpoint,
     state_tensors,
 )
+from kdcore.train import ddp
 from kdcore.train.convergence import Convergence
 from kdcore.train.device import autocast
 
@@ -31,6 +32,8 @@ class TrainCallbacks:
     """Progress leaves the loop through these hooks; override what you need."""
 
     def on_fit_start(self, start_epoch: int, max_epochs: int) -> None: ...
+
+    def on_epoch_start(self, epoch: int) -> None: ...
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None: ...
 
@@ -139,16 +142,19 @@ def fit(
             start = resumed_from = meta["epoch"] + 1
 
     cb.on_fit_start(start, spec.max_epochs)
-    epoch = start - 1
+    group = ddp.active()  # set only in the processes started by kdcore.train.ddp.run_distributed
+    step, unwrap = group.wrap_step(modules, step) if group else (step, None)
     for epoch in range(start, spec.max_epochs):
         if stop_reason:
             break
         e0 = time.perf_counter()
+        cb.on_epoch_start(epoch)
         for m in modules.values():
             m.train()
         sums: dict[str, float] = {}
         n_seen = 0
         for i, idx in enumerate(_batches(n_train, spec.batch_size, seed, epoch)):
+            idx, share = group.shard(idx) if group else (idx, 1.0)
             with autocast(device, amp_dtype):
                 loss, terms = step(idx)
             value = float(loss.detach())
@@ -159,7 +165,7 @@ def fit(
                     + (f" (last good checkpoint: {last})" if last else " (no checkpoint was written yet)")
                 )
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(loss * share if group else loss).backward()
             if spec.grad_clip:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(params, spec.grad_clip)
@@ -170,6 +176,8 @@ def fit(
             sums["train_loss"] = sums.get("train_loss", 0.0) + value * k
             for name, term in terms.items():
                 sums[f"train_{name}"] = sums.get(f"train_{name}", 0.0) + float(term.detach()) * k
+        if group:
+            sums, n_seen = group.end_epoch(modules, sums, n_seen)
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None:
             scheduler.step()
@@ -177,6 +185,8 @@ def fit(
         for m in modules.values():
             m.eval()
         val = evaluate()
+        if group:
+            val = group.from_main(val)
         metrics = {k: v / max(n_seen, 1) for k, v in sums.items()}
         metrics.update(val)
         metrics.update(lr=lr, epoch_seconds=time.perf_counter() - e0, samples_per_s=n_seen / max(train_seconds, 1e-9))
@@ -184,7 +194,7 @@ def fit(
             raise KeyError(f"evaluate() did not return the monitored metric {spec.monitor!r}")
         was_best = conv.improved(metrics[spec.monitor])
         stop_reason = conv.update(epoch, metrics[spec.monitor])
-        if was_best:
+        if was_best and (group is None or group.is_main):
             _save_best(ckpt_dir, modules)
         history.append(metrics)
         state: dict[str, Any] = {
@@ -196,9 +206,14 @@ def fit(
             "history": history,
             "stop_reason": stop_reason,
         }
-        save_training_checkpoint(ckpt_dir, epoch, modules, state, {"run_key": run_key, "stage": stage})
+        if group is None or group.is_main:
+            save_training_checkpoint(ckpt_dir, epoch, modules, state, {"run_key": run_key, "stage": stage})
+        if group:
+            group.barrier()
         cb.on_epoch_end(epoch, metrics)
 
+    if unwrap:
+        unwrap()
     if stop_reason is None:
         stop_reason = f"max_epochs {spec.max_epochs} reached"
     for name, module in modules.items():

@@ -1,0 +1,412 @@
+"""kdflow KD against torchdistill KD and a bare PyTorch KD loop, side by side on Fashion-MNIST.
+
+One teacher checkpoint (trained once with kdcore, shared with bench/methods.py), one student
+architecture and one student initialisation (saved once and loaded by every variant), the same
+batch order (kdflow's: a permutation seeded by (seed, epoch)), the same loss
+(0.1 * CE + 0.9 * T^2 * KL, T = 4), optimiser (SGD, Nesterov momentum 0.9, weight decay 5e-4),
+cosine schedule per epoch, epochs and seed. Every variant keeps the weights of its best
+validation epoch (kdflow's rule) and is scored on the official test split.
+
+Variants, each re-executed in its own subprocess with the same interpreter and the same
+environment (MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ fixed, OMP/MKL threads and
+torch.set_num_threads fixed):
+
+  kdflow          kdcore's distill stage (`distill_student` -> `fit`), teacher run online
+  torchdistill    torchdistill 1.1.5's DistillationBox (public API), teacher run online
+  bare            a minimal PyTorch loop, teacher run online
+  kdflow-cached   kdcore's distill stage reading the teacher's logits from the features cache
+  bare-cached     the minimal loop reading precomputed teacher logits from a tensor
+
+torchdistill has no teacher-output cache, so the online variants are the like-for-like
+comparison; the cached pair shows what kdflow's cache buys against the same minimal loop.
+Epoch time is training time only (no validation), reported as the median over the epochs.
+
+torchdistill lives only in the benchmark environment (see bench/README.md):
+  python3 -m venv .venv-bench && echo "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+      > .venv-bench/lib/python3.11/site-packages/kdflow-venv.pth && .venv-bench/bin/pip install torchdistill==1.1.5
+Usage:
+  .venv/bin/python bench/vs_torchdistill.py [--epochs 5] [--limit-train 10000] [--threads 1] [--device cpu]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
+VARIANTS = ("kdflow", "torchdistill", "bare", "kdflow-cached", "bare-cached")
+# glibc's dynamic mmap threshold moves epoch times by up to 30 % between identical runs: pin it
+ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": "16777216", "MALLOC_TRIM_THRESHOLD_": "67108864"}
+
+
+# ----------------------------------------------------------------------------- shared set-up
+
+def workload(args: argparse.Namespace) -> dict[str, Any]:
+    from bench.methods import STUDENT, TEACHER
+
+    return {
+        "name": "kdflow-bench-vs-torchdistill",
+        "data": {"name": "fashion_mnist", "limit_train": args.limit_train},
+        "teacher": {**TEACHER, "train": {"max_epochs": args.teacher_epochs, "batch_size": 128, "lr": 0.05}},
+        "student": STUDENT,
+        "distill": {"losses": {"ce": {"weight": 1 - args.kd_weight},
+                               "kd": {"weight": args.kd_weight, "temperature": args.temperature}},
+                    "train": {"max_epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                              "momentum": 0.9, "weight_decay": 5e-4, "scheduler": "cosine"}},
+        "trainer": {"device": args.device, "seed": args.seed, "num_threads": args.threads},
+    }
+
+
+def kdflow_batches(n: int, batch_size: int, seed: int, epoch: int):
+    """kdflow's batch order, written out here for the other loops (checked against kdcore's)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    batches = list(torch.randperm(n, generator=gen).split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) < 2:
+        batches.pop()
+    return batches
+
+
+def prepare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Teacher checkpoint (trained once) and the student's initial weights, shared by every variant."""
+    import torch
+
+    from bench.methods import get_teacher
+    from kdcore.config import config_from_dict
+    from kdcore.data import load_dataset
+    from kdcore.stages import StageEnv
+    from kdcore.train.checkpoint import save_model
+    from kdcore.train.loop import _batches
+
+    base = workload(args)
+    cfg = config_from_dict(base)
+    data = load_dataset(cfg.data)
+    ckpt, teacher_acc = get_teacher(Path(args.home), base, data)
+    init = work / "student-init.safetensors"
+    env = StageEnv(cfg, data, work / "init")
+    save_model(env.new_student().cpu(), init, {"stage": "init"})
+    for epoch in range(2):
+        ours = [b.tolist() for b in kdflow_batches(len(data.train), args.batch_size, args.seed, epoch)]
+        assert ours == [b.tolist() for b in _batches(len(data.train), args.batch_size, args.seed, epoch)], \
+            "the benchmark's batch order no longer matches kdflow's"
+    return {"teacher": str(ckpt), "teacher_test_top1": teacher_acc, "init": str(init),
+            "n_train": len(data.train), "threads": torch.get_num_threads()}
+
+
+# ----------------------------------------------------------------------------- variants
+
+def _data(args):
+    from kdcore.config import config_from_dict
+    from kdcore.data import load_dataset
+
+    return load_dataset(config_from_dict(workload(args)).data)
+
+
+def _kd_loss(s_logits, t_logits, y, args):
+    import torch.nn.functional as F
+
+    t = args.temperature
+    kl = F.kl_div(F.log_softmax(s_logits / t, dim=1), F.softmax(t_logits / t, dim=1), reduction="batchmean")
+    return (1 - args.kd_weight) * F.cross_entropy(s_logits, y) + args.kd_weight * t * t * kl
+
+
+def _accuracy(model, x, y, batch_size=1024) -> float:
+    import torch
+
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            correct += int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
+    return correct / len(x)
+
+
+class BestKeeper:
+    """kdflow's rule: keep the weights of the first epoch with the highest validation top-1."""
+
+    def __init__(self):
+        self.best, self.state = None, None
+
+    def update(self, model, value: float) -> None:
+        if self.best is None or value > self.best:
+            self.best = value
+            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def run_kdflow(args, prep, cached: bool) -> dict[str, Any]:
+    from kdcore.config import config_from_dict
+    from kdcore.fingerprint import file_sha256
+    from kdcore.stages import StageEnv, TeacherSource, build_features, distill_student
+    from kdcore.train.checkpoint import load_model
+
+    raw = workload(args)
+    raw["teacher"]["checkpoint"] = prep["teacher"]
+    raw["cache"] = {"mode": "cached" if cached else "online"}
+    cfg = config_from_dict(raw)
+    data = _data(args)
+    work = Path(args.workdir) / ("kdflow-cached" if cached else "kdflow")
+    env = StageEnv(cfg, data, work)
+    teacher = load_model(prep["teacher"]).to(env.device)
+    if cached:
+        built = build_features(env, teacher, file_sha256(prep["teacher"]), Path(args.workdir) / "cache")
+        source = TeacherSource(env, {s: e for s, (e, _) in built.items()}, None, [])
+    else:
+        source = TeacherSource(env, None, teacher, [])
+    res = distill_student(env, Path(prep["init"]), source)
+    n = len(data.train)
+    rates = [h["samples_per_s"] for h in res.fit.history]
+    x, y = data.test.x.to(env.device), data.test.y.to(env.device)
+    return {"epoch_seconds": [n / r for r in rates], "images_per_s": rates, "test_top1": _accuracy(res.model, x, y),
+            "val_top1": [h["val_top1"] for h in res.fit.history]}
+
+
+def run_bare(args, prep, cached: bool) -> dict[str, Any]:
+    import torch
+
+    from kdcore.train.checkpoint import load_model
+    from kdcore.train.device import resolve_device
+
+    dev = resolve_device(args.device)
+    data = _data(args)
+    x, y = data.train.x.to(dev), data.train.y.to(dev)
+    xv, yv = data.val.x.to(dev), data.val.y.to(dev)
+    teacher = load_model(prep["teacher"]).to(dev).eval()
+    student = load_model(prep["init"]).to(dev)
+    t_logits = None
+    if cached:
+        with torch.no_grad():
+            t_logits = torch.cat([teacher(x[i:i + 1024]) for i in range(0, len(x), 1024)])
+    opt = torch.optim.SGD(student.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs)
+    keep, times, rates, vals = BestKeeper(), [], [], []
+    for epoch in range(args.epochs):
+        student.train()
+        n_seen = 0
+        t0 = time.perf_counter()
+        for idx in kdflow_batches(len(x), args.batch_size, args.seed, epoch):
+            idx = idx.to(dev)
+            xb = x[idx]
+            if cached:
+                tb = t_logits[idx]
+            else:
+                with torch.no_grad():
+                    tb = teacher(xb)
+            loss = _kd_loss(student(xb), tb, y[idx], args)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            n_seen += len(idx)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        sched.step()
+        times.append(dt)
+        rates.append(n_seen / dt)
+        vals.append(_accuracy(student, xv, yv))
+        keep.update(student, vals[-1])
+    student.load_state_dict(keep.state)
+    return {"epoch_seconds": times, "images_per_s": rates, "val_top1": vals,
+            "test_top1": _accuracy(student, data.test.x.to(dev), data.test.y.to(dev))}
+
+
+class KdflowOrderSampler:
+    """A sampler giving, at its k-th iteration, kdflow's batch order of epoch k (for torchdistill)."""
+
+    def __init__(self, dataset, seed: int, batch_size: int):
+        self.n, self.seed, self.batch_size, self.epoch = len(dataset), seed, batch_size, 0
+
+    def __iter__(self):
+        order = [i for b in kdflow_batches(self.n, self.batch_size, self.seed, self.epoch) for i in b.tolist()]
+        self.epoch += 1
+        return iter(order)
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def run_torchdistill(args, prep) -> dict[str, Any]:
+    import torch
+    from torch.utils.data import TensorDataset
+    from torchdistill.core.distillation import get_distillation_box
+
+    from kdcore.train.checkpoint import load_model
+    from kdcore.train.device import resolve_device
+
+    dev = resolve_device(args.device)
+    data = _data(args)
+    teacher = load_model(prep["teacher"]).to(dev).eval()
+    student = load_model(prep["init"]).to(dev)
+    dataset_dict = {"train": TensorDataset(data.train.x, data.train.y)}
+    model_cfg = {"forward_proc": "forward_batch_only", "sequential": [], "wrapper": None,
+                 "forward_hook": {"input": [], "output": []}}
+    train_config = {
+        "num_epochs": args.epochs,
+        "train_data_loader": {
+            "dataset_id": "train",
+            "sampler": {"class_or_func": KdflowOrderSampler, "kwargs": {"seed": args.seed,
+                                                                        "batch_size": args.batch_size}},
+            "kwargs": {"batch_size": args.batch_size, "num_workers": 0, "drop_last": False},
+        },
+        "teacher": {**model_cfg, "requires_grad": False},
+        "student": {**model_cfg, "requires_grad": True},
+        "optimizer": {"key": "SGD", "kwargs": {"lr": args.lr, "momentum": 0.9, "weight_decay": 5e-4,
+                                               "nesterov": True}},
+        "scheduler": {"key": "CosineAnnealingLR", "kwargs": {"T_max": args.epochs}, "scheduling_step": 0},
+        "criterion": {"key": "WeightedSumLoss", "kwargs": {"sub_terms": {"kd": {"criterion": {
+            "key": "KDLoss", "kwargs": {"student_module_path": ".", "student_module_io": "output",
+                                        "teacher_module_path": ".", "teacher_module_io": "output",
+                                        "temperature": args.temperature, "alpha": 1 - args.kd_weight,
+                                        "beta": args.kd_weight, "reduction": "batchmean"}},
+            "weight": 1.0}}}},
+    }
+    box = get_distillation_box(teacher, student, dataset_dict, train_config, dev, None, False, 1.0)
+    xv, yv = data.val.x.to(dev), data.val.y.to(dev)
+    keep, times, rates, vals = BestKeeper(), [], [], []
+    for epoch in range(args.epochs):
+        box.pre_epoch_process(epoch=epoch)
+        n_seen = 0
+        t0 = time.perf_counter()
+        for sample_batch, targets, supp_dict in box.train_data_loader:
+            sample_batch, targets = sample_batch.to(dev), targets.to(dev)
+            loss = box.forward_process(sample_batch, targets, supp_dict)
+            box.post_forward_process(loss)
+            n_seen += len(targets)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        box.post_epoch_process()
+        times.append(dt)
+        rates.append(n_seen / dt)
+        vals.append(_accuracy(box.student_model, xv, yv))
+        keep.update(box.student_model, vals[-1])
+    box.student_model.load_state_dict(keep.state)
+    return {"epoch_seconds": times, "images_per_s": rates, "val_top1": vals,
+            "test_top1": _accuracy(box.student_model, data.test.x.to(dev), data.test.y.to(dev))}
+
+
+def run_variant(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    prep = json.loads(Path(args.workdir, "prep.json").read_text())
+    runner = {"kdflow": lambda: run_kdflow(args, prep, cached=False),
+              "kdflow-cached": lambda: run_kdflow(args, prep, cached=True),
+              "bare": lambda: run_bare(args, prep, cached=False),
+              "bare-cached": lambda: run_bare(args, prep, cached=True),
+              "torchdistill": lambda: run_torchdistill(args, prep)}[args.variant]
+    out = runner()
+    out.update(variant=args.variant, threads=torch.get_num_threads(),
+               env={k: os.environ.get(k) for k in (*ALLOCATOR_ENV, "OMP_NUM_THREADS", "MKL_NUM_THREADS")})
+    Path(args.workdir, f"{args.variant}.json").write_text(json.dumps(out))
+
+
+# ----------------------------------------------------------------------------- driver
+
+def child_env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(ALLOCATOR_ENV)
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONHASHSEED="0",
+               PYTHONPATH=str(ROOT))
+    return env
+
+
+def report(results: dict[str, dict[str, Any]], prep: dict[str, Any], args) -> str:
+    def med(r, key):
+        return statistics.median(r[key])
+
+    lines = [f"Fashion-MNIST, {prep['n_train']} train images, {args.epochs} epochs, batch {args.batch_size}, "
+             f"seed {args.seed}, {args.threads} thread(s), device {args.device}; teacher test top-1 "
+             f"{100 * prep['teacher_test_top1']:.2f}%", "",
+             "| variant | test top-1 % | epoch s (median) | images/s (median) |", "|---|---|---|---|"]
+    for v, r in results.items():
+        lines.append(f"| {v} | {100 * r['test_top1']:.2f} | {med(r, 'epoch_seconds'):.3f} | "
+                     f"{med(r, 'images_per_s'):.0f} |")
+    lines.append("")
+
+    def ratio(a, b):
+        if a in results and b in results:
+            ra, rb = med(results[a], "images_per_s"), med(results[b], "images_per_s")
+            acc = 100 * (results[a]["test_top1"] - results[b]["test_top1"])
+            lines.append(f"{a} / {b}: throughput x{ra / rb:.3f}, accuracy {acc:+.2f} points")
+
+    ratio("kdflow", "torchdistill")
+    ratio("kdflow", "bare")
+    ratio("torchdistill", "bare")
+    ratio("kdflow-cached", "bare-cached")
+    ratio("kdflow-cached", "torchdistill")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--limit-train", type=int, default=10000)
+    ap.add_argument("--teacher-epochs", type=int, default=15)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--temperature", type=float, default=4.0)
+    ap.add_argument("--kd-weight", type=float, default=0.9)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--home", default=os.environ.get("KDFLOW_HOME", str(ROOT / ".kdflow")))
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--variant", default=None, help=argparse.SUPPRESS)  # set in the re-executed children
+    ap.add_argument("--json", default=None, help="also write the results here")
+    args = ap.parse_args()
+    if args.variant:
+        return run_variant(args)
+
+    import shutil
+    import tempfile
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="kdflow-vs-td-"))
+    work.mkdir(parents=True, exist_ok=True)
+    prep = prepare(args, work)
+    (work / "prep.json").write_text(json.dumps(prep))
+    python = str(BENCH_PYTHON) if BENCH_PYTHON.exists() else sys.executable
+    if not BENCH_PYTHON.exists() and "torchdistill" in args.variants:
+        print("note: .venv-bench is missing (see bench/README.md): skipping torchdistill", flush=True)
+        args.variants = [v for v in args.variants if v != "torchdistill"]
+    passthrough = [a for a in sys.argv[1:] if not a.startswith("--variants")]
+    results = {}
+    for v in args.variants:
+        cmd = [python, str(Path(__file__).resolve()), "--variant", v, "--workdir", str(work),
+               *_args_for_child(args)]
+        t0 = time.perf_counter()
+        subprocess.run(cmd, env=child_env(args.threads), check=True)
+        results[v] = json.loads((work / f"{v}.json").read_text())
+        r = results[v]
+        print(f"{v:<14} test top-1 {100 * r['test_top1']:.2f}%  epoch {statistics.median(r['epoch_seconds']):.3f} s  "
+              f"{statistics.median(r['images_per_s']):.0f} img/s  (epochs: "
+              f"{', '.join(f'{s:.2f}' for s in r['epoch_seconds'])} s; {time.perf_counter() - t0:.0f} s total)",
+              flush=True)
+    del passthrough
+    text = report(results, prep, args)
+    print("\n" + text, flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"prep": prep, "results": results, "report": text}, indent=2))
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _args_for_child(args) -> list[str]:
+    out = []
+    for key in ("epochs", "limit_train", "teacher_epochs", "batch_size", "lr", "temperature", "kd_weight", "seed",
+                "threads", "device", "home"):
+        out += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Run a text classifier on raw strings: encode with the model's vocabulary, predict in batches."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from kdcore.errors import KdflowError
+from kdcore.text.vocab import Vocabulary
+
+
+def text_logits(model: nn.Module, vocab: Vocabulary, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    """Logits ``[N, C]`` (float32, CPU) of ``model`` for the raw strings ``texts``.
+
+    Each batch is padded to its own longest text: the models ignore padding, so the result is the
+    same as for any other padding.
+    """
+    if isinstance(texts, str):
+        raise KdflowError("text_logits takes a list of strings, not a single string")
+    first = next(iter(model.parameters()), None)
+    device = first.device if first is not None else torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        with torch.inference_mode():
+            for i in range(0, len(texts), batch_size):
+                out.append(model(vocab.encode(texts[i:i + batch_size]).to(device)).float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, len(vocab.class_names))
+
+
+def classify_texts(model: nn.Module, vocab: Vocabulary, texts: Sequence[str], batch_size: int = 256) -> list[str]:
+    """The predicted class name of each string (class index as text when the vocabulary has no names)."""
+    pred = text_logits(model, vocab, texts, batch_size).argmax(1).tolist()
+    names = vocab.class_names
+    return [names[p] if p < len(names) else str(p) for p in pred]
