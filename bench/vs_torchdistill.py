@@ -19,7 +19,10 @@ torch.set_num_threads fixed):
 
 torchdistill has no teacher-output cache, so the online variants are the like-for-like
 comparison; the cached pair shows what kdflow's cache buys against the same minimal loop.
-Epoch time is training time only (no validation), reported as the median over the epochs.
+Epoch time is training time only (no validation), reported as the median over the epochs of
+every round: round 1 trains each variant for --epochs (and gives the accuracy); each later round
+reruns the variants, in reversed order, for --timing-epochs more timed epochs, so that the
+machine's load drifts hit every variant alike.
 
 torchdistill lives only in the benchmark environment (see bench/README.md):
   python3 -m venv .venv-bench && echo "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
@@ -54,7 +57,7 @@ def workload(args: argparse.Namespace) -> dict[str, Any]:
 
     return {
         "name": "kdflow-bench-vs-torchdistill",
-        "data": {"name": "fashion_mnist", "limit_train": args.limit_train},
+        "data": {"name": "fashion_mnist", "limit_train": args.limit_train or None},
         "teacher": {**TEACHER, "train": {"max_epochs": args.teacher_epochs, "batch_size": 128, "lr": 0.05}},
         "student": STUDENT,
         "distill": {"losses": {"ce": {"weight": 1 - args.kd_weight},
@@ -325,11 +328,12 @@ def report(results: dict[str, dict[str, Any]], prep: dict[str, Any], args) -> st
 
     lines = [f"Fashion-MNIST, {prep['n_train']} train images, {args.epochs} epochs, batch {args.batch_size}, "
              f"seed {args.seed}, {args.threads} thread(s), device {args.device}; teacher test top-1 "
-             f"{100 * prep['teacher_test_top1']:.2f}%", "",
-             "| variant | test top-1 % | epoch s (median) | images/s (median) |", "|---|---|---|---|"]
+             f"{100 * prep['teacher_test_top1']:.2f}%; timing: median of {args.epochs} + "
+             f"{(args.rounds - 1) * args.timing_epochs} epochs over {args.rounds} round(s)", "",
+             "| variant | test top-1 % | epoch s (median) | images/s (median) | timed epochs |", "|---|---|---|---|---|"]
     for v, r in results.items():
         lines.append(f"| {v} | {100 * r['test_top1']:.2f} | {med(r, 'epoch_seconds'):.3f} | "
-                     f"{med(r, 'images_per_s'):.0f} |")
+                     f"{med(r, 'images_per_s'):.0f} | {len(r['epoch_seconds'])} |")
     lines.append("")
 
     def ratio(a, b):
@@ -349,7 +353,9 @@ def report(results: dict[str, dict[str, Any]], prep: dict[str, Any], args) -> st
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=5, help="training epochs (accuracy is measured after them)")
+    ap.add_argument("--rounds", type=int, default=2, help="timing rounds (the first also measures accuracy)")
+    ap.add_argument("--timing-epochs", type=int, default=3, help="epochs of each later timing round")
     ap.add_argument("--limit-train", type=int, default=10000)
     ap.add_argument("--teacher-epochs", type=int, default=15)
     ap.add_argument("--batch-size", type=int, default=128)
@@ -378,20 +384,26 @@ def main() -> None:
     if not BENCH_PYTHON.exists() and "torchdistill" in args.variants:
         print("note: .venv-bench is missing (see bench/README.md): skipping torchdistill", flush=True)
         args.variants = [v for v in args.variants if v != "torchdistill"]
-    passthrough = [a for a in sys.argv[1:] if not a.startswith("--variants")]
-    results = {}
-    for v in args.variants:
-        cmd = [python, str(Path(__file__).resolve()), "--variant", v, "--workdir", str(work),
-               *_args_for_child(args)]
-        t0 = time.perf_counter()
-        subprocess.run(cmd, env=child_env(args.threads), check=True)
-        results[v] = json.loads((work / f"{v}.json").read_text())
-        r = results[v]
-        print(f"{v:<14} test top-1 {100 * r['test_top1']:.2f}%  epoch {statistics.median(r['epoch_seconds']):.3f} s  "
-              f"{statistics.median(r['images_per_s']):.0f} img/s  (epochs: "
-              f"{', '.join(f'{s:.2f}' for s in r['epoch_seconds'])} s; {time.perf_counter() - t0:.0f} s total)",
-              flush=True)
-    del passthrough
+    results: dict[str, dict[str, Any]] = {}
+    for rnd in range(args.rounds):
+        # round 1 trains every variant for --epochs (accuracy and timing); later rounds, in reversed or
+        # rotated order, only add timed epochs, so slow drifts of the machine's load hit every variant alike
+        order = list(args.variants) if rnd % 2 == 0 else list(reversed(args.variants))
+        epochs = args.epochs if rnd == 0 else args.timing_epochs
+        for v in order:
+            cmd = [python, str(Path(__file__).resolve()), "--variant", v, "--workdir", str(work),
+                   *_args_for_child(args, epochs)]
+            t0 = time.perf_counter()
+            subprocess.run(cmd, env=child_env(args.threads), check=True)
+            r = json.loads((work / f"{v}.json").read_text())
+            if rnd == 0:
+                results[v] = r
+            else:
+                for key in ("epoch_seconds", "images_per_s"):
+                    results[v][key] = results[v][key] + r[key]
+            print(f"round {rnd + 1} {v:<14} test top-1 {100 * r['test_top1']:.2f}%  epochs "
+                  f"{', '.join(f'{s:.2f}' for s in r['epoch_seconds'])} s  ({time.perf_counter() - t0:.0f} s)",
+                  flush=True)
     text = report(results, prep, args)
     print("\n" + text, flush=True)
     if args.json:
@@ -400,9 +412,9 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _args_for_child(args) -> list[str]:
-    out = []
-    for key in ("epochs", "limit_train", "teacher_epochs", "batch_size", "lr", "temperature", "kd_weight", "seed",
+def _args_for_child(args, epochs: int) -> list[str]:
+    out = ["--epochs", str(epochs)]
+    for key in ("limit_train", "teacher_epochs", "batch_size", "lr", "temperature", "kd_weight", "seed",
                 "threads", "device", "home"):
         out += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     return out

@@ -89,6 +89,10 @@ from flows.cache_cli import cache_app  # noqa: E402
 
 app.add_typer(cache_app, name="cache")
 
+from flows.ops_cli import register_ops_commands  # noqa: E402  (deploy, serve, sweep, retrain)
+
+register_ops_commands(app)
+
 
 def main() -> None:
     try:

@@ -15,6 +15,7 @@ from tasks.baseline import baseline_task
 from tasks.data import load_data
 from tasks.distill import distill_task
 from tasks.evaluate import evaluate_task
+from tasks.export import export_task
 from tasks.features import features_task
 from tasks.home import kdflow_home
 from tasks.pretrain import pretrain_task
@@ -37,7 +38,8 @@ def _outcome(state, stage: str, started: float) -> tuple[dict, dict]:
 
 
 @flow(name="kdflow-pipeline", description=__doc__)
-def pipeline_flow(config: dict[str, Any], home: Optional[str] = None) -> dict[str, Any]:
+def pipeline_flow(config: dict[str, Any], home: Optional[str] = None,
+                  parent_run_id: Optional[str] = None) -> dict[str, Any]:
     cfg = PipelineConfig.model_validate(config)
     cfgd = cfg.model_dump(mode="json")
     home_path = Path(home) if home else kdflow_home()
@@ -48,7 +50,7 @@ def pipeline_flow(config: dict[str, Any], home: Optional[str] = None) -> dict[st
     flow_run_id = str(get_run_context().flow_run.id)
     parent = tracker.start_run(experiment_id, f"pipeline-{cfg.student.arch}", tags={
         "kdflow.kind": "pipeline", "kdflow.prefect_flow_run_id": flow_run_id,
-        "kdflow.config_hash": cfg.config_hash()})
+        "kdflow.config_hash": cfg.config_hash()}, parent=parent_run_id)
     records: dict[str, dict] = {}
     stages: dict[str, dict] = {}
     done: dict[str, float] = {}
@@ -86,6 +88,10 @@ def pipeline_flow(config: dict[str, Any], home: Optional[str] = None) -> dict[st
             stages["baseline"]["seconds"] = round(done.get("baseline", time.perf_counter()) - t_base, 3)
         run("evaluate")
         run("register")
+        exported = None
+        if cfg.export.format != "none" and cfg.register.enabled:  # the registered student, also for serving
+            version = records["register"]["info"].get("registered", {}).get(cfg.register.student_name)
+            exported = export_task(cfgd, ctx, records["distill"], version)
     except BaseException:
         tracker.end_run(parent, "FAILED")
         raise
@@ -97,7 +103,10 @@ def pipeline_flow(config: dict[str, Any], home: Optional[str] = None) -> dict[st
         "data_fingerprint": data.fingerprint, "models": models, "stages": stages,
         "registered": records["register"]["info"].get("registered", {}),
         "registered_new": [] if stages["register"]["cached"] else records["register"]["info"].get("created", []),
+        "export": exported, "artifacts": {s: r.get("path") for s, r in records.items()},
     }
+    if exported:
+        tracker.log_metrics(parent, {"export_max_abs_diff": exported["max_abs_diff"]})
     tracker.log_metrics(parent, {f"{m}.{k}": v for m, ms in models.items() for k, v in ms.items()})
     tracker.set_tags(parent, {f"kdflow.stage.{s}.cached": i["cached"] for s, i in stages.items()})
     tracker.log_artifact(parent, Path(records["evaluate"]["path"]))

@@ -22,7 +22,8 @@ def run_pipeline(config: Path | str | PipelineConfig | None = None, overrides: O
     check_reachable(default_tracking_uri(home))
     check_prefect_api()
     data = load_data(cfg.data)  # missing or bad data fails here, before any run is opened
-    preflight_with_data(cfg, tuple(data.input_shape), data.num_classes, example=data.train.x[:2])
+    preflight_with_data(cfg, tuple(data.input_shape), data.num_classes, example=data.train.x[:2],
+                        in_channels=data.in_channels)
 
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 

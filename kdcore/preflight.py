@@ -61,7 +61,7 @@ def preflight(cfg: PipelineConfig) -> None:
 
 
 def preflight_with_data(cfg: PipelineConfig, input_shape: tuple[int, ...], num_classes: int,
-                        example=None) -> None:
+                        example=None, in_channels: int | None = None) -> None:
     """Checks that need the data's shape: feature pairs' shapes against their connectors, and a
     given teacher checkpoint against the configured architecture. Cheap: untrained models, one
     forward pass of two samples."""
@@ -72,8 +72,11 @@ def preflight_with_data(cfg: PipelineConfig, input_shape: tuple[int, ...], num_c
     from kdcore.models import create_model
     from kdcore.train.checkpoint import load_model
 
-    channels = input_shape[0] if len(input_shape) == 3 else 1
+    channels = in_channels if in_channels is not None else (input_shape[0] if len(input_shape) == 3 else 1)
     problems: list[str] = []
+    if cfg.cache.views.policy != "none" and len(input_shape) != 3:
+        raise ConfigError(f"cache.views.policy = {cfg.cache.views.policy!r} augments images, but this dataset's "
+                          f"samples have shape {tuple(input_shape)}; use policy 'none'")
     if cfg.teacher.checkpoint:
         try:
             teacher = load_model(cfg.teacher.checkpoint)
@@ -81,8 +84,7 @@ def preflight_with_data(cfg: PipelineConfig, input_shape: tuple[int, ...], num_c
             raise ConfigError(f"teacher.checkpoint: {exc}") from None
         spec = getattr(teacher, "kdflow_spec", {}) or {}
         expected = {"arch": cfg.teacher.arch, "num_classes": num_classes}
-        if len(input_shape) == 3:
-            expected["in_channels"] = channels
+        expected["in_channels"] = channels
         wrong = [f"{k}: checkpoint {spec.get(k)!r} vs config/data {v!r}" for k, v in expected.items()
                  if spec.get(k) != v]
         if wrong:

@@ -49,6 +49,9 @@ class Tracker:
     def __init__(self, uri: str, home: Path) -> None:
         self.uri = uri
         self.home = home
+        # MLflow prints "View run at <tracking URI>" on every run end: noisy, and it would print any
+        # credentials embedded in the URI
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         mlflow.set_tracking_uri(uri)  # log_model/register_model use the process-wide URI
         self.client = MlflowClient(tracking_uri=uri)
 
@@ -148,18 +151,24 @@ class Tracker:
         return str(mv.version), True
 
 
+def _ping(url: str) -> None:
+    """GET ``url`` (credentials in it are sent as basic auth); raise on any failure."""
+    import requests
+
+    requests.get(url, timeout=5).raise_for_status()
+
+
 def check_prefect_api() -> None:
     """Fail with one clear message when PREFECT_API_URL names a server that does not answer."""
     url = os.environ.get("PREFECT_API_URL")
     if not url:
         return
-    import urllib.request
-
     try:
-        urllib.request.urlopen(url.rstrip("/") + "/health", timeout=5).read()
+        _ping(url.rstrip("/") + "/health")
     except Exception as exc:  # noqa: BLE001
-        raise KdflowError(f"Prefect server {redact(url)} (PREFECT_API_URL) is unreachable ({exc}); start it "
-                          "with `prefect server start` or unset PREFECT_API_URL to use a temporary local server") from None
+        raise KdflowError(f"Prefect server {redact(url)} (PREFECT_API_URL) is unreachable "
+                          f"({redact(str(exc))}); start it with `prefect server start` or unset PREFECT_API_URL "
+                          "to use a temporary local server") from None
 
 
 def check_reachable(uri: str) -> None:
@@ -171,10 +180,8 @@ def check_reachable(uri: str) -> None:
         return
     if not uri.startswith(("http://", "https://")):
         return
-    import urllib.request
-
     try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).read()
+        _ping(uri.rstrip("/") + "/health")
     except Exception as exc:  # noqa: BLE001
-        raise KdflowError(f"MLflow tracking server {redact(uri)} is unreachable ({exc}); start it or fix "
-                          "MLFLOW_TRACKING_URI") from None
+        raise KdflowError(f"MLflow tracking server {redact(uri)} is unreachable ({redact(str(exc))}); start it or "
+                          "fix MLFLOW_TRACKING_URI") from None

@@ -31,6 +31,22 @@ def prefect_server():
         yield
 
 
+@pytest.fixture(scope="session")
+def real_servers(tmp_path_factory):
+    """A real Prefect server and a real MLflow tracking server on 127.0.0.1, for the whole session."""
+    from servers import mlflow_server, prefect_server
+
+    root = tmp_path_factory.mktemp("servers")
+    prefect = prefect_server(root / "prefect").start()
+    mlflow = mlflow_server(root / "mlflow")
+    try:
+        mlflow.start()
+        yield {"prefect": prefect, "mlflow": mlflow, "root": root}
+    finally:
+        mlflow.stop()
+        prefect.stop()
+
+
 @pytest.fixture()
 def kdhome(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home"

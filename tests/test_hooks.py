@@ -81,5 +81,5 @@ def test_none_connector_and_bad_kind():
         make_connector((8, 4, 4), (16, 4, 4), "none")
     msg = str(err.value)
     assert "(8, 4, 4)" in msg and "(16, 4, 4)" in msg and "connector is needed" in msg
-    with pytest.raises(KdflowError, match="auto, none"):
+    with pytest.raises(KdflowError, match="auto, conv, linear, none"):
         make_connector((4,), (4,), "magic")

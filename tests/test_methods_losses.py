@@ -173,7 +173,7 @@ def huber(x):
     return 0.5 * x * x if abs(x) < 1 else abs(x) - 0.5
 
 
-def hand_rkd(s, t):
+def hand_rkd(s, t, anchors=None):
     s, t = [r.tolist() for r in s.flatten(1)], [r.tolist() for r in t.flatten(1)]
     n = len(s)
     pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
@@ -186,7 +186,7 @@ def hand_rkd(s, t):
     def psi_a(x):
         out = {}
         for i in range(n):
-            for j in range(n):
+            for j in range(anchors or n):
                 for k in range(n):
                     if len({i, j, k}) < 3:
                         continue
@@ -210,6 +210,10 @@ def test_rkd_matches_paper():
     dist, angle = hand_rkd(s, t)
     assert out["rkd_distance"].item() == pytest.approx(25.0 * dist, rel=1e-4)
     assert out["rkd_angle"].item() == pytest.approx(50.0 * angle, rel=1e-4)
+    # the angle's vertex restricted to the batch's first samples
+    anchored = create_loss("rkd", {"pairs": [{"student": "s", "teacher": "t"}], "angle_anchors": 2})
+    want = hand_rkd(s, t, anchors=2)[1]
+    assert anchored(inputs(torch.zeros(5, 3), **feats(s, t)))["rkd_angle"].item() == pytest.approx(50 * want, rel=1e-4)
     # both potentials are invariant to scaling the embedding: a scaled copy costs nothing
     same = loss(inputs(torch.zeros(5, 3), **feats(2.5 * t, t)))
     assert same["rkd_distance"].item() == pytest.approx(0.0, abs=1e-5)
@@ -391,3 +395,22 @@ def test_gradcheck_crd_float64():
         return loss(inp)["crd"]
 
     assert torch.autograd.gradcheck(fn, (s,), eps=1e-6, atol=1e-5)
+
+
+# ---------------------------------------------------------------- connectors per layer pair
+
+def test_connector_chosen_per_pair():
+    loss = create_loss("fitnet", {"pairs": [{"student": "a", "teacher": "b"},
+                                            {"student": "a", "teacher": "b", "connector": "conv"},
+                                            {"student": "v", "teacher": "w", "connector": "linear"}]})
+    loss.build({"a": (4, 3, 3), "v": (5,)}, {"b": (4, 3, 3), "w": (5,)})
+    identity, conv, linear = loss.connectors
+    assert isinstance(identity, torch.nn.Identity)  # 'auto' and equal shapes
+    assert isinstance(conv.conv, torch.nn.Conv2d) and conv.conv.kernel_size == (1, 1)
+    assert isinstance(conv.bn, torch.nn.BatchNorm2d) and isinstance(linear, torch.nn.Linear)
+    with pytest.raises(KdflowError, match="'connector' must be one of auto, conv, linear, none"):
+        create_loss("fitnet", {"pairs": [{"student": "a", "teacher": "b", "connector": "mlp"}]})
+    bad = create_loss("fitnet", {"pairs": [{"student": "a", "teacher": "v", "connector": "linear"}]})
+    with pytest.raises(KdflowError) as err:
+        bad.build({"a": (4, 3, 3)}, {"v": (5,)})
+    assert "student 'a' -> teacher 'v'" in str(err.value) and "(4, 3, 3)" in str(err.value)

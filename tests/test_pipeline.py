@@ -35,13 +35,15 @@ def runs(prefect_server, tmp_path_factory):
         other_student = run_pipeline(config_from_dict(copy.deepcopy(TINY), ["student.arch=cnn",
                                                                              "student.kwargs.channels=[4,8]"]))
         manifests_after = {p: p.stat().st_mtime_ns for p in (home / "cache").glob("*/manifest.json")}
+        Path(first["artifacts"]["pretrain"]).unlink()      # a cached stage's artifact disappears
+        healed = run_pipeline(cfg)
     finally:
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    return home, first, second, changed, (other_student, manifests, manifests_after)
+    return home, first, second, changed, (other_student, manifests, manifests_after, healed)
 
 
 def client(home: Path) -> MlflowClient:
@@ -114,9 +116,18 @@ def test_changed_distill_parameter_reruns_only_what_depends_on_it(runs):
 
 
 def test_another_student_reuses_the_teacher_cache_entry(runs):
-    _, first, _, _, (other, before, after) = runs
+    _, first, _, _, (other, before, after, _) = runs
     assert other["stages"]["teacher"]["cached"] and other["stages"]["features"]["cached"]
     assert other["stages"]["features"]["fingerprint"] == first["stages"]["features"]["fingerprint"]
     assert not other["stages"]["distill"]["cached"] and not other["stages"]["baseline"]["cached"]
     assert before and before == after, "the cache entries were not rewritten"
     assert other["models"]["student"]["params"] != first["models"]["student"]["params"]
+
+
+def test_a_cached_stage_whose_artifact_vanished_is_recomputed(runs):
+    _, first, _, _, (_, _, _, healed) = runs
+    st = healed["stages"]
+    assert not st["pretrain"]["cached"], "the missing student initialisation was rebuilt"
+    assert Path(first["artifacts"]["pretrain"]).exists()
+    assert all(st[s]["cached"] for s in ("teacher", "features", "baseline"))
+    assert st["distill"]["fingerprint"] == first["stages"]["distill"]["fingerprint"]

@@ -12,8 +12,10 @@ take (see :mod:`kdcore.models.sequence`):
 * speech: float32 ``[N, T, F + 1]``, zero-padded to the longest sample of all splits, the last
   channel a validity mask; features normalised per coefficient with the mean/std of the valid
   TRAIN frames (padding stays 0, the mask is untouched);
-* text: int64 ``[N, T]`` token ids padded with 0, from a :class:`~kdcore.text.Vocabulary` built on
-  the TRAIN split only (``raw.options``: tokenizer, lowercase, max_len, min_freq, max_vocab).
+* text: int64 ``[N, max_len]`` token ids padded with 0, from a :class:`~kdcore.text.Vocabulary`
+  built on the TRAIN split only (``raw.options``: tokenizer, lowercase, max_len, min_freq,
+  max_vocab). Every text is encoded to ``max_len`` ids, so a model exported with a fixed input
+  shape (MLflow's default) takes any text encoded by its vocabulary.
 """
 from __future__ import annotations
 
@@ -123,8 +125,7 @@ def prepare_sequences(name: str, raw, parts: dict[str, tuple[np.ndarray, np.ndar
         vocab = Vocabulary.build(parts["train"][0], tokenizer=opts["tokenizer"], lowercase=opts["lowercase"],
                                  max_len=opts["max_len"], min_freq=opts["min_freq"], max_size=opts["max_vocab"],
                                  class_names=raw.class_names)
-        steps = max(len(vocab.ids(t)) for x, _ in parts.values() for t in x)
-        xs = {k: vocab.encode(list(x), length=steps) for k, (x, _) in parts.items()}
+        xs = {k: vocab.encode(list(x), length=vocab.max_len) for k, (x, _) in parts.items()}
         fingerprint = content_fingerprint(name, {k: (xs[k].numpy(), ys[k]) for k in xs},
                                           {**params, "text": opts, "vocab_sha256": vocab.sha256}, 1.0, raw.class_names)
         extras["vocab"] = vocab

@@ -9,10 +9,13 @@ On a batch of embeddings (features flattened to vectors):
 
 Huber is the smooth L1 loss with delta = 1. The terms are returned as ``rkd_distance =
 distance_weight * L_D`` and ``rkd_angle = angle_weight * L_A`` (the paper's 25 and 50), summed
-over pairs. Distances and angles come from the b x b Gram matrix, so memory grows with b^3
-scalars, not with the feature dimension.
+over pairs. The angle term holds b^2 x d unit vectors and b^3 cosines (as in the authors' code);
+``angle_anchors: a`` restricts the angle's vertex j to the batch's first a samples (the batch is
+already shuffled), cutting its cost b/a times; the default (null) uses every triplet, as the paper.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -26,33 +29,30 @@ from kdcore.losses.registry import LOSSES, DistillLoss, check_number
 _EPS = 1e-12
 
 
-def pairwise_distances(x: Tensor) -> tuple[Tensor, Tensor]:
-    """(Gram matrix, Euclidean distance matrix) of the rows of ``x`` (b, d)."""
-    gram = x @ x.t()
-    sq = gram.diagonal()
-    d2 = (sq[:, None] + sq[None, :] - 2.0 * gram).clamp_min(_EPS)  # the clamp also stops the sqrt's gradient at 0
-    return gram, d2.sqrt()
-
-
-def distance_potential(x: Tensor) -> Tensor:
-    """psi_D for every pair i != j, as a flat vector."""
-    _, dist = pairwise_distances(x)
-    off = ~torch.eye(len(x), dtype=torch.bool, device=x.device)
-    d = dist[off]
-    return d / d.mean().clamp_min(_EPS)
-
-
-def angle_potential(x: Tensor) -> Tensor:
-    """psi_A(i, j, k) for every triplet of distinct indices, as a flat vector (index order [j, i, k])."""
-    gram, dist = pairwise_distances(x)
-    diag = gram.diagonal()
-    # <t_i - t_j, t_k - t_j> = G_ik - G_ij - G_jk + G_jj, laid out as [j, i, k]
-    dot = gram[None, :, :] - gram.t()[:, :, None] - gram[:, None, :] + diag[:, None, None]
-    cos = dot / (dist[:, :, None] * dist[:, None, :])
+def distance_potential(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(psi_D (b, b), mask of the pairs i != j); the diagonal is excluded by the mask."""
     b = len(x)
-    eye = torch.eye(b, dtype=torch.bool, device=x.device)
-    distinct = ~(eye[:, :, None] | eye[:, None, :] | eye[None, :, :])
-    return cos[distinct]
+    off = ~torch.eye(b, dtype=torch.bool, device=x.device)
+    sq = (x * x).sum(1)
+    # the clamp also stops the sqrt's gradient on the (masked) diagonal
+    dist = (sq[:, None] + sq[None, :] - 2.0 * (x @ x.t())).clamp_min(_EPS).sqrt()
+    mu = (dist * off).sum() / off.sum()
+    return dist / mu.clamp_min(_EPS), off
+
+
+def angle_potential(x: Tensor, anchors: int) -> Tensor:
+    """psi_A (a, b, b) indexed [j, i, k] = <e_ij, e_kj> for the first ``anchors`` samples j.
+
+    Degenerate triplets cost nothing: e_jj is the zero vector (cosine 0 on both sides) and i = k
+    gives 1 on both sides, so a sum over all entries divided by a(b-1)(b-2) is the mean over the
+    triplets of distinct indices."""
+    e = F.normalize(x[None, :, :] - x[:anchors, None, :], dim=2)  # e[j, i] = (t_i - t_j) / ||t_i - t_j||
+    return torch.bmm(e, e.transpose(1, 2))
+
+
+def masked_huber(a: Tensor, b: Tensor, mask: Tensor) -> Tensor:
+    """Mean of the smooth L1 (Huber, delta 1) of a - b over the entries where ``mask`` holds."""
+    return (F.smooth_l1_loss(a, b, reduction="none") * mask).sum() / mask.sum()
 
 
 @LOSSES.register("rkd")
@@ -63,11 +63,16 @@ class RKDLoss(DistillLoss):
     needs_teacher = True
 
     def __init__(self, *, pairs: list[dict[str, str]], distance_weight: float = 25.0,
-                 angle_weight: float = 50.0) -> None:
+                 angle_weight: float = 50.0, angle_anchors: Optional[int] = None) -> None:
         super().__init__()
         self.pairs = parse_pairs("rkd", pairs)
         self.distance_weight = check_number("rkd", "distance_weight", distance_weight, low=0.0, low_inclusive=True)
         self.angle_weight = check_number("rkd", "angle_weight", angle_weight, low=0.0, low_inclusive=True)
+        if angle_anchors is not None and (isinstance(angle_anchors, bool) or not isinstance(angle_anchors, int)
+                                          or angle_anchors < 1):
+            raise KdflowError(f"loss 'rkd': parameter 'angle_anchors' must be a positive integer or null, "
+                              f"got {angle_anchors!r}")
+        self.angle_anchors = angle_anchors
         self.student_paths = student_paths(self.pairs)
         self.teacher_paths = teacher_paths(self.pairs)
 
@@ -78,10 +83,18 @@ class RKDLoss(DistillLoss):
             if len(s) < 3:
                 raise KdflowError("loss 'rkd' needs batches of at least 3 samples")
             s, t = s.flatten(1), t.flatten(1)
-            with torch.no_grad():
-                t_d, t_a = distance_potential(t), angle_potential(t)
-            dist = F.smooth_l1_loss(distance_potential(s), t_d) if self.distance_weight else s.new_zeros(())
-            angle = F.smooth_l1_loss(angle_potential(s), t_a) if self.angle_weight else s.new_zeros(())
+            dist = angle = s.new_zeros(())
+            if self.distance_weight:
+                with torch.no_grad():
+                    t_d, _ = distance_potential(t)
+                s_d, off = distance_potential(s)
+                dist = masked_huber(s_d, t_d, off)
+            if self.angle_weight:
+                b = len(s)
+                a = min(self.angle_anchors or b, b)
+                with torch.no_grad():
+                    t_a = angle_potential(t, a)
+                angle = F.smooth_l1_loss(angle_potential(s, a), t_a, reduction="sum") / (a * (b - 1) * (b - 2))
             dist_total = dist if dist_total is None else dist_total + dist
             angle_total = angle if angle_total is None else angle_total + angle
         return {"rkd_distance": self.distance_weight * dist_total, "rkd_angle": self.angle_weight * angle_total}

@@ -10,25 +10,32 @@ from kdcore.errors import KdflowError
 from kdcore.text.vocab import Vocabulary
 
 
+def _set_mode(model: nn.Module, training: bool) -> None:
+    try:
+        model.train(training)
+    except NotImplementedError:  # a torch.export program (how MLflow stores models) has no train/eval mode
+        pass
+
+
 def text_logits(model: nn.Module, vocab: Vocabulary, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
     """Logits ``[N, C]`` (float32, CPU) of ``model`` for the raw strings ``texts``.
 
-    Each batch is padded to its own longest text: the models ignore padding, so the result is the
-    same as for any other padding.
+    Texts are encoded as the training data was (to the vocabulary's ``max_len`` ids), so ``model``
+    may be a kdcore model or the registered one MLflow loads back (exported with that input shape).
     """
     if isinstance(texts, str):
         raise KdflowError("text_logits takes a list of strings, not a single string")
     first = next(iter(model.parameters()), None)
     device = first.device if first is not None else torch.device("cpu")
     was_training = model.training
-    model.eval()
+    _set_mode(model, False)
     out = []
     try:
         with torch.inference_mode():
             for i in range(0, len(texts), batch_size):
                 out.append(model(vocab.encode(texts[i:i + batch_size]).to(device)).float().cpu())
     finally:
-        model.train(was_training)
+        _set_mode(model, was_training)
     return torch.cat(out) if out else torch.empty(0, len(vocab.class_names))
 
 

@@ -67,9 +67,10 @@ class Vocabulary:
         return out or [UNK]
 
     def encode(self, texts: Sequence[str], length: Optional[int] = None) -> torch.Tensor:
-        """int64 ``[N, T]`` padded with ``PAD``; T is ``length`` or the longest encoded text."""
+        """int64 ``[N, T]`` padded with ``PAD``; T is ``length``, by default ``max_len`` (the length
+        the training data was encoded to)."""
         rows = [self.ids(t) for t in texts]
-        width = length if length is not None else max((len(r) for r in rows), default=1)
+        width = length if length is not None else self.max_len
         out = torch.full((len(rows), max(width, 1)), PAD, dtype=torch.int64)
         for i, r in enumerate(rows):
             r = r[:width]

@@ -68,6 +68,31 @@ def _batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tenso
     return batches
 
 
+CHECK_EVERY = 50
+
+
+def _accumulate(running: dict[str, Any], name: str, value: torch.Tensor, k: int) -> None:
+    """Add ``value * k`` to a running sum: a Python float on CPU (cheapest), a device tensor elsewhere."""
+    term = float(value) * k if value.device.type == "cpu" else value * k
+    running[name] = running[name] + term if name in running else term
+
+
+def _check_finite(pending: list[tuple[int, torch.Tensor]], stage: str, epoch: int, ckpt_dir: Path) -> None:
+    """Raise DivergenceError naming the first non-finite loss among ``pending`` (step index, loss)."""
+    if len(pending) == 1 and math.isfinite(float(pending[0][1])):  # the CPU case: one cheap float
+        return
+    values = torch.stack([v for _, v in pending])
+    finite = torch.isfinite(values)
+    if bool(finite.all()):
+        return
+    j = int((~finite).nonzero()[0, 0])
+    last = latest_training_checkpoint(ckpt_dir)
+    raise DivergenceError(
+        f"{stage}: loss became {float(values[j])} at epoch {epoch + 1}, step {pending[j][0] + 1}; training stopped"
+        + (f" (last good checkpoint: {last})" if last else " (no checkpoint was written yet)")
+    )
+
+
 def _best_path(ckpt_dir: Path, name: str) -> Path:
     return ckpt_dir / "best" / f"{name}.safetensors"
 
@@ -142,6 +167,9 @@ def fit(
             start = resumed_from = meta["epoch"] + 1
 
     cb.on_fit_start(start, spec.max_epochs)
+    # On CPU a loss is checked before it is applied; on an accelerator the check (a host sync that
+    # stalls the device queue) runs once per CHECK_EVERY steps and still names the first bad step.
+    check_every = 1 if device.type == "cpu" else CHECK_EVERY
     group = ddp.active()  # set only in the processes started by kdcore.train.ddp.run_distributed
     step, unwrap = group.wrap_step(modules, step) if group else (step, None)
     for epoch in range(start, spec.max_epochs):
@@ -151,19 +179,19 @@ def fit(
         cb.on_epoch_start(epoch)
         for m in modules.values():
             m.train()
-        sums: dict[str, float] = {}
+        running: dict[str, Any] = {}  # per-term sums kept on the device: no host sync per step
+        pending: list[tuple[int, torch.Tensor]] = []  # losses not yet checked for finiteness
         n_seen = 0
-        for i, idx in enumerate(_batches(n_train, spec.batch_size, seed, epoch)):
+        batches = _batches(n_train, spec.batch_size, seed, epoch)
+        for i, idx in enumerate(batches):
             idx, share = group.shard(idx) if group else (idx, 1.0)
             with autocast(device, amp_dtype):
                 loss, terms = step(idx)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                last = latest_training_checkpoint(ckpt_dir)
-                raise DivergenceError(
-                    f"{stage}: loss became {value} at epoch {epoch + 1}, step {i + 1}; training stopped"
-                    + (f" (last good checkpoint: {last})" if last else " (no checkpoint was written yet)")
-                )
+            detached = loss.detach().float()
+            pending.append((i, detached))
+            if len(pending) >= check_every or i == len(batches) - 1:
+                _check_finite(pending, stage, epoch, ckpt_dir)
+                pending = []
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss * share if group else loss).backward()
             if spec.grad_clip:
@@ -173,9 +201,10 @@ def fit(
             scaler.update()
             k = len(idx)
             n_seen += k
-            sums["train_loss"] = sums.get("train_loss", 0.0) + value * k
+            _accumulate(running, "train_loss", detached, k)
             for name, term in terms.items():
-                sums[f"train_{name}"] = sums.get(f"train_{name}", 0.0) + float(term.detach()) * k
+                _accumulate(running, f"train_{name}", term.detach().float(), k)
+        sums = {name: float(total) for name, total in running.items()}  # one sync per epoch
         if group:
             sums, n_seen = group.end_epoch(modules, sums, n_seen)
         lr = optimizer.param_groups[0]["lr"]

@@ -1,0 +1,50 @@
+"""Flow parameters shared by the retrain and sweep flows, and running a flow locally.
+
+A deployment passes ``config`` either as a mapping (the pipeline config itself) or as the path of a
+YAML file relative to the working directory (the repository, after the deployment's pull step),
+plus optional ``overrides`` (``key.path=value``)."""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Union
+
+from kdcore.config import PipelineConfig, config_from_dict, read_yaml
+from kdcore.errors import KdflowError
+from kdcore.preflight import preflight
+
+ConfigParam = Union[dict[str, Any], str]
+
+
+def resolve_config(config: ConfigParam, overrides: Optional[list[str]] = None) -> PipelineConfig:
+    """The validated (and preflighted) pipeline config of a flow parameter."""
+    raw = read_yaml(Path(config)) if isinstance(config, str) else dict(config or {})
+    cfg = config_from_dict(raw, list(overrides or []))
+    preflight(cfg)
+    return cfg
+
+
+@contextlib.contextmanager
+def local_results(home: Path) -> Iterator[None]:
+    """Prefect task results of a local run under KDFLOW_HOME (as ``kdflow run`` keeps them)."""
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+
+    with temporary_settings(updates={PREFECT_LOCAL_STORAGE_PATH: str(home / "prefect-results")}):
+        yield
+
+
+def run_locally(flow_fn: Callable[..., Any], results_home: Path, /, **params: Any) -> Any:
+    """Call a flow with its task results under ``results_home``; a KdflowError wrapped by the
+    orchestrator comes out as itself."""
+    with local_results(results_home):
+        try:
+            return flow_fn(**params)
+        except KdflowError:
+            raise
+        except Exception as exc:
+            cause: Optional[BaseException] = exc
+            while cause is not None:
+                if isinstance(cause, KdflowError):
+                    raise cause from None
+                cause = cause.__cause__ or cause.__context__
+            raise

@@ -1,0 +1,113 @@
+"""Real Prefect and MLflow servers for tests: started as subprocesses on 127.0.0.1, stopped cleanly."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def wait_http(url: str, timeout: float = 120.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server for {url} exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except Exception:  # noqa: BLE001 - not up yet
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+@dataclass
+class Server:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    health: str
+    log: Path
+    proc: subprocess.Popen | None = None
+    port: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def start(self, timeout: float = 180.0) -> "Server":
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.log, "ab")
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        wait_http(self.health, timeout=timeout, proc=self.proc)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=timeout)
+        except ProcessLookupError:
+            pass
+        deadline = time.time() + timeout
+        while not port_is_free(self.port) and time.time() < deadline:
+            time.sleep(0.2)
+
+
+def mlflow_server(root: Path, port: int | None = None) -> Server:
+    port = port or free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    argv = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    return Server("mlflow", argv, env, f"http://127.0.0.1:{port}/health", root / "mlflow.log", port=port,
+                  extra={"uri": f"http://127.0.0.1:{port}"})
+
+
+def prefect_server(root: Path, port: int | None = None) -> Server:
+    port = port or free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(root / "home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_SERVER_LOGGING_LEVEL="WARNING", PREFECT_UI_ENABLED="false")
+    argv = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    return Server("prefect", argv, env, f"http://127.0.0.1:{port}/api/health", root / "prefect.log", port=port,
+                  extra={"api": f"http://127.0.0.1:{port}/api"})
+
+
+def client_env(prefect: Server, mlflow_uri: str, home: Path) -> dict[str, str]:
+    """The environment of a kdflow process that talks to these servers."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env.update(PREFECT_API_URL=prefect.extra["api"], MLFLOW_TRACKING_URI=mlflow_uri, KDFLOW_HOME=str(home),
+               PREFECT_HOME=str(home / "prefect-client"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_LOGGING_LEVEL="WARNING")
+    return env
+
+
+def which(name: str) -> str:
+    return shutil.which(name, path=str(BIN)) or name

@@ -1,0 +1,152 @@
+"""Crash and resume, atomic checkpoints, divergence: nothing lost, nothing wrongly registered."""
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from mlflow import MlflowClient
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from conftest import TINY
+from kdcore.config import config_from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SLOW_DISTILL = copy.deepcopy(TINY)
+SLOW_DISTILL["data"] = {"name": "digits", "limit_train": 600, "limit_test": 100}
+SLOW_DISTILL["distill"] = {"train": {"max_epochs": 8, "batch_size": 24}}
+SLOW_DISTILL["baseline"] = {"enabled": False}
+SLOW_DISTILL["register"] = {"teacher_name": "crash-teacher", "student_name": "crash-student"}
+
+
+def _use_home(monkeypatch, home: Path) -> None:
+    monkeypatch.setenv("KDFLOW_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def _distill_weights(report: dict) -> dict[str, torch.Tensor]:
+    run = Path(report["home"]) / "runs" / "distill"
+    (workdir,) = [d for d in run.iterdir() if d.name.startswith(report["stages"]["distill"]["fingerprint"][:16])]
+    return load_file(str(workdir / "student.safetensors"))
+
+
+def test_sigkill_during_distillation_then_rerun_resumes_exactly(prefect_server, tmp_path, monkeypatch):
+    from flows.runner import run_pipeline
+
+    cfg_file = tmp_path / "crash.yaml"
+    cfg_file.write_text(yaml.safe_dump(SLOW_DISTILL))
+
+    # the run that is killed: a separate process with its own temporary Prefect server
+    killed_home = tmp_path / "killed"
+    env = {**os.environ, "KDFLOW_HOME": str(killed_home)}
+    for k in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
+        env.pop(k, None)
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(cfg_file)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            done = sorted(killed_home.glob("runs/distill/*/checkpoints/epoch-*"))
+            if any(p.name >= "epoch-0001" for p in done):
+                break
+            assert proc.poll() is None, "the pipeline ended before it could be killed"
+            time.sleep(0.02)
+        else:
+            pytest.fail("distillation never wrote its second checkpoint")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    killed_at = max(int(p.name.split("-")[1]) for p in killed_home.glob("runs/distill/*/checkpoints/epoch-*"))
+    assert killed_at < 7, "the kill came before distillation finished"
+
+    _use_home(monkeypatch, killed_home)
+    resumed = run_pipeline(config_from_dict(copy.deepcopy(SLOW_DISTILL)))
+    _use_home(monkeypatch, tmp_path / "clean")
+    clean = run_pipeline(config_from_dict(copy.deepcopy(SLOW_DISTILL)))
+
+    st = resumed["stages"]
+    assert st["teacher"]["cached"] and st["features"]["cached"] and st["pretrain"]["cached"], st
+    assert not st["distill"]["cached"]
+    c = MlflowClient(f"sqlite:///{killed_home / 'mlflow.db'}")
+    run = c.get_run(st["distill"]["mlflow_run_id"])
+    assert run.data.params["stage"] == "distill"
+    steps = [m.step for m in c.get_metric_history(run.info.run_id, "train_loss")]
+    assert steps == list(range(killed_at + 1, 8)), f"no epoch repeated, none skipped: {steps}"
+    a, b = _distill_weights(resumed), _distill_weights(clean)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs from the uninterrupted run"
+    assert resumed["models"]["student"]["top1"] == clean["models"]["student"]["top1"]
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_path, monkeypatch):
+    from kdcore.config import TrainSpec
+    from kdcore.models import create_model
+    from kdcore.stages.env import classifier_val
+    from kdcore.train import TrainCallbacks, fit
+    from kdcore.train import checkpoint as ckpt
+
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 3, (64,))
+    model = create_model("cnn_tiny", in_channels=1, num_classes=3)
+
+    def step(idx):
+        return torch.nn.functional.cross_entropy(model(x[idx]), y[idx]), {}
+
+    real_save = ckpt.save_file
+    calls = {"n": 0}
+
+    def dying_save(tensors, path, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:  # second epoch's checkpoint: write half a file, then "die"
+            Path(path).write_bytes(b"\x00" * 100)
+            raise KeyboardInterrupt("killed mid-write")
+        return real_save(tensors, path, *a, **k)
+
+    monkeypatch.setattr(ckpt, "save_file", dying_save)
+    spec = TrainSpec(max_epochs=3, batch_size=16)
+    with pytest.raises(KeyboardInterrupt):
+        fit({"model": model}, step, 64, lambda: classifier_val(model, x, y), spec, ckpt_dir=tmp_path, run_key="k")
+    # what a SIGKILL would leave: the half-written temporary directory stays behind
+    assert ckpt.latest_training_checkpoint(tmp_path).name == "epoch-0000"
+    stray = tmp_path / ".tmp-killed"
+    stray.mkdir()
+    (stray / "model.safetensors").write_bytes(b"garbage")
+    monkeypatch.setattr(ckpt, "save_file", real_save)
+    res = fit({"model": model}, step, 64, lambda: classifier_val(model, x, y), spec, ckpt_dir=tmp_path, run_key="k",
+              callbacks=TrainCallbacks())
+    assert res.resumed_from == 1 and res.epochs_run == 3
+    assert not stray.exists(), "leftovers of an interrupted write are cleaned up"
+
+
+def test_divergence_stops_the_pipeline_with_epoch_and_step_and_registers_nothing(prefect_server, tmp_path,
+                                                                                 monkeypatch):
+    from flows.cli import app
+
+    _use_home(monkeypatch, tmp_path)
+    cfg = copy.deepcopy(TINY)
+    cfg["distill"] = {"train": {"max_epochs": 3, "lr": 1e12, "momentum": 0.0}}
+    cfg["register"] = {"teacher_name": "nan-teacher", "student_name": "nan-student"}
+    (tmp_path / "nan.yaml").write_text(yaml.safe_dump(cfg))
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "nan.yaml")])
+    assert result.exit_code == 2, result.output
+    assert "distill: loss became" in result.output and "at epoch 1, step" in result.output
+    assert "Traceback" not in result.output
+    c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert c.search_registered_models() == [] or not any(
+        c.search_model_versions(f"name='{n}'") for n in ("nan-teacher", "nan-student"))
+    exp = c.get_experiment_by_name("tiny")
+    parents = c.search_runs([exp.experiment_id], filter_string="tags.`kdflow.kind` = 'pipeline'")
+    assert [r.info.status for r in parents] == ["FAILED"]
+    distill = c.search_runs([exp.experiment_id], filter_string="attributes.run_name = 'distill'")
+    assert [r.info.status for r in distill] == ["FAILED"]
