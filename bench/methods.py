@@ -74,6 +74,8 @@ METHODS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "sp": ({}, {**CE, "sp": {"weight": 300.0, "pairs": [{"student": "block3", "teacher": "block3"}]}}),
     "crd": ({}, {**CE, "crd": {"weight": 0.1, "student": "flatten", "teacher": "flatten", "num_negatives": 4096}}),
     "teacher_layers": ({"method": "teacher_layers", "partial": True, "epochs": 1}, KD),
+    "teacher_layers+ce": ({"method": "teacher_layers", "partial": True, "freeze_copied": False, "epochs": 1,
+                           "losses": CE}, CE),
     "teacher_layers+kd_t2": ({"method": "teacher_layers", "partial": True, "freeze_copied": False, "epochs": 1},
                              KD_T2),
 }
@@ -286,9 +288,9 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(ALL))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=10, help="training epochs of every student (pretrain included)")
-    ap.add_argument("--limit-train", type=int, default=10000, help="training images (val: a fifth of it; 0: the full 54,000)")
-    ap.add_argument("--teacher-epochs", type=int, default=30)
-    ap.add_argument("--teacher-augment", default="shift", choices=["none", "shift"],
+    ap.add_argument("--limit-train", type=int, default=5000, help="training images (val: a fifth of it; 0: the full 54,000)")
+    ap.add_argument("--teacher-epochs", type=int, default=20)
+    ap.add_argument("--teacher-augment", default="none", choices=["none", "shift"],
                     help="random shifts while training the teacher (the students' data is never augmented)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")

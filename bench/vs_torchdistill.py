@@ -28,7 +28,7 @@ torchdistill lives only in the benchmark environment (see bench/README.md):
   python3 -m venv .venv-bench && echo "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
       > .venv-bench/lib/python3.11/site-packages/kdflow-venv.pth && .venv-bench/bin/pip install torchdistill==1.1.5
 Usage:
-  .venv/bin/python bench/vs_torchdistill.py [--epochs 5] [--limit-train 10000] [--threads 1] [--device cpu]
+  .venv/bin/python bench/vs_torchdistill.py [--epochs 5] [--limit-train 5000] [--rounds 2] [--threads 1] [--device cpu]
 """
 from __future__ import annotations
 
@@ -356,8 +356,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5, help="training epochs (accuracy is measured after them)")
     ap.add_argument("--rounds", type=int, default=2, help="timing rounds (the first also measures accuracy)")
     ap.add_argument("--timing-epochs", type=int, default=3, help="epochs of each later timing round")
-    ap.add_argument("--limit-train", type=int, default=10000)
-    ap.add_argument("--teacher-epochs", type=int, default=15)
+    ap.add_argument("--limit-train", type=int, default=5000, help="training images (0: the full 54,000)")
+    ap.add_argument("--teacher-epochs", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--temperature", type=float, default=4.0)

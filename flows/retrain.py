@@ -81,8 +81,8 @@ def _judge(cfg, tracker: Tracker, report: dict, champion, home: Path, uri: str, 
            run_id: str) -> tuple[Decision, Optional[dict]]:
     name = cfg.register.student_name
     version = (report.get("registered") or {}).get(name)
-    evaluate_dir = (report.get("artifacts") or {}).get("evaluate")
-    if not version or not evaluate_dir:
+    evaluated = (report.get("artifacts") or {}).get("evaluate")  # the evaluate stage's comparison.csv
+    if not version or not evaluated:
         raise KdflowError(f"the pipeline run is partial (registered: {report.get('registered')}); no alias was moved")
     challenger = wait_for_version(tracker, name, version)
     if champion is None:
@@ -90,7 +90,7 @@ def _judge(cfg, tracker: Tracker, report: dict, champion, home: Path, uri: str, 
     if challenger.version == champion.version:
         return Decision("unchanged", f"the pipeline reproduced the champion v{version} itself (nothing changed)",
                         champion.version, version), None
-    correct = json.loads((Path(evaluate_dir).parent / "per_sample_correct.json").read_text())["student"]
+    correct = json.loads((Path(evaluated).parent / "per_sample_correct.json").read_text())["student"]
     ctx = {"home": str(home), "tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": run_id}
     comparison = compare_task(cfg.model_dump(mode="json"), ctx, champion.as_dict(), challenger.as_dict(), correct)
     promote, why = decide(comparison["delta_top1"], comparison["mcnemar"]["p_value"], cfg.retrain.min_improvement,

@@ -274,7 +274,7 @@ def sweep_flow(config: ConfigParam = "configs/sweep.yaml", overrides: Optional[l
         tracker.end_run(run_id, "FAILED")
         raise
     failed = table[table.status != "completed"]
-    tracker.end_run(run_id, "FINISHED" if failed.empty else "FAILED" if len(failed) == len(table) else "FINISHED")
+    tracker.end_run(run_id, "FAILED" if len(failed) == len(table) else "FINISHED")
     if len(failed) == len(table):
         raise RuntimeError(f"all {len(table)} sweep trials failed; first error: {failed.iloc[0].error}")
     return {"mlflow_run_id": run_id, "prefect_flow_run_id": flow_run_id, "results_csv": str(csv_path),

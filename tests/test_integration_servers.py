@@ -214,6 +214,15 @@ def client(stack: Stack) -> MlflowClient:
     return MlflowClient(tracking_uri=stack.mlflow)
 
 
+def _decision(stack: Stack, run: dict) -> str:
+    """What the retrain run decided and why (for assertion messages)."""
+    c = client(stack)
+    exp = c.get_experiment_by_name("it")
+    found = c.search_runs([exp.experiment_id], filter_string=f"tags.`kdflow.prefect_flow_run_id` = '{run['id']}'")
+    tags = {k: v for r in found for k, v in r.data.tags.items() if k.startswith("kdflow.")}
+    return f"retrain run tags: {tags}\n--- worker log ---\n{stack.log('worker', 60)}"
+
+
 def test_deploy_creates_pool_limit_and_deployments(stack):
     out = stack.deployed
     assert out.returncode == 0, out.stdout + out.stderr
@@ -256,7 +265,7 @@ def test_retrain_promotes_a_significantly_better_challenger(stack):
     run = stack.run_deployment("kdflow-retrain", "retrain", {"config": GOOD, "force": True})
     assert run["state"]["type"] == "COMPLETED", _fail_info(stack, run)
     c = client(stack)
-    assert str(c.get_model_version_by_alias("it-student", "champion").version) == "2"
+    assert str(c.get_model_version_by_alias("it-student", "champion").version) == "2", _decision(stack, run)
     v2 = c.get_model_version("it-student", "2")
     assert v2.tags["kdflow.retrain.decision"] == "promote"
     assert v2.tags["kdflow.retrain.compared_with"] == "1"
@@ -279,8 +288,8 @@ def test_retrain_keeps_the_champion_when_the_challenger_is_worse(stack):
     run = stack.run_deployment("kdflow-retrain", "retrain", {"config": WEAK2, "force": True})
     assert run["state"]["type"] == "COMPLETED", _fail_info(stack, run)
     c = client(stack)
-    assert str(c.get_model_version_by_alias("it-student", "champion").version) == "2"
-    assert str(c.get_model_version_by_alias("it-student", "challenger").version) == "3"
+    assert str(c.get_model_version_by_alias("it-student", "champion").version) == "2", _decision(stack, run)
+    assert str(c.get_model_version_by_alias("it-student", "challenger").version) == "3", _decision(stack, run)
     v3 = c.get_model_version("it-student", "3")
     assert v3.tags["kdflow.retrain.decision"] == "keep" and "not better" in v3.tags["kdflow.retrain.reason"]
     assert "kdflow.promoted_at" not in v3.tags
