@@ -23,6 +23,19 @@ TINY = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _isolated_process_state():
+    """Each test leaves os.environ and MLflow's process-wide tracking URI as it found them."""
+    import mlflow
+
+    env = dict(os.environ)
+    uri = mlflow.get_tracking_uri()
+    yield
+    os.environ.clear()
+    os.environ.update(env)
+    mlflow.set_tracking_uri(uri)
+
+
 @pytest.fixture(scope="session")
 def prefect_server():
     from prefect.testing.utilities import prefect_test_harness

@@ -51,20 +51,23 @@ def test_sigkill_during_distillation_then_rerun_resumes_exactly(prefect_server, 
     env = {**os.environ, "KDFLOW_HOME": str(killed_home)}
     for k in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
         env.pop(k, None)
+    log = open(tmp_path / "killed.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(cfg_file)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 240
     try:
         while time.time() < deadline:
             done = sorted(killed_home.glob("runs/distill/*/checkpoints/epoch-*"))
             if any(p.name >= "epoch-0001" for p in done):
                 break
-            assert proc.poll() is None, "the pipeline ended before it could be killed"
+            assert proc.poll() is None, "the pipeline ended before it could be killed:\n" + (
+                tmp_path / "killed.log").read_text()[-3000:]
             time.sleep(0.02)
         else:
             pytest.fail("distillation never wrote its second checkpoint")
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     killed_at = max(int(p.name.split("-")[1]) for p in killed_home.glob("runs/distill/*/checkpoints/epoch-*"))
     assert killed_at < 7, "the kill came before distillation finished"
