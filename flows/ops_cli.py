@@ -100,7 +100,8 @@ def sweep(
 
 
 def retrain(
-    config: Path = typer.Argument(Path("configs/default.yaml"), help="pipeline YAML (with an optional `retrain` section)"),
+    config: Path = typer.Argument(Path("configs/default.yaml"),
+                                  help="pipeline YAML (with an optional `retrain` section)"),
     set_: List[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help="override a config value"),
     force: bool = typer.Option(False, "--force", help="retrain even if nothing changed"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="show Prefect's task logs"),

@@ -53,7 +53,8 @@ def retrain_flow(config: ConfigParam = "configs/default.yaml", overrides: Option
     champion = version_by_alias(tracker, name, CHAMPION)
     reasons = retrain_reasons(champion, data.fingerprint, cfg.retrain.max_age_days, force)
     run_id = tracker.start_run(experiment_id, "retrain", tags={
-        "kdflow.kind": "retrain", "kdflow.prefect_flow_run_id": flow_run_id, "kdflow.data_fingerprint": data.fingerprint,
+        "kdflow.kind": "retrain", "kdflow.prefect_flow_run_id": flow_run_id,
+        "kdflow.data_fingerprint": data.fingerprint,
         "kdflow.champion_before": champion.version if champion else ""})
     comparison: Optional[dict] = None
     report: Optional[dict] = None

@@ -86,7 +86,8 @@ def expand_trials(cfg: PipelineConfig) -> list[Trial]:
         for combo in combos:
             overrides = {**extra, **dict(zip(keys, combo))}
             try:
-                trial_cfg = config_from_dict(copy.deepcopy(base), [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
+                items = [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
+                trial_cfg = config_from_dict(copy.deepcopy(base), items)
             except ConfigError as exc:
                 raise ConfigError(f"sweep trial {len(trials)} ({overrides}): {exc}") from None
             trials.append(Trial(len(trials), overrides, trial_cfg))

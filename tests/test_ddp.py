@@ -55,7 +55,8 @@ def train_mlp(workdir: str, callbacks: TrainCallbacks, lr: float = 0.2, hint: bo
     def evaluate() -> dict[str, float]:
         with torch.no_grad():
             logits = model(x)
-        return {"val_loss": float(F.cross_entropy(logits, y)), "val_top1": float((logits.argmax(1) == y).float().mean())}
+        return {"val_loss": float(F.cross_entropy(logits, y)),
+                "val_top1": float((logits.argmax(1) == y).float().mean())}
 
     spec = TrainSpec(max_epochs=3, batch_size=40, optimizer="sgd", lr=lr, momentum=0.9, weight_decay=1e-4,
                      scheduler="cosine", monitor="val_loss")

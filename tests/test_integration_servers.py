@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import httpx
 import pytest
@@ -30,7 +30,7 @@ from conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT = 240
-RUN_TIMEOUT = 300
+RUN_TIMEOUT = 480
 
 BASE = copy.deepcopy(TINY)
 BASE.update(name="it", register={"teacher_name": "it-teacher", "student_name": "it-student"},

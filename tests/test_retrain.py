@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,7 +91,8 @@ def registry(prefect_server, tmp_path_factory):
     cfg = config_from_dict(raw)
     data = load_dataset(cfg.data)
     env = StageEnv(cfg, data, home / "work")
-    models = {"weak": env.build("cnn_tiny", {}, 11), "strong": train_teacher(env).model, "weak2": env.build("cnn_tiny", {}, 12)}
+    models = {"weak": env.build("cnn_tiny", {}, 11), "strong": train_teacher(env).model,
+              "weak2": env.build("cnn_tiny", {}, 12)}
     tracker = Tracker(f"sqlite:///{home / 'mlflow.db'}", home)
     exp = tracker.experiment_id("tiny")
     versions, correct = {}, {}
@@ -135,7 +135,8 @@ def test_significantly_better_challenger_becomes_champion(registry):
     table = {row["role"]: row for row in comparison["table"]}
     assert table["champion"]["version"] == versions["weak"] and table["challenger"]["version"] == versions["strong"]
     assert table["challenger"]["heldout_top1"] == pytest.approx(np.mean(correct["strong"]))
-    assert table["champion"]["heldout_top1"] == pytest.approx(np.mean(correct["weak"]))  # re-evaluated from the registry
+    # the champion was evaluated again, from the registry
+    assert table["champion"]["heldout_top1"] == pytest.approx(np.mean(correct["weak"]))
     assert table["champion"]["final_val_top1"] == 0.5  # pulled from the version's run
     assert decision.action == "promote" and comparison["mcnemar"]["p_value"] < 1e-6
     client = tracker.client

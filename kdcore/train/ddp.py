@@ -3,12 +3,14 @@
 ``run_distributed(fn, *args, world_size=N, device=...)`` starts N processes (forkserver; the gloo
 backend on CPU, NCCL on CUDA, rank r on the r-th visible GPU) and calls the same stage function
 ``fn(*args)`` in each with a :class:`DistContext` active. :func:`kdcore.train.loop.fit` picks the
-context up: it routes every module's forward through ``torch.nn.parallel.DistributedDataParallel``
-(gradients are averaged across ranks), gives each rank its contiguous share of every index batch
-(the global batch is the same as in one process, so is the gradient), and lets rank 0 alone write
-checkpoints. Rank 0's return value comes back to the caller (CUDA tensors back on the caller's
-current device) and rank 0's training callbacks are replayed on the caller's callbacks as they
-happen. An exception in any rank stops all of them and is raised again in the caller.
+context up: it runs each training step as the forward of a DistributedDataParallel module holding
+the trainable modules (so gradients are averaged across ranks whatever the loss is built from),
+gives each rank its contiguous share of every index batch (the global batch is the same as in one
+process, so is the gradient), takes rank 0's validation metrics and BatchNorm buffers at the end
+of each epoch, and lets rank 0 alone write checkpoints. Rank 0's return value comes back to the
+caller (CUDA tensors back on the caller's current device) and rank 0's training callbacks are
+replayed on the caller's callbacks as they happen. An exception in any rank stops all of them and
+is raised again in the caller.
 
 BatchNorm statistics are per rank on CPU (SyncBatchNorm needs CUDA) and synchronised on CUDA.
 
