@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -46,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
 VARIANTS = ("kdflow", "torchdistill", "bare", "kdflow-cached", "bare-cached")
+ACCURACY_VARIANTS = ("kdflow-cached", "torchdistill", "bare-cached")  # the online twins train identically
 # glibc's dynamic mmap threshold moves epoch times by up to 30 % between identical runs: pin it
 ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": "16777216", "MALLOC_TRIM_THRESHOLD_": "67108864"}
 
@@ -94,14 +96,17 @@ def prepare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     cfg = config_from_dict(base)
     data = load_dataset(cfg.data)
     ckpt, teacher_acc = get_teacher(Path(args.home), base, data)
-    init = work / "student-init.safetensors"
-    env = StageEnv(cfg, data, work / "init")
-    save_model(env.new_student().cpu(), init, {"stage": "init"})
+    inits = {}
+    for seed in [args.seed, *args.accuracy_seeds]:  # kdflow's seeded student initialisation, per seed
+        raw = dict(base, trainer={**base["trainer"], "seed": seed})
+        inits[str(seed)] = str(work / f"student-init-{seed}.safetensors")
+        save_model(StageEnv(config_from_dict(raw), data, work / "init").new_student().cpu(), inits[str(seed)],
+                   {"stage": "init"})
     for epoch in range(2):
         ours = [b.tolist() for b in kdflow_batches(len(data.train), args.batch_size, args.seed, epoch)]
         assert ours == [b.tolist() for b in _batches(len(data.train), args.batch_size, args.seed, epoch)], \
             "the benchmark's batch order no longer matches kdflow's"
-    return {"teacher": str(ckpt), "teacher_test_top1": teacher_acc, "init": str(init),
+    return {"teacher": str(ckpt), "teacher_test_top1": teacher_acc, "inits": inits,
             "n_train": len(data.train), "threads": torch.get_num_threads()}
 
 
@@ -157,6 +162,7 @@ def run_kdflow(args, prep, cached: bool) -> dict[str, Any]:
     cfg = config_from_dict(raw)
     data = _data(args)
     work = Path(args.workdir) / ("kdflow-cached" if cached else "kdflow")
+    shutil.rmtree(work, ignore_errors=True)  # a fresh run every time: no resuming from an earlier round
     env = StageEnv(cfg, data, work)
     teacher = load_model(prep["teacher"]).to(env.device)
     if cached:
@@ -301,6 +307,7 @@ def run_variant(args) -> None:
 
     torch.set_num_threads(args.threads)
     prep = json.loads(Path(args.workdir, "prep.json").read_text())
+    prep["init"] = prep["inits"][str(args.seed)]
     runner = {"kdflow": lambda: run_kdflow(args, prep, cached=False),
               "kdflow-cached": lambda: run_kdflow(args, prep, cached=True),
               "bare": lambda: run_bare(args, prep, cached=False),
@@ -309,7 +316,7 @@ def run_variant(args) -> None:
     out = runner()
     out.update(variant=args.variant, threads=torch.get_num_threads(),
                env={k: os.environ.get(k) for k in (*ALLOCATOR_ENV, "OMP_NUM_THREADS", "MKL_NUM_THREADS")})
-    Path(args.workdir, f"{args.variant}.json").write_text(json.dumps(out))
+    Path(args.workdir, f"{args.variant}-{args.seed}.json").write_text(json.dumps(out))
 
 
 # ----------------------------------------------------------------------------- driver
@@ -335,6 +342,12 @@ def report(results: dict[str, dict[str, Any]], prep: dict[str, Any], args) -> st
         lines.append(f"| {v} | {100 * r['test_top1']:.2f} | {med(r, 'epoch_seconds'):.3f} | "
                      f"{med(r, 'images_per_s'):.0f} | {len(r['epoch_seconds'])} |")
     lines.append("")
+    seeded = {v: r["seed_top1"] for v, r in results.items() if "seed_top1" in r}
+    if seeded:
+        lines.append(f"test top-1 over seeds {', '.join(next(iter(seeded.values())))} (mean ± std): " + "; ".join(
+            f"{v} {statistics.mean(100 * a for a in s.values()):.2f} ± {statistics.stdev(100 * a for a in s.values()):.2f}"
+            for v, s in seeded.items()))
+        lines.append("")
 
     def ratio(a, b):
         if a in results and b in results:
@@ -354,7 +367,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--epochs", type=int, default=5, help="training epochs (accuracy is measured after them)")
-    ap.add_argument("--rounds", type=int, default=2, help="timing rounds (the first also measures accuracy)")
+    ap.add_argument("--rounds", type=int, default=3, help="timing rounds (the first also measures accuracy)")
     ap.add_argument("--timing-epochs", type=int, default=3, help="epochs of each later timing round")
     ap.add_argument("--limit-train", type=int, default=5000, help="training images (0: the full 54,000)")
     ap.add_argument("--teacher-epochs", type=int, default=20)
@@ -363,6 +376,8 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=4.0)
     ap.add_argument("--kd-weight", type=float, default=0.9)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--accuracy-seeds", type=int, nargs="*", default=[1, 2],
+                    help="further seeds trained for the accuracy comparison only (kdflow, torchdistill, bare)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--home", default=os.environ.get("KDFLOW_HOME", str(ROOT / ".kdflow")))
@@ -373,7 +388,6 @@ def main() -> None:
     if args.variant:
         return run_variant(args)
 
-    import shutil
     import tempfile
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="kdflow-vs-td-"))
@@ -395,7 +409,7 @@ def main() -> None:
                    *_args_for_child(args, epochs)]
             t0 = time.perf_counter()
             subprocess.run(cmd, env=child_env(args.threads), check=True)
-            r = json.loads((work / f"{v}.json").read_text())
+            r = json.loads((work / f"{v}-{args.seed}.json").read_text())
             if rnd == 0:
                 results[v] = r
             else:
@@ -404,6 +418,14 @@ def main() -> None:
             print(f"round {rnd + 1} {v:<14} test top-1 {100 * r['test_top1']:.2f}%  epochs "
                   f"{', '.join(f'{s:.2f}' for s in r['epoch_seconds'])} s  ({time.perf_counter() - t0:.0f} s)",
                   flush=True)
+    for seed in args.accuracy_seeds:  # accuracy only: the same comparison from other seeds
+        for v in [v for v in args.variants if v in ACCURACY_VARIANTS]:
+            cmd = [python, str(Path(__file__).resolve()), "--variant", v, "--workdir", str(work),
+                   *_args_for_child(args, args.epochs, seed)]
+            subprocess.run(cmd, env=child_env(args.threads), check=True)
+            r = json.loads((work / f"{v}-{seed}.json").read_text())
+            results[v].setdefault("seed_top1", {str(args.seed): results[v]["test_top1"]})[str(seed)] = r["test_top1"]
+            print(f"seed {seed} {v:<14} test top-1 {100 * r['test_top1']:.2f}%", flush=True)
     text = report(results, prep, args)
     print("\n" + text, flush=True)
     if args.json:
@@ -412,9 +434,9 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _args_for_child(args, epochs: int) -> list[str]:
-    out = ["--epochs", str(epochs)]
-    for key in ("limit_train", "teacher_epochs", "batch_size", "lr", "temperature", "kd_weight", "seed",
+def _args_for_child(args, epochs: int, seed: int | None = None) -> list[str]:
+    out = ["--epochs", str(epochs), "--seed", str(args.seed if seed is None else seed)]
+    for key in ("limit_train", "teacher_epochs", "batch_size", "lr", "temperature", "kd_weight",
                 "threads", "device", "home"):
         out += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     return out

@@ -31,7 +31,7 @@ from kdcore.evaluate import per_sample_correct, predict
 from kdcore.evaluate.significance import mcnemar_test
 from kdcore.export import load_torchscript
 from tasks.data import load_data
-from tasks.tracking import _LOCK, Tracker
+from tasks.tracking import _LOCK, Tracker, process_uri
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -118,7 +118,7 @@ def load_version_model(tracker: Tracker, v: Version) -> torch.nn.Module:
             return load_torchscript(local)
         saved_path = list(sys.path)  # the model's code_paths are prepended to sys.path while loading
         try:
-            with _LOCK:
+            with process_uri(tracker.uri):
                 return _ModeFree(mlflow.pytorch.load_model(f"models:/{v.name}/{v.version}", dst_path=tmp))
         finally:
             sys.path[:] = saved_path

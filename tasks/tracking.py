@@ -2,13 +2,14 @@
 an explicit run id (MLflow's active run is per thread)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import mlflow
 import numpy as np
@@ -43,6 +44,27 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+@contextlib.contextmanager
+def process_uri(uri: str) -> Iterator[None]:
+    """MLflow's process-wide tracking URI set to ``uri`` for the fluent calls (log_model,
+    register_model, load_model) inside, then put back as it was.
+
+    ``mlflow.set_tracking_uri`` also exports MLFLOW_TRACKING_URI to os.environ: left there, a later
+    pipeline in the same process (a Prefect worker, a test session) with another KDFLOW_HOME would
+    log into this one's store. Hold ``_LOCK`` around it: the setting is global to the process."""
+    with _LOCK:
+        saved_env, saved_uri = os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(saved_uri)
+            if saved_env is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = saved_env
+
+
 class Tracker:
     """A thin wrapper over ``MlflowClient`` bound to one tracking URI."""
 
@@ -52,7 +74,6 @@ class Tracker:
         # MLflow prints "View run at <tracking URI>" on every run end: noisy, and it would print any
         # credentials embedded in the URI
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-        mlflow.set_tracking_uri(uri)  # log_model/register_model use the process-wide URI
         self.client = MlflowClient(tracking_uri=uri)
 
     def experiment_id(self, name: str) -> str:
@@ -123,7 +144,7 @@ class Tracker:
         with torch.no_grad():
             y = model(example.cpu()).numpy()
         torch_req = f"torch=={torch.__version__.split('+')[0]}"
-        with _LOCK:
+        with process_uri(self.uri):
             info = mlflow.pytorch.log_model(
                 model, name=name, run_id=run_id, input_example=x, signature=infer_signature(x, y),
                 pip_requirements=[torch_req, f"numpy=={np.__version__}"],
@@ -146,7 +167,7 @@ class Tracker:
         existing = self.find_version(name, str(tags.get("kdflow.fingerprint", ""))) if "kdflow.fingerprint" in tags else None
         if existing is not None:
             return existing, False
-        with _LOCK:
+        with process_uri(self.uri):
             mv = mlflow.register_model(model_uri, name, tags={k: redact(str(v)) for k, v in tags.items()})
         return str(mv.version), True
 

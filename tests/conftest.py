@@ -31,9 +31,9 @@ def _isolated_process_state():
     env = dict(os.environ)
     uri = mlflow.get_tracking_uri()
     yield
+    mlflow.set_tracking_uri(uri)  # first: it also writes MLFLOW_TRACKING_URI into os.environ
     os.environ.clear()
     os.environ.update(env)
-    mlflow.set_tracking_uri(uri)
 
 
 @pytest.fixture(scope="session")

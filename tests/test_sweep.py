@@ -57,7 +57,6 @@ def test_one_row_per_trial_all_completed(swept):
     assert any(r["pareto"] for r in rows)
 
 
-@pytest.mark.xfail(reason='ORDER-DEPENDENT: passes alone (4 passed), fails after tests/test_methods_configs.py in one process; cause not found yet (see the session note)', strict=False)
 def test_trials_share_the_teacher_and_the_cache_entry(swept):
     home, result = swept
     shared = result["shared"]
@@ -76,7 +75,6 @@ def test_trials_share_the_teacher_and_the_cache_entry(swept):
     assert sorted(m["split"] for m in manifests) == sorted({m["split"] for m in manifests}), "stored once per split"
 
 
-@pytest.mark.xfail(reason='ORDER-DEPENDENT: passes alone (4 passed), fails after tests/test_methods_configs.py in one process; cause not found yet (see the session note)', strict=False)
 def test_pareto_png_and_results_are_in_mlflow(swept, tmp_path):
     home, result = swept
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
