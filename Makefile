@@ -34,7 +34,7 @@ demo: install
 	$(BIN)/kdflow run
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: install
 	$(BIN)/python bench/overhead.py

@@ -23,14 +23,39 @@ TINY = {
 }
 
 
+# The slowest modules first: under `pytest -n 2 --dist loadfile` (the README's test command) a
+# long module that started last would leave the other worker idle at the end.
+SLOW_FIRST = ("test_servers", "test_integration_servers", "test_sequence_pipeline", "test_reliability",
+              "test_pipeline", "test_methods_configs", "test_sweep", "test_retrain")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        module = Path(str(item.fspath)).stem
+        return SLOW_FIRST.index(module) if module in SLOW_FIRST else len(SLOW_FIRST)
+
+    items.sort(key=rank)  # stable: the order inside a module is kept
+
+
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: one torch thread each
+        import torch
+
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_process_state():
-    """Each test leaves os.environ and MLflow's process-wide tracking URI as it found them."""
+    """Each test leaves os.environ, MLflow's process-wide tracking URI and torch's thread count as it
+found them."""
     import mlflow
+    import torch
 
     env = dict(os.environ)
     uri = mlflow.get_tracking_uri()
+    threads = torch.get_num_threads()  # a stage sets it from trainer.num_threads
     yield
+    torch.set_num_threads(threads)
     mlflow.set_tracking_uri(uri)  # first: it also writes MLFLOW_TRACKING_URI into os.environ
     os.environ.clear()
     os.environ.update(env)
@@ -50,10 +75,10 @@ def real_servers(tmp_path_factory):
     from servers import mlflow_server, prefect_server
 
     root = tmp_path_factory.mktemp("servers")
-    prefect = prefect_server(root / "prefect").start()
-    mlflow = mlflow_server(root / "mlflow")
+    prefect, mlflow = prefect_server(root / "prefect").launch(), mlflow_server(root / "mlflow").launch()
     try:
-        mlflow.start()
+        prefect.wait()
+        mlflow.wait()
         yield {"prefect": prefect, "mlflow": mlflow, "root": root}
     finally:
         mlflow.stop()

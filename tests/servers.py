@@ -54,15 +54,22 @@ class Server:
     port: int = 0
     extra: dict = field(default_factory=dict)
 
-    def start(self, timeout: float = 180.0) -> "Server":
+    def launch(self) -> "Server":
+        """Start the process without waiting for it to answer (start several, then ``wait`` each)."""
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.log, "ab")
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        with open(self.log, "ab") as fh:
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        return self
+
+    def wait(self, timeout: float = 180.0) -> "Server":
         wait_http(self.health, timeout=timeout, proc=self.proc)
         return self
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 180.0) -> "Server":
+        return self.launch().wait(timeout)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
         try:

@@ -27,6 +27,8 @@ SLOW_DISTILL["data"] = {"name": "digits", "limit_train": 600, "limit_test": 100}
 SLOW_DISTILL["distill"] = {"train": {"max_epochs": 8, "batch_size": 24}}
 SLOW_DISTILL["baseline"] = {"enabled": False}
 SLOW_DISTILL["register"] = {"teacher_name": "crash-teacher", "student_name": "crash-student"}
+# bit-exact resume needs the same intra-op thread count in the killed process and in this one
+SLOW_DISTILL["trainer"] = {"num_threads": 1}
 
 
 def _use_home(monkeypatch, home: Path) -> None:
