@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -95,6 +96,9 @@ register_ops_commands(app)
 
 
 def main() -> None:
+    # a CUDA build of torch on a machine without CUDA warns "No CUDA runtime is found" when model
+    # export loads its C++ extension helpers: noise on every CPU run
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
         app()
     except KeyboardInterrupt:
