@@ -8,6 +8,7 @@ import os
 import re
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -144,7 +145,10 @@ class Tracker:
         with torch.no_grad():
             y = model(example.cpu()).numpy()
         torch_req = f"torch=={torch.__version__.split('+')[0]}"
-        with process_uri(self.uri):
+        with process_uri(self.uri), warnings.catch_warnings():
+            # torch.export on nn.GRU/LSTM warns that their _flat_weights were "assigned during export":
+            # harmless (tests/test_sequence_pipeline.py checks the logged model against the trained one)
+            warnings.filterwarnings("ignore", message=r"The tensor attributes .*_flat_weights", category=UserWarning)
             info = mlflow.pytorch.log_model(
                 model, name=name, run_id=run_id, input_example=x, signature=infer_signature(x, y),
                 pip_requirements=[torch_req, f"numpy=={np.__version__}"],

@@ -1,6 +1,7 @@
 """Shared fixtures. Prefect's temporary server starts once per test session."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -9,6 +10,7 @@ os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from pathlib import Path  # noqa: E402
+from typing import Iterator  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -83,6 +85,23 @@ def real_servers(tmp_path_factory):
     finally:
         mlflow.stop()
         prefect.stop()
+
+
+@contextlib.contextmanager
+def kdflow_home(home: Path) -> Iterator[Path]:
+    """KDFLOW_HOME set to ``home`` and MLflow in its SQLite store (no MLFLOW_TRACKING_URI) inside,
+    the environment put back after: for module-scoped fixtures, which monkeypatch cannot serve."""
+    old = {k: os.environ.get(k) for k in ("KDFLOW_HOME", "MLFLOW_TRACKING_URI")}
+    os.environ["KDFLOW_HOME"] = str(home)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        yield home
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.fixture()

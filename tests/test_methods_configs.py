@@ -2,13 +2,12 @@
 and one method config run end to end by `kdflow run`'s code path."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import kdflow_home, tiny_config
 from kdcore.config import load_config
 from kdcore.data import load_dataset
 from kdcore.errors import ConfigError
@@ -77,16 +76,9 @@ def test_combined_objective_logs_every_term(tmp_path):
 
 @pytest.fixture()
 def isolated_home(tmp_path):
-    old = {k: os.environ.get(k) for k in ("KDFLOW_HOME", "MLFLOW_TRACKING_URI")}
     (tmp_path / "home").mkdir()
-    os.environ["KDFLOW_HOME"] = str(tmp_path / "home")
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    yield tmp_path / "home"
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with kdflow_home(tmp_path / "home") as home:
+        yield home
 
 
 def test_teacher_layers_config_with_crd_and_dkd_runs_end_to_end(prefect_server, isolated_home):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import TINY
+from conftest import TINY, kdflow_home
 from kdcore.config import config_from_dict
 
 STAGES = {"teacher", "features", "pretrain", "distill", "baseline", "evaluate", "register"}
@@ -18,15 +18,10 @@ STAGES = {"teacher", "features", "pretrain", "distill", "baseline", "evaluate", 
 
 @pytest.fixture(scope="module")
 def runs(prefect_server, tmp_path_factory):
-    import os
-
     from flows.runner import run_pipeline
 
     home = tmp_path_factory.mktemp("pipeline-home")
-    old = {k: os.environ.get(k) for k in ("KDFLOW_HOME", "MLFLOW_TRACKING_URI")}
-    os.environ["KDFLOW_HOME"] = str(home)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    try:
+    with kdflow_home(home):
         cfg = config_from_dict(copy.deepcopy(TINY))
         first = run_pipeline(cfg)
         second = run_pipeline(cfg)
@@ -37,12 +32,6 @@ def runs(prefect_server, tmp_path_factory):
         manifests_after = {p: p.stat().st_mtime_ns for p in (home / "cache").glob("*/manifest.json")}
         Path(first["artifacts"]["pretrain"]).unlink()      # a cached stage's artifact disappears
         healed = run_pipeline(cfg)
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return home, first, second, changed, (other_student, manifests, manifests_after, healed)
 
 

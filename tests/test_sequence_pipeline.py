@@ -3,7 +3,6 @@ registered text student classifying raw strings with the vocabulary stored in it
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import mlflow
@@ -11,6 +10,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from conftest import kdflow_home
 from kdcore.config import load_config
 from kdcore.data import DATASETS, load_dataset, make_splits
 from kdcore.text import Vocabulary, classify_texts, text_logits
@@ -35,20 +35,11 @@ def runs(prefect_server, tmp_path_factory):
     from flows.runner import run_pipeline
 
     home = tmp_path_factory.mktemp("sequence-home")
-    old = {k: os.environ.get(k) for k in ("KDFLOW_HOME", "MLFLOW_TRACKING_URI")}
-    os.environ["KDFLOW_HOME"] = str(home)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    try:
+    with kdflow_home(home):
         out = {}
         for name, overrides in CONFIGS.items():
             cfg = load_config(ROOT / "configs" / f"{name}.yaml", SMALL + overrides)
             out[name] = (cfg, run_pipeline(cfg))
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return home, out
 
 
@@ -84,8 +75,10 @@ def weights(home: Path, report: dict, stage: str) -> Path:
 
 
 def download_registered(home: Path, name: str, version: str, dst: Path) -> Path:
-    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst)))
+    from tasks.tracking import process_uri
+
+    with process_uri(f"sqlite:///{home / 'mlflow.db'}"):  # models:/ URIs resolve through the process-wide URI
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst)))
 
 
 @pytest.mark.parametrize("name", ["text_rotten_tomatoes", "text_chinese"])
