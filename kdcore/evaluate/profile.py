@@ -64,7 +64,7 @@ def model_profile(
     if throughput_batch < 1:
         raise KdflowError(f"model_profile: throughput_batch must be >= 1, got {throughput_batch}.")
     if example is None:
-        example = torch.randn(*input_shape)
+        example = torch.randn(*input_shape, generator=torch.Generator().manual_seed(0))  # not the global one
     elif tuple(example.shape) != tuple(input_shape):
         raise KdflowError(
             f"model_profile: example has shape {tuple(example.shape)}, expected input_shape {tuple(input_shape)}."

@@ -68,6 +68,7 @@ class CRDLoss(DistillLoss):
 
     name = "crd"
     needs_teacher = True
+    draws_random = True  # negatives are sampled from torch's global generator every step (kdcore.train.rng)
 
     def __init__(self, *, student: str, teacher: str, feat_dim: int = 128, num_negatives: int = 4096,
                  temperature: float = 0.07, momentum: float = 0.5, memory: str = "bank") -> None:

@@ -24,6 +24,8 @@ class KDLoss(DistillLoss):
         student = inp.student_logits
         teacher = self.teacher_logits(inp).detach()
         log_p_s = F.log_softmax(student.reshape(-1, student.shape[-1]) / t, dim=-1)
-        log_p_t = F.log_softmax(teacher.reshape(-1, teacher.shape[-1]).to(log_p_s.dtype) / t, dim=-1)
-        kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+        p_t = F.softmax(teacher.reshape(-1, teacher.shape[-1]).to(log_p_s.dtype) / t, dim=-1)
+        # the usual form (probability target): the same arithmetic as torchdistill's and a plain loop's
+        # KD, so with the same data order and initialisation kdflow trains to the same weights
+        kl = F.kl_div(log_p_s, p_t, reduction="batchmean")
         return {"kd": kl * (t * t)}

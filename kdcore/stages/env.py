@@ -1,7 +1,6 @@
 """What every stage function shares: config, data on the right device, a work directory."""
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -14,11 +13,13 @@ from kdcore.config import PipelineConfig
 from kdcore.data.bundle import DataBundle, Split
 from kdcore.models import create_model
 from kdcore.train import FitResult, TrainCallbacks, autocast_dtype, resolve_device, seed_everything
+from kdcore.train.rng import GLOBAL_RNG
 
 
 # Model initialisation draws from torch's global RNG: stages that run side by side in threads
-# (the baseline beside the distillation branch) must not interleave their seeding and drawing.
-_INIT_LOCK = threading.Lock()
+# (the baseline beside the distillation branch) must not interleave their seeding and drawing, nor
+# reseed it in the middle of another stage's seeded training step (kdcore.train.rng).
+_INIT_LOCK = GLOBAL_RNG
 
 
 @dataclass

@@ -24,6 +24,7 @@ from kdcore.train.checkpoint import (
 from kdcore.train import ddp
 from kdcore.train.convergence import Convergence
 from kdcore.train.device import autocast
+from kdcore.train.rng import draws_randomness, seeded_step
 
 StepFn = Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
@@ -171,6 +172,7 @@ def fit(
     # stalls the device queue) runs once per CHECK_EVERY steps and still names the first bad step.
     check_every = 1 if device.type == "cpu" else CHECK_EVERY
     group = ddp.active()  # set only in the processes started by kdcore.train.ddp.run_distributed
+    stochastic = draws_randomness(modules.values())  # dropout: forward passes seeded per step (kdcore.train.rng)
     step, unwrap = group.wrap_step(modules, step) if group else (step, None)
     for epoch in range(start, spec.max_epochs):
         if stop_reason:
@@ -185,7 +187,7 @@ def fit(
         batches = _batches(n_train, spec.batch_size, seed, epoch)
         for i, idx in enumerate(batches):
             idx, share = group.shard(idx) if group else (idx, 1.0)
-            with autocast(device, amp_dtype):
+            with seeded_step(seed, epoch, i, stochastic), autocast(device, amp_dtype):
                 loss, terms = step(idx)
             detached = loss.detach().float()
             pending.append((i, detached))
