@@ -44,6 +44,14 @@ class TrackingCallbacks(TrainCallbacks):
         except Exception:  # noqa: BLE001 - progress display must never break training
             self.artifact_id = None
 
+    def on_resume(self, history: list[dict[str, float]]) -> None:
+        """Log the trained epochs this run does not hold yet: a retried attempt whose predecessor
+        checkpointed an epoch but failed while logging it loses no metric."""
+        logged = {m.step for m in self.tracker.client.get_metric_history(self.run_id, "train_loss")}
+        for epoch, metrics in enumerate(history):
+            if epoch not in logged:
+                self.tracker.log_metrics(self.run_id, metrics, step=epoch)
+
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         self.tracker.log_metrics(self.run_id, metrics, step=epoch)
         if self.artifact_id is not None:
@@ -107,9 +115,9 @@ def stage_task(stage: str, body: Callable[[StageCall], dict[str, Any]]):
         fp = fingerprint(stage, config, data_fp, inputs)
         home = Path(ctx["home"])
         tracker = Tracker(ctx["tracking_uri"], home)
-        run_id = tracker.start_run(ctx["experiment_id"], stage, parent=ctx["parent_run_id"],
-                                   tags={"kdflow.stage": stage, "kdflow.fingerprint": fp,
-                                         "kdflow.data_fingerprint": data_fp})
+        run_id = _retried_run(tracker, ctx, stage, fp) or tracker.start_run(
+            ctx["experiment_id"], stage, parent=ctx["parent_run_id"],
+            tags={"kdflow.stage": stage, "kdflow.fingerprint": fp, "kdflow.data_fingerprint": data_fp})
         try:
             tracker.log_params(run_id, {"stage": stage, **_params(stage, config)})
             data = load_data(config.data)
@@ -136,6 +144,26 @@ def stage_task(stage: str, body: Callable[[StageCall], dict[str, Any]]):
     return task(run, name=stage, cache_key_fn=_key(stage), persist_result=True, retries=retries,
                 retry_delay_seconds=1, retry_condition_fn=_no_retry_on_user_error,
                 tags=["gpu"] if stage in TRAINING_STAGES else None)
+
+
+def _retried_run(tracker: Tracker, ctx: dict, stage: str, fp: str) -> str | None:
+    """On Prefect's retry of a task, the MLflow run its failed attempt left behind, reopened: the
+    retry resumes training from the last checkpoint and keeps logging into the same run, so the
+    stage's per-epoch metrics stay in one place and the run ends FINISHED."""
+    from prefect.runtime import task_run
+
+    if (task_run.run_count or 1) <= 1 or not ctx.get("parent_run_id"):
+        return None
+    found = tracker.client.search_runs(
+        [ctx["experiment_id"]], max_results=1, order_by=["attributes.start_time DESC"],
+        filter_string=(f"tags.mlflow.parentRunId = '{ctx['parent_run_id']}' and tags.`kdflow.stage` = '{stage}' "
+                       f"and tags.`kdflow.fingerprint` = '{fp}' and attributes.status = 'FAILED'"))
+    if not found:
+        return None
+    run_id = found[0].info.run_id
+    tracker.client.update_run(run_id, status="RUNNING")
+    tracker.set_tags(run_id, {"kdflow.attempts": str(task_run.run_count)})
+    return run_id
 
 
 def _params(stage: str, cfg: PipelineConfig) -> dict[str, Any]:

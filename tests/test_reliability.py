@@ -155,3 +155,38 @@ def test_divergence_stops_the_pipeline_with_epoch_and_step_and_registers_nothing
     assert [r.info.status for r in parents] == ["FAILED"]
     distill = c.search_runs([exp.experiment_id], filter_string="attributes.run_name = 'distill'")
     assert [r.info.status for r in distill] == ["FAILED"]
+
+
+def test_a_retried_training_task_resumes_into_the_same_mlflow_run(prefect_server, tmp_path, monkeypatch):
+    """A transient failure while logging distillation's second epoch (already checkpointed): Prefect
+    retries the task, which resumes from the checkpoint, logs the missing epoch and keeps logging into
+    the run its first attempt opened."""
+    from flows.runner import run_pipeline
+    from tasks import stage as stage_module
+
+    failed = []
+    original = stage_module.TrackingCallbacks.on_epoch_end
+
+    def flaky(self, epoch, metrics):
+        if self.stage == "distill" and epoch == 1 and not failed:  # epoch 1 checkpointed, its metrics not logged
+            failed.append(epoch)
+            raise ConnectionError("tracking server went away")  # not a user error: retried
+        original(self, epoch, metrics)
+
+    monkeypatch.setattr(stage_module.TrackingCallbacks, "on_epoch_end", flaky)
+    _use_home(monkeypatch, tmp_path)
+    raw = copy.deepcopy(TINY)
+    raw["distill"] = {"train": {"max_epochs": 3, "batch_size": 64}}
+    raw["baseline"] = {"enabled": False}
+    report = run_pipeline(config_from_dict(raw))
+    assert failed == [1], "the injected failure happened"
+    c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = report["mlflow_parent_run_id"]
+    exp = c.get_run(parent).info.experiment_id
+    runs = c.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parent}' and tags.`kdflow.stage` = 'distill'")
+    assert len(runs) == 1, "the retry reopened the first attempt's run"
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.data.tags["kdflow.attempts"] == "2"
+    assert run.info.run_id == report["stages"]["distill"]["mlflow_run_id"]
+    steps = sorted(m.step for m in c.get_metric_history(run.info.run_id, "train_loss"))
+    assert steps == [0, 1, 2], "epoch 0 from the first attempt, epoch 1 re-logged on resume, then epoch 2"

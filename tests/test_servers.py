@@ -40,7 +40,7 @@ def start(cfg: dict, tmp: Path, env: dict) -> tuple[subprocess.Popen, Path]:
     return proc, report
 
 
-def check_complete(c: MlflowClient, report: dict, epochs: dict[str, int]) -> None:
+def check_complete(c: MlflowClient, report: dict, epochs: dict[str, int], out: str = "") -> None:
     parent = c.get_run(report["mlflow_parent_run_id"])
     assert parent.info.status == "FINISHED"
     assert parent.data.metrics["student.top1"] == pytest.approx(report["models"]["student"]["top1"])
@@ -49,7 +49,7 @@ def check_complete(c: MlflowClient, report: dict, epochs: dict[str, int]) -> Non
     by_name = {r.info.run_name: r for r in children}
     assert {"teacher", "features", "pretrain", "distill", "baseline", "evaluate", "register"} <= set(by_name)
     for r in children:
-        assert r.info.status == "FINISHED", r.info.run_name
+        assert r.info.status == "FINISHED", f"{r.info.run_name}: {r.data.tags}\n--- run output ---\n{out[-6000:]}"
     for stage, n in epochs.items():
         run_id = by_name[stage].info.run_id
         for key in ("train_loss", "val_top1", "lr"):
@@ -77,7 +77,7 @@ def test_mlflow_server_restarted_mid_run_loses_no_metric(real_servers, tmp_path)
             proc.kill()
     assert proc.returncode == 0, out
     report = json.loads(report_file.read_text())
-    check_complete(MlflowClient(mlflow.extra["uri"]), report, {"teacher": 6, "distill": 2, "baseline": 2})
+    check_complete(MlflowClient(mlflow.extra["uri"]), report, {"teacher": 6, "distill": 2, "baseline": 2}, out)
 
 
 def test_four_pipelines_at_once_against_one_mlflow_and_one_prefect_server(real_servers, tmp_path):

@@ -67,6 +67,9 @@ class _EpochViews(TrainCallbacks):
     def on_fit_start(self, start_epoch: int, max_epochs: int) -> None:
         self.inner.on_fit_start(start_epoch, max_epochs)
 
+    def on_resume(self, history: list[dict[str, float]]) -> None:
+        self.inner.on_resume(history)
+
     def on_epoch_start(self, epoch: int) -> None:
         self.views = epoch_views(self.n, self.num_views, self.seed, epoch)
         self.inner.on_epoch_start(epoch)

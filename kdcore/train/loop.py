@@ -34,6 +34,9 @@ class TrainCallbacks:
 
     def on_fit_start(self, start_epoch: int, max_epochs: int) -> None: ...
 
+    def on_resume(self, history: list[dict[str, float]]) -> None:
+        """Resuming after epoch ``len(history) - 1``: the metrics of the epochs already trained."""
+
     def on_epoch_start(self, epoch: int) -> None: ...
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None: ...
@@ -167,6 +170,8 @@ def fit(
             stop_reason = state.get("stop_reason")
             start = resumed_from = meta["epoch"] + 1
 
+    if resumed_from is not None:
+        cb.on_resume(history)
     cb.on_fit_start(start, spec.max_epochs)
     # On CPU a loss is checked before it is applied; on an accelerator the check (a host sync that
     # stalls the device queue) runs once per CHECK_EVERY steps and still names the first bad step.
