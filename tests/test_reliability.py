@@ -85,8 +85,18 @@ def test_sigkill_during_distillation_then_rerun_resumes_exactly(prefect_server, 
     c = MlflowClient(f"sqlite:///{killed_home / 'mlflow.db'}")
     run = c.get_run(st["distill"]["mlflow_run_id"])
     assert run.data.params["stage"] == "distill"
-    steps = [m.step for m in c.get_metric_history(run.info.run_id, "train_loss")]
-    assert steps == list(range(killed_at + 1, 8)), f"no epoch repeated, none skipped: {steps}"
+    steps = sorted(m.step for m in c.get_metric_history(run.info.run_id, "train_loss"))
+    assert steps == list(range(8)), f"every epoch's metrics in the resumed run, none twice: {steps}"
+    # epochs 0..killed_at were not trained again: their metrics are the killed run's, copied from the
+    # checkpoint's history (a retrained epoch would have taken its own epoch_seconds)
+    (killed_run,) = [r for r in c.search_runs([run.info.experiment_id], filter_string="tags.`kdflow.stage` = 'distill'")
+                     if r.info.run_id != run.info.run_id]
+    took = {m.step: m.value for m in c.get_metric_history(run.info.run_id, "epoch_seconds")}
+    took_killed = {m.step: m.value for m in c.get_metric_history(killed_run.info.run_id, "epoch_seconds")}
+    assert 0 in took_killed, took_killed  # logged before epoch 1's checkpoint, so before the kill
+    for epoch in range(killed_at + 1):
+        if epoch in took_killed:  # the kill may land between an epoch's checkpoint and its metrics
+            assert took[epoch] == took_killed[epoch], f"epoch {epoch} was trained again"
     a, b = _distill_weights(resumed), _distill_weights(clean)
     assert a.keys() == b.keys()
     for k in a:
