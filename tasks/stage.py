@@ -47,7 +47,7 @@ class TrackingCallbacks(TrainCallbacks):
     def on_resume(self, history: list[dict[str, float]]) -> None:
         """Log the trained epochs this run does not hold yet: a retried attempt whose predecessor
         checkpointed an epoch but failed while logging it loses no metric."""
-        logged = {m.step for m in self.tracker.client.get_metric_history(self.run_id, "train_loss")}
+        logged = self.tracker.logged_steps(self.run_id, "train_loss")
         for epoch, metrics in enumerate(history):
             if epoch not in logged:
                 self.tracker.log_metrics(self.run_id, metrics, step=epoch)
@@ -154,14 +154,10 @@ def _retried_run(tracker: Tracker, ctx: dict, stage: str, fp: str) -> str | None
 
     if (task_run.run_count or 1) <= 1 or not ctx.get("parent_run_id"):
         return None
-    found = tracker.client.search_runs(
-        [ctx["experiment_id"]], max_results=1, order_by=["attributes.start_time DESC"],
-        filter_string=(f"tags.mlflow.parentRunId = '{ctx['parent_run_id']}' and tags.`kdflow.stage` = '{stage}' "
-                       f"and tags.`kdflow.fingerprint` = '{fp}' and attributes.status = 'FAILED'"))
-    if not found:
+    run_id = tracker.failed_run(ctx["experiment_id"], ctx["parent_run_id"], stage, fp)
+    if run_id is None:
         return None
-    run_id = found[0].info.run_id
-    tracker.client.update_run(run_id, status="RUNNING")
+    tracker.reopen_run(run_id)
     tracker.set_tags(run_id, {"kdflow.attempts": str(task_run.run_count)})
     return run_id
 

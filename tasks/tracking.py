@@ -98,6 +98,23 @@ class Tracker:
         with _LOCK:
             return self.client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
 
+    def reopen_run(self, run_id: str) -> None:
+        with _LOCK:
+            self.client.update_run(run_id, status="RUNNING")
+
+    def failed_run(self, experiment_id: str, parent: str, stage: str, fingerprint: str) -> Optional[str]:
+        """The newest FAILED run of ``stage`` with this fingerprint under ``parent``, if any."""
+        with _LOCK:
+            found = self.client.search_runs(
+                [experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+                filter_string=(f"tags.mlflow.parentRunId = '{parent}' and tags.`kdflow.stage` = '{stage}' "
+                               f"and tags.`kdflow.fingerprint` = '{fingerprint}' and attributes.status = 'FAILED'"))
+        return found[0].info.run_id if found else None
+
+    def logged_steps(self, run_id: str, key: str) -> set[int]:
+        with _LOCK:
+            return {m.step for m in self.client.get_metric_history(run_id, key)}
+
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         with _LOCK:
             self.client.set_terminated(run_id, status=status)
