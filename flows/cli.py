@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -11,6 +10,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
+from flows.ops_cli import quiet_prefect
 from kdcore.errors import KdflowError
 
 app = typer.Typer(help="kdflow: knowledge distillation as a Prefect pipeline tracked in MLflow.",
@@ -25,12 +25,6 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _quiet_prefect(verbose: bool) -> None:
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
-    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
-
-
 @app.command()
 def run(
     config: Optional[Path] = typer.Argument(None, help="pipeline YAML (default: the shipped configs/default.yaml)"),
@@ -39,7 +33,7 @@ def run(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="show Prefect's task logs"),
 ) -> None:
     """Run the pipeline: teacher -> features -> pretrain -> distill (+ baseline) -> evaluate -> register."""
-    _quiet_prefect(verbose)
+    quiet_prefect(verbose)
     try:
         from flows.runner import run_pipeline
 

@@ -22,9 +22,11 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _quiet(verbose: bool) -> None:
+def quiet_prefect(verbose: bool) -> None:
+    """Prefect's analytics off and its logs at WARNING unless ``--verbose`` (every command that runs flows)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
 
 
 def deploy(
@@ -35,7 +37,7 @@ def deploy(
                                   "created (process; docker/kubernetes need their Prefect worker package)"),
 ) -> None:
     """Create the kdflow-gpu work pool and the gpu concurrency limit, and apply deployments/prefect.yaml."""
-    _quiet(False)
+    quiet_prefect(False)
     from flows.deploy import deploy as do_deploy
 
     try:
@@ -56,7 +58,7 @@ def serve(
     gpus: Optional[int] = typer.Option(None, "--gpus", help="slots of the `gpu` task concurrency limit"),
 ) -> None:
     """Serve the deployments (with their schedules) from this process, until Ctrl-C."""
-    _quiet(True)
+    quiet_prefect(True)
     from flows.deploy import serve as do_serve
 
     try:
@@ -78,7 +80,7 @@ def sweep(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="show Prefect's task logs"),
 ) -> None:
     """Run a sweep locally: trials sharing one teacher, results table and Pareto plot."""
-    _quiet(verbose)
+    quiet_prefect(verbose)
     try:
         from flows.params import run_locally
         from flows.sweep import sweep_flow
@@ -107,7 +109,7 @@ def retrain(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="show Prefect's task logs"),
 ) -> None:
     """Retrain if due and promote the challenger only if significantly better than the champion."""
-    _quiet(verbose)
+    quiet_prefect(verbose)
     try:
         from flows.params import run_locally
         from flows.retrain import retrain_flow

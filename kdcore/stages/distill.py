@@ -15,10 +15,11 @@ from kdcore.data.augment import apply_views, epoch_views, view_seeds
 from kdcore.hooks import FeatureTap, probe_shapes
 from kdcore.losses import KDInputs, build_objective
 from kdcore.models.transplant import TransplantReport, transplant
-from kdcore.stages.env import _INIT_LOCK, StageEnv, StageResult, classifier_val, fit_summary
+from kdcore.stages.env import StageEnv, StageResult, classifier_val, fit_summary
 from kdcore.stages.features import split_views
 from kdcore.train import TrainCallbacks, fit
 from kdcore.train.checkpoint import load_model
+from kdcore.train.rng import GLOBAL_RNG
 
 
 class TeacherSource:
@@ -86,7 +87,7 @@ def _train_with_objective(env: StageEnv, student: nn.Module, spec_losses: dict[s
     s_paths = objective.student_paths
     s_shapes = probe_shapes(student, s_paths, x[:2]) if s_paths else {}
     t_shapes = source.shapes() if (source is not None and objective.teacher_paths) else {}
-    with _INIT_LOCK:  # connectors are initialised from the seeded global RNG
+    with GLOBAL_RNG:  # connectors are initialised from the seeded global RNG
         env.seed(2)
         objective.build(s_shapes, t_shapes, num_samples=len(x))
     objective.to(env.device)

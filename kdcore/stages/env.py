@@ -16,12 +16,6 @@ from kdcore.train import FitResult, TrainCallbacks, autocast_dtype, resolve_devi
 from kdcore.train.rng import GLOBAL_RNG
 
 
-# Model initialisation draws from torch's global RNG: stages that run side by side in threads
-# (the baseline beside the distillation branch) must not interleave their seeding and drawing, nor
-# reseed it in the middle of another stage's seeded training step (kdcore.train.rng).
-_INIT_LOCK = GLOBAL_RNG
-
-
 @dataclass
 class StageResult:
     """What a stage function hands back: the artifact on disk, its hash, headline metrics."""
@@ -65,7 +59,7 @@ class StageEnv:
 
     def build(self, arch: str, kwargs: dict[str, Any], seed_offset: int) -> nn.Module:
         """A freshly initialised model, seeded with ``trainer.seed + seed_offset``."""
-        with _INIT_LOCK:
+        with GLOBAL_RNG:  # seeding then drawing, never interleaved with another stage (kdcore.train.rng)
             self.seed(seed_offset)
             model = create_model(arch, in_channels=self.data.in_channels, num_classes=self.data.num_classes,
                                  **kwargs)
