@@ -161,7 +161,7 @@ def _rebuild_dataclass(cls: type, kwargs: dict[str, Any]) -> Any:
 
 
 def _relay_callbacks(index: int) -> Any:
-    from kdcore.train.loop import TrainCallbacks
+    from kdcore.train.callbacks import TrainCallbacks
 
     relay = _RANK_STATE.get("relay")
     if relay is None:  # ranks other than 0 report nothing
@@ -191,7 +191,7 @@ class _Pickler(pickle.Pickler):
         self.callbacks = callbacks
 
     def reducer_override(self, obj: Any) -> Any:
-        from kdcore.train.loop import TrainCallbacks
+        from kdcore.train.callbacks import TrainCallbacks
 
         if isinstance(obj, torch.Tensor) and obj.device.type not in ("cpu", "meta"):
             return _rebuild_tensor, (obj.detach().cpu(), isinstance(obj, nn.Parameter), obj.requires_grad)

@@ -22,24 +22,12 @@ from kdcore.train.checkpoint import (
     state_tensors,
 )
 from kdcore.train import ddp
+from kdcore.train.callbacks import TrainCallbacks
 from kdcore.train.convergence import Convergence
 from kdcore.train.device import autocast
 from kdcore.train.rng import draws_randomness, seeded_step
 
 StepFn = Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
-
-
-class TrainCallbacks:
-    """Progress leaves the loop through these hooks; override what you need."""
-
-    def on_fit_start(self, start_epoch: int, max_epochs: int) -> None: ...
-
-    def on_resume(self, history: list[dict[str, float]]) -> None:
-        """Resuming after epoch ``len(history) - 1``: the metrics of the epochs already trained."""
-
-    def on_epoch_start(self, epoch: int) -> None: ...
-
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None: ...
 
 
 @dataclass
