@@ -98,6 +98,28 @@ class Tracker:
         with _LOCK:
             return self.client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
 
+    @contextlib.contextmanager
+    def run(self, experiment_id: str, name: str, parent: Optional[str] = None,
+            tags: Optional[dict[str, str]] = None, run_id: Optional[str] = None) -> Iterator[str]:
+        """A run (a new one, or ``run_id`` reopened) that ends FINISHED when the block completes
+        and FAILED when it raises (the exception goes on)::
+
+            with tracker.run(exp, "distill", parent=parent) as run_id:
+                tracker.log_metrics(run_id, {...})
+        """
+        if run_id is None:
+            run_id = self.start_run(experiment_id, name, parent=parent, tags=tags)
+        else:
+            self.reopen_run(run_id)
+            if tags:
+                self.set_tags(run_id, tags)
+        try:
+            yield run_id
+        except BaseException:
+            self.end_run(run_id, "FAILED")
+            raise
+        self.end_run(run_id, "FINISHED")
+
     def reopen_run(self, run_id: str) -> None:
         with _LOCK:
             self.client.update_run(run_id, status="RUNNING")
