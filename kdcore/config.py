@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator,
+                      model_validator)
 
 from kdcore.errors import ConfigError
 
@@ -128,12 +129,11 @@ class DistillConfig(Section):
     train: TrainSpec = Field(default_factory=TrainSpec)
 
     def objective_spec(self) -> dict[str, dict[str, Any]]:
-        """The loss spec with the section's temperature filled in where a loss takes one."""
-        spec = copy.deepcopy(self.losses)
-        for name in ("kd", "dkd"):
-            if name in spec:
-                spec[name].setdefault("temperature", self.temperature)
-        return spec
+        """The loss spec with the section's temperature filled in where a loss takes one
+        (``DistillLoss.takes_temperature``)."""
+        from kdcore.losses import with_temperature
+
+        return with_temperature(self.losses, self.temperature)
 
 
 class BaselineConfig(Section):
@@ -205,6 +205,9 @@ with warnings.catch_warnings():  # a section named "register" shadows ABCMeta.re
     warnings.simplefilter("ignore", UserWarning)
 
     class PipelineConfig(Section):
+        imports: list[str] = Field(
+            default_factory=list, description="modules imported before anything is looked up by name: they "
+                                              "register the user's models, losses and datasets (kdcore.plugins)")
         name: str = Field("kdflow", description="MLflow experiment name")
         data: DataConfig = Field(default_factory=DataConfig)
         teacher: TeacherConfig = Field(default_factory=TeacherConfig)
@@ -219,6 +222,18 @@ with warnings.catch_warnings():  # a section named "register" shadows ABCMeta.re
         export: ExportConfig = Field(default_factory=ExportConfig)
         retrain: RetrainConfig = Field(default_factory=RetrainConfig)
         sweep: SweepConfig = Field(default_factory=SweepConfig)
+
+        @field_validator("imports")
+        @classmethod
+        def _import_plugins(cls, modules: list[str]) -> list[str]:
+            """Import them here, so that wherever a config is validated (the CLI, a flow, a task in a
+            worker process) the user's names are registered."""
+            from kdcore.plugins import import_plugins
+
+            try:
+                return import_plugins(modules)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
 
         def baseline_train(self) -> TrainSpec:
             return self.baseline.train or self.distill.train
@@ -270,7 +285,7 @@ def _format_errors(exc: ValidationError, raw: dict[str, Any]) -> str:
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")  # a validator's own message says what is wrong
         if err["type"] == "extra_forbidden":
             lines.append(f"{loc}: unknown key (not a field of this section)")
         elif err["type"] == "missing":

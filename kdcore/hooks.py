@@ -1,6 +1,7 @@
 """Take intermediate features by module path with forward hooks (models' forward stays untouched)."""
 from __future__ import annotations
 
+import difflib
 from types import TracebackType
 from typing import Any, Sequence
 
@@ -14,6 +15,32 @@ from kdcore.errors import KdflowError
 def module_paths(model: nn.Module) -> list[str]:
     """Dotted paths of every submodule of ``model`` (the root itself excluded)."""
     return [name for name, _ in model.named_modules() if name]
+
+
+FULL_LIST_MAX = 60  # models with more module paths than this get a shortened list in messages
+
+
+def valid_paths_hint(model: nn.Module, wrong: str) -> str:
+    """The valid module paths to show after a wrong one: all of them for a small model; for a large
+    one (a torchvision ResNet-50 has 150+) the top-level modules, the children of the deepest
+    existing ancestor of ``wrong`` (``features.33`` -> ``features.0 ... features.12``) and the
+    closest spellings."""
+    paths = module_paths(model)
+    if len(paths) <= FULL_LIST_MAX:
+        return "valid paths: " + (", ".join(paths) or "(none)")
+    valid = set(paths)
+    parts = str(wrong).split(".")
+    ancestor = next((".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1) if ".".join(parts[:i]) in valid), "")
+    top = [p for p in paths if "." not in p]
+    lines = [f"top-level modules: {', '.join(top)}"]
+    if ancestor:
+        children = [n for n, _ in model.get_submodule(ancestor).named_children()]
+        lines.append(f"inside {ancestor!r}: {', '.join(f'{ancestor}.{c}' for c in children) or '(no submodules)'}")
+    close = difflib.get_close_matches(str(wrong), paths, n=5, cutoff=0.6)
+    if close:
+        lines.append(f"closest: {', '.join(close)}")
+    lines.append(f"({len(paths)} paths in all: [n for n, _ in model.named_modules()])")
+    return "; ".join(lines)
 
 
 class FeatureTap:
@@ -32,8 +59,7 @@ class FeatureTap:
         modules = dict(model.named_modules())
         unknown = [p for p in paths if not p or p not in modules]
         if unknown:
-            valid = ", ".join(module_paths(model)) or "(none)"
-            raise KdflowError(f"unknown module path {unknown[0]!r}; valid paths: {valid}")
+            raise KdflowError(f"unknown module path {unknown[0]!r}; {valid_paths_hint(model, unknown[0])}")
         self.model = model
         self.paths = list(dict.fromkeys(paths))
         self._modules = {p: modules[p] for p in self.paths}

@@ -14,7 +14,7 @@ from kdcore.errors import ConfigError, KdflowError
 def preflight(cfg: PipelineConfig) -> None:
     """Raise one ConfigError listing every problem found, or return None."""
     from kdcore.data import DATASETS
-    from kdcore.hooks import module_paths
+    from kdcore.hooks import module_paths, valid_paths_hint
     from kdcore.losses import build_objective
     from kdcore.models import create_model
     from kdcore.train.device import resolve_device
@@ -54,23 +54,23 @@ def preflight(cfg: PipelineConfig) -> None:
         valid = set(module_paths(model))
         bad = [p for p in dict.fromkeys(wanted) if p not in valid]
         if bad:
-            problems.append(f"{role} module path(s) {', '.join(map(repr, bad))} not found in {getattr(model, 'kdflow_spec', {}).get('arch')}; "
-                            f"valid paths: {', '.join(sorted(valid))}")
+            problems.append(f"{role} module path(s) {', '.join(map(repr, bad))} not found in "
+                            f"{getattr(model, 'kdflow_spec', {}).get('arch')}; {valid_paths_hint(model, bad[0])}")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 
 
 def preflight_with_data(cfg: PipelineConfig, input_shape: tuple[int, ...], num_classes: int,
                         example=None, in_channels: int | None = None) -> None:
-    """Checks that need the data's shape: feature pairs' shapes against their connectors, and a
-    given teacher checkpoint against the configured architecture. Cheap: untrained models, one
-    forward pass of two samples."""
+    """Checks that need the data's shape: both models take ``example`` (two of the data's samples),
+    feature pairs' shapes against their connectors, and a given teacher checkpoint against the
+    configured architecture. Cheap: untrained models, one forward pass of two samples."""
     import torch
 
     from kdcore.hooks import probe_shapes
     from kdcore.losses import build_objective
     from kdcore.models import create_model
-    from kdcore.train.checkpoint import load_model
+    from kdcore.train.checkpoint import load_teacher
 
     channels = in_channels if in_channels is not None else (input_shape[0] if len(input_shape) == 3 else 1)
     problems: list[str] = []
@@ -79,17 +79,10 @@ def preflight_with_data(cfg: PipelineConfig, input_shape: tuple[int, ...], num_c
                           f"samples have shape {tuple(input_shape)}; use policy 'none'")
     if cfg.teacher.checkpoint:
         try:
-            teacher = load_model(cfg.teacher.checkpoint)
+            load_teacher(cfg.teacher.checkpoint, cfg.teacher.arch, cfg.teacher.kwargs, channels, num_classes)
         except KdflowError as exc:
-            raise ConfigError(f"teacher.checkpoint: {exc}") from None
-        spec = getattr(teacher, "kdflow_spec", {}) or {}
-        expected = {"arch": cfg.teacher.arch, "num_classes": num_classes}
-        expected["in_channels"] = channels
-        wrong = [f"{k}: checkpoint {spec.get(k)!r} vs config/data {v!r}" for k, v in expected.items()
-                 if spec.get(k) != v]
-        if wrong:
-            raise ConfigError(f"teacher.checkpoint {cfg.teacher.checkpoint} does not match the configured teacher "
-                              f"({'; '.join(wrong)})")
+            msg = str(exc)
+            raise ConfigError(msg if msg.startswith("teacher.checkpoint") else f"teacher.checkpoint: {msg}") from None
     # every loss checks its own layer pairs (connectors, map/vector ranks) by being built on the probed shapes
     objectives = []
     if cfg.pretrain.method == "hint":
@@ -100,15 +93,29 @@ def preflight_with_data(cfg: PipelineConfig, input_shape: tuple[int, ...], num_c
         objectives.append(("pretrain.losses", build_objective(cfg.pretrain.losses)))
     objectives.append(("distill.losses", build_objective(cfg.distill.objective_spec())))
     objectives = [(w, o) for w, o in objectives if o.student_paths or o.teacher_paths]
-    if not objectives:
-        return
     x = example if example is not None else torch.zeros(2, *input_shape)
     with torch.no_grad():
-        student = create_model(cfg.student.arch, in_channels=channels, num_classes=num_classes, **cfg.student.kwargs)
-        teacher = create_model(cfg.teacher.arch, in_channels=channels, num_classes=num_classes, **cfg.teacher.kwargs)
+        models = {}
+        for role in ("student", "teacher"):
+            section = getattr(cfg, role)
+            try:
+                models[role] = model = create_model(section.arch, in_channels=channels, num_classes=num_classes,
+                                                    **section.kwargs)
+                if example is not None:  # a model that cannot take this data's samples fails here, not in a stage
+                    model.eval()(x)
+            except KdflowError as exc:
+                problems.append(f"{role}.arch: {exc}")
+            except Exception as exc:  # noqa: BLE001 - any error of the model's forward on these inputs
+                first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+                problems.append(f"{role}.arch: {section.arch!r} cannot take this dataset's samples of shape "
+                                f"{tuple(input_shape)} ({type(exc).__name__}: {first})"
+                                + ("; a ViT needs kwargs.image_size equal to the images' side" if "image" in first
+                                   else ""))
+        if problems:
+            raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
         for where, objective in objectives:
-            s_shapes = probe_shapes(student, objective.student_paths, x) if objective.student_paths else {}
-            t_shapes = probe_shapes(teacher, objective.teacher_paths, x) if objective.teacher_paths else {}
+            s_shapes = probe_shapes(models["student"], objective.student_paths, x) if objective.student_paths else {}
+            t_shapes = probe_shapes(models["teacher"], objective.teacher_paths, x) if objective.teacher_paths else {}
             try:
                 objective.build(s_shapes, t_shapes, num_samples=1)
             except KdflowError as exc:

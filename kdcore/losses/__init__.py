@@ -9,7 +9,7 @@ from kdcore.losses.inputs import KDInputs
 from kdcore.losses.kd import KDLoss
 from kdcore.losses.objective import Objective, build_objective
 from kdcore.losses.pkt import PKTLoss
-from kdcore.losses.registry import LOSSES, DistillLoss, create_loss, loss_params
+from kdcore.losses.registry import LOSSES, DistillLoss, create_loss, loss_params, with_temperature
 from kdcore.losses.rkd import RKDLoss
 from kdcore.losses.sp import SPLoss
 
@@ -30,4 +30,5 @@ __all__ = [
     "build_objective",
     "create_loss",
     "loss_params",
+    "with_temperature",
 ]

@@ -40,6 +40,7 @@ class DKDLoss(DistillLoss):
 
     name = "dkd"
     needs_teacher = True
+    takes_temperature = True
 
     def __init__(self, *, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, warmup: int = 0) -> None:
         super().__init__()

@@ -14,6 +14,7 @@ class KDLoss(DistillLoss):
 
     name = "kd"
     needs_teacher = True
+    takes_temperature = True
 
     def __init__(self, *, temperature: float = 4.0) -> None:
         super().__init__()

@@ -1,7 +1,7 @@
 """The loss registry, the ``DistillLoss`` base class and ``create_loss`` (validated construction)."""
 from __future__ import annotations
 
-import inspect
+import copy
 import math
 from typing import Any, Mapping
 
@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from kdcore.errors import KdflowError
 from kdcore.losses.inputs import KDInputs
 from kdcore.registry import Registry
+from kdcore.signature import accepted_params, check_kwargs
 
 Shapes = Mapping[str, tuple[int, ...]]  # module path -> per-sample feature shape
 
@@ -19,6 +20,9 @@ class DistillLoss(nn.Module):
 
     name = "loss"
     needs_teacher = True
+    #: a loss that softens logits with a ``temperature`` parameter sets this, and its ``temperature``
+    #: then defaults to the config section's own (``distill.temperature``) unless set per loss
+    takes_temperature = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -46,25 +50,29 @@ LOSSES: Registry[type[DistillLoss]] = Registry("loss function")
 
 def loss_params(name: str) -> list[str]:
     """Keyword parameters accepted by the loss ``name``."""
-    cls = LOSSES.get(name)
-    params = inspect.signature(cls.__init__).parameters.values()
-    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return [p.name for p in params if p.kind in kinds and p.name != "self"]
+    return accepted_params(LOSSES.get(name))
 
 
 def create_loss(name: str, params: Mapping[str, Any] | None = None) -> DistillLoss:
     """Build the registered loss ``name`` from ``params``; unknown or missing params raise KdflowError."""
     cls = LOSSES.get(name)
     params = dict(params or {})
-    accepted = loss_params(name)
-    listed = ", ".join(accepted) or "(none)"
-    for key in params:
-        if key not in accepted:
-            raise KdflowError(f"loss {name!r} has no parameter {key!r}; accepted parameters: {listed}")
-    for p in inspect.signature(cls.__init__).parameters.values():
-        if p.name in accepted and p.default is inspect.Parameter.empty and p.name not in params:
-            raise KdflowError(f"loss {name!r} needs parameter {p.name!r}; accepted parameters: {listed}")
+    check_kwargs(f"loss {name!r}", cls, params)
     return cls(**params)
+
+
+def with_temperature(spec: Mapping[str, Any], temperature: float) -> dict[str, Any]:
+    """A copy of the loss spec ``{name: settings}`` in which every loss that ``takes_temperature``
+    and does not set its own gets ``temperature``. Names that are not registered are left as they
+    are (building the objective reports them)."""
+    out = copy.deepcopy(dict(spec))
+    for name, settings in out.items():
+        if name in LOSSES and getattr(LOSSES.get(name), "takes_temperature", False):
+            if settings is None:
+                settings = out[name] = {}
+            if isinstance(settings, dict):
+                settings.setdefault("temperature", temperature)
+    return out
 
 
 def check_number(

@@ -1,7 +1,6 @@
 """Stages `pretrain`, `distill` and `baseline`: the student's three ways of being trained."""
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any, Optional
 
@@ -13,7 +12,7 @@ from torch import nn
 from kdcore.cache import CacheEntry
 from kdcore.data.augment import apply_views, epoch_views, view_seeds
 from kdcore.hooks import FeatureTap, probe_shapes
-from kdcore.losses import KDInputs, build_objective
+from kdcore.losses import KDInputs, build_objective, with_temperature
 from kdcore.models.transplant import TransplantReport, transplant
 from kdcore.stages.env import StageEnv, StageResult, classifier_val, fit_summary
 from kdcore.stages.features import split_views
@@ -138,11 +137,8 @@ def _finish(env: StageEnv, student: nn.Module, stage: str, info: dict[str, Any],
 
 def pretrain_objective_spec(cfg) -> dict[str, dict[str, Any]]:
     """The objective that trains the new or reshaped layers of a student made from teacher layers."""
-    spec = copy.deepcopy(cfg.pretrain.losses) if cfg.pretrain.losses else {"ce": {"weight": 0.1}, "kd": {"weight": 0.9}}
-    for name in ("kd", "dkd"):
-        if name in spec:
-            spec[name].setdefault("temperature", cfg.distill.temperature)
-    return spec
+    spec = cfg.pretrain.losses or {"ce": {"weight": 0.1}, "kd": {"weight": 0.9}}
+    return with_temperature(spec, cfg.distill.temperature)
 
 
 def _train_new_layers(env: StageEnv, student: nn.Module, report: TransplantReport, source: Optional[TeacherSource],

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from kdcore.errors import CheckpointError
+from kdcore.models import weights_summary
 from kdcore.stages.env import StageEnv, StageResult, classifier_val, fit_summary
 from kdcore.train import fit
-from kdcore.train.checkpoint import load_model
+from kdcore.train.checkpoint import load_teacher
 
 
 def train_teacher(env: StageEnv) -> StageResult:
@@ -26,7 +26,8 @@ def train_teacher(env: StageEnv) -> StageResult:
         fit_result = fit({"model": model}, step, len(x), lambda: classifier_val(model, xv, yv), cfg.train,
                          ckpt_dir=env.workdir / "checkpoints", seed=env.cfg.trainer.seed, device=env.device,
                          amp_dtype=env.amp_dtype, callbacks=env.callbacks, run_key=str(env.workdir), stage="teacher")
-        info = {"source": "trained", **fit_summary(fit_result)}
+        info = {"source": "trained", **weights_summary(getattr(model, "kdflow_weights", None)),
+                **fit_summary(fit_result)}
     metrics = classifier_val(model, *env.split("val"))
     path = env.workdir / "teacher.safetensors"
     sha, files = env.save_model(model, path, "teacher")
@@ -35,11 +36,5 @@ def train_teacher(env: StageEnv) -> StageResult:
 
 def _load_given(env: StageEnv):
     cfg = env.cfg.teacher
-    model = load_model(cfg.checkpoint)
-    spec = model.kdflow_spec
-    expected = {"arch": cfg.arch, "in_channels": env.data.in_channels, "num_classes": env.data.num_classes}
-    wrong = {k: (spec.get(k), v) for k, v in expected.items() if spec.get(k) != v}
-    if wrong:
-        parts = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in wrong.items())
-        raise CheckpointError(f"teacher.checkpoint {cfg.checkpoint} does not match the configured teacher ({parts})")
+    model = load_teacher(cfg.checkpoint, cfg.arch, cfg.kwargs, env.data.in_channels, env.data.num_classes)
     return model.to(env.device)

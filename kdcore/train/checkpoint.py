@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from safetensors import SafetensorError
@@ -84,6 +86,81 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint {path} is corrupted or not a safetensors file ({exc})") from None
 
 
+# ---------------------------------------------------------------------------------------------
+# Weights saved by any training code: a plain state_dict, as safetensors or a torch.save file.
+
+STATE_DICT_WRAPPERS = ("state_dict", "model_state_dict", "model", "net")  # {"state_dict": {...}, "epoch": 3}
+KEY_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel / DataParallel, torch.compile
+SAVE_HINT = ("save the weights alone with torch.save(model.state_dict(), path) (or safetensors' save_file) "
+             "and give that file")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a state_dict file written by any training code.
+
+    ``.safetensors`` files are read with safetensors; anything else with
+    ``torch.load(weights_only=True)``, which never runs pickled code: a file holding a whole
+    pickled model (``torch.save(model)``) is refused with a message saying how to save a state_dict.
+    A ``{"state_dict": ...}`` / ``{"model": ...}`` wrapper (training scripts add epoch, optimizer
+    state...) is unwrapped, and a ``module.`` prefix on every key (DDP, DataParallel) or
+    ``_orig_mod.`` (torch.compile) is removed."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        return _strip_prefixes(read_tensors(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" in str(exc):
+            found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+            what = f" (it pickles {found.group(1)})" if found else ""
+            raise CheckpointError(f"checkpoint {path} is a pickled Python object, not a state_dict{what}; kdflow "
+                                  f"never unpickles code: {SAVE_HINT}") from None
+        raise CheckpointError(f"checkpoint {path} is corrupted or not a PyTorch/safetensors weights file") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} is corrupted or not a PyTorch/safetensors weights file "
+                              f"({str(exc).splitlines()[0][:200]})") from None
+    return _strip_prefixes(_unwrap(obj, path))
+
+
+def _is_tensor_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    if _is_tensor_dict(obj):
+        return dict(obj)
+    if isinstance(obj, Mapping):
+        for key in STATE_DICT_WRAPPERS:
+            if _is_tensor_dict(obj.get(key)):
+                return dict(obj[key])
+        keys = ", ".join(repr(k) for k in list(obj)[:8])
+        raise CheckpointError(f"checkpoint {path} is not a state_dict: a mapping with keys {keys} that holds no "
+                              f"mapping of tensor names to tensors (under {', '.join(STATE_DICT_WRAPPERS)}); "
+                              f"{SAVE_HINT}")
+    raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a state_dict; {SAVE_HINT}")
+
+
+def _strip_prefixes(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    for prefix in KEY_PREFIXES:
+        if tensors and all(k.startswith(prefix) for k in tensors):
+            tensors = {k[len(prefix):]: v for k, v in tensors.items()}
+    return tensors
+
+
+def load_matching(model: nn.Module, tensors: Mapping[str, torch.Tensor]) -> dict[str, list[str]]:
+    """Load the tensors whose name and shape match the model's (pretrained backbone, new head);
+    returns ``{"loaded": [...], "new": [...], "ignored": [...]}`` (new: the model's tensors the
+    weights did not provide; ignored: the weights' tensors the model has no place for)."""
+    own = model.state_dict()
+    fits = {k: v for k, v in tensors.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    model.load_state_dict(fits, strict=False)
+    return {"loaded": sorted(fits), "new": sorted(k for k in own if k not in fits),
+            "ignored": sorted(k for k in tensors if k not in fits)}
+
+
 def load_into(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
     """Load tensors into ``model``, failing clearly when the architecture does not match."""
     own = model.state_dict()
@@ -113,11 +190,44 @@ def load_model(path: str | Path, build: Any = None) -> nn.Module:
     if build is None:
         from kdcore.models import create_model
 
-        def build(s: dict) -> nn.Module:
-            return create_model(s["arch"], in_channels=s["in_channels"], num_classes=s["num_classes"], **s["kwargs"])
+        def build(s: dict) -> nn.Module:  # the checkpoint's tensors replace any pretrained weights: skip loading them
+            return create_model(s["arch"], in_channels=s["in_channels"], num_classes=s["num_classes"],
+                                load_weights=False, **s["kwargs"])
 
     model = build(spec)
     load_into(model, read_tensors(path), str(path))
+    return model
+
+
+def load_teacher(path: str | Path, arch: str, kwargs: Mapping[str, Any], in_channels: int,
+                 num_classes: int) -> nn.Module:
+    """The configured teacher with the weights of ``teacher.checkpoint``, on the CPU.
+
+    A kdflow checkpoint (safetensors + JSON sidecar) is rebuilt from its sidecar and must be of the
+    configured architecture, input channels and classes. Any other file is a plain state_dict
+    (:func:`read_state_dict`) loaded, every tensor of it, into ``arch`` built with ``kwargs``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"teacher.checkpoint: file {str(path)!r} does not exist")
+    expected = {"arch": arch, "in_channels": in_channels, "num_classes": num_classes}
+    if sidecar_path(path).is_file():
+        model = load_model(path)
+        spec = getattr(model, "kdflow_spec", {}) or {}
+        wrong = [f"{k}: checkpoint {spec.get(k)!r} vs config/data {v!r}" for k, v in expected.items()
+                 if spec.get(k) != v]
+        if wrong:
+            raise CheckpointError(f"teacher.checkpoint {path} does not match the configured teacher "
+                                  f"({'; '.join(wrong)})")
+        return model
+    from kdcore.models import create_model
+
+    model = create_model(arch, in_channels=in_channels, num_classes=num_classes, load_weights=False, **kwargs)
+    tensors = read_state_dict(path)
+    try:
+        load_into(model, tensors, str(path))
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc} (teacher.arch {arch!r} with {in_channels} input channel(s) and "
+                              f"{num_classes} classes; the state_dict must be of that same network)") from None
     return model
 
 
