@@ -253,9 +253,10 @@ def _python(target: str) -> ModelFactory:
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            public = sorted(n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n)))
-            raise KdflowError(f"model {arch!r}: module {module_name!r} has no attribute {attr!r}; its callables: "
-                              f"{', '.join(public[:20]) or '(none)'}")
+            own = sorted(n for n, v in vars(module).items() if not n.startswith("_") and callable(v)
+                         and getattr(v, "__module__", None) == module.__name__)  # defined there, not imported
+            raise KdflowError(f"model {arch!r}: module {module_name!r} has no attribute {attr!r}; the functions and "
+                              f"classes it defines: {', '.join(own[:20]) or '(none)'}")
         obj = getattr(obj, part)
     if not callable(obj):
         raise KdflowError(f"model {arch!r}: {module_name}.{attr} is a {type(obj).__name__}, not a callable factory")
