@@ -15,7 +15,7 @@ from conftest import kdflow_home
 from kdcore.config import config_from_dict
 from kdcore.errors import ConfigError, KdflowError
 from kdcore.hooks import FeatureTap, probe_shapes
-from kdcore.models import create_model
+from kdcore.models import create_model, weights_summary
 from kdcore.train.checkpoint import load_model, save_model
 
 
@@ -123,6 +123,8 @@ def test_cached_weights_load_the_backbone_and_a_new_head_for_grey_inputs(torch_h
     info = model.kdflow_weights
     assert info["new"] == ["fc.bias", "fc.weight"] and info["ignored"] == ["fc.bias", "fc.weight"]
     assert "layer3.1.conv2.weight" in info["loaded"] and info["stem"] == "conv1"
+    summary = weights_summary(info)  # what the teacher stage records
+    assert summary["new_tensors"] == ["fc.bias", "fc.weight"] and summary["loaded_tensors"] == len(state) - 2
     assert model.fc.out_features == 5
     assert torch.equal(model.layer3[1].conv2.weight, state["layer3.1.conv2.weight"])
     # the grey stem: one input channel whose kernel is the sum of the RGB kernels
