@@ -75,7 +75,9 @@ def test_torchvision_teacher_to_registered_exported_torchvision_student(own_run)
     from mlflow import MlflowClient
 
     home, report = own_run
-    assert report["models"]["teacher"]["top1"] > 0.6, report["models"]  # 4 classes: chance is 0.25
+    # 4 classes: chance is 0.25. The student is not asked to learn in these few steps: torchvision's
+    # MobileNetV3 updates its batch-norm statistics with momentum 0.01, so it evaluates near chance
+    assert report["models"]["teacher"]["top1"] > 0.6, report["models"]
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
     for name in ("own-teacher", "own-student"):
         version = client.get_model_version(name, report["registered"][name])
