@@ -96,8 +96,9 @@ def adapt_stem(model: nn.Module, arch: str, in_channels: int, pretrained: set[st
     kernel is among them the new kernel is derived from it (sum over RGB for one channel)."""
     for path, module in model.named_modules():
         if isinstance(module, nn.Conv2d) and module.in_channels == 3 and module.groups == 1:
-            new = nn.Conv2d(in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
-                            module.dilation, 1, module.bias is not None, module.padding_mode)
+            conv: Any = module  # its kernel_size/stride/padding/dilation are tuples of 2 for a Conv2d
+            new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                            conv.dilation, 1, conv.bias is not None, conv.padding_mode)
             if f"{path}.weight" in pretrained:
                 with torch.no_grad():
                     w = module.weight
@@ -105,7 +106,7 @@ def adapt_stem(model: nn.Module, arch: str, in_channels: int, pretrained: set[st
                         new.weight.copy_(w.sum(1, keepdim=True))
                     else:
                         new.weight.copy_(w.mean(1, keepdim=True).repeat(1, in_channels, 1, 1) * (3 / in_channels))
-                    if module.bias is not None:
+                    if module.bias is not None and new.bias is not None:
                         new.bias.copy_(module.bias)
             parent, _, name = path.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, name, new)
@@ -189,7 +190,7 @@ def _torchvision(name: str) -> ModelFactory:
             if info:
                 info["stem"] = stem
         if info:
-            model.kdflow_weights = info
+            setattr(model, "kdflow_weights", info)
         return model
 
     factory.__name__ = name
@@ -231,7 +232,7 @@ def _timm(name: str) -> ModelFactory:
         if weights and load_weights:
             from kdcore.train.checkpoint import read_state_dict
 
-            model.kdflow_weights = _load_weights(model, arch, read_state_dict(weights), weights)
+            setattr(model, "kdflow_weights", _load_weights(model, arch, read_state_dict(weights), weights))
         return model
 
     factory.__name__ = name

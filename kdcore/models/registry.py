@@ -70,10 +70,10 @@ def create_model(arch: str, *, in_channels: int, num_classes: int, load_weights:
     model = factory(in_channels=in_channels, num_classes=num_classes, **extra, **kwargs)
     if not isinstance(model, nn.Module):
         raise KdflowError(f"model {arch!r}: the factory returned a {type(model).__name__}, not a torch.nn.Module")
-    model.kdflow_spec = {
+    setattr(model, "kdflow_spec", {
         "arch": arch,
         "in_channels": in_channels,
         "num_classes": num_classes,
         "kwargs": saved_kwargs,
-    }
+    })
     return model
