@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from kdcore.config import PipelineConfig
 from tasks import baseline, distill, evaluate, features, pretrain, register, teacher
@@ -88,8 +88,3 @@ def stage_spec(name: str) -> StageSpec:
 def enabled_stages(cfg: PipelineConfig) -> list[StageSpec]:
     return [s for s in STAGES.values() if s.enabled(cfg)]
 
-
-def task_of(name: str, cfg: Optional[PipelineConfig] = None):
-    """The Prefect task of stage ``name`` (with ``cfg``'s retries when given)."""
-    spec = stage_spec(name)
-    return spec.task if cfg is None else spec.task_for(cfg)
