@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
 
 from kdcore.config import PipelineConfig, config_from_dict, read_yaml
-from kdcore.errors import KdflowError
 from kdcore.preflight import preflight
+from flows.errors import quiet_user_errors, reraise_user_error
 
 ConfigParam = Union[dict[str, Any], str]
 
@@ -35,16 +35,11 @@ def local_results(home: Path) -> Iterator[None]:
 
 def run_locally(flow_fn: Callable[..., Any], results_home: Path, /, **params: Any) -> Any:
     """Call a flow with its task results under ``results_home``; a KdflowError wrapped by the
-    orchestrator comes out as itself."""
+    orchestrator comes out as itself, and Prefect's console log does not repeat it."""
+    quiet_user_errors()
     with local_results(results_home):
         try:
             return flow_fn(**params)
-        except KdflowError:
-            raise
         except Exception as exc:
-            cause: Optional[BaseException] = exc
-            while cause is not None:
-                if isinstance(cause, KdflowError):
-                    raise cause from None
-                cause = cause.__cause__ or cause.__context__
+            reraise_user_error(exc)
             raise

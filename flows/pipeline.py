@@ -1,8 +1,12 @@
-"""The kdflow DAG: teacher -> features -> pretrain -> distill -> evaluate -> register, with the
-baseline student trained beside the distillation branch."""
+"""The kdflow DAG, as the stage declarations (tasks/spec.py) draw it::
+
+    teacher ──► features ──► pretrain ──► distill ──► evaluate ──► register
+          └──────────────── baseline student ───────────────┘
+
+Every stage is submitted as soon as the records it consumes exist, so the baseline student trains
+beside the distillation branch."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -11,30 +15,13 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import get_run_context
 
 from kdcore.config import PipelineConfig
-from tasks.baseline import baseline_task
+from tasks import events
+from tasks.context import RunContext
 from tasks.data import load_data
-from tasks.distill import distill_task
-from tasks.evaluate import evaluate_task
 from tasks.export import export_task
-from tasks.features import features_task
-from tasks.home import kdflow_home
-from tasks.pretrain import pretrain_task
-from tasks.records import StageRecord
-from tasks.register import register_task
-from tasks.teacher import teacher_task
-from tasks.tracking import Tracker, check_reachable, default_tracking_uri, redact
-
-TASKS = {"teacher": teacher_task, "features": features_task, "pretrain": pretrain_task,
-         "distill": distill_task, "baseline": baseline_task, "evaluate": evaluate_task, "register": register_task}
-
-
-def _outcome(state, stage: str, started: float) -> tuple[dict, dict]:
-    record = state.result()  # raises the stage's exception if it failed
-    cached = state.name == "Cached"
-    return record, {"fingerprint": record["fingerprint"], "cached": cached,
-                    "seconds": round(time.perf_counter() - started, 3),
-                    "task_seconds": record["seconds"], "compute_seconds": record["info"].get("compute_seconds", 0.0),
-                    "mlflow_run_id": record["mlflow_run_id"]}
+from tasks.spec import StageSpec, enabled_stages
+from tasks.stage import SubmittedStage, finish_stage, submit_stage
+from tasks.tracking import redact
 
 
 @flow(name="kdflow-pipeline", description=__doc__)
@@ -42,77 +29,70 @@ def pipeline_flow(config: dict[str, Any], home: Optional[str] = None,
                   parent_run_id: Optional[str] = None) -> dict[str, Any]:
     cfg = PipelineConfig.model_validate(config)
     cfgd = cfg.model_dump(mode="json")
-    home_path = Path(home) if home else kdflow_home()
-    uri = default_tracking_uri(home_path)
-    check_reachable(uri)
-    tracker = Tracker(uri, home_path)
-    experiment_id = tracker.experiment_id(cfg.name)
+    stages = enabled_stages(cfg)
+    for spec in stages:
+        events.emit(spec.name, "waiting")
+    ctx = RunContext.open(cfg.name, home)
+    tracker = ctx.tracker()
     flow_run_id = str(get_run_context().flow_run.id)
-    parent = tracker.start_run(experiment_id, f"pipeline-{cfg.student.arch}", tags={
-        "kdflow.kind": "pipeline", "kdflow.prefect_flow_run_id": flow_run_id,
-        "kdflow.config_hash": cfg.config_hash()}, parent=parent_run_id)
-    records: dict[str, dict] = {}
-    stages: dict[str, dict] = {}
-    done: dict[str, float] = {}
-    try:
+    with tracker.run(ctx.experiment_id, f"pipeline-{cfg.student.arch}", parent=parent_run_id, tags={
+            "kdflow.kind": "pipeline", "kdflow.prefect_flow_run_id": flow_run_id,
+            "kdflow.config_hash": cfg.config_hash()}) as parent:
+        ctx = ctx.under(parent)
         tracker.log_params(parent, cfgd)
         data = load_data(cfg.data)
         tracker.set_tags(parent, {"kdflow.data_fingerprint": data.fingerprint})
-        ctx = {"home": str(home_path), "tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent}
 
-        def inputs(stage: str) -> dict[str, dict]:
-            from tasks.fingerprints import INPUTS
+        records, outcomes = run_stages(stages, cfgd, data.fingerprint, ctx)
 
-            return {k: records[k] for k in INPUTS[stage] if k in records}
-
-        def run(stage: str) -> None:
-            t0 = time.perf_counter()
-            state = TASKS[stage](cfgd, data.fingerprint, ctx, inputs(stage), return_state=True)
-            record, info = _outcome(state, stage, t0)
-            if info["cached"] and not StageRecord.model_validate(record).artifact_ok():
-                state = TASKS[stage].with_options(refresh_cache=True)(
-                    cfgd, data.fingerprint, ctx, inputs(stage), return_state=True)
-                record, info = _outcome(state, stage, t0)
-            records[stage], stages[stage] = record, info
-
-        baseline_future = None
-        if cfg.baseline.enabled:
-            t_base = time.perf_counter()
-            baseline_future = baseline_task.submit(cfgd, data.fingerprint, ctx, {})
-            baseline_future.add_done_callback(lambda _f: done.__setitem__("baseline", time.perf_counter()))
-        for stage in ("teacher", "features", "pretrain", "distill"):
-            run(stage)
-        if baseline_future is not None:
-            baseline_future.wait()
-            records["baseline"], stages["baseline"] = _outcome(baseline_future.state, "baseline", t_base)
-            stages["baseline"]["seconds"] = round(done.get("baseline", time.perf_counter()) - t_base, 3)
-        run("evaluate")
-        run("register")
         exported = None
         if cfg.export.format != "none" and cfg.register.enabled:  # the registered student, also for serving
             version = records["register"]["info"].get("registered", {}).get(cfg.register.student_name)
-            exported = export_task(cfgd, ctx, records["distill"], version)
-    except BaseException:
-        tracker.end_run(parent, "FAILED")
-        raise
+            exported = export_task(cfgd, ctx.as_dict(), records["distill"], version)
 
-    models = records["evaluate"]["info"]["models"]
-    report = {
-        "prefect_flow_run_id": flow_run_id, "mlflow_parent_run_id": parent, "experiment": cfg.name,
-        "tracking_uri": redact(uri), "home": str(home_path), "config_hash": cfg.config_hash(),
-        "data_fingerprint": data.fingerprint, "models": models, "stages": stages,
-        "registered": records["register"]["info"].get("registered", {}),
-        "registered_new": [] if stages["register"]["cached"] else records["register"]["info"].get("created", []),
-        "export": exported, "artifacts": {s: r.get("path") for s, r in records.items()},
-    }
-    if exported:
-        tracker.log_metrics(parent, {"export_max_abs_diff": exported["max_abs_diff"]})
-    tracker.log_metrics(parent, {f"{m}.{k}": v for m, ms in models.items() for k, v in ms.items()})
-    tracker.set_tags(parent, {f"kdflow.stage.{s}.cached": i["cached"] for s, i in stages.items()})
-    tracker.log_artifact(parent, Path(records["evaluate"]["path"]))
-    _prefect_summary(report)
-    tracker.end_run(parent, "FINISHED")
+        models = records["evaluate"]["info"]["models"]
+        report = {
+            "prefect_flow_run_id": flow_run_id, "mlflow_parent_run_id": parent, "experiment": cfg.name,
+            "tracking_uri": redact(ctx.tracking_uri), "home": str(ctx.home), "config_hash": cfg.config_hash(),
+            "data_fingerprint": data.fingerprint, "models": models, "stages": outcomes,
+            "registered": records["register"]["info"].get("registered", {}),
+            "registered_new": [] if outcomes["register"]["cached"] else records["register"]["info"].get("created", []),
+            "export": exported, "artifacts": {s: r.get("path") for s, r in records.items()},
+        }
+        if exported:
+            tracker.log_metrics(parent, {"export_max_abs_diff": exported["max_abs_diff"]})
+        tracker.log_metrics(parent, {f"{m}.{k}": v for m, ms in models.items() for k, v in ms.items()})
+        tracker.set_tags(parent, {f"kdflow.stage.{s}.cached": i["cached"] for s, i in outcomes.items()})
+        tracker.log_artifact(parent, Path(records["evaluate"]["path"]))
+        _prefect_summary(report)
     return report
+
+
+def run_stages(stages: list[StageSpec], cfgd: dict, data_fp: str, ctx: RunContext
+               ) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Run ``stages`` (in declaration order, which respects their inputs): each is submitted once
+    every enabled stage it consumes has its record; the first stage to fail stops the flow.
+    Returns the records and, per stage, what the report shows (in declaration order)."""
+    enabled = {s.name for s in stages}
+    records: dict[str, dict] = {}
+    outcomes: dict[str, dict] = {}
+    running: dict[str, SubmittedStage] = {}
+    todo = list(stages)
+    while todo or running:
+        for spec in [s for s in todo if all(i in records for i in s.inputs if i in enabled)]:
+            todo.remove(spec)
+            running[spec.name] = submit_stage(spec, cfgd, data_fp, ctx, records)
+        name = next(s.name for s in stages if s.name in running)  # the earliest declared first
+        sub = running.pop(name)
+        records[name], cached = finish_stage(sub)
+        outcomes[name] = _outcome(records[name], cached, sub.seconds)
+    return records, {s.name: outcomes[s.name] for s in stages}
+
+
+def _outcome(record: dict, cached: bool, seconds: float) -> dict:
+    return {"fingerprint": record["fingerprint"], "cached": cached, "seconds": seconds,
+            "task_seconds": record["seconds"], "compute_seconds": record["info"].get("compute_seconds", 0.0),
+            "mlflow_run_id": record["mlflow_run_id"]}
 
 
 def _prefect_summary(report: dict[str, Any]) -> None:

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 from kdcore.config import PipelineConfig, load_config
-from kdcore.errors import KdflowError
 from kdcore.preflight import preflight, preflight_with_data
 from tasks.data import load_data
 from tasks.home import kdflow_home
@@ -25,19 +24,7 @@ def run_pipeline(config: Path | str | PipelineConfig | None = None, overrides: O
     preflight_with_data(cfg, tuple(data.input_shape), data.num_classes, example=data.train.x[:2],
                         in_channels=data.in_channels)
 
-    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
-
+    from flows.params import run_locally
     from flows.pipeline import pipeline_flow
 
-    with temporary_settings(updates={PREFECT_LOCAL_STORAGE_PATH: str(home / "prefect-results")}):
-        try:
-            return pipeline_flow(cfg.model_dump(mode="json"), str(home))
-        except KdflowError:
-            raise
-        except Exception as exc:  # an error of ours wrapped by the orchestrator
-            cause = exc
-            while cause is not None:
-                if isinstance(cause, KdflowError):
-                    raise cause from None
-                cause = cause.__cause__ or cause.__context__
-            raise
+    return run_locally(pipeline_flow, home, config=cfg.model_dump(mode="json"), home=str(home))

@@ -40,14 +40,10 @@ from kdcore.stages import teacher_paths
 from flows.pareto import pareto_mask, pareto_plot
 from flows.params import ConfigParam, resolve_config
 from flows.pipeline import pipeline_flow
-from tasks.baseline import baseline_task
 from tasks.data import load_data
-from tasks.features import features_task
 from tasks.fingerprints import fingerprint
 from tasks.home import kdflow_home
-from tasks.pretrain import pretrain_task
-from tasks.records import StageRecord
-from tasks.teacher import teacher_task
+from tasks.stage import run_stage, submit_stage
 from tasks.tracking import Tracker, check_reachable, default_tracking_uri
 
 NOT_SWEPT = ("sweep", "retrain", "name", "data", "teacher", "trainer")
@@ -167,8 +163,8 @@ def sweep_trials_flow(trials: list[dict], data_fp: str, ctx: dict, sweep: dict) 
     spec = SweepConfig.model_validate(sweep)
     configs = [t["config"] for t in trials]
     with _trial_resources(spec):
-        teacher, teacher_cached = _run_stage(teacher_task, configs[0], data_fp, ctx, {})
-        features, features_cached = _run_stage(features_task, configs[0], data_fp, ctx, {"teacher": teacher})
+        teacher, teacher_cached = run_stage("teacher", configs[0], data_fp, ctx, {})
+        features, features_cached = run_stage("features", configs[0], data_fp, ctx, {"teacher": teacher})
         upstream = {"teacher": teacher, "features": features}
         distinct: dict[tuple[str, str], Any] = {}
         for cfgd in configs:
@@ -176,10 +172,10 @@ def sweep_trials_flow(trials: list[dict], data_fp: str, ctx: dict, sweep: dict) 
             if cfg.baseline.enabled:
                 key = ("baseline", fingerprint("baseline", cfg, data_fp, {}))
                 if key not in distinct:
-                    distinct[key] = baseline_task.submit(cfgd, data_fp, ctx, {})
+                    distinct[key] = submit_stage("baseline", cfgd, data_fp, ctx, {}).future
             key = ("pretrain", fingerprint("pretrain", cfg, data_fp, upstream))
             if key not in distinct:
-                distinct[key] = pretrain_task.submit(cfgd, data_fp, ctx, upstream)
+                distinct[key] = submit_stage("pretrain", cfgd, data_fp, ctx, upstream).future
         for future in distinct.values():
             future.wait()
         first_with: dict[str, Any] = {}
@@ -206,18 +202,6 @@ def sweep_trials_flow(trials: list[dict], data_fp: str, ctx: dict, sweep: dict) 
             "features": {"fingerprint": features["fingerprint"], "cached": features_cached,
                          "mlflow_run_id": features["mlflow_run_id"]},
             "prepared": [f"{stage}:{fp[:12]}" for stage, fp in distinct], "trials": outcomes}
-
-
-def _run_stage(stage_task, cfgd: dict, data_fp: str, ctx: dict, inputs: dict) -> tuple[dict, bool]:
-    """Run a stage task on the task runner; rerun it when a cached record's artifact has vanished."""
-    future = stage_task.submit(cfgd, data_fp, ctx, inputs)
-    future.wait()
-    record = future.result()
-    cached = future.state.name == "Cached"
-    if cached and not StageRecord.model_validate(record).artifact_ok():
-        future = stage_task.with_options(refresh_cache=True).submit(cfgd, data_fp, ctx, inputs)
-        record, cached = future.result(), False
-    return record, cached
 
 
 def _message(state) -> str:

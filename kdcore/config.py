@@ -17,8 +17,6 @@ from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, 
 
 from kdcore.errors import ConfigError
 
-STAGES = ("teacher", "features", "pretrain", "distill", "baseline", "evaluate", "register")
-
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)

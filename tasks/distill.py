@@ -3,10 +3,11 @@ from kdcore.losses import build_objective
 from kdcore.stages import TeacherSource, distill_student
 from kdcore.train.checkpoint import load_model
 from tasks.cache_entries import open_entries
-from tasks.stage import StageCall, stage_task
+from tasks.records import record_fields
+from tasks.stage import StageCall
 
 
-def _distill(call: StageCall) -> dict:
+def body(call: StageCall) -> dict:
     paths = build_objective(call.cfg.distill.objective_spec()).teacher_paths
     if call.cfg.cache.mode == "cached":
         source = TeacherSource(call.env, open_entries(call), None, paths)
@@ -16,7 +17,4 @@ def _distill(call: StageCall) -> dict:
     res = call.timed(distill_student, call.env, call.inputs["pretrain"].path, source)
     uri = call.tracker.log_torch_model(call.run_id, res.model, call.data.test.x[:2], extra_files=res.files)
     call.tracker.log_artifact(call.run_id, res.path, "weights")
-    return {"path": str(res.path), "sha256": res.sha256, "metrics": res.metrics, "info": res.info, "model_uri": uri}
-
-
-distill_task = stage_task("distill", _distill)
+    return record_fields(res, model_uri=uri)

@@ -4,13 +4,13 @@ import json
 from kdcore.evaluate import comparison_table
 from kdcore.stages import evaluate_models
 from kdcore.train.checkpoint import load_model
-from tasks.stage import StageCall, stage_task
+from tasks.stage import StageCall
 
 MODELS = ("teacher", "baseline", "distill")
 LABELS = {"teacher": "teacher", "baseline": "baseline", "distill": "student"}
 
 
-def _evaluate(call: StageCall) -> dict:
+def body(call: StageCall) -> dict:
     models = {LABELS[s]: load_model(call.inputs[s].path).to(call.env.device) for s in MODELS if s in call.inputs}
     results = call.timed(evaluate_models, call.env, models)
     metrics = {name: r["metrics"] for name, r in results.items()}
@@ -26,6 +26,3 @@ def _evaluate(call: StageCall) -> dict:
     if "student" in metrics and "baseline" in metrics:
         flat["student_gain_top1"] = metrics["student"]["top1"] - metrics["baseline"]["top1"]
     return {"path": str(out), "metrics": flat, "info": {"models": metrics}}
-
-
-evaluate_task = stage_task("evaluate", _evaluate)

@@ -4,10 +4,10 @@ import time
 from kdcore.stages import build_features
 from kdcore.train.checkpoint import load_model
 from tasks.home import cache_dir
-from tasks.stage import StageCall, stage_task
+from tasks.stage import StageCall
 
 
-def _features(call: StageCall) -> dict:
+def body(call: StageCall) -> dict:
     teacher = call.inputs["teacher"]
     model = load_model(teacher.path).to(call.env.device)
     t0 = time.perf_counter()
@@ -21,6 +21,3 @@ def _features(call: StageCall) -> dict:
             "metrics": {"cache_bytes": size, "build_seconds": seconds, "entries_built": sum(built.values())},
             "info": {"keys": {split: e.key for split, (e, _) in entries.items()}, "built": built,
                      "paths": entries["train"][0].paths, "num_views": entries["train"][0].num_views}}
-
-
-features_task = stage_task("features", _features)

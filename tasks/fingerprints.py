@@ -1,22 +1,18 @@
-"""Stage fingerprints: exactly what determines each stage's result (the Prefect cache key)."""
+"""Stage fingerprints: exactly what determines each stage's result (the Prefect cache key).
+
+Each stage's declaration (tasks/spec.py) names the reader below that picks the config it depends
+on; the fingerprint hashes that, the fingerprints of the stage's inputs and the data fingerprint.
+"""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 from kdcore.config import PipelineConfig
 from kdcore.fingerprint import file_sha256, stage_fingerprint
 from kdcore.stages import teacher_paths
 
-# Which upstream records each stage consumes (the DAG's edges).
-INPUTS: dict[str, tuple[str, ...]] = {
-    "teacher": (),
-    "features": ("teacher",),
-    "pretrain": ("teacher", "features"),
-    "distill": ("pretrain", "features", "teacher"),
-    "baseline": (),
-    "evaluate": ("teacher", "baseline", "distill"),
-    "register": ("teacher", "distill", "evaluate"),
-}
+if TYPE_CHECKING:
+    from tasks.spec import StageSpec
 
 
 def _trainer(cfg: PipelineConfig) -> dict[str, Any]:
@@ -24,31 +20,46 @@ def _trainer(cfg: PipelineConfig) -> dict[str, Any]:
     return cfg.trainer.model_dump(mode="json", exclude={"retries", "num_threads"})
 
 
-def stage_section(stage: str, cfg: PipelineConfig) -> dict[str, Any]:
-    if stage == "teacher":
-        section = cfg.section("teacher")
-        if cfg.teacher.checkpoint:  # the weights' content matters, not where they lie
-            section["checkpoint"] = file_sha256(cfg.teacher.checkpoint)
-            section.pop("train")
-        return {"teacher": section, "trainer": _trainer(cfg)}
-    if stage == "features":
-        return {"dtype": cfg.cache.dtype, "paths": teacher_paths(cfg), "views": cfg.cache.views.model_dump(),
-                "topk": cfg.cache.topk}
-    if stage == "pretrain":
-        return {"pretrain": cfg.section("pretrain"), "student": cfg.section("student"), "trainer": _trainer(cfg)}
-    if stage == "distill":
-        return {"distill": cfg.section("distill"), "mode": cfg.cache.mode, "views": cfg.cache.views.model_dump(),
-                "trainer": _trainer(cfg)}
-    if stage == "baseline":
-        return {"train": cfg.baseline_train().model_dump(mode="json"), "student": cfg.section("student"),
-                "views": cfg.cache.views.model_dump(), "trainer": _trainer(cfg)}
-    if stage == "evaluate":
-        return {"evaluate": cfg.section("evaluate")}
-    if stage == "register":
-        return {"register": cfg.section("register"), "experiment": cfg.name}
-    raise ValueError(f"unknown stage {stage!r}")
+def teacher_reads(cfg: PipelineConfig) -> dict[str, Any]:
+    section = cfg.section("teacher")
+    if cfg.teacher.checkpoint:  # the weights' content matters, not where they lie
+        section["checkpoint"] = file_sha256(cfg.teacher.checkpoint)
+        section.pop("train")
+    return {"teacher": section, "trainer": _trainer(cfg)}
 
 
-def fingerprint(stage: str, cfg: PipelineConfig, data_fp: str, inputs: dict[str, dict]) -> str:
-    upstream = {name: inputs[name]["fingerprint"] for name in INPUTS[stage] if name in inputs}
-    return stage_fingerprint(stage, stage_section(stage, cfg), upstream, data_fp)
+def features_reads(cfg: PipelineConfig) -> dict[str, Any]:
+    return {"dtype": cfg.cache.dtype, "paths": teacher_paths(cfg), "views": cfg.cache.views.model_dump(),
+            "topk": cfg.cache.topk}
+
+
+def pretrain_reads(cfg: PipelineConfig) -> dict[str, Any]:
+    return {"pretrain": cfg.section("pretrain"), "student": cfg.section("student"), "trainer": _trainer(cfg)}
+
+
+def distill_reads(cfg: PipelineConfig) -> dict[str, Any]:
+    return {"distill": cfg.section("distill"), "mode": cfg.cache.mode, "views": cfg.cache.views.model_dump(),
+            "trainer": _trainer(cfg)}
+
+
+def baseline_reads(cfg: PipelineConfig) -> dict[str, Any]:
+    return {"train": cfg.baseline_train().model_dump(mode="json"), "student": cfg.section("student"),
+            "views": cfg.cache.views.model_dump(), "trainer": _trainer(cfg)}
+
+
+def evaluate_reads(cfg: PipelineConfig) -> dict[str, Any]:
+    return {"evaluate": cfg.section("evaluate")}
+
+
+def register_reads(cfg: PipelineConfig) -> dict[str, Any]:
+    return {"register": cfg.section("register"), "experiment": cfg.name}
+
+
+def fingerprint(stage: Union[str, "StageSpec"], cfg: PipelineConfig, data_fp: str, inputs: dict[str, dict]) -> str:
+    """The fingerprint of ``stage`` (a name or its spec) given its inputs' records (or just their
+    ``{"fingerprint": ...}``)."""
+    from tasks.spec import stage_spec  # the declarations import the task bodies, which import this module
+
+    spec = stage_spec(stage) if isinstance(stage, str) else stage
+    upstream = {name: inputs[name]["fingerprint"] for name in spec.inputs if name in inputs}
+    return stage_fingerprint(spec.name, spec.reads(cfg), upstream, data_fp)

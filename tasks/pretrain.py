@@ -4,10 +4,11 @@ from kdcore.stages import TeacherSource, pretrain_student
 from kdcore.stages.distill import pretrain_objective_spec
 from kdcore.train.checkpoint import load_model
 from tasks.cache_entries import open_entries
-from tasks.stage import StageCall, stage_task
+from tasks.records import record_fields
+from tasks.stage import StageCall
 
 
-def _pretrain(call: StageCall) -> dict:
+def body(call: StageCall) -> dict:
     method = call.cfg.pretrain.method
     source = teacher = None
     if method == "hint":
@@ -19,7 +20,4 @@ def _pretrain(call: StageCall) -> dict:
         if call.cfg.cache.mode == "cached":
             source = TeacherSource(call.env, open_entries(call), None, paths)
     res = call.timed(pretrain_student, call.env, source, teacher)
-    return {"path": str(res.path), "sha256": res.sha256, "metrics": res.metrics, "info": res.info}
-
-
-pretrain_task = stage_task("pretrain", _pretrain)
+    return record_fields(res)

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from pydantic import BaseModel, Field
+
+if TYPE_CHECKING:
+    from kdcore.stages import StageResult
 
 
 class StageRecord(BaseModel):
@@ -21,3 +24,10 @@ class StageRecord(BaseModel):
     def artifact_ok(self) -> bool:
         """The artifact this record points to still exists (a cached record is only reused then)."""
         return self.path is None or Path(self.path).exists()
+
+
+def record_fields(result: "StageResult", model_uri: Optional[str] = None) -> dict[str, Any]:
+    """What a stage body contributes to its record, from the kdcore stage function's result (the
+    task adds stage, fingerprint, MLflow run and timing)."""
+    return {"path": None if result.path is None else str(result.path), "sha256": result.sha256,
+            "metrics": result.metrics, "info": result.info, "model_uri": model_uri}

@@ -1,8 +1,8 @@
 """Task `register`: teacher and distilled student become versions in the MLflow model registry."""
-from tasks.stage import StageCall, stage_task
+from tasks.stage import StageCall
 
 
-def _register(call: StageCall) -> dict:
+def body(call: StageCall) -> dict:
     cfg = call.cfg.register
     if not cfg.enabled:
         return {"info": {"registered": {}}, "metrics": {"registered_versions": 0}}
@@ -22,6 +22,3 @@ def _register(call: StageCall) -> dict:
     created = [n for n, new in ((cfg.teacher_name, t_new), (cfg.student_name, s_new)) if new]
     return {"info": {"registered": registered, "created": created},
             "metrics": {"registered_versions": 2, "new_versions": len(created)}}
-
-
-register_task = stage_task("register", _register)

@@ -1,14 +1,16 @@
 """The shape every stage task shares: fingerprint -> MLflow child run -> kdcore -> record.
 
-``stage_task(stage, body)`` turns a body ``body(call) -> StageRecord fields`` into a Prefect task
-whose cache key is the stage fingerprint, so an unchanged rerun skips it.
+``stage_task(spec)`` turns a stage's declaration (tasks/spec.py) into a Prefect task whose cache key
+is the stage fingerprint, so an unchanged rerun skips it. ``submit_stage`` / ``finish_stage`` are
+how flows run one: training stages with ``trainer.retries``, and a cached record whose artifact has
+vanished or is damaged computed again.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -19,17 +21,22 @@ from kdcore.errors import KdflowError
 from kdcore.stages import StageEnv
 from kdcore.train import TrainCallbacks
 from kdcore.train.ddp import device_slot, run_distributed
+from tasks import events
+from tasks.context import RunContext
 from tasks.data import load_data
 from tasks.fingerprints import fingerprint
 from tasks.home import stage_dir
 from tasks.records import StageRecord
 from tasks.tracking import Tracker
 
-TRAINING_STAGES = {"teacher", "pretrain", "distill", "baseline"}
+if TYPE_CHECKING:
+    from prefect.futures import PrefectFuture
+
+    from tasks.spec import StageSpec
 
 
 class TrackingCallbacks(TrainCallbacks):
-    """Per-epoch metrics to the MLflow run and a Prefect progress artifact."""
+    """Per-epoch metrics to the MLflow run, a Prefect progress artifact and the stage events."""
 
     def __init__(self, tracker: Tracker, run_id: str, stage: str) -> None:
         self.tracker, self.run_id, self.stage = tracker, run_id, stage
@@ -54,12 +61,16 @@ class TrackingCallbacks(TrainCallbacks):
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         self.tracker.log_metrics(self.run_id, metrics, step=epoch)
+        events.emit(self.stage, "epoch", epoch=epoch, max_epochs=self.max_epochs, metrics=dict(metrics))
         if self.artifact_id is not None:
             try:
                 update_progress_artifact(self.artifact_id, 100.0 * (epoch + 1) / self.max_epochs,
                                          description=f"{self.stage}: epoch {epoch + 1}/{self.max_epochs}")
             except Exception:  # noqa: BLE001
                 pass
+
+    def on_progress(self, what: str, done: int, total: int) -> None:
+        events.emit(self.stage, "progress", what=what, done=done, total=total)
 
 
 @dataclass
@@ -75,14 +86,15 @@ class StageCall:
     fingerprint: str
     inputs: dict[str, StageRecord]
     home: Path
-    parent_run_id: str
+    parent_run_id: Optional[str]
+    training: bool = False
     compute_seconds: float = 0.0
 
     def timed(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Call a kdcore function, adding its wall time to ``compute_seconds``."""
         t0 = time.perf_counter()
         try:
-            if self.stage in TRAINING_STAGES and self.cfg.trainer.devices > 1:  # DDP, one process per device
+            if self.training and self.cfg.trainer.devices > 1:  # DDP, one process per device
                 return run_distributed(fn, *args, world_size=self.cfg.trainer.devices, device=self.env.device,
                                        **kwargs)
             return fn(*args, **kwargs)
@@ -90,10 +102,10 @@ class StageCall:
             self.compute_seconds += time.perf_counter() - t0
 
 
-def _key(stage: str) -> Callable[[Any, dict[str, Any]], str]:
+def _key(spec: "StageSpec") -> Callable[[Any, dict[str, Any]], str]:
     def key(_ctx: Any, params: dict[str, Any]) -> str:
         cfg = PipelineConfig.model_validate(params["cfg"])
-        return f"{stage}-{fingerprint(stage, cfg, params['data_fp'], params['inputs'])}"
+        return f"{spec.name}-{fingerprint(spec, cfg, params['data_fp'], params['inputs'])}"
 
     return key
 
@@ -108,61 +120,128 @@ def _no_retry_on_user_error(_task, _run, state) -> bool:
     return True
 
 
-def stage_task(stage: str, body: Callable[[StageCall], dict[str, Any]]):
+def stage_task(spec: "StageSpec"):
+    """The Prefect task of a declared stage. Its parameters stay plain JSON (``ctx`` is a
+    :class:`RunContext` as a dict) so cache keys and stored results stay stable."""
+
     def run(cfg: dict, data_fp: str, ctx: dict, inputs: dict) -> dict:
         t0 = time.perf_counter()
-        config = PipelineConfig.model_validate(cfg)
-        fp = fingerprint(stage, config, data_fp, inputs)
-        home = Path(ctx["home"])
-        tracker = Tracker(ctx["tracking_uri"], home)
-        run_id = _retried_run(tracker, ctx, stage, fp) or tracker.start_run(
-            ctx["experiment_id"], stage, parent=ctx["parent_run_id"],
-            tags={"kdflow.stage": stage, "kdflow.fingerprint": fp, "kdflow.data_fingerprint": data_fp})
+        events.emit(spec.name, "running")
         try:
-            tracker.log_params(run_id, {"stage": stage, **_params(stage, config)})
-            data = load_data(config.data)
-            env = StageEnv(config, data, stage_dir(home, stage, fp), TrackingCallbacks(tracker, run_id, stage))
-            call = StageCall(stage, config, data, env, tracker, run_id, fp,
-                             {k: StageRecord.model_validate(v) for k, v in inputs.items()}, home,
-                             ctx["parent_run_id"])
-            with device_slot(config.trainer.device):  # concurrent stages spread over the visible GPUs
-                fields = body(call)
-            fields.setdefault("info", {})["compute_seconds"] = round(call.compute_seconds, 3)
-            record = StageRecord(stage=stage, fingerprint=fp, mlflow_run_id=run_id,
-                                 seconds=round(time.perf_counter() - t0, 3), **fields)
-            final = {(f"final_{k}" if stage in TRAINING_STAGES else k): v for k, v in record.metrics.items()}
-            tracker.log_metrics(run_id, {**final, "stage_seconds": record.seconds})
-            tracker.set_tags(run_id, {"kdflow.artifact_sha256": record.sha256 or ""})
-        except BaseException:
-            tracker.end_run(run_id, "FAILED")
+            record = _run_body(spec, PipelineConfig.model_validate(cfg), data_fp, RunContext.from_dict(ctx),
+                               inputs, t0)
+        except BaseException as exc:
+            events.emit(spec.name, "failed", message=f"{type(exc).__name__}: {exc}")
             raise
-        tracker.end_run(run_id, "FINISHED")
+        events.emit(spec.name, "done", metrics=dict(record.metrics))
         return record.model_dump(mode="json")
 
-    run.__name__ = f"{stage}_task"
-    retries = 1 if stage in TRAINING_STAGES else 0
-    return task(run, name=stage, cache_key_fn=_key(stage), persist_result=True, retries=retries,
+    run.__name__ = f"{spec.name}_task"
+    return task(run, name=spec.name, cache_key_fn=_key(spec), persist_result=True,
+                retries=1 if spec.training else 0,  # the default of trainer.retries; flows set the configured one
                 retry_delay_seconds=1, retry_condition_fn=_no_retry_on_user_error,
-                tags=["gpu"] if stage in TRAINING_STAGES else None)
+                tags=["gpu"] if spec.training else None)
 
 
-def _retried_run(tracker: Tracker, ctx: dict, stage: str, fp: str) -> str | None:
-    """On Prefect's retry of a task, the MLflow run its failed attempt left behind, reopened: the
-    retry resumes training from the last checkpoint and keeps logging into the same run, so the
-    stage's per-epoch metrics stay in one place and the run ends FINISHED."""
+def _run_body(spec: "StageSpec", config: PipelineConfig, data_fp: str, ctx: RunContext, inputs: dict,
+              t0: float) -> StageRecord:
+    fp = fingerprint(spec, config, data_fp, inputs)
+    tracker = ctx.tracker()
+    retried = _failed_attempt(tracker, ctx, spec.name, fp)
+    tags = ({"kdflow.attempts": str(_attempt())} if retried else
+            {"kdflow.stage": spec.name, "kdflow.fingerprint": fp, "kdflow.data_fingerprint": data_fp})
+    with tracker.run(ctx.experiment_id, spec.name, parent=ctx.parent_run_id, tags=tags, run_id=retried) as run_id:
+        tracker.log_params(run_id, {"stage": spec.name, "data": config.section("data"), **spec.reads(config)})
+        data = load_data(config.data)
+        env = StageEnv(config, data, stage_dir(ctx.home, spec.name, fp), TrackingCallbacks(tracker, run_id, spec.name))
+        call = StageCall(spec.name, config, data, env, tracker, run_id, fp,
+                         {k: StageRecord.model_validate(v) for k, v in inputs.items()}, ctx.home,
+                         ctx.parent_run_id, training=spec.training)
+        with device_slot(config.trainer.device):  # concurrent stages spread over the visible GPUs
+            fields = spec.body(call)
+        fields.setdefault("info", {})["compute_seconds"] = round(call.compute_seconds, 3)
+        record = StageRecord(stage=spec.name, fingerprint=fp, mlflow_run_id=run_id,
+                             seconds=round(time.perf_counter() - t0, 3), **fields)
+        tracker.log_metrics(run_id, {**{spec.metric_name(k): v for k, v in record.metrics.items()},
+                                     "stage_seconds": record.seconds})
+        tracker.set_tags(run_id, {"kdflow.artifact_sha256": record.sha256 or ""})
+    return record
+
+
+def _attempt() -> int:
     from prefect.runtime import task_run
 
-    if (task_run.run_count or 1) <= 1 or not ctx.get("parent_run_id"):
+    return task_run.run_count or 1
+
+
+def _failed_attempt(tracker: Tracker, ctx: RunContext, stage: str, fp: str) -> Optional[str]:
+    """On Prefect's retry of a task, the MLflow run its failed attempt left behind: the retry
+    resumes training from the last checkpoint and keeps logging into the same run (reopened), so
+    the stage's per-epoch metrics stay in one place and the run ends FINISHED."""
+    if _attempt() <= 1 or not ctx.parent_run_id:
         return None
-    run_id = tracker.failed_run(ctx["experiment_id"], ctx["parent_run_id"], stage, fp)
-    if run_id is None:
-        return None
-    tracker.reopen_run(run_id)
-    tracker.set_tags(run_id, {"kdflow.attempts": str(task_run.run_count)})
-    return run_id
+    return tracker.failed_run(ctx.experiment_id, ctx.parent_run_id, stage, fp)
 
 
-def _params(stage: str, cfg: PipelineConfig) -> dict[str, Any]:
-    from tasks.fingerprints import stage_section
+# ---- running a stage from a flow -------------------------------------------------------------
 
-    return {"data": cfg.section("data"), **stage_section(stage, cfg)}
+@dataclass
+class SubmittedStage:
+    """A stage task submitted to the flow's task runner, with what it was called with."""
+
+    spec: "StageSpec"
+    cfg: dict
+    data_fp: str
+    ctx: dict
+    inputs: dict
+    future: "PrefectFuture"
+    started: float = field(default_factory=time.perf_counter)
+    finished: Optional[float] = None
+
+    def _watch(self) -> None:
+        self.finished = None
+        self.future.add_done_callback(lambda _f: setattr(self, "finished", time.perf_counter()))
+
+    @property
+    def seconds(self) -> float:
+        return round((self.finished or time.perf_counter()) - self.started, 3)
+
+
+def submit_stage(stage: "str | StageSpec", cfg: dict, data_fp: str, ctx: "RunContext | dict", inputs: dict,
+                 refresh: bool = False) -> SubmittedStage:
+    """Submit a stage's task (a training stage with the config's ``trainer.retries``)."""
+    from tasks.spec import stage_spec
+
+    spec = stage_spec(stage) if isinstance(stage, str) else stage
+    ctx_d = RunContext.from_dict(ctx).as_dict()
+    inputs = spec.upstream(inputs)
+    task_ = spec.task_for(PipelineConfig.model_validate(cfg))
+    if refresh:
+        task_ = task_.with_options(refresh_cache=True)
+    sub = SubmittedStage(spec, cfg, data_fp, ctx_d, inputs, task_.submit(cfg, data_fp, ctx_d, inputs))
+    sub._watch()
+    return sub
+
+
+def finish_stage(sub: SubmittedStage) -> tuple[dict, bool]:
+    """Wait for a submitted stage: (its record, whether it was a cache hit). A failed stage raises
+    its exception. A cached record whose artifact has vanished or is damaged (the stage spec says
+    what "intact" means) is computed again."""
+    sub.future.wait()
+    record = sub.future.result()  # raises the stage's exception if it failed
+    cached = sub.future.state.name == "Cached"
+    if cached and not sub.spec.intact(StageRecord.model_validate(record), Path(sub.ctx["home"])):
+        again = submit_stage(sub.spec, sub.cfg, sub.data_fp, sub.ctx, sub.inputs, refresh=True)
+        sub.future, cached = again.future, False
+        sub._watch()
+        sub.future.wait()
+        record = sub.future.result()
+    if cached:
+        events.emit(sub.spec.name, "cached")
+    return record, cached
+
+
+def run_stage(stage: "str | StageSpec", cfg: dict, data_fp: str, ctx: "RunContext | dict",
+              inputs: dict) -> tuple[dict, bool]:
+    """Submit a stage and wait for it (see :func:`finish_stage`)."""
+    return finish_stage(submit_stage(stage, cfg, data_fp, ctx, inputs))

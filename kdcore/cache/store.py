@@ -152,7 +152,7 @@ def open_entry(cache_dir: Path, key: str, checksums: bool = False) -> CacheEntry
     """Open and check the entry for ``key`` (CacheError if absent or damaged)."""
     root = Path(cache_dir) / entry_id(key)
     if not root.is_dir():
-        raise CacheError(f"cache entry {root} does not exist (was the cache cleared? rerun the features stage)")
+        raise CacheError(f"cache entry {root} does not exist (was the cache cleared?)")
     entry = CacheEntry(root, _read_manifest(root))
     if entry.manifest.get("key") != key:
         raise CacheError(f"cache entry {root} belongs to another key")
