@@ -5,6 +5,8 @@ on; the fingerprint hashes that, the fingerprints of the stage's inputs and the 
 """
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from kdcore.config import PipelineConfig
@@ -15,17 +17,43 @@ if TYPE_CHECKING:
     from tasks.spec import StageSpec
 
 
+def _model(section: dict[str, Any]) -> dict[str, Any]:
+    """A model section whose ``kwargs.weights`` file (a state_dict) counts by content, and whose
+    ``python:`` factory counts by the source of its module."""
+    kwargs = section.get("kwargs") or {}
+    weights = kwargs.get("weights")
+    if isinstance(weights, str) and Path(weights).expanduser().is_file():
+        section = {**section, "kwargs": {**kwargs, "weights": file_sha256(Path(weights).expanduser())}}
+    arch = str(section.get("arch", ""))
+    if arch.startswith("python:"):
+        section = {**section, "source": _module_sha256(arch[len("python:"):].split(":")[0])}
+    return section
+
+
+def _module_sha256(name: str) -> str | None:
+    spec = importlib.util.find_spec(name)
+    origin = getattr(spec, "origin", None)
+    return file_sha256(origin) if origin and Path(origin).is_file() else None
+
+
+def _with_user_code(cfg: PipelineConfig, reads: dict[str, Any]) -> dict[str, Any]:
+    """A training stage also depends on the plugin modules of ``imports:`` (their losses, models)."""
+    if cfg.imports:
+        reads["imports"] = {name: _module_sha256(name) for name in cfg.imports}
+    return reads
+
+
 def _trainer(cfg: PipelineConfig) -> dict[str, Any]:
     # retries and thread count do not change what is computed
     return cfg.trainer.model_dump(mode="json", exclude={"retries", "num_threads"})
 
 
 def teacher_reads(cfg: PipelineConfig) -> dict[str, Any]:
-    section = cfg.section("teacher")
+    section = _model(cfg.section("teacher"))
     if cfg.teacher.checkpoint:  # the weights' content matters, not where they lie
         section["checkpoint"] = file_sha256(cfg.teacher.checkpoint)
         section.pop("train")
-    return {"teacher": section, "trainer": _trainer(cfg)}
+    return _with_user_code(cfg, {"teacher": section, "trainer": _trainer(cfg)})
 
 
 def features_reads(cfg: PipelineConfig) -> dict[str, Any]:
@@ -34,17 +62,19 @@ def features_reads(cfg: PipelineConfig) -> dict[str, Any]:
 
 
 def pretrain_reads(cfg: PipelineConfig) -> dict[str, Any]:
-    return {"pretrain": cfg.section("pretrain"), "student": cfg.section("student"), "trainer": _trainer(cfg)}
+    return _with_user_code(cfg, {"pretrain": cfg.section("pretrain"), "student": _model(cfg.section("student")),
+                                 "trainer": _trainer(cfg)})
 
 
 def distill_reads(cfg: PipelineConfig) -> dict[str, Any]:
-    return {"distill": cfg.section("distill"), "mode": cfg.cache.mode, "views": cfg.cache.views.model_dump(),
-            "trainer": _trainer(cfg)}
+    return _with_user_code(cfg, {"distill": cfg.section("distill"), "mode": cfg.cache.mode,
+                                 "views": cfg.cache.views.model_dump(), "trainer": _trainer(cfg)})
 
 
 def baseline_reads(cfg: PipelineConfig) -> dict[str, Any]:
-    return {"train": cfg.baseline_train().model_dump(mode="json"), "student": cfg.section("student"),
-            "views": cfg.cache.views.model_dump(), "trainer": _trainer(cfg)}
+    return _with_user_code(cfg, {"train": cfg.baseline_train().model_dump(mode="json"),
+                                 "student": _model(cfg.section("student")), "views": cfg.cache.views.model_dump(),
+                                 "trainer": _trainer(cfg)})
 
 
 def evaluate_reads(cfg: PipelineConfig) -> dict[str, Any]:
