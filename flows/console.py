@@ -53,8 +53,11 @@ ReportPath = Annotated[Optional[Path], typer.Option(
 
 
 def check_writable(path: Path, option: str) -> None:
-    """Fail now, before any work, if ``path`` could not be written later (a directory, a read-only
-    folder, a file in the way of a folder)."""
+    """Fail now, before any work, if ``path`` could not be written later (a directory, a folder one
+    may not write in, a file in the way of a folder). Writes nothing: the probe is an unnamed
+    temporary file in the nearest existing folder."""
+    import tempfile
+
     if path.is_dir():
         fail(f"{option} {str(path)!r} is a directory; give a file path")
     parent = path.parent
@@ -62,8 +65,13 @@ def check_writable(path: Path, option: str) -> None:
         parent = parent.parent
     if not parent.is_dir():
         fail(f"{option} {str(path)!r}: {str(parent)!r} is not a directory")
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        fail(f"{option} {str(path)!r} is not writable (no write permission in {str(parent)!r})")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        fail(f"{option} {str(path)!r} is not writable: cannot create files in {str(parent)!r} ({exc.strerror})")
+    if path.exists() and not os.access(path, os.W_OK):
+        fail(f"{option} {str(path)!r} is not writable (permission denied)")
 
 
 def write_json(path: Path, value: object, option: str = "--report") -> None:
