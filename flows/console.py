@@ -15,6 +15,7 @@ from typing import Annotated, Iterator, NoReturn, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from kdcore.errors import KdflowError
 
@@ -24,7 +25,7 @@ err = Console(stderr=True)
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print ``error: message`` on stderr and exit with ``code`` (2: the user's input is wrong)."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -49,7 +50,7 @@ Overrides = Annotated[list[str], typer.Option(
     "--set", "-s", metavar="KEY=VALUE", help="override a config value, e.g. distill.temperature=4")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's task logs")]
 ReportPath = Annotated[Optional[Path], typer.Option(
-    "--report", help="also write the results as JSON here", dir_okay=False)]
+    "--report", help="also write the results as JSON here")]
 
 
 def check_writable(path: Path, option: str) -> None:

@@ -353,6 +353,8 @@ def _format_errors(exc: ValidationError, raw: dict[str, Any]) -> str:
             lines.append(f"{loc}: {_unknown_key(err['loc'])}")
         elif err["type"] == "missing":
             lines.append(f"{loc}: required field is missing")
+        elif err["type"] == "value_error" and isinstance(err.get("input"), dict):
+            lines.append(str(err["ctx"]["error"]))  # a section's own check, which names its fields and values
         else:
             lines.append(f"{loc or 'config'} = {_shown(err.get('input'))}: {msg}")
     return "invalid config:\n  " + "\n  ".join(lines)
