@@ -155,10 +155,15 @@ def test_two_processes_building_the_same_entry_make_one_and_read_the_same(tmp_pa
                                                              barrier, results)) for i in range(2)]
     for p in procs:
         p.start()
-    got = [results.get(timeout=300) for _ in procs]
-    for p in procs:
-        p.join(timeout=60)
-    assert [p.exitcode for p in procs] == [0, 0]
+    try:
+        for p in procs:
+            p.join(timeout=300)  # the results are a few bytes: a finished child's queue never blocks its exit
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+    assert [p.exitcode for p in procs] == [0, 0], "a builder failed (its traceback is in the captured stderr)"
+    got = [results.get(timeout=10) for _ in procs]
     assert sorted(built for _, built, _ in got) == [False, True], "one process built, the other reused"
     assert got[0][0] == got[1][0] and got[0][2] == got[1][2], "the same entry, the same bytes read"
     assert len([e for e in list_entries(tmp_path / "cache") if e.manifest["split"] == "train"]) == 1
