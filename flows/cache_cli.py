@@ -1,4 +1,5 @@
 """`kdflow cache ...`: list, verify and clean the teacher cache under KDFLOW_HOME/cache."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -43,8 +44,9 @@ def _when(ts: float) -> str:
 
 
 @app.command("ls")
-def ls(long: Annotated[bool, typer.Option("--long", "-l", help="also show the full key, teacher and data hashes")]
-       = False) -> None:
+def ls(
+    long: Annotated[bool, typer.Option("--long", "-l", help="also show the full key, teacher and data hashes")] = False,
+) -> None:
     """List entries: id, split, samples x views, captured tensors, dtype, size, last use."""
     root = _dir()
     with user_errors():
@@ -62,15 +64,18 @@ def ls(long: Annotated[bool, typer.Option("--long", "-l", help="also show the fu
     if long:
         for e in entries:
             m = e.manifest
-            out.print(f"{e.id[:12]}  key      {m['key']}\n              teacher  {m['teacher_sha256']}\n"
-                      f"              data     {m['data_fingerprint']}\n"
-                      f"              created  {_when(m['created'])} by kdflow {m['kdflow_version']}")
+            out.print(
+                f"{e.id[:12]}  key      {m['key']}\n              teacher  {m['teacher_sha256']}\n"
+                f"              data     {m['data_fingerprint']}\n"
+                f"              created  {_when(m['created'])} by kdflow {m['kdflow_version']}"
+            )
     out.print(f"{len(entries)} entries, {_size(sum(e.size_bytes() for e in entries))}")
 
 
 @app.command("verify")
-def verify(entry_id: Annotated[Optional[str], typer.Argument(help="an entry id (prefix); default: all")] = None
-           ) -> None:
+def verify(
+    entry_id: Annotated[Optional[str], typer.Argument(help="an entry id (prefix); default: all")] = None,
+) -> None:
     """Check entries' files against their manifests (sizes and sha256); exit 1 if any is damaged."""
     root = _dir()
     with user_errors():
@@ -96,11 +101,17 @@ def verify(entry_id: Annotated[Optional[str], typer.Argument(help="an entry id (
 
 @app.command("gc")
 def collect(
-    keep_days: Annotated[Optional[float], typer.Option(
-        "--keep-days", help="remove entries unused for this many days")] = None,
-    max_size: Annotated[Optional[str], typer.Option(
-        "--max-size", help="then remove least recently used entries until the cache fits, e.g. 500MB, 2G, 2GiB "
-                           "(KB/MB/GB: powers of 1000; KiB/MiB/GiB: of 1024)")] = None,
+    keep_days: Annotated[
+        Optional[float], typer.Option("--keep-days", help="remove entries unused for this many days")
+    ] = None,
+    max_size: Annotated[
+        Optional[str],
+        typer.Option(
+            "--max-size",
+            help="then remove least recently used entries until the cache fits, e.g. 500MB, 2G, 2GiB "
+            "(KB/MB/GB: powers of 1000; KiB/MiB/GiB: of 1024)",
+        ),
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="only say what would be removed")] = False,
 ) -> None:
     """Remove unused entries (by age and/or total size) and leftovers of interrupted builds."""
@@ -114,6 +125,5 @@ def collect(
         removed = gc(root, keep_days=keep_days, max_size=limit, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     for e in removed:
-        out.print(f"{verb} {e.id} ({e.manifest['split']}, {_size(e.size_bytes())}, last used "
-                  f"{_when(e.last_used())})")
+        out.print(f"{verb} {e.id} ({e.manifest['split']}, {_size(e.size_bytes())}, last used {_when(e.last_used())})")
     out.print(f"{verb} {len(removed)} entries, {_size(sum(e.size_bytes() for e in removed))}")

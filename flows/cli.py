@@ -1,5 +1,6 @@
 """The `kdflow` command line: run, validate, ui here; the cache group and the operations commands
 in their own modules, added below (flows/console.py says how a command module is shaped)."""
+
 from __future__ import annotations
 
 import logging
@@ -10,19 +11,37 @@ from typing import Annotated, Optional
 import typer
 
 from flows import cache_cli, ops_cli
-from flows.console import Overrides, ReportPath, Verbose, check_writable, err, out, quiet_prefect, user_errors, \
-    write_json
+from flows.console import (
+    Overrides,
+    ReportPath,
+    Verbose,
+    check_writable,
+    err,
+    out,
+    quiet_prefect,
+    user_errors,
+    write_json,
+)
 
-app = typer.Typer(help="kdflow: knowledge distillation as a Prefect pipeline tracked in MLflow.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="kdflow: knowledge distillation as a Prefect pipeline tracked in MLflow.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
-ConfigPath = Annotated[Optional[Path], typer.Argument(
-    help="pipeline YAML (default: the shipped configs/default.yaml)", show_default=False)]
+ConfigPath = Annotated[
+    Optional[Path], typer.Argument(help="pipeline YAML (default: the shipped configs/default.yaml)", show_default=False)
+]
 
 
 @app.command()
-def run(config: ConfigPath = None, set_: Overrides = [], report: ReportPath = None,  # noqa: B006 (typer reads it)
-        verbose: Verbose = False) -> None:
+def run(
+    config: ConfigPath = None,
+    set_: Overrides = None,
+    report: ReportPath = None,
+    verbose: Verbose = False,
+) -> None:
     """Run the pipeline: teacher -> features -> pretrain -> distill (+ baseline) -> evaluate -> register."""
     quiet_prefect(verbose)
     if report:
@@ -30,7 +49,7 @@ def run(config: ConfigPath = None, set_: Overrides = [], report: ReportPath = No
     with user_errors():
         from flows.runner import run_pipeline
 
-        result = run_pipeline(config or DEFAULT_CONFIG, set_)
+        result = run_pipeline(config or DEFAULT_CONFIG, set_ or [])
     from flows.report import print_report
 
     print_report(out, result)
@@ -39,7 +58,7 @@ def run(config: ConfigPath = None, set_: Overrides = [], report: ReportPath = No
 
 
 @app.command()
-def validate(config: ConfigPath = None, set_: Overrides = []) -> None:  # noqa: B006
+def validate(config: ConfigPath = None, set_: Overrides = None) -> None:
     """Check a config without training: fields, names, module paths, then (loading the data) the
     feature pairs' shapes and the teacher checkpoint, as `kdflow run` does before it starts."""
     from kdcore.config import load_config
@@ -47,13 +66,15 @@ def validate(config: ConfigPath = None, set_: Overrides = []) -> None:  # noqa: 
     from tasks.data import load_data
 
     with user_errors():
-        cfg = load_config(config or DEFAULT_CONFIG, set_)
+        cfg = load_config(config or DEFAULT_CONFIG, set_ or [])
         preflight(cfg)
         data = load_data(cfg.data)
         preflight_data(cfg, data)
-    out.print(f"config OK (hash {cfg.config_hash()[:12]}); data {data.name}: {len(data.train)} train, "
-              f"{len(data.val)} val, {len(data.test)} test samples of shape {tuple(data.input_shape)}, "
-              f"{data.num_classes} classes")
+    out.print(
+        f"config OK (hash {cfg.config_hash()[:12]}); data {data.name}: {len(data.train)} train, "
+        f"{len(data.val)} val, {len(data.test)} test samples of shape {tuple(data.input_shape)}, "
+        f"{data.num_classes} classes"
+    )
 
 
 @app.command()

@@ -6,6 +6,7 @@ Results go to ``out`` (stdout); every error goes to ``err`` (stderr) through ``f
 to the root app (``add_typer``: without a name its commands join the top level, with one they form a
 group such as ``kdflow cache``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -46,11 +47,12 @@ def quiet_prefect(verbose: bool) -> None:
 
 
 # options several commands take, spelled once
-Overrides = Annotated[list[str], typer.Option(
-    "--set", "-s", metavar="KEY=VALUE", help="override a config value, e.g. distill.temperature=4")]
+Overrides = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", metavar="KEY=VALUE", help="override a config value, e.g. distill.temperature=4"),
+]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's task logs")]
-ReportPath = Annotated[Optional[Path], typer.Option(
-    "--report", help="also write the results as JSON here")]
+ReportPath = Annotated[Optional[Path], typer.Option("--report", help="also write the results as JSON here")]
 
 
 def check_writable(path: Path, option: str) -> None:

@@ -1,6 +1,7 @@
 """Operations commands of the `kdflow` CLI: deploy, serve, sweep, retrain.
 
 Heavy imports (Prefect, torch) happen inside the commands so ``kdflow --help`` stays quick."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,18 +13,28 @@ from flows.console import Overrides, ReportPath, Verbose, check_writable, out, q
 
 app = typer.Typer()
 
-Names = Annotated[list[str], typer.Option("--name", "-n", help="only these (pipeline, sweep, retrain)")]
-Gpus = Annotated[Optional[int], typer.Option("--gpus", help="slots of the `gpu` task concurrency limit "
-                                             "(default: the GPUs this machine sees, 1 without CUDA)")]
+Names = Annotated[Optional[list[str]], typer.Option("--name", "-n", help="only these (pipeline, sweep, retrain)")]
+Gpus = Annotated[
+    Optional[int],
+    typer.Option(
+        "--gpus", help="slots of the `gpu` task concurrency limit (default: the GPUs this machine sees, 1 without CUDA)"
+    ),
+]
 
 
 @app.command()
 def deploy(
-    name: Names = [],  # noqa: B006 (typer reads the default)
+    name: Names = None,
     gpus: Gpus = None,
-    pool_type: Annotated[str, typer.Option("--pool-type", help="type of the kdflow-gpu pool if it must be "
-                                           "created (process; docker/kubernetes need their Prefect worker "
-                                           "package)")] = "process",
+    pool_type: Annotated[
+        str,
+        typer.Option(
+            "--pool-type",
+            help="type of the kdflow-gpu pool if it must be "
+            "created (process; docker/kubernetes need their Prefect worker "
+            "package)",
+        ),
+    ] = "process",
 ) -> None:
     """Create the kdflow-gpu work pool and the gpu concurrency limit, and apply deployments/prefect.yaml."""
     quiet_prefect(False)
@@ -32,16 +43,20 @@ def deploy(
     with user_errors():
         done = do_deploy(name or None, gpus, pool_type)
     out.print(f"Prefect API: {done['api']}")
-    out.print(f"work pool {done['pool']}: {'created' if done['pool_created'] else 'exists'}; "
-              f"task concurrency limit on tag 'gpu': {done['gpu_limit']}")
+    out.print(
+        f"work pool {done['pool']}: {'created' if done['pool_created'] else 'exists'}; "
+        f"task concurrency limit on tag 'gpu': {done['gpu_limit']}"
+    )
     out.print(f"deployed: {', '.join(done['deployments'])}")
-    out.print(f"next: on a GPU machine, `prefect worker start --pool {done['pool']}` "
-              "(with KDFLOW_HOME and MLFLOW_TRACKING_URI set)")
+    out.print(
+        f"next: on a GPU machine, `prefect worker start --pool {done['pool']}` "
+        "(with KDFLOW_HOME and MLFLOW_TRACKING_URI set)"
+    )
 
 
 @app.command()
 def serve(
-    name: Names = [],  # noqa: B006
+    name: Names = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="most flow runs at once")] = None,
     gpus: Gpus = None,
 ) -> None:
@@ -53,24 +68,23 @@ def serve(
         do_serve(name or None, limit, gpus)
 
 
-def _run_flow(flow: str, config: Path, set_: list[str], **params: Any) -> Any:
+def _run_flow(flow: str, config: Path, set_: Optional[list[str]], **params: Any) -> Any:
     """Run the sweep or retrain flow in this process, its task results under KDFLOW_HOME."""
     with user_errors():
         from flows.params import run_locally
+        from flows.retrain import retrain_flow
+        from flows.sweep import sweep_flow
         from tasks.home import kdflow_home
 
-        if flow == "sweep":
-            from flows.sweep import sweep_flow as flow_fn
-        else:
-            from flows.retrain import retrain_flow as flow_fn
+        flow_fn: Any = {"sweep": sweep_flow, "retrain": retrain_flow}[flow]
         home = kdflow_home()
-        return run_locally(flow_fn, home, config=str(config), overrides=list(set_), home=str(home), **params)
+        return run_locally(flow_fn, home, config=str(config), overrides=list(set_ or []), home=str(home), **params)
 
 
 @app.command()
 def sweep(
     config: Annotated[Path, typer.Argument(help="pipeline YAML with a `sweep` section")] = Path("configs/sweep.yaml"),
-    set_: Overrides = [],  # noqa: B006
+    set_: Overrides = None,
     report: ReportPath = None,
     verbose: Verbose = False,
 ) -> None:
@@ -82,20 +96,25 @@ def sweep(
     import pandas as pd
 
     table = pd.DataFrame(result["table"])
-    cols = [c for c in ("trial", "label", "status", "top1", "gain_vs_baseline", "latency_ms", "size_bytes", "pareto")
-            if c in table]
+    cols = [
+        c
+        for c in ("trial", "label", "status", "top1", "gain_vs_baseline", "latency_ms", "size_bytes", "pareto")
+        if c in table
+    ]
     out.print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    out.print(f"results: {result['results_csv']}\nPareto plot: {result['pareto_png']}\n"
-              f"MLflow run: {result['mlflow_run_id']}")
+    out.print(
+        f"results: {result['results_csv']}\nPareto plot: {result['pareto_png']}\nMLflow run: {result['mlflow_run_id']}"
+    )
     if report:
         write_json(report, result)
 
 
 @app.command()
 def retrain(
-    config: Annotated[Path, typer.Argument(help="pipeline YAML (with an optional `retrain` section)")]
-    = Path("configs/default.yaml"),
-    set_: Overrides = [],  # noqa: B006
+    config: Annotated[Path, typer.Argument(help="pipeline YAML (with an optional `retrain` section)")] = Path(
+        "configs/default.yaml"
+    ),
+    set_: Overrides = None,
     force: Annotated[bool, typer.Option("--force", help="retrain even if nothing changed")] = False,
     verbose: Verbose = False,
 ) -> None:
@@ -104,5 +123,7 @@ def retrain(
     result = _run_flow("retrain", config, set_, force=force)
     d = result["decision"]
     out.print(f"decision: {d['action']} — {d['reason']}")
-    out.print(f"champion: v{result['champion'] or '-'} (before: v{d['champion_before'] or '-'}); "
-              f"challenger: v{d['challenger'] or '-'}")
+    out.print(
+        f"champion: v{result['champion'] or '-'} (before: v{d['champion_before'] or '-'}); "
+        f"challenger: v{d['challenger'] or '-'}"
+    )

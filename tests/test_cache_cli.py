@@ -1,4 +1,5 @@
 """`kdflow cache ls / verify / gc` on a real cache built by the features stage function."""
+
 from __future__ import annotations
 
 import time
@@ -49,7 +50,7 @@ def test_verify_passes_then_reports_a_damaged_entry(cache_home):
 
 def test_gc_by_age_and_size(cache_home):
     home, entries = cache_home
-    assert CliRunner().invoke(app, ["cache", "gc"]).exit_code == 2          # says what to give
+    assert CliRunner().invoke(app, ["cache", "gc"]).exit_code == 2  # says what to give
     keep = CliRunner().invoke(app, ["cache", "gc", "--keep-days", "1"])
     assert keep.exit_code == 0 and "removed 0 entries" in keep.output
     dry = CliRunner().invoke(app, ["cache", "gc", "--max-size", "0", "--dry-run"])
@@ -66,8 +67,12 @@ def test_gc_max_size_removes_least_recently_used_first(cache_home):
     cfg = tiny_config(data={"limit_train": 64, "limit_test": 16})
     torch.manual_seed(1)
     teacher_b = create_model("cnn_small", in_channels=1, num_classes=10)
-    b = {s: e for s, (e, _) in build_features(StageEnv(cfg, load_dataset(cfg.data), home / "w2"), teacher_b, "sha-b",
-                                              home / "cache").items()}
+    b = {
+        s: e
+        for s, (e, _) in build_features(
+            StageEnv(cfg, load_dataset(cfg.data), home / "w2"), teacher_b, "sha-b", home / "cache"
+        ).items()
+    }
     order = [a["train"], b["val"], a["val"], b["train"]]
     assert len({e.id for e in order}) == 4 and a["train"].size_bytes() > a["val"].size_bytes()
     now = time.time()
@@ -86,17 +91,29 @@ def test_gc_max_size_removes_least_recently_used_first(cache_home):
     assert f"would remove {order[2].id}" in one_byte_less.stdout and order[3].id not in one_byte_less.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (["verify", "zzzz"], "no cache entry with id 'zzzz' in {home}/cache"),
-    (["gc"], "give --keep-days N and/or --max-size SIZE"),
-    (["gc", "--keep-days", "-1"], "--keep-days must be >= 0, got -1.0"),
-    (["gc", "--max-size", "lots"], "--max-size 'lots' is not a size"),
-    (["gc", "--max-size", "-5MB"], "--max-size '-5MB' is not a size"),
-    (["ls"], "KDFLOW_HOME {home} is a file, not a directory"),
-    (["verify"], "KDFLOW_HOME {home} is a file, not a directory"),
-    (["gc", "--keep-days", "1"], "KDFLOW_HOME {home} is a file, not a directory"),
-], ids=["verify-unknown-id", "gc-no-option", "gc-negative-days", "gc-bad-size", "gc-negative-size", "ls-bad-home",
-        "verify-bad-home", "gc-bad-home"])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["verify", "zzzz"], "no cache entry with id 'zzzz' in {home}/cache"),
+        (["gc"], "give --keep-days N and/or --max-size SIZE"),
+        (["gc", "--keep-days", "-1"], "--keep-days must be >= 0, got -1.0"),
+        (["gc", "--max-size", "lots"], "--max-size 'lots' is not a size"),
+        (["gc", "--max-size", "-5MB"], "--max-size '-5MB' is not a size"),
+        (["ls"], "KDFLOW_HOME {home} is a file, not a directory"),
+        (["verify"], "KDFLOW_HOME {home} is a file, not a directory"),
+        (["gc", "--keep-days", "1"], "KDFLOW_HOME {home} is a file, not a directory"),
+    ],
+    ids=[
+        "verify-unknown-id",
+        "gc-no-option",
+        "gc-negative-days",
+        "gc-bad-size",
+        "gc-negative-size",
+        "ls-bad-home",
+        "verify-bad-home",
+        "gc-bad-home",
+    ],
+)
 def test_every_cache_error_goes_to_stderr_with_exit_2(args, message, kdhome):
     if "KDFLOW_HOME" in message:
         kdhome.parent.mkdir(parents=True, exist_ok=True)
@@ -107,8 +124,17 @@ def test_every_cache_error_goes_to_stderr_with_exit_2(args, message, kdhome):
     assert res.stdout == "", res.stdout
 
 
-@pytest.mark.parametrize("text, size", [("1024", 1024), ("500MB", 500 * 10**6), ("2G", 2 * 10**9),
-                                        ("2GB", 2 * 10**9), ("2GiB", 2 * 2**30), (" 1.5 kb ", 1500)])
+@pytest.mark.parametrize(
+    "text, size",
+    [
+        ("1024", 1024),
+        ("500MB", 500 * 10**6),
+        ("2G", 2 * 10**9),
+        ("2GB", 2 * 10**9),
+        ("2GiB", 2 * 2**30),
+        (" 1.5 kb ", 1500),
+    ],
+)
 def test_max_size_reads_units(text, size):
     from flows.cache_cli import parse_size
 
