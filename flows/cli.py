@@ -29,6 +29,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+# a CUDA build of torch on a machine without CUDA warns "No CUDA runtime is found" when model export
+# loads its C++ extension helpers: noise on every CPU run of any command
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 ConfigPath = Annotated[
     Optional[Path], typer.Argument(help="pipeline YAML (default: the shipped configs/default.yaml)", show_default=False)
@@ -94,9 +97,6 @@ app.add_typer(ops_cli.app)  # deploy, serve, sweep, retrain
 
 
 def main() -> None:
-    # a CUDA build of torch on a machine without CUDA warns "No CUDA runtime is found" when model
-    # export loads its C++ extension helpers: noise on every CPU run
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
         app()
     except KeyboardInterrupt:

@@ -69,13 +69,15 @@ def serve(
 
 
 def _run_flow(flow: str, config: Path, set_: Optional[list[str]], **params: Any) -> Any:
-    """Run the sweep or retrain flow in this process, its task results under KDFLOW_HOME."""
+    """Run the sweep or retrain flow in this process, its task results under KDFLOW_HOME. The config
+    is checked first, so a bad one fails with its message before Prefect starts."""
     with user_errors():
-        from flows.params import run_locally
+        from flows.params import resolve_config, run_locally
         from flows.retrain import retrain_flow
         from flows.sweep import sweep_flow
         from tasks.home import kdflow_home
 
+        resolve_config(str(config), list(set_ or []))
         flow_fn: Any = {"sweep": sweep_flow, "retrain": retrain_flow}[flow]
         home = kdflow_home()
         return run_locally(flow_fn, home, config=str(config), overrides=list(set_ or []), home=str(home), **params)

@@ -406,7 +406,7 @@ def check_clean_failure(result, needles: tuple[str, ...], tmp_path: Path) -> Non
     assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
     for needle in needles:
         assert needle.replace("{t}", str(tmp_path)) in err, f"{needle!r} not in stderr:\n{err}"
-    assert err.startswith("error:") and err.count("error:") == 1, err
+    assert err.count("error:") == 1 and any(line.startswith("error: ") for line in err.splitlines()), err
     assert "Traceback" not in result.output and "error:" not in out, result.output
     assert "s3cret" not in result.output
 
@@ -497,3 +497,12 @@ def test_cuda_requested_without_cuda(tmp_path, monkeypatch):
     monkeypatch.setenv("KDFLOW_HOME", str(tmp_path))
     result = CliRunner().invoke(app, ["run", "--set", "trainer.device=cuda"])
     assert result.exit_code == 2 and "CUDA is not available" in result.output
+
+
+@pytest.mark.parametrize("command", ["sweep", "retrain"])
+def test_sweep_and_retrain_check_the_config_before_prefect_starts(command: str, tmp_path: Path, kdhome: Path):
+    result = CliRunner().invoke(app, [command, str(tmp_path / "nope.yaml"), "--set", "distill.temperature=2"])
+    check_clean_failure(result, ("config file '{t}/nope.yaml' does not exist",), tmp_path)
+    bad_set = CliRunner().invoke(app, [command, "--set", "distill.temperature=0"])
+    check_clean_failure(bad_set, ("distill.temperature = 0: Input should be greater than 0",), tmp_path)
+    assert not (kdhome / "prefect-results").exists()
