@@ -1,69 +1,83 @@
-"""The `kdflow` command line."""
+"""The `kdflow` command line: run, validate, ui here; the cache group and the operations commands
+in their own modules, added below (flows/console.py says how a command module is shaped)."""
+
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
-from flows.ops_cli import quiet_prefect
-from kdcore.errors import KdflowError
+from flows import cache_cli, ops_cli
+from flows.console import (
+    Overrides,
+    ReportPath,
+    Verbose,
+    check_writable,
+    err,
+    out,
+    quiet_prefect,
+    user_errors,
+    write_json,
+)
 
-app = typer.Typer(help="kdflow: knowledge distillation as a Prefect pipeline tracked in MLflow.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-console = Console()
-err = Console(stderr=True)
+app = typer.Typer(
+    help="kdflow: knowledge distillation as a Prefect pipeline tracked in MLflow.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# a CUDA build of torch on a machine without CUDA warns "No CUDA runtime is found" when model export
+# loads its C++ extension helpers: noise on every CPU run of any command
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
-
-
-def fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
-    raise typer.Exit(code)
+ConfigPath = Annotated[
+    Optional[Path], typer.Argument(help="pipeline YAML (default: the shipped configs/default.yaml)", show_default=False)
+]
 
 
 @app.command()
 def run(
-    config: Optional[Path] = typer.Argument(None, help="pipeline YAML (default: the shipped configs/default.yaml)"),
-    set_: List[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help="override a config value, e.g. distill.temperature=4"),
-    report: Optional[Path] = typer.Option(None, "--report", help="also write the results as JSON here"),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="show Prefect's task logs"),
+    config: ConfigPath = None,
+    set_: Overrides = None,
+    report: ReportPath = None,
+    verbose: Verbose = False,
 ) -> None:
     """Run the pipeline: teacher -> features -> pretrain -> distill (+ baseline) -> evaluate -> register."""
     quiet_prefect(verbose)
-    try:
+    if report:
+        check_writable(report, "--report")
+    with user_errors():
         from flows.runner import run_pipeline
 
-        result = run_pipeline(config or DEFAULT_CONFIG, set_)
-    except KdflowError as exc:
-        fail(str(exc))
+        result = run_pipeline(config or DEFAULT_CONFIG, set_ or [])
     from flows.report import print_report
 
-    print_report(console, result)
+    print_report(out, result)
     if report:
-        report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(json.dumps(result, indent=2, default=str))
-        console.print(f"report written to {report}")
+        write_json(report, result)
 
 
 @app.command()
-def validate(
-    config: Optional[Path] = typer.Argument(None, help="pipeline YAML"),
-    set_: List[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help="override a config value"),
-) -> None:
-    """Check a config (fields, names, module paths) without running anything."""
+def validate(config: ConfigPath = None, set_: Overrides = None) -> None:
+    """Check a config without training: fields, names, module paths, then (loading the data) the
+    feature pairs' shapes and the teacher checkpoint, as `kdflow run` does before it starts."""
     from kdcore.config import load_config
-    from kdcore.preflight import preflight
+    from kdcore.preflight import preflight, preflight_data
+    from tasks.data import load_data
 
-    try:
-        cfg = load_config(config or DEFAULT_CONFIG, set_)
+    with user_errors():
+        cfg = load_config(config or DEFAULT_CONFIG, set_ or [])
         preflight(cfg)
-    except KdflowError as exc:
-        fail(str(exc))
-    console.print(f"config OK (hash {cfg.config_hash()[:12]})")
+        data = load_data(cfg.data)
+        preflight_data(cfg, data)
+    out.print(
+        f"config OK (hash {cfg.config_hash()[:12]}); data {data.name}: {len(data.train)} train, "
+        f"{len(data.val)} val, {len(data.test)} test samples of shape {tuple(data.input_shape)}, "
+        f"{data.num_classes} classes"
+    )
 
 
 @app.command()
@@ -73,26 +87,16 @@ def ui() -> None:
     from tasks.home import kdflow_home
     from tasks.tracking import default_tracking_uri
 
-    try:
+    with user_errors():
         home = kdflow_home()
-    except KdflowError as exc:
-        fail(str(exc))
-    print_locations(console, str(home), default_tracking_uri(home))
+    print_locations(out, str(home), default_tracking_uri(home))
 
 
-from flows.cache_cli import cache_app  # noqa: E402
-
-app.add_typer(cache_app, name="cache")
-
-from flows.ops_cli import register_ops_commands  # noqa: E402  (deploy, serve, sweep, retrain)
-
-register_ops_commands(app)
+app.add_typer(cache_cli.app, name="cache")
+app.add_typer(ops_cli.app)  # deploy, serve, sweep, retrain
 
 
 def main() -> None:
-    # a CUDA build of torch on a machine without CUDA warns "No CUDA runtime is found" when model
-    # export loads its C++ extension helpers: noise on every CPU run
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
         app()
     except KeyboardInterrupt:

@@ -1,129 +1,131 @@
 """Operations commands of the `kdflow` CLI: deploy, serve, sweep, retrain.
 
 Heavy imports (Prefect, torch) happen inside the commands so ``kdflow --help`` stays quick."""
+
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 
-from kdcore.errors import KdflowError
+from flows.console import Overrides, ReportPath, Verbose, check_writable, out, quiet_prefect, user_errors, write_json
 
-console = Console()
-err = Console(stderr=True)
+app = typer.Typer()
 
-
-def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
-
-
-def quiet_prefect(verbose: bool) -> None:
-    """Prefect's analytics off and its logs at WARNING unless ``--verbose`` (every command that runs flows)."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
-    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+Names = Annotated[Optional[list[str]], typer.Option("--name", "-n", help="only these (pipeline, sweep, retrain)")]
+Gpus = Annotated[
+    Optional[int],
+    typer.Option(
+        "--gpus", help="slots of the `gpu` task concurrency limit (default: the GPUs this machine sees, 1 without CUDA)"
+    ),
+]
 
 
+@app.command()
 def deploy(
-    name: List[str] = typer.Option([], "--name", "-n", help="deploy only these (pipeline, sweep, retrain)"),
-    gpus: Optional[int] = typer.Option(None, "--gpus", help="slots of the `gpu` task concurrency limit "
-                                       "(default: the GPUs this machine sees, 1 without CUDA)"),
-    pool_type: str = typer.Option("process", "--pool-type", help="type of the kdflow-gpu pool if it must be "
-                                  "created (process; docker/kubernetes need their Prefect worker package)"),
+    name: Names = None,
+    gpus: Gpus = None,
+    pool_type: Annotated[
+        str,
+        typer.Option(
+            "--pool-type",
+            help="type of the kdflow-gpu pool if it must be "
+            "created (process; docker/kubernetes need their Prefect worker "
+            "package)",
+        ),
+    ] = "process",
 ) -> None:
     """Create the kdflow-gpu work pool and the gpu concurrency limit, and apply deployments/prefect.yaml."""
     quiet_prefect(False)
     from flows.deploy import deploy as do_deploy
 
-    try:
+    with user_errors():
         done = do_deploy(name or None, gpus, pool_type)
-    except KdflowError as exc:
-        _fail(str(exc))
-    console.print(f"Prefect API: {done['api']}")
-    console.print(f"work pool {done['pool']}: {'created' if done['pool_created'] else 'exists'}; "
-                  f"task concurrency limit on tag 'gpu': {done['gpu_limit']}")
-    console.print(f"deployed: {', '.join(done['deployments'])}")
-    console.print(f"next: on a GPU machine, `prefect worker start --pool {done['pool']}` "
-                  "(with KDFLOW_HOME and MLFLOW_TRACKING_URI set)")
+    out.print(f"Prefect API: {done['api']}")
+    out.print(
+        f"work pool {done['pool']}: {'created' if done['pool_created'] else 'exists'}; "
+        f"task concurrency limit on tag 'gpu': {done['gpu_limit']}"
+    )
+    out.print(f"deployed: {', '.join(done['deployments'])}")
+    out.print(
+        f"next: on a GPU machine, `prefect worker start --pool {done['pool']}` "
+        "(with KDFLOW_HOME and MLFLOW_TRACKING_URI set)"
+    )
 
 
+@app.command()
 def serve(
-    name: List[str] = typer.Option([], "--name", "-n", help="serve only these deployments"),
-    limit: Optional[int] = typer.Option(None, "--limit", help="most flow runs at once"),
-    gpus: Optional[int] = typer.Option(None, "--gpus", help="slots of the `gpu` task concurrency limit"),
+    name: Names = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="most flow runs at once")] = None,
+    gpus: Gpus = None,
 ) -> None:
     """Serve the deployments (with their schedules) from this process, until Ctrl-C."""
     quiet_prefect(True)
     from flows.deploy import serve as do_serve
 
-    try:
+    with user_errors():
         do_serve(name or None, limit, gpus)
-    except KdflowError as exc:
-        _fail(str(exc))
 
 
-def _home_and_params(config: Path, set_: List[str]) -> tuple[Path, dict]:
-    from tasks.home import kdflow_home
+def _run_flow(flow: str, config: Path, set_: Optional[list[str]], **params: Any) -> Any:
+    """Run the sweep or retrain flow in this process, its task results under KDFLOW_HOME. The config
+    is checked first, so a bad one fails with its message before Prefect starts."""
+    with user_errors():
+        from flows.params import resolve_config, run_locally
+        from flows.retrain import retrain_flow
+        from flows.sweep import sweep_flow
+        from tasks.home import kdflow_home
 
-    return kdflow_home(), {"config": str(config), "overrides": list(set_)}
+        resolve_config(str(config), list(set_ or []))
+        flow_fn: Any = {"sweep": sweep_flow, "retrain": retrain_flow}[flow]
+        home = kdflow_home()
+        return run_locally(flow_fn, home, config=str(config), overrides=list(set_ or []), home=str(home), **params)
 
 
+@app.command()
 def sweep(
-    config: Path = typer.Argument(Path("configs/sweep.yaml"), help="pipeline YAML with a `sweep` section"),
-    set_: List[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help="override a config value"),
-    report: Optional[Path] = typer.Option(None, "--report", help="also write the result as JSON here"),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="show Prefect's task logs"),
+    config: Annotated[Path, typer.Argument(help="pipeline YAML with a `sweep` section")] = Path("configs/sweep.yaml"),
+    set_: Overrides = None,
+    report: ReportPath = None,
+    verbose: Verbose = False,
 ) -> None:
     """Run a sweep locally: trials sharing one teacher, results table and Pareto plot."""
     quiet_prefect(verbose)
-    try:
-        from flows.params import run_locally
-        from flows.sweep import sweep_flow
-
-        home, params = _home_and_params(config, set_)
-        result = run_locally(sweep_flow, home, **params, home=str(home))
-    except KdflowError as exc:
-        _fail(str(exc))
+    if report:
+        check_writable(report, "--report")
+    result = _run_flow("sweep", config, set_)
     import pandas as pd
 
     table = pd.DataFrame(result["table"])
-    cols = [c for c in ("trial", "label", "status", "top1", "gain_vs_baseline", "latency_ms", "size_bytes", "pareto")
-            if c in table]
-    console.print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    console.print(f"results: {result['results_csv']}\nPareto plot: {result['pareto_png']}\n"
-                  f"MLflow run: {result['mlflow_run_id']}")
+    cols = [
+        c
+        for c in ("trial", "label", "status", "top1", "gain_vs_baseline", "latency_ms", "size_bytes", "pareto")
+        if c in table
+    ]
+    out.print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    out.print(
+        f"results: {result['results_csv']}\nPareto plot: {result['pareto_png']}\nMLflow run: {result['mlflow_run_id']}"
+    )
     if report:
-        report.write_text(json.dumps(result, indent=2, default=str))
+        write_json(report, result)
 
 
+@app.command()
 def retrain(
-    config: Path = typer.Argument(Path("configs/default.yaml"),
-                                  help="pipeline YAML (with an optional `retrain` section)"),
-    set_: List[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help="override a config value"),
-    force: bool = typer.Option(False, "--force", help="retrain even if nothing changed"),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="show Prefect's task logs"),
+    config: Annotated[Path, typer.Argument(help="pipeline YAML (with an optional `retrain` section)")] = Path(
+        "configs/default.yaml"
+    ),
+    set_: Overrides = None,
+    force: Annotated[bool, typer.Option("--force", help="retrain even if nothing changed")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Retrain if due and promote the challenger only if significantly better than the champion."""
     quiet_prefect(verbose)
-    try:
-        from flows.params import run_locally
-        from flows.retrain import retrain_flow
-
-        home, params = _home_and_params(config, set_)
-        result = run_locally(retrain_flow, home, **params, force=force, home=str(home))
-    except KdflowError as exc:
-        _fail(str(exc))
+    result = _run_flow("retrain", config, set_, force=force)
     d = result["decision"]
-    console.print(f"decision: {d['action']} — {d['reason']}")
-    console.print(f"champion: v{result['champion'] or '-'} (before: v{d['champion_before'] or '-'}); "
-                  f"challenger: v{d['challenger'] or '-'}")
-
-
-def register_ops_commands(app: typer.Typer) -> None:
-    for fn in (deploy, serve, sweep, retrain):
-        app.command(fn.__name__)(fn)
+    out.print(f"decision: {d['action']} — {d['reason']}")
+    out.print(
+        f"champion: v{result['champion'] or '-'} (before: v{d['champion_before'] or '-'}); "
+        f"challenger: v{d['challenger'] or '-'}"
+    )

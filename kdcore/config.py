@@ -5,8 +5,11 @@ Every section forbids unknown keys, so a typo fails before any work starts, nami
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
+import re
+import typing
 import warnings
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -248,19 +251,63 @@ with warnings.catch_warnings():  # a section named "register" shadows ABCMeta.re
 # Loading
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that also refuses a key written twice in one mapping (PyYAML keeps the last
+    one silently, so a forgotten earlier setting would be ignored)."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.setdefault(key, key_node.start_mark.line)
+        except TypeError:  # an unhashable key: construct_mapping says so
+            continue
+        if first != key_node.start_mark.line:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first given on line {first + 1})", key_node.start_mark)
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line saying what is wrong and where (PyYAML's own message spans several lines)."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        problem = exc.problem or exc.context or "invalid YAML"
+        tag = re.search(r"could not determine a constructor for the tag '([^']+)'", problem)
+        if tag:
+            problem = (f"the tag {tag.group(1).replace('tag:yaml.org,2002:', '!!')!r} is not allowed "
+                       "(a config holds plain values; no objects are built from it)")
+        mark = exc.problem_mark or exc.context_mark
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
+    return " ".join(str(exc).split())
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """Plain YAML (safe, duplicate keys refused); a problem is a ConfigError naming ``where``."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where} is not valid YAML: {_yaml_problem(exc)}") from None
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """``distill.temperature=4`` -> (["distill", "temperature"], 4); the value is read as YAML."""
     if "=" not in item:
         raise ConfigError(f"override {item!r} is not of the form key.path=value")
     key, raw = item.split("=", 1)
-    path = [p for p in key.strip().split(".")]
+    path = [p.strip() for p in key.strip().split(".")]
     if not key.strip() or any(not p for p in path):
-        raise ConfigError(f"override {item!r} has an empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from None
-    return path, value
+        raise ConfigError(f"override {item!r} has an empty key (write key.path=value, e.g. distill.temperature=4)")
+    if not raw.strip():
+        raise ConfigError(f"override {item!r} has no value after '=' (write {key.strip()}=null to unset it, "
+                          f"or {key.strip()}=\"\" for an empty string)")
+    return path, parse_yaml(raw, f"override {item!r}: the value")
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -273,10 +320,41 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if nxt is None:
                 nxt = node[part] = {}
             elif not isinstance(nxt, dict):
-                raise ConfigError(f"override {item!r}: {'.'.join(path[: i + 1])} is not a section")
+                raise ConfigError(f"override {item!r}: {'.'.join(path[: i + 1])} is not a section "
+                                  f"(it holds {json.dumps(nxt, default=str)})")
             node = nxt
         node[path[-1]] = value
     return out
+
+
+def _section_at(loc: tuple[Any, ...]) -> Optional[type[BaseModel]]:
+    """The config model (section) found at ``loc`` from the top, or None (a free-form dict, a list)."""
+    model: type[BaseModel] = PipelineConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        candidates = (field.annotation, *typing.get_args(field.annotation))
+        sub = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if sub is None:
+            return None
+        model = sub
+    return model
+
+
+def _unknown_key(loc: tuple[Any, ...]) -> str:
+    section = _section_at(loc[:-1])
+    if section is None:
+        return "unknown key"
+    valid = list(section.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown key{hint}; valid keys here: {', '.join(valid)}"
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _format_errors(exc: ValidationError, raw: dict[str, Any]) -> str:
@@ -285,13 +363,13 @@ def _format_errors(exc: ValidationError, raw: dict[str, Any]) -> str:
         loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")  # a validator's own message says what is wrong
         if err["type"] == "extra_forbidden":
-            lines.append(f"{loc}: unknown key (not a field of this section)")
+            lines.append(f"{loc}: {_unknown_key(err['loc'])}")
         elif err["type"] == "missing":
             lines.append(f"{loc}: required field is missing")
+        elif err["type"] == "value_error" and isinstance(err.get("input"), dict):
+            lines.append(str(err["ctx"]["error"]))  # a section's own check, which names its fields and values
         else:
-            value = err.get("input")
-            shown = json.dumps(value, default=str) if not isinstance(value, dict) else "{...}"
-            lines.append(f"{loc or 'config'} = {shown}: {msg}")
+            lines.append(f"{loc or 'config'} = {_shown(err.get('input'))}: {msg}")
     return "invalid config:\n  " + "\n  ".join(lines)
 
 
@@ -305,17 +383,34 @@ def config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) ->
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping of sections in a YAML config file; every way the file can be wrong is one ConfigError."""
     p = Path(path)
+    where = f"config file {str(p)!r}"
+    if p.is_dir():
+        raise ConfigError(f"{where} is a directory; give a YAML file")
+    if not p.exists():
+        raise ConfigError(f"{where} does not exist")
     if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist")
+        raise ConfigError(f"{where} is not a regular file")
     try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from None
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{where} cannot be read ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                          "a config is a YAML text file") from None
+    if not text.strip():
+        raise ConfigError(f"{where} is empty; write the settings to change (see configs/default.yaml), or give "
+                          "no file to run the defaults")
+    raw = parse_yaml(text, where)
     if raw is None:
-        return {}
+        raise ConfigError(f"{where} holds no settings (only comments or blank lines); write the settings to "
+                          "change, or give no file to run the defaults")
     if not isinstance(raw, dict):
-        raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections, got {type(raw).__name__}")
+        raise ConfigError(f"{where} must hold a mapping of sections (name:, data:, teacher: ...), got "
+                          f"{type(raw).__name__} {_shown(raw)}")
     return raw
 
 

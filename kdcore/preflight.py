@@ -122,3 +122,10 @@ def preflight_with_data(cfg: PipelineConfig, input_shape: tuple[int, ...], num_c
                 problems.append(f"{where}: {exc}")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def preflight_data(cfg: PipelineConfig, data) -> None:
+    """``preflight_with_data`` on a loaded dataset (a ``DataBundle``): the checks `kdflow run` makes
+    after loading the data and `kdflow validate` makes too."""
+    preflight_with_data(cfg, tuple(data.input_shape), data.num_classes, example=data.train.x[:2],
+                        in_channels=data.in_channels)

@@ -10,6 +10,8 @@ from kdcore.errors import KdflowError
 
 def kdflow_home() -> Path:
     home = Path(os.environ.get("KDFLOW_HOME", ".kdflow")).expanduser().resolve()
+    if home.exists() and not home.is_dir():
+        raise KdflowError(f"KDFLOW_HOME {home} is a file, not a directory; set KDFLOW_HOME to a writable directory")
     try:
         home.mkdir(parents=True, exist_ok=True)
         probe = home / ".write-test"

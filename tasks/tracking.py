@@ -243,6 +243,15 @@ def check_reachable(uri: str) -> None:
             raise KdflowError(f"MLflow tracking URI {uri}: directory {parent} does not exist or is not writable")
         return
     if not uri.startswith(("http://", "https://")):
+        from urllib.parse import urlsplit
+
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry  # MLflow's own scheme list
+
+        scheme = urlsplit(uri).scheme.split("+")[0].lower()
+        if scheme not in _tracking_store_registry._registry:
+            raise KdflowError(f"MLFLOW_TRACKING_URI {redact(uri)}: MLflow has no store for the scheme {scheme!r} "
+                              "(use http(s)://HOST:PORT, sqlite:///PATH or a database URI; unset it to use "
+                              "KDFLOW_HOME/mlflow.db)")
         return
     try:
         _ping(uri.rstrip("/") + "/health")

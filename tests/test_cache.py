@@ -130,6 +130,47 @@ def test_concurrent_builders_produce_one_entry(data, tmp_path):
     open_entry(tmp_path / "cache", results[0][0].key, checksums=True)
 
 
+def _build_in_a_process(cache: str, workdir: str, barrier, results) -> None:
+    """One of two processes building the same entry: same data, same teacher, started together."""
+    import hashlib
+    from pathlib import Path
+
+    data = load_dataset(tiny_config().data.model_copy(update={"limit_train": 96, "limit_test": 32}))
+    teacher = _teacher(data)
+    env = _env(data, Path(workdir))
+    barrier.wait(timeout=120)
+    entry, built = build_features(env, teacher, "sha", Path(cache))["train"]
+    digest = hashlib.sha256()
+    for name in ("logits", *entry.paths):
+        digest.update(entry.read(name, torch.arange(len(data.train))).numpy().tobytes())
+    results.put((str(entry.root), built, digest.hexdigest()))
+
+
+def test_two_processes_building_the_same_entry_make_one_and_read_the_same(tmp_path):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_build_in_a_process, args=(str(tmp_path / "cache"), str(tmp_path / f"w{i}"),
+                                                             barrier, results)) for i in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join(timeout=300)  # the results are a few bytes: a finished child's queue never blocks its exit
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+    assert [p.exitcode for p in procs] == [0, 0], "a builder failed (its traceback is in the captured stderr)"
+    got = [results.get(timeout=10) for _ in procs]
+    assert sorted(built for _, built, _ in got) == [False, True], "one process built, the other reused"
+    assert got[0][0] == got[1][0] and got[0][2] == got[1][2], "the same entry, the same bytes read"
+    assert len([e for e in list_entries(tmp_path / "cache") if e.manifest["split"] == "train"]) == 1
+    assert not list((tmp_path / "cache").glob(".build-*"))
+    open_entry(tmp_path / "cache", list_entries(tmp_path / "cache")[0].key, checksums=True)
+
+
 def test_topk_logits_are_renormalised_on_read(data, tmp_path):
     teacher = _teacher(data)
     env = _env(data, tmp_path, topk=3)

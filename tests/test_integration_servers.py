@@ -28,6 +28,8 @@ from mlflow import MlflowClient
 
 from conftest import TINY
 
+pytestmark = pytest.mark.slow  # real Prefect/MLflow servers: `pytest -m 'not slow'` skips them
+
 ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT = 240
 RUN_TIMEOUT = 480

@@ -16,6 +16,8 @@ from mlflow import MlflowClient
 from conftest import TINY
 from servers import client_env
 
+pytestmark = pytest.mark.slow  # real Prefect/MLflow servers: `pytest -m 'not slow'` skips them
+
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING = ("teacher", "distill", "baseline")
 
