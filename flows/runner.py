@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from kdcore.config import PipelineConfig, load_config
-from kdcore.preflight import preflight, preflight_with_data
+from kdcore.preflight import preflight, preflight_data
 from tasks.data import load_data
 from tasks.home import kdflow_home
 from tasks.tracking import check_prefect_api, check_reachable, default_tracking_uri
@@ -21,8 +21,7 @@ def run_pipeline(config: Path | str | PipelineConfig | None = None, overrides: O
     check_reachable(default_tracking_uri(home))
     check_prefect_api()
     data = load_data(cfg.data)  # missing or bad data fails here, before any run is opened
-    preflight_with_data(cfg, tuple(data.input_shape), data.num_classes, example=data.train.x[:2],
-                        in_channels=data.in_channels)
+    preflight_data(cfg, data)
 
     from flows.params import run_locally
     from flows.pipeline import pipeline_flow
