@@ -19,6 +19,7 @@ from tasks.export import export_task
 from tasks.features import features_task
 from tasks.home import kdflow_home
 from tasks.pretrain import pretrain_task
+from tasks.provenance import log_provenance
 from tasks.records import StageRecord
 from tasks.register import register_task
 from tasks.teacher import teacher_task
@@ -56,6 +57,7 @@ def pipeline_flow(config: dict[str, Any], home: Optional[str] = None,
     done: dict[str, float] = {}
     try:
         tracker.log_params(parent, cfgd)
+        log_provenance(tracker, parent, cfg)  # config.yaml and the code version
         data = load_data(cfg.data)
         tracker.set_tags(parent, {"kdflow.data_fingerprint": data.fingerprint})
         ctx = {"home": str(home_path), "tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent}
@@ -104,6 +106,7 @@ def pipeline_flow(config: dict[str, Any], home: Optional[str] = None,
         "registered": records["register"]["info"].get("registered", {}),
         "registered_new": [] if stages["register"]["cached"] else records["register"]["info"].get("created", []),
         "export": exported, "artifacts": {s: r.get("path") for s, r in records.items()},
+        "verdict": _verdict(records),
     }
     if exported:
         tracker.log_metrics(parent, {"export_max_abs_diff": exported["max_abs_diff"]})
@@ -113,6 +116,16 @@ def pipeline_flow(config: dict[str, Any], home: Optional[str] = None,
     _prefect_summary(report)
     tracker.end_run(parent, "FINISHED")
     return report
+
+
+def _verdict(records: dict[str, dict]) -> Optional[dict[str, Any]]:
+    """Did distillation pay (None without a baseline), and whether registration was withheld for it."""
+    v = records["evaluate"]["info"].get("verdict")
+    if v is None:
+        return None
+    return {"pays": v["pays"], "gain": v["gain"], "margin": v["margin"], "p_value": v["p_value"],
+            "message": v["message"], "advice": v["advice"],
+            "withheld": records["register"]["info"].get("withheld")}
 
 
 def _prefect_summary(report: dict[str, Any]) -> None:
