@@ -97,8 +97,11 @@ class Tracker:
         explicit experiment would land in the user's working directory."""
         if not self.uri.startswith("sqlite:///") or self.uri in _INITIALISED:
             return
+        db = Path(self.uri[len("sqlite:///"):])
+        if not db.parent.is_dir():  # check_reachable reports it; MLflow's own error otherwise
+            return
         with _LOCK:
-            if not Path(self.uri[len("sqlite:///"):]).exists():
+            if not db.exists():
                 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
                 SqlAlchemyStore(self.uri, self.artifact_root.as_uri())  # engine cached by MLflow, reused
@@ -114,8 +117,10 @@ class Tracker:
                     location = self.artifact_root.as_uri()
                 try:
                     return self.client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
-                except MlflowException:
+                except MlflowException:  # created by another process meanwhile
                     exp = self.client.get_experiment_by_name(name)
+                    if exp is None:
+                        raise
             for key, value in EXPERIMENT_KIND.items():
                 if key not in exp.tags:  # an experiment made before kdflow marked them (a user's choice is kept)
                     self.client.set_experiment_tag(exp.experiment_id, key, value)
