@@ -105,7 +105,8 @@ def retrain(
     config: Path = typer.Argument(Path("configs/default.yaml"),
                                   help="pipeline YAML (with an optional `retrain` section)"),
     set_: List[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help="override a config value"),
-    force: bool = typer.Option(False, "--force", help="retrain even if nothing changed: a fresh training with a new trainer.seed"),
+    force: bool = typer.Option(False, "--force",
+                               help="retrain even if nothing changed: a fresh training with a new trainer.seed"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="show Prefect's task logs"),
 ) -> None:
     """Retrain if due and promote the challenger only if significantly better than the champion."""

@@ -30,7 +30,8 @@ def _evaluate(call: StageCall) -> dict:
         verdict = distillation_verdict(results["student"]["correct"], results["baseline"]["correct"], cfg=call.cfg)
         info["verdict"] = verdict.as_dict()  # did distillation pay? (register tags / withholds on it)
         flat["student_gain_margin"] = verdict.margin
-        call.tracker.set_tags(call.run_id, {"kdflow.distillation_pays": verdict.pays, "kdflow.verdict": verdict.message})
+        call.tracker.set_tags(call.run_id, {"kdflow.distillation_pays": verdict.pays,
+                                            "kdflow.verdict": verdict.message})
     return {"path": str(out), "metrics": flat, "info": info}
 
 
