@@ -2,9 +2,10 @@
 
 1. Decide: retrain when forced, when there is no champion yet, when the data fingerprint differs
    from the champion's, or when the champion is older than ``retrain.max_age_days``. A retrain
-   that is forced or due to age on the champion's own data trains afresh: ``trainer.seed`` becomes
-   one above the largest seed of any registered version (recorded on the run, the decision and the
-   version), so every training stage runs again instead of being found in the cache.
+   that is forced or due to age while data, config and code are the champion's own trains afresh:
+   ``trainer.seed`` becomes one above the largest seed of any registered version (recorded on the
+   run, the decision and the version), so every training stage runs again instead of being found
+   in the cache.
 2. Run the pipeline (a subflow; its MLflow run is a child of this flow's ``retrain`` run). Its
    registered student is the challenger.
 3. Compare challenger and champion on the same held-out split: both versions' metrics from the
@@ -28,11 +29,13 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import get_run_context
 
+from kdcore.config import PipelineConfig
 from kdcore.errors import ConfigError, KdflowError
 from flows.params import ConfigParam, resolve_config
 from flows.pipeline import pipeline_flow
-from tasks.data import load_data
 from tasks.context import RunContext
+from tasks.data import load_data
+from tasks.fingerprints import fingerprint
 from tasks.promotion import (CHAMPION, Decision, Version, apply_decision, compare_task, decide, fresh_seed,
                              retrain_reasons)
 from tasks.tracking import Tracker
@@ -52,9 +55,12 @@ def retrain_flow(config: ConfigParam = "configs/default.yaml", overrides: Option
     data = load_data(cfg.data)
     champion = tracker.version_by_alias(name, CHAMPION)
     reasons = retrain_reasons(champion, data.fingerprint, cfg.retrain.max_age_days, force)
-    seed = fresh_seed(champion, data.fingerprint, reasons, cfg.trainer.seed, tracker.versions(name))
-    if seed is not None:  # same data: without a new seed every stage would be cached (the champion again)
-        reasons.append(f"fresh training with trainer.seed {seed} (configured {cfg.trainer.seed}; same data)")
+    reproduces = champion is not None and champion.tags.get("kdflow.fingerprint") == student_fingerprint(
+        cfg, data.fingerprint)
+    seed = fresh_seed(reasons, reproduces, cfg.trainer.seed, tracker.versions(name))
+    if seed is not None:  # without a new seed every stage would be cached: the champion again
+        reasons.append(f"fresh training with trainer.seed {seed} (configured {cfg.trainer.seed}; the data and "
+                       "config are the champion's)")
         cfg = cfg.model_copy(update={"trainer": cfg.trainer.model_copy(update={"seed": seed})})
     cfgd = cfg.model_dump(mode="json")
     comparison: Optional[dict] = None
@@ -80,6 +86,14 @@ def retrain_flow(config: ConfigParam = "configs/default.yaml", overrides: Option
                   "prefect_flow_run_id": flow_run_id}
         _record(tracker, run_id, name, result)
     return result
+
+
+def student_fingerprint(cfg: PipelineConfig, data_fp: str) -> str:
+    """The distill stage's fingerprint for ``cfg`` (what a registered student's ``kdflow.fingerprint`` holds)."""
+    upstream: dict[str, dict] = {}
+    for stage in ("teacher", "features", "pretrain", "distill"):
+        upstream[stage] = {"fingerprint": fingerprint(stage, cfg, data_fp, upstream)}
+    return upstream["distill"]["fingerprint"]
 
 
 def _judge(cfg, tracker: Tracker, report: dict, champion: Optional[Version],

@@ -77,18 +77,18 @@ def test_promotion_rule_needs_margin_and_significance():
     assert "not better" in decide(0.0, 1.0, 0.0, 0.05)[1]
 
 
-def test_a_forced_or_aged_retrain_on_the_same_data_trains_with_a_new_seed():
-    d = "d" * 64
+def test_a_due_retrain_that_would_reproduce_the_champion_trains_with_a_new_seed():
     others = [_champion(1), Version("m", "4", None, datetime.now(timezone.utc), {"kdflow.seed": "7"}),
               Version("m", "5", None, datetime.now(timezone.utc), {"kdflow.seed": "not a number"})]
     # one above every seed a version was trained with, or the configured one
-    assert fresh_seed(_champion(1), d, ["forced"], 0, others) == 8
-    assert fresh_seed(_champion(1), d, ["forced"], 20, others) == 21
-    assert fresh_seed(_champion(45), d, retrain_reasons(_champion(45), d, 30, False), 0, []) == 1
-    # nothing due, no champion yet, or new data: the configured seed stays (the stages rerun anyway)
-    assert fresh_seed(_champion(1), d, [], 0, others) is None
-    assert fresh_seed(None, d, ["forced", "no champion yet"], 0, []) is None
-    assert fresh_seed(_champion(1), "e" * 64, retrain_reasons(_champion(1), "e" * 64, 30, True), 0, others) is None
+    assert fresh_seed(["forced"], True, 0, others) == 8
+    assert fresh_seed(["forced"], True, 20, others) == 21
+    aged = retrain_reasons(_champion(45), "d" * 64, 30, False)
+    assert fresh_seed(aged, True, 0, []) == 1
+    # nothing due, or the pipeline trains something new anyway (data, config or code changed,
+    # no champion yet): the configured seed stays
+    assert fresh_seed([], True, 0, others) is None
+    assert fresh_seed(["forced"], False, 0, others) is None
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +229,8 @@ def test_a_forced_retrain_on_unchanged_data_and_config_trains_afresh(prefect_ser
     decision = result["decision"]
     assert decision["action"] in ("promote", "keep"), decision  # compared, not "unchanged"
     assert decision["seed"] == 1 and decision["challenger"] == "2" and decision["champion_before"] == "1"
-    assert "fresh training with trainer.seed 1" in decision["reason"]
+    assert "fresh training with trainer.seed 1 (configured 0; the data and config are the champion's)" in \
+        decision["reason"]
     stages = result["pipeline"]["stages"]
     trained = {s for s in ("teacher", "pretrain", "distill", "baseline") if not stages[s]["cached"]}
     assert trained == {"teacher", "pretrain", "distill", "baseline"}, stages
@@ -245,3 +246,8 @@ def test_a_forced_retrain_on_unchanged_data_and_config_trains_afresh(prefect_ser
     # the alias follows the decision
     after = tracker.version_by_alias("tiny-student", CHAMPION).version
     assert after == ("2" if decision["action"] == "promote" else "1")
+    # forced with a changed student config: those stages rerun anyway, the seed stays, the teacher is reused
+    changed = run_locally(retrain_flow, home, config=copy.deepcopy(TINY), overrides=["distill.temperature=2"],
+                          force=True, home=str(home))
+    assert changed["decision"]["seed"] is None and changed["decision"]["challenger"] == "3"
+    assert changed["pipeline"]["stages"]["teacher"]["cached"] and not changed["pipeline"]["stages"]["distill"]["cached"]

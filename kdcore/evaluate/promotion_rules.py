@@ -84,16 +84,17 @@ def retrain_reasons(champion: Optional[Version], data_fingerprint: str, max_age_
     return reasons
 
 
-def fresh_seed(champion: Optional[Version], data_fingerprint: str, reasons: list[str], config_seed: int,
+def fresh_seed(reasons: list[str], reproduces_champion: bool, config_seed: int,
                versions: Iterable[Version]) -> Optional[int]:
     """The ``trainer.seed`` a retrain must use to train afresh, or None to keep the configured one.
 
-    A retrain that is forced, or due because the champion is old, on the data the champion was
-    trained on would find every stage cached and reproduce the champion. Forcing means a fresh
-    training instead: a seed no registered version of the model was trained with (one above the
-    largest recorded ``kdflow.seed``), which changes every training stage's fingerprint. When the
-    data changed, or there is no champion yet, the stages rerun anyway and the configured seed stays."""
-    if not reasons or champion is None or data_changed(champion, data_fingerprint):
+    A retrain that is due (forced, or the champion is old) while the pipeline would reproduce the
+    champion (``reproduces_champion``: same data, config and code, so the same distill fingerprint)
+    would find every stage cached and register nothing new. Forcing means a fresh training instead:
+    a seed no registered version of the model was trained with (one above the largest recorded
+    ``kdflow.seed``, or the configured seed), which changes every training stage's fingerprint.
+    When anything else changed, the changed stages rerun anyway and the configured seed stays."""
+    if not reasons or not reproduces_champion:
         return None
     used = [config_seed]
     for v in versions:
