@@ -117,7 +117,7 @@ def retrain(
         "configs/default.yaml"
     ),
     set_: Overrides = None,
-    force: Annotated[bool, typer.Option("--force", help="retrain even if nothing changed")] = False,
+    force: Annotated[bool, typer.Option("--force", help="retrain even if nothing changed: a fresh training with a new trainer.seed")] = False,
     verbose: Verbose = False,
 ) -> None:
     """Retrain if due and promote the challenger only if significantly better than the champion."""

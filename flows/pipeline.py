@@ -19,6 +19,7 @@ from tasks import events
 from tasks.context import RunContext
 from tasks.data import load_data
 from tasks.export import export_task
+from tasks.provenance import log_provenance
 from tasks.spec import StageSpec, enabled_stages
 from tasks.stage import SubmittedStage, finish_stage, submit_stage
 from tasks.tracking import redact
@@ -40,6 +41,7 @@ def pipeline_flow(config: dict[str, Any], home: Optional[str] = None,
             "kdflow.config_hash": cfg.config_hash()}) as parent:
         ctx = ctx.under(parent)
         tracker.log_params(parent, cfgd)
+        log_provenance(tracker, parent, cfg)  # config.yaml and the code version
         data = load_data(cfg.data)
         tracker.set_tags(parent, {"kdflow.data_fingerprint": data.fingerprint})
 
@@ -58,6 +60,7 @@ def pipeline_flow(config: dict[str, Any], home: Optional[str] = None,
             "registered": records["register"]["info"].get("registered", {}),
             "registered_new": [] if outcomes["register"]["cached"] else records["register"]["info"].get("created", []),
             "export": exported, "artifacts": {s: r.get("path") for s, r in records.items()},
+            "verdict": _verdict(records),
         }
         if exported:
             tracker.log_metrics(parent, {"export_max_abs_diff": exported["max_abs_diff"]})
@@ -93,6 +96,16 @@ def _outcome(record: dict, cached: bool, seconds: float) -> dict:
     return {"fingerprint": record["fingerprint"], "cached": cached, "seconds": seconds,
             "task_seconds": record["seconds"], "compute_seconds": record["info"].get("compute_seconds", 0.0),
             "mlflow_run_id": record["mlflow_run_id"]}
+
+
+def _verdict(records: dict[str, dict]) -> Optional[dict[str, Any]]:
+    """Did distillation pay (None without a baseline), and whether registration was withheld for it."""
+    v = records["evaluate"]["info"].get("verdict")
+    if v is None:
+        return None
+    return {"pays": v["pays"], "gain": v["gain"], "margin": v["margin"], "p_value": v["p_value"],
+            "message": v["message"], "advice": v["advice"],
+            "withheld": records["register"]["info"].get("withheld")}
 
 
 def _prefect_summary(report: dict[str, Any]) -> None:

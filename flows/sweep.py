@@ -40,6 +40,7 @@ from kdcore.stages import teacher_paths
 from flows.pareto import pareto_mask, pareto_plot
 from flows.params import ConfigParam, resolve_config
 from flows.pipeline import pipeline_flow
+from tasks.context import RunContext
 from tasks.data import load_data
 from tasks.fingerprints import fingerprint
 from tasks.home import kdflow_home
@@ -218,31 +219,27 @@ def sweep_flow(config: ConfigParam = "configs/sweep.yaml", overrides: Optional[l
                home: Optional[str] = None) -> dict[str, Any]:
     cfg = resolve_config(config, overrides)
     trials = expand_trials(cfg)
-    home_path = Path(home) if home else kdflow_home()
-    uri = default_tracking_uri(home_path)
-    check_reachable(uri)
     data = load_data(cfg.data)
     shared = check_shared(trials, data.fingerprint)
-    tracker = Tracker(uri, home_path)
-    experiment_id = tracker.experiment_id(cfg.name)
+    run_ctx = RunContext.open(cfg.name, home)
+    tracker = run_ctx.tracker()
     flow_run_id = str(get_run_context().flow_run.id)
-    run_id = tracker.start_run(experiment_id, f"sweep-{len(trials)}-trials", tags={
-        "kdflow.kind": "sweep", "kdflow.prefect_flow_run_id": flow_run_id, "kdflow.data_fingerprint": data.fingerprint,
-        "kdflow.teacher_fingerprint": shared["teacher"]})
-    try:
+    with tracker.run(run_ctx.experiment_id, f"sweep-{len(trials)}-trials", tags={
+            "kdflow.kind": "sweep", "kdflow.prefect_flow_run_id": flow_run_id,
+            "kdflow.data_fingerprint": data.fingerprint, "kdflow.teacher_fingerprint": shared["teacher"]}) as run_id:
         tracker.log_params(run_id, {"sweep": cfg.sweep.model_dump(mode="json"), "trials": len(trials)})
         tracker.log_text(run_id, json.dumps([{"trial": t.index, "overrides": t.overrides} for t in trials], indent=2),
                          "trials.json")
-        ctx = {"home": str(home_path), "tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": run_id}
+        ctx = run_ctx.under(run_id)
         params = [{"index": t.index, "label": t.label, "config": t.cfg.model_dump(mode="json")} for t in trials]
         runner = make_task_runner(cfg.sweep, len(trials))
-        outcome = sweep_trials_flow.with_options(task_runner=runner)(params, data.fingerprint, ctx,
+        outcome = sweep_trials_flow.with_options(task_runner=runner)(params, data.fingerprint, ctx.as_dict(),
                                                                      cfg.sweep.model_dump(mode="json"))
         table = results_table(trials, outcome["trials"])
         if cfg.sweep.profile:
             table = reprofile(table, outcome["trials"], cfg, data)
         table["pareto"] = pareto_mask(table, "top1", ["latency_ms", "size_bytes"])
-        out_dir = home_path / "sweeps" / run_id
+        out_dir = run_ctx.home / "sweeps" / run_id
         out_dir.mkdir(parents=True, exist_ok=True)
         csv_path = out_dir / "results.csv"
         table.to_csv(csv_path, index=False)
@@ -254,14 +251,10 @@ def sweep_flow(config: ConfigParam = "configs/sweep.yaml", overrides: Optional[l
             best = done.sort_values("top1", ascending=False).iloc[0]
             tracker.log_metrics(run_id, {"best_top1": best.top1, "best_trial": best.trial,
                                          "completed_trials": len(done), "failed_trials": len(table) - len(done)})
-        _prefect_artifacts(table, png, uri, run_id)
-    except BaseException:
-        tracker.end_run(run_id, "FAILED")
-        raise
-    failed = table[table.status != "completed"]
-    tracker.end_run(run_id, "FAILED" if len(failed) == len(table) else "FINISHED")
-    if len(failed) == len(table):
-        raise RuntimeError(f"all {len(table)} sweep trials failed; first error: {failed.iloc[0].error}")
+        _prefect_artifacts(table, png, run_ctx.tracking_uri, run_id)
+        failed = table[table.status != "completed"]
+        if len(failed) == len(table):  # the run ends FAILED
+            raise RuntimeError(f"all {len(table)} sweep trials failed; first error: {failed.iloc[0].error}")
     return {"mlflow_run_id": run_id, "prefect_flow_run_id": flow_run_id, "results_csv": str(csv_path),
             "pareto_png": str(png), "shared": {k: outcome[k] for k in ("teacher", "features", "prepared")},
             "table": json.loads(table.to_json(orient="records"))}

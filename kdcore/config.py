@@ -153,6 +153,8 @@ class RegisterConfig(Section):
     enabled: bool = True
     teacher_name: str = "kdflow-teacher"
     student_name: str = "kdflow-student"
+    require_gain: bool = Field(False, description="register nothing when the distilled student does not beat the "
+                                                   "baseline significantly (McNemar on the test split)")
 
 
 class ExportConfig(Section):

@@ -2,6 +2,7 @@
 import json
 
 from kdcore.evaluate import comparison_table
+from kdcore.evaluate.verdict import distillation_verdict
 from kdcore.stages import evaluate_models
 from kdcore.train.checkpoint import load_model
 from tasks.stage import StageCall
@@ -23,6 +24,13 @@ def body(call: StageCall) -> dict:
     call.tracker.log_artifact(call.run_id, call.env.workdir / "per_sample_correct.json")
     call.tracker.log_text(call.run_id, table.to_html(float_format="%.4g"), "comparison.html")
     flat = {f"{name}.{k}": float(v) for name, m in metrics.items() for k, v in m.items()}
+    info: dict = {"models": metrics}
     if "student" in metrics and "baseline" in metrics:
         flat["student_gain_top1"] = metrics["student"]["top1"] - metrics["baseline"]["top1"]
-    return {"path": str(out), "metrics": flat, "info": {"models": metrics}}
+        verdict = distillation_verdict(results["student"]["correct"], results["baseline"]["correct"], cfg=call.cfg)
+        info["verdict"] = verdict.as_dict()  # did distillation pay? (register tags / withholds on it)
+        flat["student_gain_margin"] = verdict.margin
+        call.tracker.set_tags(call.run_id, {"kdflow.distillation_pays": verdict.pays,
+                                            "kdflow.verdict": verdict.message})
+    return {"path": str(out), "metrics": flat, "info": info}
+

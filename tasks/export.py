@@ -8,7 +8,6 @@ and evaluated without unpickling Python objects.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, Optional
 
 from prefect import task
@@ -18,7 +17,7 @@ from kdcore.export import export_torchscript
 from kdcore.train.checkpoint import load_model
 from tasks.data import load_data
 from tasks.home import stage_dir
-from tasks.tracking import _LOCK, Tracker
+from tasks.context import RunContext
 
 EXPORT_NAME = "student.torchscript.pt"
 PARITY_SAMPLES = 512
@@ -29,12 +28,13 @@ def export_task(cfg: dict, ctx: dict, distill: dict, version: Optional[str]) -> 
     """Export the distilled student of ``distill`` (a stage record); tag registered ``version``."""
     t0 = time.perf_counter()
     config = PipelineConfig.model_validate(cfg)
-    home = Path(ctx["home"])
+    run_ctx = RunContext.from_dict(ctx)
+    home = run_ctx.home
     data = load_data(config.data)
     model = load_model(distill["path"])
     out = stage_dir(home, "export", distill["fingerprint"]) / EXPORT_NAME
     result = export_torchscript(model, data.test.x[:PARITY_SAMPLES], out, config.export.atol)
-    tracker = Tracker(ctx["tracking_uri"], home)
+    tracker = run_ctx.tracker()
     run_id = distill["mlflow_run_id"]
     tracker.log_artifact(run_id, result.path, "export")
     tracker.log_metrics(run_id, {"export_max_abs_diff": result.max_abs_diff})
@@ -46,7 +46,5 @@ def export_task(cfg: dict, ctx: dict, distill: dict, version: Optional[str]) -> 
     if version is not None:
         tags = {"kdflow.export_format": config.export.format, "kdflow.export_uri": uri,
                 "kdflow.export_max_abs_diff": f"{result.max_abs_diff:.3g}"}
-        with _LOCK:
-            for key, value in tags.items():
-                tracker.client.set_model_version_tag(config.register.student_name, version, key, value)
+        tracker.set_version_tags(config.register.student_name, version, tags)
     return info

@@ -13,16 +13,23 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import mlflow
+import mlflow.artifacts
 import numpy as np
 import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 
 import kdcore
 from kdcore.errors import KdflowError
+from kdcore.evaluate.promotion_rules import Version
 
 _LOCK = threading.RLock()  # one writer at a time from this process (SQLite stores dislike concurrency)
 _CRED = re.compile(r"(//)([^/@:]+)(:[^/@]*)?@")
+# MLflow 3's UI opens an experiment on its GenAI overview unless the experiment says it holds
+# model training ("Machine learning" in the UI's experiment-type switch; the tag its JS sets)
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+_INITIALISED: set[str] = set()  # SQLite stores created (or found) by this process
 
 
 def redact(uri: str) -> str:
@@ -75,20 +82,49 @@ class Tracker:
         # MLflow prints "View run at <tracking URI>" on every run end: noisy, and it would print any
         # credentials embedded in the URI
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        self._create_store()
         self.client = MlflowClient(tracking_uri=uri)
 
+    @property
+    def artifact_root(self) -> Path:
+        return self.home / "mlartifacts"
+
+    def _create_store(self) -> None:
+        """Create a new SQLite store with its default artifact root under KDFLOW_HOME.
+
+        MLflow's client would create it with the root ``./mlruns`` of the current directory, and
+        the store's "Default" experiment (id 0) would point there; anything logged without an
+        explicit experiment would land in the user's working directory."""
+        if not self.uri.startswith("sqlite:///") or self.uri in _INITIALISED:
+            return
+        db = Path(self.uri[len("sqlite:///"):])
+        if not db.parent.is_dir():  # check_reachable reports it; MLflow's own error otherwise
+            return
+        with _LOCK:
+            if not db.exists():
+                from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+                SqlAlchemyStore(self.uri, self.artifact_root.as_uri())  # engine cached by MLflow, reused
+            _INITIALISED.add(self.uri)
+
     def experiment_id(self, name: str) -> str:
+        """The experiment ``name`` (created when missing), marked as a model-training experiment."""
         with _LOCK:
             exp = self.client.get_experiment_by_name(name)
-            if exp is not None:
-                return exp.experiment_id
-            location = None
-            if self.uri.startswith("sqlite:"):  # keep artifacts beside the default store, not in ./mlruns
-                location = (self.home / "mlartifacts").as_uri()
-            try:
-                return self.client.create_experiment(name, artifact_location=location)
-            except mlflow.exceptions.MlflowException:
-                return self.client.get_experiment_by_name(name).experiment_id
+            if exp is None:
+                location = None
+                if self.uri.startswith("sqlite:"):  # keep artifacts beside the default store, not in ./mlruns
+                    location = self.artifact_root.as_uri()
+                try:
+                    return self.client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+                except MlflowException:  # created by another process meanwhile
+                    exp = self.client.get_experiment_by_name(name)
+                    if exp is None:
+                        raise
+            for key, value in EXPERIMENT_KIND.items():
+                if key not in exp.tags:  # an experiment made before kdflow marked them (a user's choice is kept)
+                    self.client.set_experiment_tag(exp.experiment_id, key, value)
+            return exp.experiment_id
 
     def start_run(self, experiment_id: str, name: str, parent: Optional[str] = None,
                   tags: Optional[dict[str, str]] = None) -> str:
@@ -184,12 +220,19 @@ class Tracker:
         with torch.no_grad():
             y = model(example.cpu()).numpy()
         torch_req = f"torch=={torch.__version__.split('+')[0]}"
+        with _LOCK:
+            # the logged model belongs to the run's experiment; left to MLflow, it would go to the
+            # process's active experiment ("Default", id 0, whose artifacts may lie in ./mlruns)
+            run = self.client.get_run(run_id)
+            logged = self.client.create_logged_model(run.info.experiment_id, name=name, source_run_id=run_id,
+                                                     params=dict(run.data.params))
         with process_uri(self.uri), warnings.catch_warnings():
             # torch.export on nn.GRU/LSTM warns that their _flat_weights were "assigned during export":
             # harmless (tests/test_sequence_pipeline.py checks the logged model against the trained one)
             warnings.filterwarnings("ignore", message=r"The tensor attributes .*_flat_weights", category=UserWarning)
             info = mlflow.pytorch.log_model(
-                model, name=name, run_id=run_id, input_example=x, signature=infer_signature(x, y),
+                model, name=name, run_id=run_id, model_id=logged.model_id, input_example=x,
+                signature=infer_signature(x, y),
                 pip_requirements=[torch_req, f"numpy=={np.__version__}"],
                 code_paths=[str(Path(kdcore.__file__).parent)],
                 extra_files=[str(p) for p in extra_files] if extra_files else None,
@@ -210,9 +253,84 @@ class Tracker:
         existing = self.find_version(name, str(tags.get("kdflow.fingerprint", ""))) if "kdflow.fingerprint" in tags else None
         if existing is not None:
             return existing, False
-        with process_uri(self.uri):
+        with process_uri(self.uri):  # register_model waits until the version is READY
             mv = mlflow.register_model(model_uri, name, tags={k: redact(str(v)) for k, v in tags.items()})
         return str(mv.version), True
+
+    # -- the model registry ------------------------------------------------------------------
+
+    def get_version(self, name: str, version: str) -> Version:
+        with _LOCK:
+            return _version(self.client.get_model_version(name, version))
+
+    def versions(self, name: str) -> list[Version]:
+        """Every version of registered model ``name`` (none when the model does not exist)."""
+        with _LOCK:
+            return [_version(mv) for mv in self.client.search_model_versions(f"name='{name}'")]
+
+    def version_by_alias(self, name: str, alias: str) -> Optional[Version]:
+        with _LOCK:
+            try:
+                return _version(self.client.get_model_version_by_alias(name, alias))
+            except MlflowException as exc:
+                if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+                    return None
+                raise
+
+    def set_version_tags(self, name: str, version: str, tags: dict[str, Any]) -> None:
+        with _LOCK:
+            for key, value in tags.items():
+                self.client.set_model_version_tag(name, version, key, redact(str(value))[:5000])
+
+    def set_model_tags(self, name: str, tags: dict[str, Any]) -> None:
+        with _LOCK:
+            for key, value in tags.items():
+                self.client.set_registered_model_tag(name, key, redact(str(value))[:5000])
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        with _LOCK:
+            self.client.set_registered_model_alias(name, alias, version)
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        """Remove ``alias`` from model ``name``; nothing happens when it is not set."""
+        with _LOCK:
+            if self.version_by_alias(name, alias) is not None:
+                self.client.delete_registered_model_alias(name, alias)
+
+    def run_metrics(self, run_id: Optional[str]) -> dict[str, float]:
+        """The run's latest metrics ({} for no run or a run that is gone)."""
+        if not run_id:
+            return {}
+        with _LOCK:
+            try:
+                return dict(self.client.get_run(run_id).data.metrics)
+            except MlflowException:
+                return {}
+
+    def download(self, artifact_uri: str, dst: Path) -> Path:
+        with _LOCK:
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(dst),
+                                                            tracking_uri=self.uri))
+
+    def load_pytorch_model(self, name: str, version: str, dst: Path) -> torch.nn.Module:
+        """A registered version's PyTorch model (MLflow's pytorch flavour), ``sys.path`` left as it was."""
+        import sys
+
+        import mlflow.pytorch
+
+        saved_path = list(sys.path)  # the model's code_paths are prepended to sys.path while loading
+        try:
+            with process_uri(self.uri):
+                return mlflow.pytorch.load_model(f"models:/{name}/{version}", dst_path=str(dst))
+        finally:
+            sys.path[:] = saved_path
+
+
+def _version(mv: Any) -> Version:
+    from datetime import datetime, timezone
+
+    created = datetime.fromtimestamp((mv.creation_timestamp or 0) / 1000, tz=timezone.utc)
+    return Version(mv.name, str(mv.version), mv.run_id, created, dict(mv.tags or {}))
 
 
 def _ping(url: str) -> None:

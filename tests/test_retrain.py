@@ -15,10 +15,11 @@ from scipy import stats
 
 from conftest import TINY
 from kdcore.config import config_from_dict
-from kdcore.errors import KdflowError
+from kdcore.errors import CheckpointError, KdflowError
 from kdcore.evaluate import per_sample_correct, predict
+from kdcore.evaluate.promotion_rules import (CHALLENGER, CHAMPION, Decision, Version, decide, fresh_seed,
+                                             retrain_reasons)
 from kdcore.evaluate.significance import mcnemar_test
-from tasks.promotion import CHALLENGER, CHAMPION, Decision, Version, decide, retrain_reasons
 
 
 def _pairs(both: int, only_a: int, only_b: int, neither: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -66,12 +67,28 @@ def test_when_a_retrain_is_due():
 
 
 def test_promotion_rule_needs_margin_and_significance():
-    assert decide(0.05, 0.001, 0.01, 0.05)[0] is True
-    assert decide(0.05, 0.2, 0.01, 0.05) == (False, decide(0.05, 0.2, 0.01, 0.05)[1])
-    assert "not significant" in decide(0.05, 0.2, 0.01, 0.05)[1]
+    promote, why = decide(0.05, 0.001, 0.01, 0.05)
+    assert promote is True and "significantly" in why and "+0.0500" in why
+    promote, why = decide(0.05, 0.2, 0.01, 0.05)
+    assert promote is False and "not significant" in why and "p = 0.2 >= 0.05" in why
+    assert decide(0.005, 0.001, 0.01, 0.05)[0] is False
     assert "below the margin" in decide(0.005, 0.001, 0.01, 0.05)[1]
     assert "not better" in decide(-0.02, 0.001, 0.0, 0.05)[1]
     assert "not better" in decide(0.0, 1.0, 0.0, 0.05)[1]
+
+
+def test_a_due_retrain_that_would_reproduce_the_champion_trains_with_a_new_seed():
+    others = [_champion(1), Version("m", "4", None, datetime.now(timezone.utc), {"kdflow.seed": "7"}),
+              Version("m", "5", None, datetime.now(timezone.utc), {"kdflow.seed": "not a number"})]
+    # one above every seed a version was trained with, or the configured one
+    assert fresh_seed(["forced"], True, 0, others) == 8
+    assert fresh_seed(["forced"], True, 20, others) == 21
+    aged = retrain_reasons(_champion(45), "d" * 64, 30, False)
+    assert fresh_seed(aged, True, 0, []) == 1
+    # nothing due, or the pipeline trains something new anyway (data, config or code changed,
+    # no champion yet): the configured seed stays
+    assert fresh_seed([], True, 0, others) is None
+    assert fresh_seed(["forced"], False, 0, others) is None
 
 
 @pytest.fixture(scope="module")
@@ -109,17 +126,17 @@ def registry(prefect_server, tmp_path_factory):
         versions[label], _ = tracker.register(uri, "tiny-student", tags)
         tracker.end_run(run_id)
         correct[label] = per_sample_correct(predict(model, data.test.x), data.test.y).tolist()
-    tracker.client.set_registered_model_alias("tiny-student", CHAMPION, versions["weak"])
+    tracker.set_alias("tiny-student", CHAMPION, versions["weak"])
     ctx = {"home": str(home), "tracking_uri": tracker.uri, "experiment_id": exp, "parent_run_id": None}
     return tracker, cfg, ctx, versions, correct
 
 
 def _compare_and_apply(registry, champion_label: str, challenger_label: str) -> Decision:
-    from tasks.promotion import apply_decision, compare_task, get_version
+    from tasks.promotion import apply_decision, compare_task
 
     tracker, cfg, ctx, versions, correct = registry
-    champ = get_version(tracker, "tiny-student", versions[champion_label])
-    chall = get_version(tracker, "tiny-student", versions[challenger_label])
+    champ = tracker.get_version("tiny-student", versions[champion_label])
+    chall = tracker.get_version("tiny-student", versions[challenger_label])
     comparison = compare_task(cfg.model_dump(mode="json"), ctx, champ.as_dict(), chall.as_dict(),
                               correct[challenger_label])
     promote, why = decide(comparison["delta_top1"], comparison["mcnemar"]["p_value"], 0.01, 0.05)
@@ -148,7 +165,7 @@ def test_significantly_better_challenger_becomes_champion(registry):
 
 def test_worse_challenger_gets_the_challenger_alias_only(registry):
     tracker, _, _, versions, _ = registry
-    tracker.client.set_registered_model_alias("tiny-student", CHAMPION, versions["strong"])
+    tracker.set_alias("tiny-student", CHAMPION, versions["strong"])
     decision, _ = _compare_and_apply(registry, "strong", "weak2")
     assert decision.action == "keep" and "not better" in decision.reason
     client = tracker.client
@@ -172,19 +189,65 @@ def test_a_failed_retrain_moves_no_alias(prefect_server, tmp_path, monkeypatch):
     run_id = tracker.start_run(exp, "distill")
     uri = tracker.log_torch_model(run_id, torch.nn.Linear(64, 10), torch.zeros(2, 64))
     version, _ = tracker.register(uri, "tiny-student", {"kdflow.data_fingerprint": "old"})
-    tracker.client.set_registered_model_alias("tiny-student", CHAMPION, version)
+    tracker.set_alias("tiny-student", CHAMPION, version)
     bad = tmp_path / "teacher.safetensors"
     bad.write_bytes(b"not a checkpoint")
     (tmp_path / "teacher.safetensors.json").write_text('{"spec": {"arch": "cnn_small", "in_channels": 1, '
                                                        '"num_classes": 10, "kwargs": {}}}')
     raw = copy.deepcopy(TINY)
     raw["teacher"]["checkpoint"] = str(bad)
-    with pytest.raises(Exception, match="corrupted|not a safetensors"):
+    with pytest.raises(CheckpointError, match="corrupted or not a safetensors file"):
         run_locally(retrain_flow, home, config=raw, force=True, home=str(home))
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
     assert str(client.get_model_version_by_alias("tiny-student", CHAMPION).version) == version
     assert [str(v.version) for v in client.search_model_versions("name='tiny-student'")] == [version]
-    with pytest.raises(Exception):
-        client.get_model_version_by_alias("tiny-student", CHALLENGER)
+    assert tracker.version_by_alias("tiny-student", CHALLENGER) is None
     retrain = client.search_runs([exp], filter_string="attributes.run_name = 'retrain'")
     assert len(retrain) == 1 and retrain[0].info.status == "FAILED"
+
+
+def test_a_forced_retrain_on_unchanged_data_and_config_trains_afresh(prefect_server, tmp_path, monkeypatch):
+    """`kdflow retrain --force` on the champion's own data and config: not "unchanged" (every stage
+    cached, the champion reproduced) but a fresh training with a new seed, recorded, whose student
+    is a new challenger version compared with the champion."""
+    from flows.params import run_locally
+    from flows.retrain import retrain_flow
+    from flows.runner import run_pipeline
+    from tasks.tracking import Tracker
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("KDFLOW_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = config_from_dict(copy.deepcopy(TINY))
+    first = run_pipeline(cfg)
+    tracker = Tracker(f"sqlite:///{home / 'mlflow.db'}", home)
+    champion = tracker.version_by_alias("tiny-student", CHAMPION)  # set by the first registration itself
+    assert champion is not None and champion.version == first["registered"]["tiny-student"] == "1"
+    assert champion.tags["kdflow.seed"] == "0"
+
+    result = run_locally(retrain_flow, home, config=copy.deepcopy(TINY), force=True, home=str(home))
+    decision = result["decision"]
+    assert decision["action"] in ("promote", "keep"), decision  # compared, not "unchanged"
+    assert decision["seed"] == 1 and decision["challenger"] == "2" and decision["champion_before"] == "1"
+    assert "fresh training with trainer.seed 1 (configured 0; the data and config are the champion's)" in \
+        decision["reason"]
+    stages = result["pipeline"]["stages"]
+    trained = {s for s in ("teacher", "pretrain", "distill", "baseline") if not stages[s]["cached"]}
+    assert trained == {"teacher", "pretrain", "distill", "baseline"}, stages
+    assert stages["teacher"]["mlflow_run_id"] != first["stages"]["teacher"]["mlflow_run_id"]
+    assert stages["distill"]["mlflow_run_id"] != first["stages"]["distill"]["mlflow_run_id"]
+    challenger = tracker.get_version("tiny-student", "2")
+    assert challenger.tags["kdflow.seed"] == "1" and challenger.tags["kdflow.retrain.seed"] == "1"
+    assert challenger.tags["kdflow.retrain.decision"] == decision["action"]
+    assert challenger.tags["kdflow.weights_sha256"] != champion.tags["kdflow.weights_sha256"]
+    retrain = tracker.client.get_run(result["mlflow_run_id"])
+    assert retrain.data.params["trainer_seed"] == "1" and retrain.data.tags["kdflow.retrain.seed"] == "1"
+    assert retrain.info.status == "FINISHED"
+    # the alias follows the decision
+    after = tracker.version_by_alias("tiny-student", CHAMPION).version
+    assert after == ("2" if decision["action"] == "promote" else "1")
+    # forced with a changed student config: those stages rerun anyway, the seed stays, the teacher is reused
+    changed = run_locally(retrain_flow, home, config=copy.deepcopy(TINY), overrides=["distill.temperature=2"],
+                          force=True, home=str(home))
+    assert changed["decision"]["seed"] is None and changed["decision"]["challenger"] == "3"
+    assert changed["pipeline"]["stages"]["teacher"]["cached"] and not changed["pipeline"]["stages"]["distill"]["cached"]

@@ -1,0 +1,99 @@
+"""Say when distillation did not pay: the student against the baseline with a margin that depends
+on the test split's size, the verdict on the registered version, and register.require_gain
+withholding a student that does not pay."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from conftest import TINY, kdflow_home, tiny_config
+from kdcore.config import config_from_dict
+from kdcore.evaluate.verdict import advice, distillation_verdict, paired_margin
+
+
+def _pairs(both: int, only_student: int, only_baseline: int, neither: int) -> tuple[np.ndarray, np.ndarray]:
+    s = np.array([True] * both + [True] * only_student + [False] * only_baseline + [False] * neither)
+    b = np.array([True] * both + [False] * only_student + [True] * only_baseline + [False] * neither)
+    return s, b
+
+
+def test_the_same_gain_pays_on_a_large_split_and_not_on_a_small_one():
+    small = distillation_verdict(*_pairs(80, 6, 3, 11))          # +3 points on 100 samples
+    large = distillation_verdict(*_pairs(8000, 600, 300, 1100))  # +3 points on 10,000 samples
+    assert small.gain == pytest.approx(0.03) and large.gain == pytest.approx(0.03)
+    assert not small.pays and small.p_value > 0.05 and small.margin > small.gain
+    assert large.pays and large.p_value < 1e-6 and large.margin < large.gain
+    assert "within the noise" in small.message and "100 test samples" in small.message
+    assert large.message.startswith("distillation paid") and large.advice == ""
+    assert small.advice.startswith("What usually helps")
+
+
+def test_a_worse_student_does_not_pay_and_gets_advice():
+    v = distillation_verdict(*_pairs(60, 2, 8, 30))
+    assert not v.pays and v.gain == pytest.approx(-0.06)
+    assert "does not beat the plain-trained baseline" in v.message
+    for tip in ("distil longer", "lower learning rate", "no hint stage", "closer teacher"):
+        assert tip in v.advice
+    assert set(v.as_dict()) >= {"pays", "gain", "margin", "p_value", "advice"}
+
+
+def test_margin_is_the_paired_normal_interval():
+    # 30 vs 12 discordant on 400: var = (42 - 18**2/400) / 400**2
+    expected = 1.959964 * np.sqrt((42 - 18 ** 2 / 400) / 400 ** 2)
+    assert paired_margin(30, 12, 400) == pytest.approx(expected, rel=1e-5)
+    assert paired_margin(0, 0, 400) == 0.0
+    assert paired_margin(30, 12, 400, alpha=0.01) > paired_margin(30, 12, 400)
+
+
+def test_advice_mentions_the_hint_stage_only_when_there_is_one():
+    plain = tiny_config(pretrain={"method": "none"})
+    hinted = plain.model_copy(update={"pretrain": plain.pretrain.model_copy(update={"method": "hint"})})
+    assert "no hint stage" not in advice(plain)
+    assert "no hint stage" in advice(hinted) and "no hint stage" in advice(None)
+
+
+# a student that cannot learn (tiny learning rate, one epoch) against a normally trained baseline
+CRIPPLED = ["distill.train.lr=1e-6", "distill.train.max_epochs=1",
+            'baseline.train={"max_epochs": 2, "batch_size": 64}']
+
+
+@pytest.fixture(scope="module")
+def unpaid(prefect_server, tmp_path_factory):
+    from flows.runner import run_pipeline
+
+    home = tmp_path_factory.mktemp("verdict-home")
+    with kdflow_home(home):
+        withheld = run_pipeline(config_from_dict(copy.deepcopy(TINY), CRIPPLED + ["register.require_gain=true"]))
+        registered = run_pipeline(config_from_dict(copy.deepcopy(TINY), CRIPPLED))
+    return home, withheld, registered
+
+
+def test_require_gain_withholds_a_student_that_does_not_pay(unpaid):
+    home, withheld, _ = unpaid
+    verdict = withheld["verdict"]
+    assert verdict["pays"] is False and verdict["gain"] < 0
+    assert withheld["registered"] == {} and withheld["registered_new"] == []
+    assert "registration withheld (register.require_gain: true)" in verdict["withheld"]
+    assert "What usually helps" in verdict["withheld"] and "distil longer" in verdict["advice"]
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    register_run = client.get_run(withheld["stages"]["register"]["mlflow_run_id"])
+    assert register_run.data.tags["kdflow.withheld"] == verdict["withheld"]
+    assert register_run.info.status == "FINISHED"
+    evaluate_run = client.get_run(withheld["stages"]["evaluate"]["mlflow_run_id"])
+    assert evaluate_run.data.tags["kdflow.distillation_pays"] == "False"
+
+
+def test_without_require_gain_the_version_is_tagged_as_not_paying(unpaid):
+    home, withheld, registered = unpaid
+    assert registered["stages"]["distill"]["cached"], "same student, only the register stage differs"
+    version = registered["registered"]["tiny-student"]
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    assert [str(v.version) for v in client.search_model_versions("name='tiny-student'")] == [version] == ["1"]
+    tags = client.get_model_version("tiny-student", version).tags
+    assert tags["kdflow.beats_baseline"] == "False"
+    assert float(tags["kdflow.gain_top1"]) == pytest.approx(registered["verdict"]["gain"], abs=1e-6)
+    assert float(tags["kdflow.gain_margin"]) == pytest.approx(registered["verdict"]["margin"], abs=1e-6)
+    assert float(tags["kdflow.gain_p_value"]) < 0.05  # significantly worse
