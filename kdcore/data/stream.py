@@ -195,12 +195,11 @@ class ImageFileSplit:
 
     def loader(self, batch_size: int, device: torch.device, items: Optional[list[list[Item]]] = None):
         """A DataLoader over this split in order (eval transform), or over the given item batches."""
-        from torch.utils.data import DataLoader
+        from kdcore.train.batches import make_loader
 
         batches = items if items is not None else [list(range(i, min(i + batch_size, len(self))))
                                                    for i in range(0, len(self), batch_size)]
-        return DataLoader(self.dataset(), batch_sampler=batches, num_workers=self.num_workers,
-                          pin_memory=device.type == "cuda", prefetch_factor=4 if self.num_workers else None)
+        return make_loader(self.dataset(), batches, self.num_workers, device)
 
 
 def is_streamed(split: Any) -> bool:

@@ -57,7 +57,7 @@ def predict(
 def _predict_streamed(model: nn.Module, images, *, batch_size: int, device: torch.device) -> Tensor:
     """:func:`predict` over ``split.x`` of a streamed split (:class:`kdcore.data.stream.LazyImages`):
     a DataLoader with the split's workers decodes the images in order."""
-    from torch.utils.data import DataLoader
+    from kdcore.train.batches import make_loader
 
     if batch_size < 1:
         raise KdflowError(f"predict: batch_size must be >= 1, got {batch_size}.")
@@ -65,8 +65,7 @@ def _predict_streamed(model: nn.Module, images, *, batch_size: int, device: torc
     n = len(images)
     workers = int(getattr(images, "num_workers", 0))
     batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
-    loader = DataLoader(images.dataset, batch_sampler=batches, num_workers=workers,
-                        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
+    loader = make_loader(images.dataset, batches, workers, device)
     was_training = model.training
     model.eval()
     try:

@@ -68,6 +68,32 @@ class IndexBatches:
         return shuffled_batches(self.n, batch_size, seed, epoch)
 
 
+def worker_context():
+    """The start method of DataLoader workers: ``forkserver`` where there is one. Workers forked
+    straight from a process running threads (Prefect's task threads, MLflow's database sessions)
+    can inherit a lock held by another thread and die; the fork server is a clean process that
+    imported torch and kdcore's stages once, and forks workers from there quickly."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "kdcore.train.ddp", "kdcore.stages"])  # as kdcore.train.ddp does
+    return ctx
+
+
+def make_loader(dataset: Any, batch_sampler: Any, num_workers: int, device: torch.device, *,
+                persistent: bool = False, prefetch_factor: int = 4):
+    """A DataLoader of the given batches: workers from :func:`worker_context`, pinned memory on CUDA."""
+    from torch.utils.data import DataLoader
+
+    workers = num_workers > 0
+    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers,
+                      pin_memory=device.type == "cuda", persistent_workers=persistent and workers,
+                      prefetch_factor=prefetch_factor if workers else None,
+                      multiprocessing_context=worker_context() if workers else None)
+
+
 class _EpochSampler:
     """A batch sampler whose batches are set by the owner before each pass over the loader (the
     loader keeps its workers between epochs; the sampler runs in the main process)."""
@@ -92,14 +118,11 @@ class LoaderBatches:
 
     def __init__(self, dataset: Any, n: int, device: torch.device, *, num_workers: int = 0,
                  items: Optional[Callable[[int, torch.Tensor], list[Any]]] = None, prefetch_factor: int = 4) -> None:
-        from torch.utils.data import DataLoader
-
         self.n, self.device = int(n), device
         self.items = items or (lambda epoch, idx: idx.tolist())
         self.sampler = _EpochSampler()
-        self.loader = DataLoader(
-            dataset, batch_sampler=self.sampler, num_workers=num_workers, pin_memory=device.type == "cuda",
-            persistent_workers=num_workers > 0, prefetch_factor=prefetch_factor if num_workers > 0 else None)
+        self.loader = make_loader(dataset, self.sampler, num_workers, device, persistent=True,
+                                  prefetch_factor=prefetch_factor)
 
     def __len__(self) -> int:
         return self.n
