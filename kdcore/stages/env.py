@@ -40,6 +40,7 @@ class StageEnv:
     device: torch.device = field(init=False)
     amp_dtype: Optional[torch.dtype] = field(init=False)
     _on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, init=False, repr=False)
+    _eval_sources: dict[str, LoaderBatches] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.device = resolve_device(self.cfg.trainer.device)
@@ -92,10 +93,11 @@ class StageEnv:
 
     def eval_batches(self, split: str, batch_size: int = 1024) -> Iterator[Batch]:
         """A streamed split in order, eval transform, as :class:`Batch` objects on the device."""
-        s = getattr(self.data, split)
-        for raw in s.loader(batch_size, self.device):
-            yield Batch(raw["idx"], raw["x"].to(self.device, non_blocking=True),
-                        raw["y"].to(self.device, non_blocking=True))
+        if split not in self._eval_sources:  # one loader per split, its workers kept between epochs
+            s = getattr(self.data, split)
+            self._eval_sources[split] = LoaderBatches(s.dataset(), len(s), self.device, num_workers=s.num_workers)
+        source = self._eval_sources[split]
+        yield from source.batches(list(torch.arange(len(source)).split(batch_size)))
 
     def train_source(self, items: Callable[[int, torch.Tensor], list[Any]]) -> LoaderBatches:
         """The streamed train split as a batch source for ``fit``; ``items(epoch, idx)`` says which

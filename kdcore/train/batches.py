@@ -69,12 +69,18 @@ class IndexBatches:
 
 
 def worker_context():
-    """The start method of DataLoader workers: ``forkserver`` where there is one. Workers forked
-    straight from a process running threads (Prefect's task threads, MLflow's database sessions)
-    can inherit a lock held by another thread and die; the fork server is a clean process that
-    imported torch and kdcore's stages once, and forks workers from there quickly."""
+    """The start method of DataLoader workers. In a process with one thread (not counting other
+    DataLoaders' queue-feeder and pin-memory threads), the platform's default
+    (fork on Linux: fastest). Workers forked straight from a process running threads (Prefect's
+    task threads, MLflow's database sessions) can inherit a lock held by another thread and die, so
+    there ``forkserver`` where there is one: a clean process that imported torch and kdcore's
+    stages once and forks workers from there."""
     import multiprocessing
+    import threading
 
+    own = [t for t in threading.enumerate() if t.name != "QueueFeederThread" and "_pin_memory_loop" not in t.name]
+    if len(own) == 1:  # the main thread, beside other loaders' queue feeders and pin-memory threads
+        return None
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
