@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SIDE = 64
+STAGES = ("loader", "teacher", "features", "distill", "evaluate")
 
 
 def write_folder(out: Path, n: int) -> Path:
@@ -113,8 +114,11 @@ def run_stage(stage: str, folder: Path, work: Path, in_memory: bool, workers: in
             out["epoch_seconds"] = res.fit.history[0]["epoch_seconds"]
             out["val_top1"] = res.metrics["val_top1"]
     elif stage == "evaluate":
-        models = {"teacher": load_model(work / "teacher.safetensors"),
-                  "student": load_model(work / "student.safetensors")}
+        if (work / "student.safetensors").is_file():
+            models = {"teacher": load_model(work / "teacher.safetensors"),
+                      "student": load_model(work / "student.safetensors")}
+        else:  # a memory/throughput run without training: fresh models
+            models = {"teacher": env.build("cnn_small", {}, 0), "student": env.new_student()}
         res = evaluate_models(env, models)
         out["test_top1"] = {k: v["metrics"].get("top1") for k, v in res.items()}
     out["seconds"] = time.perf_counter() - t0
@@ -140,6 +144,9 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[7000, 70000])
     p.add_argument("--out", type=Path, default=Path("/tmp/kdflow-scale"))
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers (default 1: a two-core machine)")
+    p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES,
+                   help="stages to run (features/distill need teacher; evaluate needs distill, or runs the "
+                        "teacher and an untrained student)")
     p.add_argument("--stage", help=argparse.SUPPRESS)
     p.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -160,14 +167,14 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         rows = {}
-        for stage in ("loader", "teacher", "features", "distill", "evaluate"):
+        for stage in args.stages:
             rows[stage] = r = child(stage, folder, work, False, args.workers)
             extra = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()
                      if k not in ("rss_mb", "worker_rss_mb", "load_seconds")}
             print(f"{stage:9s} peak RSS {r['rss_mb']:7.1f} MB (largest worker {r['worker_rss_mb']:6.1f} MB)  "
                   f"load {r['load_seconds']:5.1f} s  {extra}", flush=True)
         results[n] = rows
-        if n == min(args.sizes):
+        if n == min(args.sizes) and "distill" in args.stages:
             mem = child("distill", folder, work, True, args.workers)
             s, m = rows["distill"]["epoch_seconds"], mem["epoch_seconds"]
             print(f"distill epoch: streamed {s:.1f} s, in memory {m:.1f} s  ->  {s / m:.2f}x (target <= 1.5x); "
@@ -175,7 +182,7 @@ def main() -> None:
     if len(results) > 1:
         lo, hi = min(results), max(results)
         print()
-        for stage in results[lo]:
+        for stage in set(results[lo]) & set(results[hi]):
             a, b = results[lo][stage]["rss_mb"], results[hi][stage]["rss_mb"]
             print(f"peak RSS {stage:9s} {hi}: {b:7.1f} MB vs {lo}: {a:7.1f} MB -> {b / a:.2f}x (target <= 1.25x)")
 

@@ -66,18 +66,29 @@ def test_cache_replays_the_crops_the_teacher_saw(folder, tmp_path):
     image the teacher was run on when the cache was built, and the cached logits equal the teacher
     on that view."""
     from kdcore.stages import StageEnv, TeacherSource, build_features
+    from kdcore.train import TrainCallbacks
 
     cfg = config_from_dict({**copy.deepcopy(TINY), "data": {"name": "imagefolder", "root": str(folder),
                                                             "image_size": 24, "in_memory": False, "num_workers": 2},
                             "cache": {"views": {"policy": "crop_flip", "num_views": 3, "seed": 5}}})
     data = load_dataset(cfg.data)
-    env = StageEnv(cfg, data, tmp_path / "work")
+
+    class Progress(TrainCallbacks):
+        calls: list = []
+
+        def on_progress(self, what, done, total):
+            self.calls.append((what, done, total))
+
+    env = StageEnv(cfg, data, tmp_path / "work", Progress())
     teacher = env.build("cnn_small", {}, seed_offset=0).eval()
     seen: list[torch.Tensor] = []
     hook = teacher.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
     entries = {s: e for s, (e, built) in build_features(env, teacher, "t" * 64, tmp_path / "cache",
                                                         batch_size=16).items()}
     hook.remove()
+    total = len(data.train) + len(data.val)
+    assert Progress.calls[-1] == ("cache", total, total)  # the build reported its progress batch by batch
+    assert len(Progress.calls) > 2 and [c[1] for c in Progress.calls] == sorted(c[1] for c in Progress.calls)
     n, views = len(data.train), 3
     # the build ran chunk by chunk, each chunk once per view: put the teacher's inputs back in (sample, view) order
     chunks = [seen[k * views:(k + 1) * views] for k in range(-(-n // 16))]

@@ -78,6 +78,10 @@ class StageEnv:
                 "files": [f.name for f in files]}
         return save_model(model, path, meta), files
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (for DDP ranks) without the open loaders: each process starts its own workers."""
+        return {**self.__dict__, "_eval_sources": {}}
+
     # -- streamed data (kdcore.data.stream): the same questions answered through a DataLoader --
 
     @property
