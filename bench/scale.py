@@ -102,7 +102,8 @@ def run_stage(stage: str, folder: Path, work: Path, in_memory: bool, workers: in
             n += len(b)
         out["images_per_s"] = n / (time.perf_counter() - t0)
     elif stage in ("features", "distill"):
-        teacher = load_model(work / "teacher.safetensors")
+        teacher = (load_model(work / "teacher.safetensors") if (work / "teacher.safetensors").is_file()
+                   else env.build("cnn_small", {}, 0))  # a memory run without the teacher stage: fresh weights
         entries = build_features(env, teacher, "scale-teacher", work / "cache")
         if stage == "distill":
             init = work / "student-init.safetensors"
