@@ -7,7 +7,6 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from kdcore.cache import CacheEntry
