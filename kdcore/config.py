@@ -15,14 +15,32 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ByteSize, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt,
+                      ValidationError, field_validator, model_validator)
 
 from kdcore.errors import ConfigError
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AugmentConfig(Section):
+    """The train transform of streamed images (torchvision.transforms.v2): a random resized crop to
+    ``data.image_size`` and a horizontal flip, each view drawn from a stored seed."""
+
+    crop: bool = True
+    scale: tuple[float, float] = Field((0.08, 1.0), description="RandomResizedCrop area range")
+    ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="RandomResizedCrop aspect-ratio range")
+    flip: bool = True
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "AugmentConfig":
+        if not (0 < self.scale[0] <= self.scale[1] <= 1):
+            raise ValueError(f"data.augment.scale must satisfy 0 < low <= high <= 1, got {list(self.scale)}")
+        if not (0 < self.ratio[0] <= self.ratio[1]):
+            raise ValueError(f"data.augment.ratio must satisfy 0 < low <= high, got {list(self.ratio)}")
+        return self
 
 
 class DataConfig(Section):
@@ -34,8 +52,21 @@ class DataConfig(Section):
     split_seed: int = 0
     limit_train: Optional[PositiveInt] = None
     limit_test: Optional[PositiveInt] = None
-    image_size: Optional[PositiveInt] = Field(None, description="resize side for imagefolder")
+    image_size: Optional[PositiveInt] = Field(
+        None, description="image files (imagefolder, image_csv): side of the square images the models see; "
+                          "in memory a resize, streamed a resize + centre crop (eval) or a random resized crop (train)")
     options: dict[str, Any] = Field(default_factory=dict, description="dataset-specific options")
+    in_memory: Union[Literal["auto"], bool] = Field(
+        "auto", description="image files: hold decoded tensors in memory (true), stream them from disk through a "
+                            "DataLoader (false), or decide by the decoded size against memory_budget (auto)")
+    memory_budget: ByteSize = Field(ByteSize(2 * 1000**3), description="in_memory auto: the largest decoded size "
+                                                                       "held in memory, e.g. 2GB, 500MiB")
+    num_workers: Optional[NonNegativeInt] = Field(None, description="streaming: DataLoader worker processes "
+                                                                    "(default: from the CPU count)")
+    augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig(),
+                                   description="streaming: the train transform of augmented views")
+    fingerprint: Literal["stat", "content"] = Field(
+        "stat", description="streaming: fingerprint the file list with sizes and mtimes (stat) or content hashes")
 
 
 class TrainSpec(Section):

@@ -30,6 +30,7 @@ STORAGE = {"float32": (np.float32, torch.float32), "float16": (np.float16, torch
            "bfloat16": (np.uint16, torch.bfloat16)}  # numpy has no bf16: its bits are kept as uint16
 MISSING_LOGIT = -1e4  # logits outside the stored top-k: softmax gives them exactly 0 in float32
 SEEDS = "view_seeds"
+CROPS = "view_crops"  # streamed images: the (top, left, h, w, flip) each view was cut with, int32 [N, V, 5]
 
 
 class CacheError(KdflowError):
@@ -109,6 +110,12 @@ class CacheEntry:
 
     def seeds(self) -> np.ndarray:
         return np.load(self.root / _fname(SEEDS))
+
+    def view_crops(self) -> Optional[np.ndarray]:
+        """The crop of every (sample, view) when the teacher saw streamed images, else None."""
+        if _fname(CROPS) not in self.manifest["files"]:
+            return None
+        return self._array(CROPS)
 
     def touch(self) -> None:
         try:
@@ -194,8 +201,9 @@ def build_entry(cache_dir: Path, fields: dict[str, Any], paths: list[str], count
                 num_classes: Optional[int] = None) -> tuple[CacheEntry, bool]:
     """Return (entry, built): reuse an intact entry covering ``fields``/``paths`` or build one.
 
-    ``produce()`` yields batches ``{"logits": [B, V, K], path: [B, V, ...]}`` in sample order. At
-    most one batch is held in memory beyond the memory maps. A damaged entry for this exact key is
+    ``produce()`` yields batches ``{"logits": [B, V, K], path: [B, V, ...]}`` (and, for streamed
+    images, ``view_crops`` [B, V, 5]) in sample order; they are written into memory maps as they
+    come, so at most one batch is held in memory beyond the maps. A damaged entry for this exact key is
     rebuilt when ``rebuild``, else reported.
     """
     cache_dir = Path(cache_dir)
@@ -260,6 +268,9 @@ def _write_arrays(tmp: Path, dtype: str, topk: Optional[int], count: int, num_vi
         for name, t in batch.items():
             if t.shape[1] != num_views:
                 raise CacheError(f"cache build: {name} has {t.shape[1]} views, expected {num_views}")
+            if name == CROPS:
+                put(name, t, np.int32)
+                continue
             shapes.setdefault(name, list(t.shape[2:]))
             if name == "logits" and topk:
                 k = min(topk, t.shape[-1])

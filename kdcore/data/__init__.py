@@ -1,7 +1,7 @@
 """Datasets: ``load_dataset(cfg.data) -> DataBundle`` (in memory, split, normalised, fingerprinted).
 
 Built-in datasets: images ``digits``, ``mnist5k``, ``fashion_mnist``, ``cifar10``, ``cifar100``,
-``imagefolder``; speech ``japanese_vowels``, ``audio_folder``; text ``rotten_tomatoes``,
+``imagefolder``, ``image_csv``; speech ``japanese_vowels``, ``audio_folder``; text ``rotten_tomatoes``,
 ``chinese_reviews``, ``text_csv``. Register your own with ``@DATASETS.register("name")`` (see
 :mod:`.registry`).
 """
@@ -16,17 +16,36 @@ from kdcore.data.splits import SplitIndices, make_splits
 # the built-in loaders register themselves on import
 from kdcore.data import cifar, fashion_mnist, imagefolder, mnist5k, npz, sklearn_digits  # noqa: E402,F401
 from kdcore.data import audio_folder, chinese_reviews, japanese_vowels, rotten_tomatoes, text_csv  # noqa: E402,F401
+from kdcore.data import image_csv  # noqa: E402,F401
+from kdcore.data.image_files import IMAGE_FILES, keep_in_memory  # noqa: E402
 
 __all__ = ["DATASETS", "DataBundle", "RawData", "Split", "SplitIndices", "load_dataset", "make_splits"]
 
 
 def load_dataset(cfg: DataConfig) -> DataBundle:
     """Load ``cfg.name``, split it (seeded, stratified), limit, normalise with train statistics,
-    validate, and fingerprint. Raises :class:`~kdcore.errors.DataError` on any data problem."""
+    validate, and fingerprint. Raises :class:`~kdcore.errors.DataError` on any data problem.
+
+    Image files (``imagefolder``, ``image_csv``) that are not kept in memory (``data.in_memory``)
+    come back streamed: their splits decode files lazily (:mod:`kdcore.data.stream`)."""
+    if cfg.name in IMAGE_FILES and DATASETS.get(cfg.name) is _BUILTIN_FILE_LOADERS.get(cfg.name):
+        files = IMAGE_FILES[cfg.name](cfg)
+        if not keep_in_memory(cfg, files):
+            from kdcore.data.stream import stream_bundle
+
+            return stream_bundle(cfg, files)
+        from kdcore.data.imagefolder import read_files
+
+        raw = read_files(files, cfg.image_size)
+        validate_raw(cfg.name, raw)
+        return _in_memory(cfg, raw)
     loader = DATASETS.get(cfg.name)
     raw = loader(cfg)
     validate_raw(cfg.name, raw)
+    return _in_memory(cfg, raw)
 
+
+def _in_memory(cfg: DataConfig, raw: RawData) -> DataBundle:
     idx = make_splits(cfg.name, raw.train_y, len(raw.test_y) if raw.has_test else None, cfg)
     test_x, test_y = (raw.test_x, raw.test_y) if idx.test_is_official else (raw.train_x, raw.train_y)
     parts = {
@@ -62,3 +81,6 @@ def load_dataset(cfg: DataConfig) -> DataBundle:
         mean=[float(m) for m in mean],
         std=[float(s) for s in std],
     )
+
+
+_BUILTIN_FILE_LOADERS = {"imagefolder": imagefolder.load_imagefolder, "image_csv": image_csv.load_image_csv}

@@ -1,9 +1,10 @@
 """The in-memory dataset handed to every stage: normalised tensors for train / val / test.
 
-The datasets kdflow works with (digits, MNIST, Fashion-MNIST, CIFAR, small image folders) fit in
-memory, so a :class:`DataBundle` simply holds whole tensors; stages batch them with
-``torch.utils.data.TensorDataset`` / ``DataLoader`` or by slicing, and can move them to the
-device once.
+Most datasets kdflow works with (digits, MNIST, Fashion-MNIST, CIFAR, small image folders) fit in
+memory, so a :class:`DataBundle` simply holds whole tensors; stages batch them by slicing and can
+move them to the device once. Image files too large for memory come as streamed splits instead
+(:class:`kdcore.data.stream.ImageFileSplit`: the same ``len``, ``y`` and a lazy ``x``), which the
+stages batch through a DataLoader.
 """
 from __future__ import annotations
 

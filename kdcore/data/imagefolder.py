@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 
 from kdcore.config import DataConfig
+from kdcore.data.image_files import ImageFiles, lists_files
 from kdcore.data.registry import DATASETS, RawData, check_options
 from kdcore.errors import DataError
 
@@ -81,34 +82,41 @@ def read_images(paths: list[Path], mode: str, size: Optional[int]) -> np.ndarray
     return x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
 
 
-@DATASETS.register("imagefolder")
-def load_imagefolder(cfg: DataConfig) -> RawData:
+@lists_files("imagefolder")
+def list_imagefolder(cfg: DataConfig) -> ImageFiles:
+    """The image files and labels under ``data.root`` (train pool, and test set when official)."""
     check_options(cfg, {"grayscale"})
     if not cfg.root:
         raise DataError("dataset imagefolder needs data.root: a folder with one sub-folder of images per class")
     root = Path(cfg.root).expanduser()
     if not root.is_dir():
         raise DataError(f"image folder {root} (data.root) does not exist")
-    mode = "L" if cfg.options.get("grayscale") else "RGB"
     official = (root / "train").is_dir() and (root / "test").is_dir()
-    train_dir = root / "train" if official else root
-    paths, labels, names = scan(train_dir)
-    train_x = read_images(paths, mode, cfg.image_size)
-    test_x = test_y = None
+    paths, labels, names = scan(root / "train" if official else root)
+    files = ImageFiles([str(p) for p in paths], np.asarray(labels, dtype=np.int64), names, source=str(root),
+                       grayscale=bool(cfg.options.get("grayscale")))
     if official:
         t_paths, t_labels, _ = scan(root / "test", names)
-        test_x = read_images(t_paths, mode, cfg.image_size)
+        files.test_paths, files.test_y = [str(p) for p in t_paths], np.asarray(t_labels, dtype=np.int64)
+    return files
+
+
+def read_files(files: ImageFiles, size: Optional[int]) -> RawData:
+    """Every image of ``files`` decoded into memory (converted, resized to ``size`` when given)."""
+    mode = "L" if files.grayscale else "RGB"
+    train_x = read_images([Path(p) for p in files.train_paths], mode, size)
+    test_x = None
+    if files.test_paths is not None:
+        test_x = read_images([Path(p) for p in files.test_paths], mode, size)
         if test_x.shape[1:] != train_x.shape[1:]:
             raise DataError(
-                f"test images in {root / 'test'} are {test_x.shape[3]}x{test_x.shape[2]} but train images are "
+                f"test images of {files.source} are {test_x.shape[3]}x{test_x.shape[2]} but train images are "
                 f"{train_x.shape[3]}x{train_x.shape[2]}; set data.image_size to resize them all"
             )
-        test_y = np.asarray(t_labels, dtype=np.int64)
-    return RawData(
-        train_x=train_x,
-        train_y=np.asarray(labels, dtype=np.int64),
-        test_x=test_x,
-        test_y=test_y,
-        class_names=names,
-        source=str(root),
-    )
+    return RawData(train_x=train_x, train_y=files.train_y, test_x=test_x, test_y=files.test_y,
+                   class_names=files.class_names, source=files.source)
+
+
+@DATASETS.register("imagefolder")
+def load_imagefolder(cfg: DataConfig) -> RawData:
+    return read_files(list_imagefolder(cfg), cfg.image_size)

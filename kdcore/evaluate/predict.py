@@ -1,4 +1,4 @@
-"""Batched inference over an in-memory tensor."""
+"""Batched inference over an in-memory tensor, or over images streamed from files."""
 
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ def predict(
     ``device`` (where the model must already live). The model runs in eval mode under
     ``torch.inference_mode`` and gets its previous training mode back afterwards.
     """
+    if hasattr(x, "dataset") and not isinstance(x, Tensor):  # a streamed split's lazy images
+        return _predict_streamed(model, x, batch_size=batch_size, device=torch.device(device))
     if batch_size < 1:
         raise KdflowError(f"predict: batch_size must be >= 1, got {batch_size}.")
     if x.dim() == 0 or x.shape[0] == 0:
@@ -47,6 +49,30 @@ def predict(
             for start in range(0, x.shape[0], batch_size):
                 batch = x[start : start + batch_size].to(device, non_blocking=True)
                 outputs.append(model(batch).float().cpu())
+        return torch.cat(outputs)
+    finally:
+        model.train(was_training)
+
+
+def _predict_streamed(model: nn.Module, images, *, batch_size: int, device: torch.device) -> Tensor:
+    """:func:`predict` over ``split.x`` of a streamed split (:class:`kdcore.data.stream.LazyImages`):
+    a DataLoader with the split's workers decodes the images in order."""
+    from kdcore.train.batches import make_loader
+
+    if batch_size < 1:
+        raise KdflowError(f"predict: batch_size must be >= 1, got {batch_size}.")
+    _check_model_device(model, device)
+    n = len(images)
+    workers = int(getattr(images, "num_workers", 0))
+    batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+    loader = make_loader(images.dataset, batches, workers, device)
+    was_training = model.training
+    model.eval()
+    try:
+        outputs = []
+        with torch.inference_mode():
+            for raw in loader:
+                outputs.append(model(raw["x"].to(device, non_blocking=True)).float().cpu())
         return torch.cat(outputs)
     finally:
         model.train(was_training)

@@ -6,7 +6,6 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from kdcore.cache import CacheEntry
@@ -14,7 +13,7 @@ from kdcore.data.augment import apply_views, epoch_views, view_seeds
 from kdcore.hooks import FeatureTap, probe_shapes
 from kdcore.losses import KDInputs, build_objective, with_temperature
 from kdcore.models.transplant import TransplantReport, transplant
-from kdcore.stages.env import StageEnv, StageResult, classifier_val, fit_summary
+from kdcore.stages.env import StageEnv, StageResult, fit_summary, fp32
 from kdcore.stages.features import split_views
 from kdcore.train import TrainCallbacks, fit
 from kdcore.train.checkpoint import load_model
@@ -34,7 +33,7 @@ class TeacherSource:
     def shapes(self) -> dict[str, tuple[int, ...]]:
         if self.entries is not None:
             return {p: self.entries["train"].shapes()[p] for p in self.paths}
-        return probe_shapes(self.teacher, self.paths, self.env.split("train")[0][:2])
+        return probe_shapes(self.teacher, self.paths, self.env.example("train"))
 
     def seeds(self, split: str, n: int) -> np.ndarray:
         """The view seeds of a split: those stored with the entry, else recomputed identically."""
@@ -42,6 +41,10 @@ class TeacherSource:
             return self.entries[split].seeds()
         views = split_views(self.env.cfg, split)
         return view_seeds(n, views["num_views"], views["seed"])
+
+    def crops(self, split: str) -> Optional[np.ndarray]:
+        """The crops ``[N, V, 5]`` the teacher saw, when a streamed cache stored them (else None)."""
+        return self.entries[split].view_crops() if self.entries is not None else None
 
     def get(self, split: str, idx: torch.Tensor, views: torch.Tensor, x_view: torch.Tensor
             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -52,8 +55,9 @@ class TeacherSource:
             logits = entry.read("logits", idx, views).to(dev, non_blocking=True)
             return logits, {p: entry.read(p, idx, views).to(dev, non_blocking=True) for p in self.paths}
         self.teacher.eval()
-        with FeatureTap(self.teacher, self.paths) as tap, torch.no_grad():
-            logits = self.teacher(x_view).float()
+        # the teacher runs in float32 even inside an autocast training step: its outputs are exact
+        with FeatureTap(self.teacher, self.paths) as tap, torch.no_grad(), fp32(dev):
+            logits = self.teacher(x_view.float()).float()
             return logits, {p: tap.features[p].float() for p in self.paths}
 
 
@@ -81,55 +85,84 @@ class _EpochViews(TrainCallbacks):
 def _train_with_objective(env: StageEnv, student: nn.Module, spec_losses: dict[str, Any], train_spec,
                           source: Optional[TeacherSource], stage: str, monitor_objective: bool = False):
     objective = build_objective(spec_losses)
-    x, y = env.split("train")
-    xv, yv = env.split("val")
+    n = len(env.data.train)
     s_paths = objective.student_paths
-    s_shapes = probe_shapes(student, s_paths, x[:2]) if s_paths else {}
+    s_shapes = probe_shapes(student, s_paths, env.example("train")) if s_paths else {}
     t_shapes = source.shapes() if (source is not None and objective.teacher_paths) else {}
     with GLOBAL_RNG:  # connectors are initialised from the seeded global RNG
         env.seed(2)
-        objective.build(s_shapes, t_shapes, num_samples=len(x))
+        objective.build(s_shapes, t_shapes, num_samples=n)
     objective.to(env.device)
     vcfg = env.cfg.cache.views
-    train_seeds = torch.from_numpy(source.seeds("train", len(x)) if source is not None
-                                   else view_seeds(len(x), vcfg.num_views, vcfg.seed))
-    callbacks = _EpochViews(env.callbacks, len(x), vcfg.num_views, vcfg.seed)
+    train_seeds = torch.from_numpy(source.seeds("train", n) if source is not None
+                                   else view_seeds(n, vcfg.num_views, vcfg.seed))
+    callbacks = _EpochViews(env.callbacks, n, vcfg.num_views, vcfg.seed)
 
-    def run(split: str, idx: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, views: torch.Tensor):
-        xb = xs[idx.to(xs.device)]
-        if split == "train" and vcfg.policy != "none":
-            xb = apply_views(xb, train_seeds[idx.cpu(), views.cpu()], vcfg.policy, vcfg.pad)
+    def run(split: str, idx: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, views: torch.Tensor):
+        """The objective on one batch: ``xb`` the (augmented) inputs of samples ``idx`` at ``views``."""
         t_logits, t_feats = (source.get(split, idx, views, xb) if source is not None and objective.needs_teacher
                              else (None, {}))
         with FeatureTap(student, s_paths) as tap:
             logits = student(xb)
-            inp = KDInputs(student_logits=logits.float(), teacher_logits=t_logits, targets=ys[idx.to(ys.device)],
+            inp = KDInputs(student_logits=logits.float(), teacher_logits=t_logits, targets=yb,
                            student_features={p: tap.features[p].float() for p in s_paths},
                            teacher_features=t_feats, indices=idx if split == "train" else None)
         return objective(inp)
 
-    def step(idx):
-        return run("train", idx, x, y, callbacks.views[idx])
+    if env.streaming:  # the loader cuts each sample's view of the epoch: a stored crop, else from its seed
+        crops = source.crops("train") if source is not None else None
+
+        def items(epoch: int, idx: torch.Tensor) -> list[Any]:
+            views = callbacks.views[idx].tolist()  # set for this epoch by on_epoch_start
+            if crops is not None:
+                return [(i, crops[i, v].tolist()) for i, v in zip(idx.tolist(), views)]
+            return [(i, int(train_seeds[i, v])) for i, v in zip(idx.tolist(), views)]
+
+        batches: Any = env.train_source(items)
+
+        def step(b):
+            return run("train", b.idx, b.x, b.y, callbacks.views[b.idx])
+
+        def val_loss() -> float:
+            total = sum(float(run("val", b.idx, b.x, b.y, torch.zeros_like(b.idx))[0]) * len(b)
+                        for b in env.eval_batches("val"))
+            return total / max(len(env.data.val), 1)
+    else:
+        x, y = env.split("train")
+        xv, yv = env.split("val")
+        batches = len(x)
+
+        def gather(split: str, idx: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, views: torch.Tensor):
+            xb = xs[idx.to(xs.device)]
+            if split == "train" and vcfg.policy != "none":
+                xb = apply_views(xb, train_seeds[idx.cpu(), views.cpu()], vcfg.policy, vcfg.pad)
+            return run(split, idx, xb, ys[idx.to(ys.device)], views)
+
+        def step(idx):
+            return gather("train", idx, x, y, callbacks.views[idx])
+
+        def val_loss() -> float:
+            idx = torch.arange(len(xv))
+            total = sum(float(gather("val", b, xv, yv, torch.zeros_like(b))[0]) * len(b) for b in idx.split(1024))
+            return total / max(len(xv), 1)
 
     def evaluate() -> dict[str, float]:
-        out = classifier_val(student, xv, yv)
+        out = env.val_metrics(student)
         if monitor_objective:
             with torch.no_grad():
-                idx = torch.arange(len(xv))
-                total = sum(float(run("val", b, xv, yv, torch.zeros_like(b))[0]) * len(b) for b in idx.split(1024))
-            out["val_loss"] = total / max(len(xv), 1)
+                out["val_loss"] = val_loss()
         return out
 
     if monitor_objective:
         train_spec = train_spec.model_copy(update={"monitor": "val_loss"})
-    result = fit({"model": student, "objective": objective}, step, len(x), evaluate, train_spec,
+    result = fit({"model": student, "objective": objective}, step, batches, evaluate, train_spec,
                  ckpt_dir=env.workdir / "checkpoints", seed=env.cfg.trainer.seed, device=env.device,
                  amp_dtype=env.amp_dtype, callbacks=callbacks, run_key=str(env.workdir), stage=stage)
     return result, objective
 
 
 def _finish(env: StageEnv, student: nn.Module, stage: str, info: dict[str, Any], fit_result=None) -> StageResult:
-    metrics = classifier_val(student, *env.split("val"))
+    metrics = env.val_metrics(student)
     path = env.workdir / "student.safetensors"
     sha, files = env.save_model(student, path, stage)
     return StageResult(path, sha, metrics, info, fit_result, student, files)

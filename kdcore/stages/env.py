@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +11,8 @@ from torch import nn
 
 from kdcore.config import PipelineConfig
 from kdcore.data.bundle import DataBundle, Split
+from kdcore.data.stream import is_streamed
+from kdcore.train.batches import Batch, LoaderBatches
 from kdcore.models import create_model
 from kdcore.train import FitResult, TrainCallbacks, autocast_dtype, resolve_device, seed_everything
 from kdcore.train.rng import GLOBAL_RNG
@@ -38,6 +40,7 @@ class StageEnv:
     device: torch.device = field(init=False)
     amp_dtype: Optional[torch.dtype] = field(init=False)
     _on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, init=False, repr=False)
+    _eval_sources: dict[str, LoaderBatches] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.device = resolve_device(self.cfg.trainer.device)
@@ -75,9 +78,51 @@ class StageEnv:
                 "files": [f.name for f in files]}
         return save_model(model, path, meta), files
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (for DDP ranks) without the open loaders: each process starts its own workers."""
+        return {**self.__dict__, "_eval_sources": {}}
+
+    # -- streamed data (kdcore.data.stream): the same questions answered through a DataLoader --
+
+    @property
+    def streaming(self) -> bool:
+        """Whether the data is streamed from files rather than held as tensors."""
+        return is_streamed(self.data.train)
+
+    def example(self, split: str, n: int = 2) -> torch.Tensor:
+        """The first ``n`` inputs of a split on the device (for probing shapes)."""
+        if self.streaming:
+            return getattr(self.data, split).x[:n].to(self.device)
+        return self.split(split)[0][:n]
+
+    def eval_batches(self, split: str, batch_size: int = 1024) -> Iterator[Batch]:
+        """A streamed split in order, eval transform, as :class:`Batch` objects on the device."""
+        if split not in self._eval_sources:  # one loader per split, its workers kept between epochs
+            s = getattr(self.data, split)
+            self._eval_sources[split] = LoaderBatches(s.dataset(), len(s), self.device, num_workers=s.num_workers)
+        source = self._eval_sources[split]
+        yield from source.batches(list(torch.arange(len(source)).split(batch_size)))
+
+    def train_source(self, items: Callable[[int, torch.Tensor], list[Any]]) -> LoaderBatches:
+        """The streamed train split as a batch source for ``fit``; ``items(epoch, idx)`` says which
+        view of each sample a batch shows (see :mod:`kdcore.data.stream`)."""
+        s = self.data.train
+        return LoaderBatches(s.dataset(), len(s), self.device, num_workers=s.num_workers, items=items)
+
+    def val_metrics(self, model: nn.Module, split: str = "val") -> dict[str, float]:
+        """Top-1 and cross-entropy of a classifier on a split, in memory or streamed."""
+        if self.streaming:
+            return classifier_val_batches(model, self.eval_batches(split), len(getattr(self.data, split)))
+        return classifier_val(model, *self.split(split))
+
     def new_student(self) -> nn.Module:
         """The student at its seeded initialisation (the same for the baseline and distillation)."""
         return self.build(self.cfg.student.arch, self.cfg.student.kwargs, seed_offset=1)
+
+
+def fp32(device: torch.device):
+    """A block where autocast is off: the teacher's outputs (online or cached) are exact float32."""
+    return torch.autocast(device_type=device.type, enabled=False)
 
 
 @torch.no_grad()
@@ -91,6 +136,19 @@ def classifier_val(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
         loss += float(F.cross_entropy(logits, yb, reduction="sum"))
         correct += int((logits.argmax(1) == yb).sum())
     n = max(len(x), 1)
+    return {"val_top1": correct / n, "val_loss": loss / n}
+
+
+@torch.no_grad()
+def classifier_val_batches(model: nn.Module, batches: Iterable[Batch], n: int) -> dict[str, float]:
+    """:func:`classifier_val` over streamed batches."""
+    model.eval()
+    correct, loss = 0, 0.0
+    for b in batches:
+        logits = model(b.x).float()
+        loss += float(F.cross_entropy(logits, b.y, reduction="sum"))
+        correct += int((logits.argmax(1) == b.y).sum())
+    n = max(n, 1)
     return {"val_top1": correct / n, "val_loss": loss / n}
 
 

@@ -11,7 +11,9 @@ def evaluate_models(env: StageEnv, models: dict[str, nn.Module], reference: str 
     """Metrics of each model on the test split; agreement is measured against ``reference``."""
     cfg = env.cfg.evaluate
     x, y = env.data.test.x, env.data.test.y
-    logits = {name: predict(m, x.to(env.device), batch_size=cfg.batch_size, device=env.device).cpu()
+    if not env.streaming:  # in memory: the whole split on the device once; streamed: decoded by a loader
+        x = x.to(env.device)
+    logits = {name: predict(m, x, batch_size=cfg.batch_size, device=env.device).cpu()
               for name, m in models.items()}
     ref = logits.get(reference)
     out: dict[str, dict] = {}

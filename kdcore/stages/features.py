@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from kdcore.cache import CacheEntry, build_entry, key_fields
+from kdcore.cache.store import CROPS
 from kdcore.config import PipelineConfig
 from kdcore.data.augment import apply_views, view_seeds
 from kdcore.hooks import FeatureTap
-from kdcore.stages.env import StageEnv
-from kdcore.train.device import autocast
+from kdcore.stages.env import StageEnv, fp32
 
 CACHED_SPLITS = ("train", "val")
 NO_VIEWS = {"policy": "none", "num_views": 1, "pad": 0, "seed": 0}
@@ -41,30 +41,70 @@ def split_views(cfg: PipelineConfig, split: str) -> dict[str, Any]:
 
 def build_features(env: StageEnv, teacher: nn.Module, teacher_sha256: str, cache_dir: Path,
                    batch_size: int = 512) -> dict[str, tuple[CacheEntry, bool]]:
-    """Build (or reuse) the cache entry of each split; returns {split: (entry, built)}."""
+    """Build (or reuse) the cache entry of each split; returns {split: (entry, built)}.
+
+    The teacher runs in float32 (no autocast): cached outputs are exact. Progress is reported as
+    ``callbacks.on_progress("cache", samples done, samples of both splits)``."""
     cfg = env.cfg
     paths = teacher_paths(cfg)
     teacher.eval()
+    total = sum(len(getattr(env.data, split)) for split in CACHED_SPLITS)
+    done = 0
     out = {}
     for split in CACHED_SPLITS:
         views = split_views(cfg, split)
-        x, _ = env.split(split)
-        seeds = view_seeds(len(x), views["num_views"], views["seed"])
+        n = len(getattr(env.data, split))
+        seeds = view_seeds(n, views["num_views"], views["seed"])
         fields = key_fields(teacher_sha256, env.data.fingerprint, split, views, cfg.cache.dtype, cfg.cache.topk)
+        batches = _streamed_views if env.streaming else _tensor_views
 
-        def produce(x=x, seeds=seeds, views=views) -> Iterator[dict[str, torch.Tensor]]:
-            with FeatureTap(teacher, paths) as tap, torch.inference_mode():
-                for i in range(0, len(x), batch_size):
-                    per_view: list[dict[str, torch.Tensor]] = []
-                    for v in range(views["num_views"]):
-                        s = torch.from_numpy(seeds[i:i + batch_size, v])
-                        xb = apply_views(x[i:i + batch_size], s, views["policy"], views["pad"])
-                        with autocast(env.device, env.amp_dtype):
-                            logits = teacher(xb)
-                        per_view.append({"logits": logits.float(), **{p: tap.features[p].float() for p in paths}})
-                    yield {k: torch.stack([pv[k] for pv in per_view], dim=1) for k in per_view[0]}
+        def produce(split=split, seeds=seeds, views=views, batches=batches) -> Iterator[dict[str, torch.Tensor]]:
+            nonlocal done
+            with FeatureTap(teacher, paths) as tap, torch.inference_mode(), fp32(env.device):
+                for per_view in batches(env, split, seeds, views, batch_size):
+                    outs = []
+                    for xb, extra in per_view:
+                        logits = teacher(xb)
+                        outs.append({"logits": logits.float(), **{p: tap.features[p].float() for p in paths}, **extra})
+                    batch = {k: torch.stack([o[k] for o in outs], dim=1) for k in outs[0]}
+                    done += batch["logits"].shape[0]
+                    env.callbacks.on_progress("cache", done, total)
+                    yield batch
 
-        out[split] = build_entry(cache_dir, fields, paths, len(x), views["num_views"], seeds, produce,
+        out[split] = build_entry(cache_dir, fields, paths, n, views["num_views"], seeds, produce,
                                  rebuild=cfg.cache.rebuild, checksums=cfg.cache.verify == "sha256",
                                  num_classes=env.data.num_classes)
+        if not out[split][1]:  # reused: nothing was computed, the split counts as done
+            done += n
+            env.callbacks.on_progress("cache", done, total)
     return out
+
+
+ViewBatches = Iterator[list[tuple[torch.Tensor, dict[str, torch.Tensor]]]]
+
+
+def _tensor_views(env: StageEnv, split: str, seeds, views: dict[str, Any], batch_size: int) -> ViewBatches:
+    """In-memory tensors: for each chunk of samples, its views (augmentation applied on tensors)."""
+    x, _ = env.split(split)
+    for i in range(0, len(x), batch_size):
+        yield [(apply_views(x[i:i + batch_size], torch.from_numpy(seeds[i:i + batch_size, v]), views["policy"],
+                            views["pad"]), {})
+               for v in range(views["num_views"])]
+
+
+def _streamed_views(env: StageEnv, split: str, seeds, views: dict[str, Any], batch_size: int) -> ViewBatches:
+    """Streamed files: the loader decodes each chunk once per view and cuts the view drawn from its
+    seed (train) or the eval view (val); the crops come back and are stored with the outputs."""
+    s = getattr(env.data, split)
+    n, num_views = len(s), views["num_views"]
+    chunks = [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    train = split == "train"
+    items = [[(i, int(seeds[i, v])) if train else i for i in chunk] for chunk in chunks for v in range(num_views)]
+    loader = iter(s.loader(batch_size, env.device, items))
+    for _ in chunks:
+        per_view = []
+        for _v in range(num_views):
+            raw = next(loader)
+            extra = {CROPS: raw["crop"]} if train else {}
+            per_view.append((raw["x"].to(env.device, non_blocking=True), extra))
+        yield per_view

@@ -4,9 +4,10 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from kdcore.models import weights_summary
-from kdcore.stages.env import StageEnv, StageResult, classifier_val, fit_summary
+from kdcore.stages.env import StageEnv, StageResult, fit_summary
 from kdcore.train import fit
 from kdcore.train.checkpoint import load_teacher
+from kdcore.train.rng import step_seed
 
 
 def train_teacher(env: StageEnv) -> StageResult:
@@ -17,18 +18,25 @@ def train_teacher(env: StageEnv) -> StageResult:
         info = {"source": "checkpoint", "checkpoint": cfg.checkpoint}
     else:
         model = env.build(cfg.arch, cfg.kwargs, seed_offset=0)
-        x, y = env.split("train")
-        xv, yv = env.split("val")
+        if env.streaming:  # a fresh augmented view of every image each epoch, seeded by (seed, epoch, index)
+            seed = env.cfg.trainer.seed
+            source = env.train_source(lambda epoch, idx: [(i, step_seed(seed, epoch, i)) for i in idx.tolist()])
 
-        def step(idx):
-            return F.cross_entropy(model(x[idx]), y[idx]), {}
+            def step(b):
+                return F.cross_entropy(model(b.x), b.y), {}
+        else:
+            x, y = env.split("train")
+            source = len(x)
 
-        fit_result = fit({"model": model}, step, len(x), lambda: classifier_val(model, xv, yv), cfg.train,
+            def step(idx):
+                return F.cross_entropy(model(x[idx]), y[idx]), {}
+
+        fit_result = fit({"model": model}, step, source, lambda: env.val_metrics(model), cfg.train,
                          ckpt_dir=env.workdir / "checkpoints", seed=env.cfg.trainer.seed, device=env.device,
                          amp_dtype=env.amp_dtype, callbacks=env.callbacks, run_key=str(env.workdir), stage="teacher")
         info = {"source": "trained", **weights_summary(getattr(model, "kdflow_weights", None)),
                 **fit_summary(fit_result)}
-    metrics = classifier_val(model, *env.split("val"))
+    metrics = env.val_metrics(model)
     path = env.workdir / "teacher.safetensors"
     sha, files = env.save_model(model, path, "teacher")
     return StageResult(path, sha, metrics, info, fit_result, model, files)

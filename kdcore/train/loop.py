@@ -6,7 +6,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import nn
@@ -22,12 +22,13 @@ from kdcore.train.checkpoint import (
     state_tensors,
 )
 from kdcore.train import ddp
+from kdcore.train.batches import BatchLike, BatchSource, IndexBatches, shuffled_batches
 from kdcore.train.callbacks import TrainCallbacks
 from kdcore.train.convergence import Convergence
 from kdcore.train.device import autocast
 from kdcore.train.rng import draws_randomness, seeded_step
 
-StepFn = Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+StepFn = Callable[[Any], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 @dataclass
@@ -50,14 +51,7 @@ def make_optimizer(spec: TrainSpec, params: list[nn.Parameter]) -> torch.optim.O
     return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
 
 
-def _batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
-    """The epoch's shuffled index batches; a function of (seed, epoch) alone, so resume replays it."""
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    perm = torch.randperm(n, generator=gen)
-    batches = list(perm.split(batch_size))
-    if len(batches) > 1 and len(batches[-1]) < 2:  # a batch of one breaks BatchNorm
-        batches.pop()
-    return batches
+_batches = shuffled_batches  # the name older code imports
 
 
 CHECK_EVERY = 50
@@ -106,10 +100,168 @@ def _save_best(ckpt_dir: Path, modules: dict[str, nn.Module]) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+class _Trainer:
+    """What one ``fit`` call holds: the modules, their optimizer, scheduler, gradient scaler and
+    convergence criterion, and the history so far. Built by :meth:`setup`, possibly advanced by
+    :meth:`resume`, then driven epoch by epoch."""
+
+    def __init__(self, modules: dict[str, nn.Module], spec: TrainSpec, device: torch.device,
+                 amp_dtype: Optional[torch.dtype], ckpt_dir: Path, run_key: str, stage: str) -> None:
+        self.modules, self.spec, self.device, self.amp_dtype = modules, spec, device, amp_dtype
+        self.ckpt_dir, self.run_key, self.stage = Path(ckpt_dir), run_key, stage
+        self.params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(spec, self.params)
+        self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=spec.max_epochs)
+                          if spec.scheduler == "cosine" else None)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        self.conv = Convergence(monitor=spec.monitor, max_epochs=spec.max_epochs, patience=spec.patience,
+                                min_delta=spec.min_delta, target=spec.target)
+        self.history: list[dict[str, float]] = []
+        self.start, self.resumed_from, self.stop_reason = 0, None, None
+        # On CPU a loss is checked before it is applied; on an accelerator the check (a host sync that
+        # stalls the device queue) runs once per CHECK_EVERY steps and still names the first bad step.
+        self.check_every = 1 if device.type == "cpu" else CHECK_EVERY
+        self.group = ddp.active()  # set only in the processes started by kdcore.train.ddp.run_distributed
+
+    # -- resume ----------------------------------------------------------------------------------
+
+    def resume(self) -> Optional[int]:
+        """Continue after the latest checkpoint written for the same ``run_key`` (one written for
+        another configuration is removed). Returns the epoch resumed from, or None."""
+        latest = latest_training_checkpoint(self.ckpt_dir)
+        if latest is None:
+            return None
+        meta, state = load_training_checkpoint(latest, self.modules) if _same_run(latest, self.run_key) else (None, None)
+        if state is None:
+            shutil.rmtree(self.ckpt_dir, ignore_errors=True)  # written for another configuration
+            return None
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler"):
+            self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"])
+        self.conv = Convergence.from_state(state["convergence"])
+        self.history = list(state["history"])
+        self.stop_reason = state.get("stop_reason")
+        self.start = self.resumed_from = meta["epoch"] + 1
+        return self.resumed_from
+
+    # -- one step --------------------------------------------------------------------------------
+
+    def step(self, step: StepFn, batch: BatchLike, i: int, last: bool, epoch: int, seed: int, stochastic: bool,
+             running: dict[str, Any], pending: list[tuple[int, torch.Tensor]]) -> int:
+        """Forward, finiteness check, backward and update for one batch; adds its loss terms to
+        ``running``. Returns the number of samples this process trained on."""
+        batch, share = self._shard(batch)
+        with seeded_step(seed, epoch, i, stochastic), autocast(self.device, self.amp_dtype):
+            loss, terms = step(batch)
+        detached = loss.detach().float()
+        pending.append((i, detached))
+        if len(pending) >= self.check_every or last:
+            _check_finite(pending, self.stage, epoch, self.ckpt_dir)
+            pending.clear()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss * share if self.group else loss).backward()
+        if self.spec.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.spec.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        k = len(batch)
+        _accumulate(running, "train_loss", detached, k)
+        for name, term in terms.items():
+            _accumulate(running, f"train_{name}", term.detach().float(), k)
+        return k
+
+    def _shard(self, batch: BatchLike) -> tuple[BatchLike, float]:
+        """This rank's share of a global batch (the whole batch in one process)."""
+        if not self.group:
+            return batch, 1.0
+        if isinstance(batch, torch.Tensor):
+            return self.group.shard(batch)
+        rows, share = self.group.shard(torch.arange(len(batch)))
+        return batch.part(rows), share
+
+    # -- one epoch -------------------------------------------------------------------------------
+
+    def train_epoch(self, step: StepFn, source: BatchSource, epoch: int, seed: int, stochastic: bool
+                    ) -> tuple[dict[str, float], int]:
+        """One pass over the epoch's batches: (per-term sums, samples seen), summed over ranks."""
+        for m in self.modules.values():
+            m.train()
+        running: dict[str, Any] = {}  # per-term sums kept on the device: no host sync per step
+        pending: list[tuple[int, torch.Tensor]] = []  # losses not yet checked for finiteness
+        n_seen = 0
+        batches = source.epoch(seed, epoch, self.spec.batch_size)
+        last = len(batches) - 1
+        for i, batch in enumerate(batches):
+            n_seen += self.step(step, batch, i, i == last, epoch, seed, stochastic, running, pending)
+        sums = {name: float(total) for name, total in running.items()}  # one sync per epoch
+        if self.group:
+            sums, n_seen = self.group.end_epoch(self.modules, sums, n_seen)
+        return sums, n_seen
+
+    def end_epoch(self, epoch: int, sums: dict[str, float], n_seen: int, evaluate: Callable[[], dict[str, float]],
+                  e0: float) -> dict[str, float]:
+        """Step the schedule, validate, update the criterion; the epoch's metrics."""
+        lr = self.optimizer.param_groups[0]["lr"]
+        if self.scheduler is not None:
+            self.scheduler.step()
+        train_seconds = time.perf_counter() - e0
+        for m in self.modules.values():
+            m.eval()
+        val = evaluate()
+        if self.group:
+            val = self.group.from_main(val)
+        metrics = {k: v / max(n_seen, 1) for k, v in sums.items()}
+        metrics.update(val)
+        metrics.update(lr=lr, epoch_seconds=time.perf_counter() - e0, samples_per_s=n_seen / max(train_seconds, 1e-9))
+        if self.spec.monitor not in metrics:
+            raise KeyError(f"evaluate() did not return the monitored metric {self.spec.monitor!r}")
+        was_best = self.conv.improved(metrics[self.spec.monitor])
+        self.stop_reason = self.conv.update(epoch, metrics[self.spec.monitor])
+        if was_best and self.is_main:
+            _save_best(self.ckpt_dir, self.modules)
+        self.history.append(metrics)
+        return metrics
+
+    # -- checkpoint ------------------------------------------------------------------------------
+
+    @property
+    def is_main(self) -> bool:
+        return self.group is None or self.group.is_main
+
+    def checkpoint(self, epoch: int) -> None:
+        """Everything a resume needs, written after each epoch (by rank 0 alone)."""
+        state: dict[str, Any] = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "rng": torch.get_rng_state(),
+            "convergence": self.conv.state(),
+            "history": self.history,
+            "stop_reason": self.stop_reason,
+        }
+        if self.is_main:
+            save_training_checkpoint(self.ckpt_dir, epoch, self.modules, state,
+                                     {"run_key": self.run_key, "stage": self.stage})
+        if self.group:
+            self.group.barrier()
+
+    def load_best(self) -> None:
+        """Give every module the weights of the best epoch, in eval mode."""
+        for name, module in self.modules.items():
+            best = _best_path(self.ckpt_dir, name)
+            if best.is_file():
+                load_into(module, read_tensors(best), str(best))
+            module.eval()
+
+
 def fit(
     modules: dict[str, nn.Module],
     step: StepFn,
-    n_train: int,
+    n_train: Union[int, BatchSource],
     evaluate: Callable[[], dict[str, float]],
     spec: TrainSpec,
     *,
@@ -121,133 +273,42 @@ def fit(
     run_key: str = "",
     stage: str = "train",
 ) -> FitResult:
-    """Train ``modules`` with ``step(batch_indices) -> (loss, terms)`` until the criterion holds.
+    """Train ``modules`` with ``step(batch) -> (loss, terms)`` until the criterion holds.
 
+    ``n_train`` is the number of in-memory training samples (``step`` then gets index tensors to
+    slice its tensors with) or a batch source (:mod:`kdcore.train.batches`; ``step`` gets what it
+    yields, e.g. a :class:`~kdcore.train.batches.Batch` read by a DataLoader).
     ``evaluate()`` returns validation metrics (it must contain ``spec.monitor``). A checkpoint of
     every module, the optimizer, scheduler, RNG and criterion is written after each epoch under
     ``ckpt_dir``; when one written for the same ``run_key`` exists, training resumes after it.
     At the end the modules hold the weights of the best epoch.
     """
     cb = callbacks or TrainCallbacks()
-    ckpt_dir = Path(ckpt_dir)
-    params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
-    optimizer = make_optimizer(spec, params)
-    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=spec.max_epochs)
-                 if spec.scheduler == "cosine" else None)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    conv = Convergence(monitor=spec.monitor, max_epochs=spec.max_epochs, patience=spec.patience,
-                       min_delta=spec.min_delta, target=spec.target)
-    history: list[dict[str, float]] = []
-    start, resumed_from, stop_reason = 0, None, None
+    source: BatchSource = IndexBatches(n_train) if isinstance(n_train, int) else n_train
     t0 = time.perf_counter()
-
-    latest = latest_training_checkpoint(ckpt_dir)
-    if latest is not None:
-        meta, state = load_training_checkpoint(latest, modules) if _same_run(latest, run_key) else (None, None)
-        if state is None:
-            shutil.rmtree(ckpt_dir, ignore_errors=True)  # written for another configuration
-        else:
-            optimizer.load_state_dict(state["optimizer"])
-            if scheduler is not None and state.get("scheduler"):
-                scheduler.load_state_dict(state["scheduler"])
-            if state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            torch.set_rng_state(state["rng"])
-            conv = Convergence.from_state(state["convergence"])
-            history = list(state["history"])
-            stop_reason = state.get("stop_reason")
-            start = resumed_from = meta["epoch"] + 1
-
-    if resumed_from is not None:
-        cb.on_resume(history)
-    cb.on_fit_start(start, spec.max_epochs)
-    # On CPU a loss is checked before it is applied; on an accelerator the check (a host sync that
-    # stalls the device queue) runs once per CHECK_EVERY steps and still names the first bad step.
-    check_every = 1 if device.type == "cpu" else CHECK_EVERY
-    group = ddp.active()  # set only in the processes started by kdcore.train.ddp.run_distributed
+    trainer = _Trainer(modules, spec, device, amp_dtype, ckpt_dir, run_key, stage)
+    if trainer.resume() is not None:
+        cb.on_resume(trainer.history)
+    cb.on_fit_start(trainer.start, spec.max_epochs)
     stochastic = draws_randomness(modules.values())  # dropout: forward passes seeded per step (kdcore.train.rng)
+    group = trainer.group
     step, unwrap = group.wrap_step(modules, step) if group else (step, None)
-    for epoch in range(start, spec.max_epochs):
-        if stop_reason:
+    for epoch in range(trainer.start, spec.max_epochs):
+        if trainer.stop_reason:
             break
         e0 = time.perf_counter()
         cb.on_epoch_start(epoch)
-        for m in modules.values():
-            m.train()
-        running: dict[str, Any] = {}  # per-term sums kept on the device: no host sync per step
-        pending: list[tuple[int, torch.Tensor]] = []  # losses not yet checked for finiteness
-        n_seen = 0
-        batches = _batches(n_train, spec.batch_size, seed, epoch)
-        for i, idx in enumerate(batches):
-            idx, share = group.shard(idx) if group else (idx, 1.0)
-            with seeded_step(seed, epoch, i, stochastic), autocast(device, amp_dtype):
-                loss, terms = step(idx)
-            detached = loss.detach().float()
-            pending.append((i, detached))
-            if len(pending) >= check_every or i == len(batches) - 1:
-                _check_finite(pending, stage, epoch, ckpt_dir)
-                pending = []
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss * share if group else loss).backward()
-            if spec.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, spec.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            k = len(idx)
-            n_seen += k
-            _accumulate(running, "train_loss", detached, k)
-            for name, term in terms.items():
-                _accumulate(running, f"train_{name}", term.detach().float(), k)
-        sums = {name: float(total) for name, total in running.items()}  # one sync per epoch
-        if group:
-            sums, n_seen = group.end_epoch(modules, sums, n_seen)
-        lr = optimizer.param_groups[0]["lr"]
-        if scheduler is not None:
-            scheduler.step()
-        train_seconds = time.perf_counter() - e0
-        for m in modules.values():
-            m.eval()
-        val = evaluate()
-        if group:
-            val = group.from_main(val)
-        metrics = {k: v / max(n_seen, 1) for k, v in sums.items()}
-        metrics.update(val)
-        metrics.update(lr=lr, epoch_seconds=time.perf_counter() - e0, samples_per_s=n_seen / max(train_seconds, 1e-9))
-        if spec.monitor not in metrics:
-            raise KeyError(f"evaluate() did not return the monitored metric {spec.monitor!r}")
-        was_best = conv.improved(metrics[spec.monitor])
-        stop_reason = conv.update(epoch, metrics[spec.monitor])
-        if was_best and (group is None or group.is_main):
-            _save_best(ckpt_dir, modules)
-        history.append(metrics)
-        state: dict[str, Any] = {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else {},
-            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-            "rng": torch.get_rng_state(),
-            "convergence": conv.state(),
-            "history": history,
-            "stop_reason": stop_reason,
-        }
-        if group is None or group.is_main:
-            save_training_checkpoint(ckpt_dir, epoch, modules, state, {"run_key": run_key, "stage": stage})
-        if group:
-            group.barrier()
+        sums, n_seen = trainer.train_epoch(step, source, epoch, seed, stochastic)
+        metrics = trainer.end_epoch(epoch, sums, n_seen, evaluate, e0)
+        trainer.checkpoint(epoch)
         cb.on_epoch_end(epoch, metrics)
-
     if unwrap:
         unwrap()
-    if stop_reason is None:
-        stop_reason = f"max_epochs {spec.max_epochs} reached"
-    for name, module in modules.items():
-        best = _best_path(ckpt_dir, name)
-        if best.is_file():
-            load_into(module, read_tensors(best), str(best))
-        module.eval()
+    trainer.load_best()
     return FitResult(
-        epochs_run=len(history), stop_reason=stop_reason, best_epoch=conv.best_epoch, best_value=conv.best,
-        history=history, resumed_from=resumed_from, seconds=time.perf_counter() - t0,
+        epochs_run=len(trainer.history), stop_reason=trainer.stop_reason or f"max_epochs {spec.max_epochs} reached",
+        best_epoch=trainer.conv.best_epoch, best_value=trainer.conv.best, history=trainer.history,
+        resumed_from=trainer.resumed_from, seconds=time.perf_counter() - t0,
     )
 
 

@@ -1,0 +1,192 @@
+"""Streaming image data at two sizes: peak memory per stage, loader throughput, epoch time.
+
+Writes Fashion-MNIST (the Debian package ``dataset-fashion-mnist``, /usr/share/datasets/fashion-mnist)
+as a 64-px RGB PNG image folder of the first N images (train then t10k) for each N of ``--sizes``,
+then runs the pipeline's stages on it with ``data.in_memory: false`` — teacher, features (the
+teacher cache, 2 views, top-k fp16), distill, evaluate — each stage in a fresh process so that its
+peak RSS is its own. It prints, per size: peak RSS per stage (the stage process, and its largest
+DataLoader worker), the loader's images/s (one pass over the train split with augmentation, no
+model), and for the smallest size the distillation epoch time streamed vs in memory.
+
+The stages are kdcore's own functions (no Prefect/MLflow), so the figures are the data path's.
+Targets (issue 11): peak RSS at 70,000 images within 1.25x of 7,000; the streamed distillation
+epoch within 1.5x of the in-memory one.
+
+    python bench/scale.py --sizes 7000            # about 4 minutes on two busy cores
+    python bench/scale.py --sizes 7000 70000      # + writing and running 70,000 images
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SIDE = 64
+STAGES = ("loader", "teacher", "features", "distill", "evaluate")
+
+
+def write_folder(out: Path, n: int) -> Path:
+    """The first ``n`` Fashion-MNIST images (train, then t10k) as ``out/<class>/<i>.png``, 64-px RGB."""
+    import numpy as np
+    from PIL import Image
+
+    from kdcore.data.fashion_mnist import CLASS_NAMES, SYSTEM_DIRS, find_files
+    from kdcore.data.idx import read_idx
+
+    done = out / ".complete"
+    if done.is_file() and int(done.read_text()) == n:
+        return out
+    files = find_files(SYSTEM_DIRS[0])
+    if files is None:
+        sys.exit(f"Fashion-MNIST not found in {SYSTEM_DIRS[0]}: apt-get install dataset-fashion-mnist")
+    x = np.concatenate([read_idx(files["train_x"]), read_idx(files["test_x"])])[:n]
+    y = np.concatenate([read_idx(files["train_y"]), read_idx(files["test_y"])])[:n]
+    names = [c.replace("/", "-").replace(" ", "_") for c in CLASS_NAMES]
+    for name in names:
+        (out / name).mkdir(parents=True, exist_ok=True)
+    for i, (img, label) in enumerate(zip(x, y)):
+        Image.fromarray(img).convert("RGB").resize((SIDE, SIDE), Image.Resampling.BILINEAR).save(
+            out / names[int(label)] / f"{i:06d}.png", compress_level=1)
+    done.write_text(str(n))
+    return out
+
+
+def config(folder: Path, in_memory: bool, workers: int):
+    from kdcore.config import config_from_dict
+
+    train = {"max_epochs": 1, "batch_size": 128, "scheduler": "none"}
+    return config_from_dict({
+        "name": "scale",
+        "data": {"name": "imagefolder", "root": str(folder), "image_size": SIDE, "in_memory": in_memory,
+                 "num_workers": workers, "augment": {"scale": [0.5, 1.0]}},
+        "teacher": {"arch": "cnn_small", "train": train},
+        "student": {"arch": "cnn_tiny"},
+        "cache": {"views": {"policy": "crop_flip", "num_views": 2}, "dtype": "float16", "topk": 5},
+        "distill": {"train": train},
+        "evaluate": {"latency": False, "min_run_time": 0.01, "throughput_batch": 32},
+        "trainer": {"device": "cpu"},
+    })
+
+
+def run_stage(stage: str, folder: Path, work: Path, in_memory: bool, workers: int) -> dict:
+    """One stage in this process (called in a fresh child by :func:`child`)."""
+    import torch
+
+    from kdcore.data import load_dataset
+    from kdcore.stages import (StageEnv, TeacherSource, build_features, distill_student, evaluate_models,
+                               teacher_paths, train_teacher)
+    from kdcore.train.checkpoint import load_model, save_model
+
+    cfg = config(folder, in_memory, workers)
+    t0 = time.perf_counter()
+    data = load_dataset(cfg.data)
+    out: dict = {"load_seconds": time.perf_counter() - t0}
+    env = StageEnv(cfg, data, work / f"{stage}-{'mem' if in_memory else 'stream'}")
+    t0 = time.perf_counter()
+    if stage == "teacher":
+        res = train_teacher(env)
+        save_model(res.model, work / "teacher.safetensors", {"stage": "teacher"})
+        out["val_top1"] = res.metrics["val_top1"]
+    elif stage == "loader":
+        source = env.train_source(lambda epoch, idx: [(i, i * 7919 + epoch) for i in idx.tolist()])
+        n = 0
+        for b in source.epoch(0, 0, 128):
+            n += len(b)
+        out["images_per_s"] = n / (time.perf_counter() - t0)
+    elif stage in ("features", "distill"):
+        teacher = (load_model(work / "teacher.safetensors") if (work / "teacher.safetensors").is_file()
+                   else env.build("cnn_small", {}, 0))  # a memory run without the teacher stage: fresh weights
+        entries = build_features(env, teacher, "scale-teacher", work / "cache")
+        if stage == "distill":
+            init = work / "student-init.safetensors"
+            save_model(env.new_student(), init, {"stage": "init"})
+            source = TeacherSource(env, {s: e for s, (e, _) in entries.items()}, None, teacher_paths(cfg))
+            t0 = time.perf_counter()
+            res = distill_student(env, init, source)
+            save_model(res.model, work / "student.safetensors", {"stage": "distill"})
+            out["epoch_seconds"] = res.fit.history[0]["epoch_seconds"]
+            out["val_top1"] = res.metrics["val_top1"]
+    elif stage == "evaluate":
+        if (work / "student.safetensors").is_file():
+            models = {"teacher": load_model(work / "teacher.safetensors"),
+                      "student": load_model(work / "student.safetensors")}
+        else:  # a memory/throughput run without training: fresh models
+            models = {"teacher": env.build("cnn_small", {}, 0), "student": env.new_student()}
+        res = evaluate_models(env, models)
+        out["test_top1"] = {k: v["metrics"].get("top1") for k, v in res.items()}
+    out["seconds"] = time.perf_counter() - t0
+    torch.set_num_threads(1)
+    out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["worker_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return out
+
+
+def child(stage: str, folder: Path, work: Path, in_memory: bool, workers: int) -> dict:
+    cmd = [sys.executable, __file__, "--stage", stage, "--folder", str(folder), "--work", str(work),
+           "--workers", str(workers)] + (["--in-memory"] if in_memory else [])
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "KDFLOW_HOME": str(work / "home")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        sys.exit(f"stage {stage} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[7000, 70000])
+    p.add_argument("--out", type=Path, default=Path("/tmp/kdflow-scale"))
+    p.add_argument("--workers", type=int, default=1, help="DataLoader workers (default 1: a two-core machine)")
+    p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES,
+                   help="stages to run (features/distill need teacher; evaluate needs distill, or runs the "
+                        "teacher and an untrained student)")
+    p.add_argument("--stage", help=argparse.SUPPRESS)
+    p.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--in-memory", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.stage:
+        print(json.dumps(run_stage(args.stage, args.folder, args.work, args.in_memory, args.workers)))
+        return
+
+    results = {}
+    for n in sorted(args.sizes):
+        t0 = time.perf_counter()
+        folder = write_folder(args.out / f"fmnist-{n}" / "images", n)
+        print(f"\n== {n} images ({SIDE}-px RGB PNG, written in {time.perf_counter() - t0:.0f} s) ==", flush=True)
+        work = args.out / f"fmnist-{n}" / "work"
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        rows = {}
+        for stage in args.stages:
+            rows[stage] = r = child(stage, folder, work, False, args.workers)
+            extra = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()
+                     if k not in ("rss_mb", "worker_rss_mb", "load_seconds")}
+            print(f"{stage:9s} peak RSS {r['rss_mb']:7.1f} MB (largest worker {r['worker_rss_mb']:6.1f} MB)  "
+                  f"load {r['load_seconds']:5.1f} s  {extra}", flush=True)
+        results[n] = rows
+        if n == min(args.sizes) and "distill" in args.stages:
+            mem = child("distill", folder, work, True, args.workers)
+            s, m = rows["distill"]["epoch_seconds"], mem["epoch_seconds"]
+            print(f"distill epoch: streamed {s:.1f} s, in memory {m:.1f} s  ->  {s / m:.2f}x (target <= 1.5x); "
+                  f"in-memory peak RSS {mem['rss_mb']:.0f} MB", flush=True)
+    if len(results) > 1:
+        lo, hi = min(results), max(results)
+        print()
+        for stage in set(results[lo]) & set(results[hi]):
+            a, b = results[lo][stage]["rss_mb"], results[hi][stage]["rss_mb"]
+            print(f"peak RSS {stage:9s} {hi}: {b:7.1f} MB vs {lo}: {a:7.1f} MB -> {b / a:.2f}x (target <= 1.25x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,276 @@
+"""Image files streamed from disk: decoded lazily, transformed, normalised, batched by a DataLoader.
+
+A streamed split (:class:`ImageFileSplit`) stands where an in-memory :class:`~kdcore.data.bundle.Split`
+stands: ``len(split)``, ``split.y`` (labels, small), and ``split.x`` — a lazy sequence whose
+``x[i]`` / ``x[a:b]`` decode just those images (eval transform). Stages batch it through
+:meth:`ImageFileSplit.dataset` in a ``DataLoader`` with workers.
+
+Transforms (``torchvision.io.decode_image`` + ``torchvision.transforms.v2.functional``):
+
+- eval: resize the shorter side to ``image_size``, centre crop ``image_size`` x ``image_size``;
+- train view: a random resized crop to ``image_size`` and a horizontal flip (``data.augment``), drawn
+  from one integer seed per (sample, view). The crop actually cut — ``(top, left, height, width,
+  flip)`` on the decoded image — comes back with the sample, so a teacher cache stores it and the
+  student's loader replays the very same crop from it (the FKD approach).
+
+Normalisation uses per-channel statistics of the train split, estimated on a seeded sample of at
+most ``STATS_SAMPLE`` images (all of them when the split is smaller: then they equal the in-memory
+statistics exactly).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from kdcore.config import AugmentConfig, DataConfig
+from kdcore.data.bundle import DataBundle, channel_stats
+from kdcore.data.image_files import ImageFiles, decoded_bytes, default_workers
+from kdcore.data.splits import make_splits
+from kdcore.errors import DataError
+
+STATS_SAMPLE = 1000
+NO_CROP = (-1, -1, -1, -1, 0)  # the eval transform (resize + centre crop), no flip
+FINGERPRINT_VERSION = "kdflow-stream-v1"
+
+# What a dataset item may be: an index (eval transform), (index, seed) (a train view drawn from the
+# seed) or (index, (top, left, height, width, flip)) (a stored crop replayed).
+Item = Union[int, tuple[int, int], tuple[int, Sequence[int]]]
+
+
+def decode(path: str, grayscale: bool) -> Tensor:
+    """The image at ``path`` as uint8 [C, H, W] (RGB, or one grey channel)."""
+    from torchvision.io import ImageReadMode, decode_image
+
+    try:
+        return decode_image(path, mode=ImageReadMode.GRAY if grayscale else ImageReadMode.RGB)
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from None
+
+
+def eval_view(img: Tensor, size: int) -> Tensor:
+    """Resize the shorter side to ``size`` and cut the centre ``size`` x ``size``."""
+    from torchvision.transforms.v2 import functional as F
+
+    return F.center_crop(F.resize(img, [size], antialias=True), [size, size])
+
+
+def crop_params(seed: int, height: int, width: int, aug: AugmentConfig) -> tuple[int, int, int, int, int]:
+    """The crop ``(top, left, h, w, flip)`` of a train view: a pure function of the seed and the
+    image size. Follows RandomResizedCrop's rule (area in ``aug.scale``, log-uniform aspect ratio in
+    ``aug.ratio``, ten tries, then the central crop of the nearest ratio); ``aug.crop`` false gives
+    the eval crop (-1s) with only the flip drawn."""
+    rng = np.random.Generator(np.random.PCG64(int(seed)))
+    box: Optional[tuple[int, int, int, int]] = None
+    if aug.crop:
+        area = height * width
+        log_ratio = (math.log(aug.ratio[0]), math.log(aug.ratio[1]))
+        for _ in range(10):
+            target = area * rng.uniform(aug.scale[0], aug.scale[1])
+            aspect = math.exp(rng.uniform(*log_ratio))
+            w = int(round(math.sqrt(target * aspect)))
+            h = int(round(math.sqrt(target / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                box = (int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w)
+                break
+        if box is None:
+            ratio = width / height
+            if ratio < aug.ratio[0]:
+                w, h = width, int(round(width / aug.ratio[0]))
+            elif ratio > aug.ratio[1]:
+                h, w = height, int(round(height * aug.ratio[1]))
+            else:
+                w, h = width, height
+            box = ((height - h) // 2, (width - w) // 2, h, w)
+    flip = int(aug.flip and rng.uniform() < 0.5)
+    return (*(box or NO_CROP[:4]), flip)
+
+
+def apply_crop(img: Tensor, crop: Sequence[int], size: int) -> Tensor:
+    """The view of ``img`` given by ``crop`` = (top, left, h, w, flip) (top -1: the eval view)."""
+    from torchvision.transforms.v2 import functional as F
+
+    top, left, h, w, flip = (int(c) for c in crop)
+    out = eval_view(img, size) if top < 0 else F.resized_crop(img, top, left, h, w, [size, size], antialias=True)
+    return F.horizontal_flip(out) if flip else out
+
+
+def normalise(img: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """uint8 [C, H, W] -> float32 scaled to [0, 1] and normalised (the in-memory arithmetic)."""
+    return (img.float() / 255.0 - mean) / std
+
+
+@dataclass
+class ImageFileDataset:
+    """``dataset[item]`` -> ``{"idx", "x", "y", "crop"}`` for one image of a split (see ``Item``)."""
+
+    paths: list[str]
+    labels: np.ndarray
+    size: int
+    grayscale: bool
+    mean: list[float]
+    std: list[float]
+    augment: AugmentConfig
+
+    def __post_init__(self) -> None:
+        self._mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
+        self._std = torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, item: Item) -> dict[str, Tensor]:
+        i, view = (item, None) if isinstance(item, (int, np.integer)) else item
+        img = decode(self.paths[int(i)], self.grayscale)
+        if view is None:
+            crop = NO_CROP
+        elif isinstance(view, (int, np.integer)):
+            crop = crop_params(int(view), int(img.shape[-2]), int(img.shape[-1]), self.augment)
+        else:
+            crop = tuple(int(c) for c in view)
+        x = normalise(apply_crop(img, crop, self.size), self._mean, self._std)
+        return {"idx": torch.tensor(int(i)), "x": x, "y": torch.tensor(int(self.labels[int(i)])),
+                "crop": torch.tensor(crop, dtype=torch.int64)}
+
+
+class LazyImages:
+    """``split.x`` of a streamed split: ``len``, ``shape``, and indexing that decodes only the
+    images asked for (eval transform): ``x[i]`` -> [C, S, S], ``x[a:b]`` / ``x[index]`` -> [B, C, S, S]."""
+
+    def __init__(self, dataset: ImageFileDataset, num_workers: int = 0) -> None:
+        self.dataset, self.num_workers = dataset, num_workers
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        c = 1 if self.dataset.grayscale else 3
+        return (len(self.dataset), c, self.dataset.size, self.dataset.size)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def __getitem__(self, key: Any) -> Tensor:
+        if isinstance(key, (int, np.integer)):
+            return self.dataset[int(key) % len(self)]["x"]
+        if isinstance(key, slice):
+            rows = range(*key.indices(len(self)))
+        else:
+            rows = torch.as_tensor(key).reshape(-1).tolist()
+        return torch.stack([self.dataset[int(i)]["x"] for i in rows]) if rows else torch.empty(0, *self.shape[1:])
+
+
+@dataclass
+class ImageFileSplit:
+    """A split streamed from files (see the module doc)."""
+
+    paths: list[str]
+    y: Tensor
+    size: int
+    grayscale: bool
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    num_workers: int = 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def dataset(self) -> ImageFileDataset:
+        return ImageFileDataset(self.paths, self.y.numpy(), self.size, self.grayscale, self.mean, self.std,
+                                self.augment)
+
+    @property
+    def x(self) -> LazyImages:
+        return LazyImages(self.dataset(), self.num_workers)
+
+    def loader(self, batch_size: int, device: torch.device, items: Optional[list[list[Item]]] = None):
+        """A DataLoader over this split in order (eval transform), or over the given item batches."""
+        from kdcore.train.batches import make_loader
+
+        batches = items if items is not None else [list(range(i, min(i + batch_size, len(self))))
+                                                   for i in range(0, len(self), batch_size)]
+        return make_loader(self.dataset(), batches, self.num_workers, device)
+
+
+def is_streamed(split: Any) -> bool:
+    return isinstance(split, ImageFileSplit)
+
+
+def _sample_stats(paths: list[str], size: int, grayscale: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train statistics on at most STATS_SAMPLE images (eval view), with in-memory arithmetic."""
+    rows = np.arange(len(paths))
+    if len(rows) > STATS_SAMPLE:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, STATS_SAMPLE, replace=False))
+    sample = np.stack([eval_view(decode(paths[i], grayscale), size).numpy() for i in rows])
+    return channel_stats(sample, 255.0)
+
+
+def files_fingerprint(cfg: DataConfig, splits: dict[str, list[str]], labels: dict[str, np.ndarray],
+                      class_names: list[str], params: dict[str, Any]) -> str:
+    """sha256 over the dataset settings and, per split, each file's path, label and size + mtime
+    (``data.fingerprint: stat``) or content sha256 (``content``)."""
+    from kdcore.fingerprint import file_sha256
+
+    h = hashlib.sha256()
+
+    def put(text: str) -> None:
+        b = text.encode()
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+
+    put(FINGERPRINT_VERSION)
+    put(json.dumps({"name": cfg.name, "params": params, "classes": class_names}, sort_keys=True, default=str))
+    for split, paths in splits.items():
+        put(f"{split}|{len(paths)}")
+        for p, label in zip(paths, labels[split].tolist()):
+            if cfg.fingerprint == "content":
+                put(f"{p}|{label}|{file_sha256(p)}")
+            else:
+                st = os.stat(p)
+                put(f"{p}|{label}|{st.st_size}|{st.st_mtime_ns}")
+    return h.hexdigest()
+
+
+def stream_bundle(cfg: DataConfig, files: ImageFiles) -> DataBundle:
+    """Split ``files`` like the in-memory path does, estimate the normalisation, fingerprint the
+    file list; nothing is decoded beyond the statistics sample."""
+    test_y = files.test_y
+    idx = make_splits(cfg.name, files.train_y, len(test_y) if test_y is not None else None, cfg)
+    pool = np.asarray(files.train_paths, dtype=object)
+    test_pool, test_labels = ((np.asarray(files.test_paths, dtype=object), test_y) if idx.test_is_official
+                              else (pool, files.train_y))
+    parts = {"train": (pool[idx.train], files.train_y[idx.train]), "val": (pool[idx.val], files.train_y[idx.val]),
+             "test": (test_pool[idx.test], test_labels[idx.test])}
+    _, size = decoded_bytes(files, cfg.image_size)
+    train_paths = [str(p) for p in parts["train"][0]]
+    mean, std = _sample_stats(train_paths, size, files.grayscale, cfg.split_seed)
+    params = {
+        "val_fraction": cfg.val_fraction, "test_fraction": None if idx.test_is_official else cfg.test_fraction,
+        "split_seed": cfg.split_seed, "limit_train": cfg.limit_train, "limit_test": cfg.limit_test,
+        "official_test": idx.test_is_official, "image_size": size, "grayscale": files.grayscale,
+        "augment": cfg.augment.model_dump(mode="json"), "fingerprint": cfg.fingerprint,
+    }
+    fingerprint = files_fingerprint(cfg, {k: [str(p) for p in v[0]] for k, v in parts.items()},
+                                    {k: v[1] for k, v in parts.items()}, files.class_names, params)
+    workers = cfg.num_workers if cfg.num_workers is not None else default_workers()
+    splits = {k: ImageFileSplit([str(p) for p in paths], torch.from_numpy(np.asarray(y, dtype=np.int64)), size,
+                                files.grayscale, [float(m) for m in mean], [float(s) for s in std], cfg.augment,
+                                workers)
+              for k, (paths, y) in parts.items()}
+    return DataBundle(
+        name=cfg.name, train=splits["train"], val=splits["val"], test=splits["test"],  # type: ignore[arg-type]
+        num_classes=len(files.class_names), class_names=list(files.class_names),
+        input_shape=(files.channels, size, size), modality="image", fingerprint=fingerprint,
+        mean=[float(m) for m in mean], std=[float(s) for s in std],
+        extras={"streaming": True, "num_workers": workers, "source": files.source},
+    )

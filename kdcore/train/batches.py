@@ -1,0 +1,158 @@
+"""Where a training epoch's batches come from: index slices of in-memory tensors, or a DataLoader.
+
+``fit`` asks a batch source for one epoch's batches with ``source.epoch(seed, epoch, batch_size)``.
+The order of samples is the same function of (seed, epoch) for both sources
+(:func:`shuffled_batches`), so a resumed run replays it and a streamed epoch visits the samples in
+the order an in-memory one does.
+
+- :class:`IndexBatches` yields index tensors; the step slices its own tensors (today's path).
+- :class:`LoaderBatches` yields :class:`Batch` objects (sample indices, inputs, labels) read by a
+  ``DataLoader`` whose workers decode files; the indices let a step look up cached teacher outputs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional, Protocol, Sequence, Union
+
+import torch
+
+
+def shuffled_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
+    """The epoch's shuffled index batches; a function of (seed, epoch) alone, so resume replays it."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=gen)
+    batches = list(perm.split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) < 2:  # a batch of one breaks BatchNorm
+        batches.pop()
+    return batches
+
+
+@dataclass
+class Batch:
+    """A batch read from files: dataset indices ``idx`` [B], inputs ``x`` and labels ``y`` on the
+    device, and ``extra`` (e.g. the crop parameters each sample was cut with)."""
+
+    idx: torch.Tensor
+    x: torch.Tensor
+    y: torch.Tensor
+    extra: Optional[dict[str, torch.Tensor]] = None
+
+    def __len__(self) -> int:
+        return int(self.idx.shape[0])
+
+    def part(self, index: torch.Tensor) -> "Batch":
+        """The rows ``index`` (positions in this batch) of every field."""
+        extra = {k: v[index.to(v.device)] for k, v in (self.extra or {}).items()} or None
+        return Batch(self.idx[index], self.x[index.to(self.x.device)], self.y[index.to(self.y.device)], extra)
+
+
+BatchLike = Union[torch.Tensor, Batch]
+
+
+class BatchSource(Protocol):
+    def __len__(self) -> int: ...
+
+    def epoch(self, seed: int, epoch: int, batch_size: int) -> Sequence[Any]: ...
+
+
+class IndexBatches:
+    """The in-memory source: shuffled index tensors over ``n`` samples."""
+
+    def __init__(self, n: int) -> None:
+        self.n = int(n)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def epoch(self, seed: int, epoch: int, batch_size: int) -> list[torch.Tensor]:
+        return shuffled_batches(self.n, batch_size, seed, epoch)
+
+
+def worker_context():
+    """The start method of DataLoader workers. In a process with one thread (not counting other
+    DataLoaders' queue-feeder and pin-memory threads), the platform's default
+    (fork on Linux: fastest). Workers forked straight from a process running threads (Prefect's
+    task threads, MLflow's database sessions) can inherit a lock held by another thread and die, so
+    there ``forkserver`` where there is one: a clean process that imported torch and kdcore's
+    stages once and forks workers from there."""
+    import multiprocessing
+    import threading
+
+    own = [t for t in threading.enumerate() if t.name != "QueueFeederThread" and "_pin_memory_loop" not in t.name]
+    if len(own) == 1:  # the main thread, beside other loaders' queue feeders and pin-memory threads
+        return None
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "kdcore.train.ddp", "kdcore.stages"])  # as kdcore.train.ddp does
+    return ctx
+
+
+def make_loader(dataset: Any, batch_sampler: Any, num_workers: int, device: torch.device, *,
+                persistent: bool = False, prefetch_factor: int = 4):
+    """A DataLoader of the given batches: workers from :func:`worker_context`, pinned memory on CUDA."""
+    from torch.utils.data import DataLoader
+
+    workers = num_workers > 0
+    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers,
+                      pin_memory=device.type == "cuda", persistent_workers=persistent and workers,
+                      prefetch_factor=prefetch_factor if workers else None,
+                      multiprocessing_context=worker_context() if workers else None)
+
+
+class _EpochSampler:
+    """A batch sampler whose batches are set by the owner before each pass over the loader (the
+    loader keeps its workers between epochs; the sampler runs in the main process)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Any]] = []
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class LoaderBatches:
+    """A streaming source: each epoch, the shuffled index batches become items
+    ``items(epoch, idx) -> list`` read by one persistent ``DataLoader`` over ``dataset``; each batch
+    arrives as a :class:`Batch` on ``device``.
+
+    ``dataset[item]`` returns a dict with ``idx``, ``x``, ``y`` (and optionally more tensors, kept
+    in ``Batch.extra``)."""
+
+    def __init__(self, dataset: Any, n: int, device: torch.device, *, num_workers: int = 0,
+                 items: Optional[Callable[[int, torch.Tensor], list[Any]]] = None, prefetch_factor: int = 4) -> None:
+        self.n, self.device = int(n), device
+        self.items = items or (lambda epoch, idx: idx.tolist())
+        self.sampler = _EpochSampler()
+        self.loader = make_loader(dataset, self.sampler, num_workers, device, persistent=True,
+                                  prefetch_factor=prefetch_factor)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def epoch(self, seed: int, epoch: int, batch_size: int) -> "_EpochBatches":
+        self.sampler.batches = [self.items(epoch, idx) for idx in shuffled_batches(self.n, batch_size, seed, epoch)]
+        return _EpochBatches(self)
+
+    def batches(self, index_batches: list[torch.Tensor], epoch: int = 0) -> "_EpochBatches":
+        """A pass over given index batches (in order), e.g. for evaluation."""
+        self.sampler.batches = [self.items(epoch, idx) for idx in index_batches]
+        return _EpochBatches(self)
+
+
+class _EpochBatches:
+    def __init__(self, source: LoaderBatches) -> None:
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source.sampler)
+
+    def __iter__(self) -> Iterator[Batch]:
+        dev = self.source.device
+        for raw in self.source.loader:
+            extra = {k: v for k, v in raw.items() if k not in ("idx", "x", "y")}
+            yield Batch(raw["idx"], raw["x"].to(dev, non_blocking=True), raw["y"].to(dev, non_blocking=True),
+                        extra or None)

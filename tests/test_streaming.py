@@ -1,0 +1,133 @@
+"""Image files streamed from disk (data.in_memory: false): loaders, cache replay, the pipeline."""
+from __future__ import annotations
+
+import copy
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY, kdflow_home
+from images import write_image_folder
+from kdcore.config import DataConfig, config_from_dict
+from kdcore.data import load_dataset
+from kdcore.data.stream import ImageFileSplit
+from kdcore.evaluate import predict
+from kdcore.models import create_model
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return write_image_folder(tmp_path_factory.mktemp("imgs") / "imgs")
+
+
+def data_cfg(folder, **kw) -> DataConfig:
+    return DataConfig(name="imagefolder", root=str(folder), image_size=32, **kw)
+
+
+def test_in_memory_by_default_streamed_when_asked_or_over_budget(folder):
+    assert not isinstance(load_dataset(data_cfg(folder)).train, ImageFileSplit)  # small: in memory
+    assert isinstance(load_dataset(data_cfg(folder, in_memory=False)).train, ImageFileSplit)
+    over = load_dataset(data_cfg(folder, memory_budget="100KB"))  # 90 x 3 x 32 x 32 x 4 B = 1.1 MB
+    assert isinstance(over.train, ImageFileSplit)
+
+
+def test_streamed_evaluation_equals_in_memory(folder):
+    mem = load_dataset(data_cfg(folder))
+    streamed = load_dataset(data_cfg(folder, in_memory=False, num_workers=2))
+    assert streamed.mean == mem.mean and streamed.std == mem.std  # statistics of the whole (small) train split
+    assert [len(s) for s in streamed.splits().values()] == [len(s) for s in mem.splits().values()]
+    assert torch.equal(streamed.test.y, mem.test.y)
+    torch.manual_seed(0)
+    model = create_model("cnn_tiny", in_channels=3, num_classes=3).eval()
+    a = predict(model, mem.test.x, batch_size=7)
+    b = predict(model, streamed.test.x, batch_size=7)  # a DataLoader with 2 workers decodes the files
+    assert torch.equal(a, b)
+
+
+def test_fingerprint_follows_file_stats_or_contents(folder, tmp_path):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(folder, root)
+    stat = load_dataset(data_cfg(root, in_memory=False)).fingerprint
+    content = load_dataset(data_cfg(root, in_memory=False, fingerprint="content")).fingerprint
+    f = next((root / "c0").glob("*.png"))
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))  # touched, same bytes
+    assert load_dataset(data_cfg(root, in_memory=False)).fingerprint != stat
+    assert load_dataset(data_cfg(root, in_memory=False, fingerprint="content")).fingerprint == content
+    f.write_bytes((root / "c1" / "0.png").read_bytes())  # other bytes
+    assert load_dataset(data_cfg(root, in_memory=False, fingerprint="content")).fingerprint != content
+
+
+def test_cache_replays_the_crops_the_teacher_saw(folder, tmp_path):
+    """Per sample and view: the student loader's view (replayed from the stored crop) equals the
+    image the teacher was run on when the cache was built, and the cached logits equal the teacher
+    on that view."""
+    from kdcore.stages import StageEnv, TeacherSource, build_features
+    from kdcore.train import TrainCallbacks
+
+    cfg = config_from_dict({**copy.deepcopy(TINY), "data": {"name": "imagefolder", "root": str(folder),
+                                                            "image_size": 24, "in_memory": False, "num_workers": 2},
+                            "cache": {"views": {"policy": "crop_flip", "num_views": 3, "seed": 5}}})
+    data = load_dataset(cfg.data)
+
+    class Progress(TrainCallbacks):
+        calls: list = []
+
+        def on_progress(self, what, done, total):
+            self.calls.append((what, done, total))
+
+    env = StageEnv(cfg, data, tmp_path / "work", Progress())
+    teacher = env.build("cnn_small", {}, seed_offset=0).eval()
+    seen: list[torch.Tensor] = []
+    hook = teacher.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    entries = {s: e for s, (e, built) in build_features(env, teacher, "t" * 64, tmp_path / "cache",
+                                                        batch_size=16).items()}
+    hook.remove()
+    total = len(data.train) + len(data.val)
+    assert Progress.calls[-1] == ("cache", total, total)  # the build reported its progress batch by batch
+    assert len(Progress.calls) > 2 and [c[1] for c in Progress.calls] == sorted(c[1] for c in Progress.calls)
+    n, views = len(data.train), 3
+    # the build ran chunk by chunk, each chunk once per view: put the teacher's inputs back in (sample, view) order
+    chunks = [seen[k * views:(k + 1) * views] for k in range(-(-n // 16))]
+    teacher_saw = torch.cat([torch.stack(c, dim=1) for c in chunks])[:n]  # [N, V, C, H, W]
+    entry = entries["train"]
+    crops = TeacherSource(env, entries, None, []).crops("train")
+    assert crops.shape == (n, views, 5)
+    assert len({tuple(c) for c in crops.reshape(-1, 5).tolist()}) > n  # views differ
+    logits = entry.read_all("logits")
+    ds = data.train.dataset()
+    for i in range(n):
+        for v in range(views):
+            replayed = ds[(i, crops[i, v].tolist())]["x"]
+            assert torch.equal(replayed, teacher_saw[i, v]), (i, v)
+            with torch.no_grad():
+                expected = teacher(replayed[None]).float()[0]
+            torch.testing.assert_close(logits[i, v], expected, rtol=0, atol=1e-5)
+
+
+def test_streaming_pipeline_trains_evaluates_registers(prefect_server, folder, tmp_path):
+    from mlflow import MlflowClient
+
+    from flows.runner import run_pipeline
+
+    raw = copy.deepcopy(TINY)
+    raw["data"] = {"name": "imagefolder", "root": str(folder), "image_size": 32, "in_memory": False,
+                   "num_workers": 2, "augment": {"scale": [0.6, 1.0]}}
+    raw["teacher"]["train"]["max_epochs"] = 3
+    raw["cache"] = {"views": {"policy": "crop_flip", "num_views": 2}, "dtype": "float16", "topk": 2}
+    raw["register"] = {"teacher_name": "stream-teacher", "student_name": "stream-student"}
+    home = tmp_path / "home"
+    with kdflow_home(home):
+        report = run_pipeline(config_from_dict(raw))
+    stages = report["stages"]
+    assert {"teacher", "features", "distill", "baseline", "evaluate", "register"} <= set(stages)
+    evaluated = report["evaluate"] if "evaluate" in report else stages["evaluate"]
+    assert evaluated
+    crops = [np.load(p) for p in (home / "cache").glob("*/view_crops.npy")]
+    assert crops and crops[0].shape[1:] == (2, 5)  # the train entry stored its crops
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    assert client.search_model_versions("name='stream-student'")
+    assert client.search_model_versions("name='stream-teacher'")
