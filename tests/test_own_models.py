@@ -44,7 +44,8 @@ def make_image_folder(root: Path, per_class: int = 60, size: int = 32, seed: int
 
 OWN = {
     "name": "own-models",
-    "data": {"name": "imagefolder"},
+    # streamed from the files by two DataLoader workers, as data larger than memory would be
+    "data": {"name": "imagefolder", "in_memory": False, "num_workers": 2, "augment": {"scale": [0.6, 1.0]}},
     "teacher": {"arch": "torchvision:resnet18", "kwargs": {"weights": None},
                 "train": {"max_epochs": 2, "batch_size": 32, "optimizer": "adam", "lr": 0.001}},
     "student": {"arch": "torchvision:mobilenet_v3_small"},
@@ -75,6 +76,7 @@ def test_torchvision_teacher_to_registered_exported_torchvision_student(own_run)
     from mlflow import MlflowClient
 
     home, report = own_run
+    assert report["stages"]["features"]["cached"] is False
     # 4 classes: chance is 0.25. The student is not asked to learn in these few steps: the running
     # batch-norm statistics of torchvision's MobileNetV3 lag its weights, and it evaluates near chance
     assert report["models"]["teacher"]["top1"] > 0.6, report["models"]
