@@ -33,19 +33,23 @@ def deploy(
     name: List[str] = typer.Option([], "--name", "-n", help="deploy only these (pipeline, sweep, retrain)"),
     gpus: Optional[int] = typer.Option(None, "--gpus", help="slots of the `gpu` task concurrency limit "
                                        "(default: the GPUs this machine sees, 1 without CUDA)"),
-    pool_type: str = typer.Option("process", "--pool-type", help="type of the kdflow-gpu pool if it must be "
-                                  "created (process; docker/kubernetes need their Prefect worker package)"),
+    pool_type: str = typer.Option("process", "--pool-type", help="process (pool kdflow-gpu), docker (kdflow-docker) "
+                                  "or kubernetes (kdflow-k8s; these two need pip install 'kdflow[deploy]')"),
+    image: Optional[str] = typer.Option(None, "--image", help="docker/kubernetes: the image the flow runs start in"),
+    job_variable: List[str] = typer.Option([], "--job-variable", "-j", metavar="KEY=VALUE",
+                                           help="job variable of every deployment, e.g. gpus=2 or "
+                                           "'env={\"KDFLOW_HOME\": \"/data\"}' (values are JSON or text)"),
 ) -> None:
-    """Create the kdflow-gpu work pool and the gpu concurrency limit, and apply deployments/prefect.yaml."""
+    """Create the work pool and the gpu concurrency limit, and apply deployments/prefect.yaml."""
     quiet_prefect(False)
-    from flows.deploy import deploy as do_deploy
+    from flows.deploy import deploy as do_deploy, parse_job_variables
 
     try:
-        done = do_deploy(name or None, gpus, pool_type)
+        done = do_deploy(name or None, gpus, pool_type, image=image, job_variables=parse_job_variables(job_variable))
     except KdflowError as exc:
         _fail(str(exc))
     console.print(f"Prefect API: {done['api']}")
-    console.print(f"work pool {done['pool']}: {'created' if done['pool_created'] else 'exists'}; "
+    console.print(f"work pool {done['pool']} ({done['pool_type']}): {'created' if done['pool_created'] else 'exists'}; "
                   f"task concurrency limit on tag 'gpu': {done['gpu_limit']}")
     console.print(f"deployed: {', '.join(done['deployments'])}")
     console.print(f"next: on a GPU machine, `prefect worker start --pool {done['pool']}` "
