@@ -125,7 +125,8 @@ def stage_task(stage: str, body: Callable[[StageCall], dict[str, Any]]):
             call = StageCall(stage, config, data, env, tracker, run_id, fp,
                              {k: StageRecord.model_validate(v) for k, v in inputs.items()}, home,
                              ctx["parent_run_id"])
-            with device_slot(config.trainer.device):  # concurrent stages spread over the visible GPUs
+            with device_slot(config.trainer.device, count=config.trainer.devices,  # concurrent stages spread over
+                             lock_dir=home / "locks" / "devices"):  # the GPUs, across processes
                 fields = body(call)
             fields.setdefault("info", {})["compute_seconds"] = round(call.compute_seconds, 3)
             record = StageRecord(stage=stage, fingerprint=fp, mlflow_run_id=run_id,
