@@ -18,7 +18,8 @@ from kdcore.export import export_torchscript
 from kdcore.train.checkpoint import load_model
 from tasks.data import load_data
 from tasks.home import stage_dir
-from tasks.tracking import _LOCK, Tracker
+from tasks import tracking
+from tasks.tracking import Tracker
 
 EXPORT_NAME = "student.torchscript.pt"
 PARITY_SAMPLES = 512
@@ -46,7 +47,7 @@ def export_task(cfg: dict, ctx: dict, distill: dict, version: Optional[str]) -> 
     if version is not None:
         tags = {"kdflow.export_format": config.export.format, "kdflow.export_uri": uri,
                 "kdflow.export_max_abs_diff": f"{result.max_abs_diff:.3g}"}
-        with _LOCK:
+        with tracking._LOCK:  # via the module: a lock in this module's globals stops Dask/Ray pickling the task
             for key, value in tags.items():
                 tracker.client.set_model_version_tag(config.register.student_name, version, key, value)
     return info
