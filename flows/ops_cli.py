@@ -60,13 +60,15 @@ def serve(
     name: List[str] = typer.Option([], "--name", "-n", help="serve only these deployments"),
     limit: Optional[int] = typer.Option(None, "--limit", help="most flow runs at once"),
     gpus: Optional[int] = typer.Option(None, "--gpus", help="slots of the `gpu` task concurrency limit"),
+    prefect_file: Optional[Path] = typer.Option(None, "--prefect-file", help="deployments file "
+                                                "(default: deployments/prefect.yaml)"),
 ) -> None:
     """Serve the deployments (with their schedules) from this process, until Ctrl-C."""
     quiet_prefect(True)
-    from flows.deploy import serve as do_serve
+    from flows.deploy import PREFECT_FILE, serve as do_serve
 
     try:
-        do_serve(name or None, limit, gpus)
+        do_serve(name or None, limit, gpus, prefect_file.resolve() if prefect_file else PREFECT_FILE)
     except KdflowError as exc:
         _fail(str(exc))
 

@@ -23,6 +23,7 @@ import base64
 import copy
 import itertools
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,7 +125,8 @@ def trial_task(index: int, label: str, config: dict, home: str, parent_run_id: s
     """One trial: the whole pipeline flow (a subflow of this task run)."""
     t0 = time.perf_counter()
     report = pipeline_flow(config, home, parent_run_id=parent_run_id)
-    return {"index": index, "label": label, "report": report, "seconds": round(time.perf_counter() - t0, 3)}
+    return {"index": index, "label": label, "report": report, "seconds": round(time.perf_counter() - t0, 3),
+            "pid": os.getpid()}  # which process ran it (a Ray or Dask worker, or the flow's own)
 
 
 @flow(name="kdflow-sweep-trials")
@@ -269,7 +271,8 @@ def results_table(trials: list[Trial], outcomes: list[dict]) -> pd.DataFrame:
                     row[f"{stage}_cached"] = report["stages"][stage]["cached"]
             row.update({"distill_fingerprint": report["stages"]["distill"]["fingerprint"],
                         "mlflow_run_id": report["mlflow_parent_run_id"],
-                        "prefect_flow_run_id": report["prefect_flow_run_id"], "seconds": o["seconds"], "error": None})
+                        "prefect_flow_run_id": report["prefect_flow_run_id"], "seconds": o["seconds"],
+                        "pid": o.get("pid"), "error": None})
         else:
             row["error"] = o["error"]
         rows.append(row)
