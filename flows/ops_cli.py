@@ -84,9 +84,15 @@ def sweep(
     set_: List[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help="override a config value"),
     report: Optional[Path] = typer.Option(None, "--report", help="also write the result as JSON here"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="show Prefect's task logs"),
+    runner: Optional[str] = typer.Option(None, "--runner", help="where the trials run: thread, ray or dask "
+                                         "(sets sweep.task_runner; ray/dask start a local cluster)"),
+    address: Optional[str] = typer.Option(None, "--address", help="an existing Ray or Dask cluster "
+                                          "(sets sweep.address, e.g. tcp://scheduler:8786 or ray://head:10001)"),
 ) -> None:
     """Run a sweep locally: trials sharing one teacher, results table and Pareto plot."""
     quiet_prefect(verbose)
+    set_ = list(set_) + ([f"sweep.task_runner={runner}"] if runner else []) + (
+        [f"sweep.address={address}"] if address else [])
     try:
         from flows.params import run_locally
         from flows.sweep import sweep_flow
