@@ -23,6 +23,7 @@ the GPUs.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import json
 import os
@@ -338,7 +339,8 @@ class _Follower:
     def __init__(self, path: Path, callbacks: list) -> None:
         self.path, self.callbacks, self.offset = path, callbacks, 0
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
+        context = contextvars.copy_context()  # the caller's (an orchestrator's run context reaches the callbacks)
+        self.thread = threading.Thread(target=context.run, args=(self._loop,), daemon=True)
         self.error: Optional[BaseException] = None
 
     def _drain(self) -> None:
