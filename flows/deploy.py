@@ -3,24 +3,31 @@
 ``deployments/prefect.yaml`` is the one description of the deployments (pipeline, sweep, retrain
 with its cron schedule), used both ways:
 
-- ``deploy``: make sure the process work pool ``kdflow-gpu`` and the task concurrency limit on the
-  ``gpu`` tag (training stages carry it; one slot per GPU of the worker) exist, then apply the file
-  with Prefect's own ``prefect deploy --all --prefect-file deployments/prefect.yaml`` from the
-  repository root. Workers (``prefect worker start --pool kdflow-gpu``) then run the flow runs.
+- ``deploy``: make sure the work pool (``kdflow-gpu`` of type process, or ``kdflow-docker`` /
+  ``kdflow-k8s``, each with the base job template of :mod:`flows.pool_templates`, which gives flow
+  runs their GPUs) and the task concurrency limit on the ``gpu`` tag (training stages carry it; one
+  slot per GPU of the worker) exist, then apply the file with Prefect's own ``prefect deploy --all``
+  from the repository root. For another pool than the file names, or extra job variables, the file
+  is first rewritten to a temporary copy that names that pool and carries the variables in every
+  deployment (``prefect deploy --all`` ignores ``--pool`` and ``--job-variable`` when it deploys
+  several deployments). Workers (``prefect worker start --pool kdflow-gpu``) then run the flow runs.
 - ``serve``: no pool, no worker: this process serves the same deployments (same parameters, tags
   and schedules) with ``prefect.serve`` and runs their flow runs itself, until stopped.
 """
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 
 from kdcore.errors import ConfigError, KdflowError
+from flows.pool_templates import DEFAULT_IMAGE, POOL_NAMES, POOL_TYPES, base_job_template
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PREFECT_FILE = REPO_ROOT / "deployments" / "prefect.yaml"
@@ -59,25 +66,30 @@ def _api_url() -> str:
     return url
 
 
-def ensure_pool(pool: str = POOL, pool_type: str = "process") -> bool:
-    """Create the work pool (with its type's default job template) unless it exists; True if created."""
+def ensure_pool(pool: str = POOL, pool_type: str = "process", image: str = DEFAULT_IMAGE) -> bool:
+    """Create the work pool with kdflow's base job template for its type unless it exists; True if
+    created. A pool of that type without kdflow's variables (one a worker created with Prefect's
+    bare default) gets kdflow's template; a pool of another type is an error."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectNotFound
 
+    if pool_type not in POOL_TYPES:
+        raise ConfigError(f"--pool-type {pool_type!r} is not one of {', '.join(POOL_TYPES)}")
+    template = base_job_template(pool_type, image)
     with get_client(sync_client=True) as client:
         try:
-            client.read_work_pool(pool)
-            return False
+            existing = client.read_work_pool(pool)
         except ObjectNotFound:
-            pass
-        template: dict[str, Any] = {}
-        if pool_type == "process":
-            from prefect.workers.process import ProcessWorker
-
-            template = ProcessWorker.get_default_base_job_template()
-        client.create_work_pool(WorkPoolCreate(name=pool, type=pool_type, base_job_template=template))
-        return True
+            client.create_work_pool(WorkPoolCreate(name=pool, type=pool_type, base_job_template=template))
+            return True
+        if existing.type != pool_type:
+            raise ConfigError(f"work pool {pool} exists with type {existing.type}, not {pool_type}: "
+                              f"delete it (prefect work-pool delete {pool}) or deploy with --pool-type {existing.type}")
+        variables = (existing.base_job_template.get("variables") or {}).get("properties") or {}
+        if "gpus" not in variables:
+            client.update_work_pool(pool, WorkPoolUpdate(base_job_template=template))
+        return False
 
 
 def ensure_gpu_limit(slots: int, tag: str = GPU_TAG) -> int:
@@ -90,13 +102,49 @@ def ensure_gpu_limit(slots: int, tag: str = GPU_TAG) -> int:
         return client.read_concurrency_limit_by_tag(tag).concurrency_limit
 
 
+def parse_job_variables(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` items (VALUE is JSON when it parses as JSON, else text) as a mapping."""
+    import json
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--job-variable {item!r} is not KEY=VALUE")
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
+
+
+def targeted_file(prefect_file: Path, pool: str, job_variables: dict[str, Any], dest: Path) -> Path:
+    """A copy of ``prefect_file`` whose deployments all go to ``pool`` with ``job_variables`` merged
+    over their own (``env`` merged key by key)."""
+    doc = yaml.safe_load(Path(prefect_file).read_text()) or {}
+    for spec in doc.get("deployments") or []:
+        target = copy.deepcopy(spec.get("work_pool") or {})
+        target["name"] = pool
+        merged = dict(target.get("job_variables") or {})
+        for key, value in job_variables.items():
+            if key == "env" and isinstance(value, dict):
+                merged["env"] = {**(merged.get("env") or {}), **value}
+            else:
+                merged[key] = value
+        target["job_variables"] = merged
+        spec["work_pool"] = target
+    doc.pop("definitions", None)  # its anchors are resolved in each deployment above
+    dest.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return dest
+
+
 def apply_deployments(names: Optional[list[str]] = None, prefect_file: Path = PREFECT_FILE,
-                      timeout: float = 600) -> subprocess.CompletedProcess:
+                      timeout: float = 600, env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess:
     """``prefect deploy`` of the file's deployments, run from the repository root (entrypoints and
     the pull step's working directory are relative to it)."""
     cmd = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--prefect-file", str(prefect_file)]
     cmd += [a for n in names for a in ("--name", n)] if names else ["--all"]
-    env = {**os.environ}
+    env = {**os.environ, **(env or {})}
     env.setdefault("KDFLOW_REPO", str(REPO_ROOT))  # where workers find the code (the pull step)
     out = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if out.returncode != 0:
@@ -106,15 +154,34 @@ def apply_deployments(names: Optional[list[str]] = None, prefect_file: Path = PR
 
 
 def deploy(names: Optional[list[str]] = None, gpus: Optional[int] = None, pool_type: str = "process",
-           prefect_file: Path = PREFECT_FILE) -> dict[str, Any]:
-    """Pool, GPU limit, deployments. Returns what was done."""
+           prefect_file: Path = PREFECT_FILE, image: Optional[str] = None,
+           job_variables: Optional[dict[str, Any]] = None, pool: Optional[str] = None) -> dict[str, Any]:
+    """Pool, GPU limit, deployments. Returns what was done.
+
+    ``pool_type`` docker or kubernetes (or ``image``/``job_variables`` given): the deployments go to
+    that type's pool (``kdflow-docker``, ``kdflow-k8s``) with the variables, e.g. ``{"gpus": 2}``."""
+    if pool_type not in POOL_TYPES:
+        raise ConfigError(f"--pool-type {pool_type!r} is not one of {', '.join(POOL_TYPES)}")
     api = _api_url()
     specs = read_specs(prefect_file, names)
-    created = ensure_pool(POOL, pool_type)
+    pool = pool or POOL_NAMES[pool_type]
+    variables = dict(job_variables or {})
+    if image:
+        if pool_type == "process":
+            raise ConfigError("--image is for docker and kubernetes pools; a process pool runs the worker's checkout")
+        variables["image"] = image
+    created = ensure_pool(pool, pool_type, image or DEFAULT_IMAGE)
     slots = ensure_gpu_limit(gpus if gpus is not None else gpu_slots())
-    apply_deployments([s["name"] for s in specs] if names else None, prefect_file)
-    return {"api": api, "pool": POOL, "pool_created": created, "gpu_limit": slots,
-            "deployments": [s["name"] for s in specs]}
+    selected = [s["name"] for s in specs] if names else None
+    extra_env = {} if pool_type == "process" else {"KDFLOW_REPO": os.environ.get("KDFLOW_REPO", "/opt/kdflow")}
+    if pool == POOL and not variables:
+        apply_deployments(selected, prefect_file, env=extra_env)
+    else:
+        with tempfile.TemporaryDirectory(prefix="kdflow-deploy-") as tmp:
+            target = targeted_file(prefect_file, pool, variables, Path(tmp) / "prefect.yaml")
+            apply_deployments(selected, target, env=extra_env)
+    return {"api": api, "pool": pool, "pool_type": pool_type, "pool_created": created, "gpu_limit": slots,
+            "job_variables": variables, "deployments": [s["name"] for s in specs]}
 
 
 def runner_deployments(names: Optional[list[str]] = None, prefect_file: Path = PREFECT_FILE) -> list:

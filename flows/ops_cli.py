@@ -30,21 +30,35 @@ def deploy(
         str,
         typer.Option(
             "--pool-type",
-            help="type of the kdflow-gpu pool if it must be "
-            "created (process; docker/kubernetes need their Prefect worker "
-            "package)",
+            help="process (pool kdflow-gpu), docker (kdflow-docker) or kubernetes (kdflow-k8s; these two need "
+            "pip install 'kdflow[deploy]')",
         ),
     ] = "process",
+    image: Annotated[
+        Optional[str], typer.Option("--image", help="docker/kubernetes: the image the flow runs start in")
+    ] = None,
+    job_variable: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--job-variable",
+            "-j",
+            metavar="KEY=VALUE",
+            help="job variable of every deployment, e.g. gpus=2 or 'env={\"KDFLOW_HOME\": \"/data\"}' "
+            "(values are JSON or text)",
+        ),
+    ] = None,
 ) -> None:
-    """Create the kdflow-gpu work pool and the gpu concurrency limit, and apply deployments/prefect.yaml."""
+    """Create the work pool and the gpu concurrency limit, and apply deployments/prefect.yaml."""
     quiet_prefect(False)
     from flows.deploy import deploy as do_deploy
+    from flows.deploy import parse_job_variables
 
     with user_errors():
-        done = do_deploy(name or None, gpus, pool_type)
+        done = do_deploy(name or None, gpus, pool_type, image=image,
+                         job_variables=parse_job_variables(list(job_variable or [])))
     out.print(f"Prefect API: {done['api']}")
     out.print(
-        f"work pool {done['pool']}: {'created' if done['pool_created'] else 'exists'}; "
+        f"work pool {done['pool']} ({done['pool_type']}): {'created' if done['pool_created'] else 'exists'}; "
         f"task concurrency limit on tag 'gpu': {done['gpu_limit']}"
     )
     out.print(f"deployed: {', '.join(done['deployments'])}")
@@ -59,13 +73,17 @@ def serve(
     name: Names = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="most flow runs at once")] = None,
     gpus: Gpus = None,
+    prefect_file: Annotated[
+        Optional[Path], typer.Option("--prefect-file", help="deployments file (default: deployments/prefect.yaml)")
+    ] = None,
 ) -> None:
     """Serve the deployments (with their schedules) from this process, until Ctrl-C."""
     quiet_prefect(True)
+    from flows.deploy import PREFECT_FILE
     from flows.deploy import serve as do_serve
 
     with user_errors():
-        do_serve(name or None, limit, gpus)
+        do_serve(name or None, limit, gpus, prefect_file.resolve() if prefect_file else PREFECT_FILE)
 
 
 def _run_flow(flow: str, config: Path, set_: Optional[list[str]], **params: Any) -> Any:
@@ -89,9 +107,26 @@ def sweep(
     set_: Overrides = None,
     report: ReportPath = None,
     verbose: Verbose = False,
+    runner: Annotated[
+        Optional[str],
+        typer.Option(
+            "--runner",
+            help="where the trials run: thread, ray or dask (sets sweep.task_runner; ray/dask start a local cluster)",
+        ),
+    ] = None,
+    address: Annotated[
+        Optional[str],
+        typer.Option(
+            "--address",
+            help="an existing Ray or Dask cluster (sets sweep.address, e.g. tcp://scheduler:8786 or ray://head:10001)",
+        ),
+    ] = None,
 ) -> None:
     """Run a sweep locally: trials sharing one teacher, results table and Pareto plot."""
     quiet_prefect(verbose)
+    set_ = list(set_ or []) + ([f"sweep.task_runner={runner}"] if runner else []) + (
+        [f"sweep.address={address}"] if address else []
+    )
     if report:
         check_writable(report, "--report")
     result = _run_flow("sweep", config, set_)

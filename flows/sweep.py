@@ -20,10 +20,10 @@ and a Pareto plot of accuracy against latency and size (PNG in MLflow and as a P
 from __future__ import annotations
 
 import base64
-import contextlib
 import copy
 import itertools
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +39,7 @@ from kdcore.errors import ConfigError
 from kdcore.stages import teacher_paths
 from flows.pareto import pareto_mask, pareto_plot
 from flows.params import ConfigParam, resolve_config
+from flows.task_runners import gpus_per_trial, make_task_runner, trial_resources
 from flows.pipeline import pipeline_flow
 from tasks.context import RunContext
 from tasks.data import load_data
@@ -116,46 +117,13 @@ def check_shared(trials: list[Trial], data_fp: str) -> dict[str, str]:
     return {"teacher": fps[0][0], "features": fps[0][1]}
 
 
-def make_task_runner(sweep: SweepConfig, n_trials: int):
-    """The Prefect task runner of the trials; Ray and Dask are imported only when chosen."""
-    if sweep.task_runner == "thread":
-        from prefect.task_runners import ThreadPoolTaskRunner
-
-        return ThreadPoolTaskRunner(max_workers=sweep.max_workers or max(n_trials, 1))
-    if sweep.task_runner == "ray":
-        try:
-            from prefect_ray import RayTaskRunner
-        except ImportError:
-            raise ConfigError("sweep.task_runner 'ray' needs the prefect-ray package: pip install prefect-ray "
-                              "(or use task_runner: thread)") from None
-        return RayTaskRunner(address=sweep.address) if sweep.address else RayTaskRunner()
-    try:
-        from prefect_dask import DaskTaskRunner
-    except ImportError:
-        raise ConfigError("sweep.task_runner 'dask' needs the prefect-dask package: pip install prefect-dask "
-                          "(or use task_runner: thread)") from None
-    return DaskTaskRunner(address=sweep.address) if sweep.address else DaskTaskRunner()
-
-
-def _trial_resources(sweep: SweepConfig):
-    """Submissions inside this context ask the cluster for ``gpus_per_trial`` GPUs each."""
-    if not sweep.gpus_per_trial or sweep.task_runner == "thread":
-        return contextlib.nullcontext()
-    if sweep.task_runner == "ray":
-        from prefect_ray.context import remote_options
-
-        return remote_options(num_gpus=sweep.gpus_per_trial)
-    import dask
-
-    return dask.annotate(resources={"GPU": sweep.gpus_per_trial})
-
-
 @task(name="trial", task_run_name="trial-{index}")
 def trial_task(index: int, label: str, config: dict, home: str, parent_run_id: str) -> dict[str, Any]:
     """One trial: the whole pipeline flow (a subflow of this task run)."""
     t0 = time.perf_counter()
     report = pipeline_flow(config, home, parent_run_id=parent_run_id)
-    return {"index": index, "label": label, "report": report, "seconds": round(time.perf_counter() - t0, 3)}
+    return {"index": index, "label": label, "report": report, "seconds": round(time.perf_counter() - t0, 3),
+            "pid": os.getpid()}  # which process ran it (a Ray or Dask worker, or the flow's own)
 
 
 @flow(name="kdflow-sweep-trials")
@@ -163,7 +131,7 @@ def sweep_trials_flow(trials: list[dict], data_fp: str, ctx: dict, sweep: dict) 
     """Shared stages once, then every trial; returns the shared stages' records and the trials' outcomes."""
     spec = SweepConfig.model_validate(sweep)
     configs = [t["config"] for t in trials]
-    with _trial_resources(spec):
+    with trial_resources(spec, spec.gpus_per_trial):
         teacher, teacher_cached = run_stage("teacher", configs[0], data_fp, ctx, {})
         features, features_cached = run_stage("features", configs[0], data_fp, ctx, {"teacher": teacher})
         upstream = {"teacher": teacher, "features": features}
@@ -232,9 +200,10 @@ def sweep_flow(config: ConfigParam = "configs/sweep.yaml", overrides: Optional[l
                          "trials.json")
         ctx = run_ctx.under(run_id)
         params = [{"index": t.index, "label": t.label, "config": t.cfg.model_dump(mode="json")} for t in trials]
-        runner = make_task_runner(cfg.sweep, len(trials))
-        outcome = sweep_trials_flow.with_options(task_runner=runner)(params, data.fingerprint, ctx.as_dict(),
-                                                                     cfg.sweep.model_dump(mode="json"))
+        gpus = gpus_per_trial(cfg.sweep, cfg.trainer)
+        runner = make_task_runner(cfg.sweep, len(trials), gpus)
+        outcome = sweep_trials_flow.with_options(task_runner=runner)(
+            params, data.fingerprint, ctx.as_dict(), {**cfg.sweep.model_dump(mode="json"), "gpus_per_trial": gpus})
         table = results_table(trials, outcome["trials"])
         if cfg.sweep.profile:
             table = reprofile(table, outcome["trials"], cfg, data)
@@ -279,7 +248,8 @@ def results_table(trials: list[Trial], outcomes: list[dict]) -> pd.DataFrame:
                     row[f"{stage}_cached"] = report["stages"][stage]["cached"]
             row.update({"distill_fingerprint": report["stages"]["distill"]["fingerprint"],
                         "mlflow_run_id": report["mlflow_parent_run_id"],
-                        "prefect_flow_run_id": report["prefect_flow_run_id"], "seconds": o["seconds"], "error": None})
+                        "prefect_flow_run_id": report["prefect_flow_run_id"], "seconds": o["seconds"],
+                        "pid": o.get("pid"), "error": None})
         else:
             row["error"] = o["error"]
         rows.append(row)

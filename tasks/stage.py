@@ -157,7 +157,8 @@ def _run_body(spec: "StageSpec", config: PipelineConfig, data_fp: str, ctx: RunC
         call = StageCall(spec.name, config, data, env, tracker, run_id, fp,
                          {k: StageRecord.model_validate(v) for k, v in inputs.items()}, ctx.home,
                          ctx.parent_run_id, training=spec.training)
-        with device_slot(config.trainer.device):  # concurrent stages spread over the visible GPUs
+        # concurrent stages spread over the visible GPUs, across processes and workers
+        with device_slot(config.trainer.device, count=config.trainer.devices, lock_dir=ctx.home / "locks" / "devices"):
             fields = spec.body(call)
         fields.setdefault("info", {})["compute_seconds"] = round(call.compute_seconds, 3)
         record = StageRecord(stage=spec.name, fingerprint=fp, mlflow_run_id=run_id,

@@ -143,26 +143,85 @@ def test_teacher_stage_with_two_processes_matches_one(tmp_path, one_thread):
     assert abs(two.info["last_val_loss"] - one.info["last_val_loss"]) < 0.25
 
 
-def test_concurrent_stages_take_the_least_busy_gpu(monkeypatch):
-    """Two GPUs visible (simulated): stages running at once get different devices, per thread."""
+def fake_gpus(monkeypatch, count: int) -> dict:
     current = {"device": 0}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: current["device"])
     monkeypatch.setattr(torch.cuda, "set_device", lambda i: current.__setitem__("device", i))
-    with ddp.device_slot("auto") as first:
+    return current
+
+
+def test_concurrent_stages_take_the_least_busy_gpu(monkeypatch, tmp_path):
+    """Two GPUs visible (simulated): stages running at once get different devices, per thread."""
+    current = fake_gpus(monkeypatch, 2)
+    locks = tmp_path / "locks"
+    with ddp.device_slot("auto", lock_dir=locks) as first:
         assert first == 0 and current["device"] == 0
-        with ddp.device_slot("cuda") as second:
+        with ddp.device_slot("cuda", lock_dir=locks) as second:
             assert second == 1 and current["device"] == 1
+            with ddp.device_slot("cuda", lock_dir=locks) as third:
+                assert third == 0, "both busy: the lowest index is shared"
         assert current["device"] == 0
-        with ddp.device_slot("cuda:0") as explicit:
+        with ddp.device_slot("cuda:0", lock_dir=locks) as explicit:
             assert explicit is None  # an explicit index is honoured as written
-    with ddp.device_slot("auto") as again:
+    with ddp.device_slot("auto", lock_dir=locks) as again:
         assert again == 0
+    with ddp.device_slot("auto", count=2, lock_dir=locks) as ddp_first:
+        assert ddp_first == 0 and ddp.current_devices() == [0, 1], "a DDP stage takes one device per rank"
+        with ddp.device_slot("auto", lock_dir=locks) as other:
+            assert other == 0
+    assert ddp.current_devices() is None
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ConfigError, match="only 1 CUDA device"):
         ddp.backend_for(torch.device("cuda"), 2)
     assert ddp.backend_for(torch.device("cpu"), 2) == "gloo"
+
+
+HOLDER = """
+import sys, time, torch
+from kdcore.train import ddp
+torch.cuda.is_available = lambda: True
+torch.cuda.device_count = lambda: 2
+torch.cuda.current_device = lambda: 0
+torch.cuda.set_device = lambda i: None
+with ddp.device_slot("auto", lock_dir=sys.argv[1]) as index:
+    print(index, ddp.visible_device_ids(2)[index], flush=True)
+    sys.stdin.readline()  # hold the device until told
+"""
+
+
+def test_device_slots_hold_across_processes(tmp_path):
+    """Flow runs in separate processes (two workers, fake 2-GPU machines) spread over the GPUs and
+    release a device when they end; devices are told apart by their physical id."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    locks = str(tmp_path / "locks")
+    procs = []
+
+    def start(visible: str) -> tuple[int, str]:
+        env = {**os.environ, "PYTHONPATH": str(root), "CUDA_VISIBLE_DEVICES": visible}
+        p = subprocess.Popen([sys.executable, "-c", HOLDER, locks], env=env, cwd=root, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+        procs.append(p)
+        index, physical = p.stdout.readline().split()
+        return int(index), physical
+
+    try:
+        assert start("0,1") == (0, "0")
+        assert start("0,1") == (1, "1"), "the second process takes the other GPU"
+        assert start("0,1") == (0, "0"), "all busy: shared, lowest first"
+        procs[0].stdin.close()  # the first run ends: its device is free again
+        procs[0].wait(timeout=60)
+        assert start("1,0") == (1, "0"), "another worker's index 1 is the same physical GPU 0"
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 def test_devices_setting_is_validated():

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import copy
 import csv
+import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
 from conftest import TINY
-from kdcore.config import config_from_dict
+from kdcore.config import SweepConfig, config_from_dict
 from kdcore.errors import ConfigError
 
 SWEEP = {
@@ -89,7 +91,7 @@ def test_pareto_png_and_results_are_in_mlflow(swept, tmp_path):
     assert sum(r.data.tags.get("kdflow.kind") == "pipeline" for r in children) == 4
 
 
-def test_sweep_keys_that_would_change_the_teacher_are_refused():
+def test_sweep_keys_that_would_change_the_teacher_are_refused(monkeypatch):
     from flows.sweep import expand_trials
 
     raw = sweep_raw()
@@ -102,8 +104,14 @@ def test_sweep_keys_that_would_change_the_teacher_are_refused():
     raw["sweep"] = {"task_runner": "ray"}
     from flows.sweep import make_task_runner
 
-    try:
-        import prefect_ray  # noqa: F401
-    except ImportError:
-        with pytest.raises(ConfigError, match="pip install prefect-ray"):
-            make_task_runner(config_from_dict(raw).sweep, 2)
+    sweep = config_from_dict(raw).sweep
+    if importlib.util.find_spec("prefect_ray") is not None:  # installed (kdflow[ray]): the runner is built
+        from prefect_ray import RayTaskRunner
+
+        assert isinstance(make_task_runner(sweep, 2), RayTaskRunner)
+    for module, runner in (("prefect_ray", "ray"), ("prefect_dask", "dask")):  # absent: one clear message
+        with monkeypatch.context() as m:
+            m.setitem(sys.modules, module, None)  # `import` then raises ImportError
+            with pytest.raises(ConfigError, match=rf"'{runner}' needs the {module.replace('_', '-')} package: "
+                                                  rf"pip install 'kdflow\[{runner}\]'"):
+                make_task_runner(SweepConfig(task_runner=runner), 2)

@@ -1,8 +1,9 @@
 """Training on several devices of one machine, and choosing a device per stage.
 
-``run_distributed(fn, *args, world_size=N, device=...)`` starts N processes (forkserver; the gloo
-backend on CPU, NCCL on CUDA, rank r on the r-th visible GPU) and calls the same stage function
-``fn(*args)`` in each with a :class:`DistContext` active. :func:`kdcore.train.loop.fit` picks the
+``run_distributed(fn, *args, world_size=N, device=...)`` starts N processes with torchrun's launcher
+(``torch.distributed.launcher.api.elastic_launch``: a c10d rendezvous, one machine or several; the
+gloo backend on CPU, NCCL on CUDA, rank r on the r-th device its stage was given) and calls the
+same stage function ``fn(*args)`` in each with a :class:`DistContext` active. :func:`kdcore.train.loop.fit` picks the
 context up: it runs each training step as the forward of a DistributedDataParallel module holding
 the trainable modules (so gradients are averaged across ranks whatever the loss is built from),
 gives each rank its contiguous share of every index batch (the global batch is the same as in one
@@ -14,17 +15,19 @@ is raised again in the caller.
 
 BatchNorm statistics are per rank on CPU (SyncBatchNorm needs CUDA) and synchronised on CUDA.
 
-``device_slot(name)``: while a stage runs in a thread, ``cuda`` means the least busy visible GPU
-(torch counts only those in ``CUDA_VISIBLE_DEVICES``), so concurrent stages spread over the GPUs.
+``device_slot(name)``: while a stage runs in a thread, ``cuda`` means the least busy visible GPU,
+counted across processes by lock files under ``KDFLOW_HOME/locks`` (torch counts only the GPUs in
+``CUDA_VISIBLE_DEVICES``), so concurrent stages of one or several flow runs and workers spread over
+the GPUs.
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
-import io
+import json
 import os
 import pickle
-import queue
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -140,75 +143,144 @@ def active() -> Optional[DistContext]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Moving the call into the ranks: CUDA tensors travel as CPU tensors and land on the receiver's
-# current device; callbacks become relays to the caller's callbacks; dataclasses with derived
-# (init=False) fields, such as a StageEnv holding tensors already moved to a device, are rebuilt
-# from their init fields.
-
-_RANK_STATE: dict[str, Any] = {}
-
-
-def _rebuild_tensor(t: torch.Tensor, parameter: bool, requires_grad: bool) -> torch.Tensor:
-    if torch.cuda.is_available():
-        t = t.to(torch.device("cuda", torch.cuda.current_device()))
-    if parameter:
-        return nn.Parameter(t, requires_grad=requires_grad)
-    return t.requires_grad_(requires_grad) if t.is_leaf and t.is_floating_point() else t
+# The call as it travels to the ranks. torchrun's launcher pickles the entrypoint's arguments with
+# multiprocessing; before that, the arguments are prepared: the caller's TrainCallbacks become
+# file relays (rank 0 appends each hook call to a JSON-lines file, which the caller follows and
+# replays on its callbacks as it grows), and dataclasses with derived (init=False) fields, such as a
+# StageEnv holding tensors already moved to the caller's device, are rebuilt in the rank from their
+# init fields (so they land on the rank's device).
 
 
-def _rebuild_dataclass(cls: type, kwargs: dict[str, Any]) -> Any:
-    return cls(**kwargs)
+@dataclass
+class _Rebuild:
+    cls: type
+    kwargs: dict[str, Any]
 
 
-def _relay_callbacks(index: int) -> Any:
-    from kdcore.train.callbacks import TrainCallbacks
-
-    relay = _RANK_STATE.get("relay")
-    if relay is None:  # ranks other than 0 report nothing
-        return TrainCallbacks()
-    return _Relay(index, relay)
+@dataclass
+class _RelayMark:
+    index: int
 
 
-class _Relay:
-    """Stands for a caller's TrainCallbacks in rank 0: every hook call is sent back to the caller."""
+class _FileRelay:
+    """Stands for a caller's TrainCallbacks in rank 0: each hook call becomes a line of the events file."""
 
-    def __init__(self, index: int, channel: Any) -> None:
-        self._index, self._channel = index, channel
+    def __init__(self, index: int, path: str) -> None:
+        self._index, self._path = index, path
 
     def __getattr__(self, name: str) -> Callable[..., None]:
         if name.startswith("_"):
             raise AttributeError(name)
 
-        def hook(*args: Any, **kwargs: Any) -> None:
-            self._channel.put((self._index, name, args, kwargs))
+        def hook(*args: Any) -> None:
+            line = json.dumps({"i": self._index, "hook": name, "args": list(args)})
+            with open(self._path, "a") as fh:
+                fh.write(line + "\n")
 
         return hook
 
 
-class _Pickler(pickle.Pickler):
-    def __init__(self, file: io.BytesIO, callbacks: Optional[list] = None) -> None:
-        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
-        self.callbacks = callbacks
+def _outbound(obj: Any, callbacks: list) -> Any:
+    """The caller's side: callbacks -> relay marks, derived dataclasses -> rebuild recipes."""
+    from kdcore.train.callbacks import TrainCallbacks
 
-    def reducer_override(self, obj: Any) -> Any:
-        from kdcore.train.callbacks import TrainCallbacks
+    if isinstance(obj, TrainCallbacks):
+        callbacks.append(obj)
+        return _RelayMark(len(callbacks) - 1)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        fields = dataclasses.fields(obj)
+        if any(not f.init for f in fields):
+            return _Rebuild(type(obj), {f.name: _outbound(getattr(obj, f.name), callbacks) for f in fields if f.init})
+        return obj
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_outbound(v, callbacks) for v in obj)
+    if isinstance(obj, dict):
+        return {k: _outbound(v, callbacks) for k, v in obj.items()}
+    return obj
 
-        if isinstance(obj, torch.Tensor) and obj.device.type not in ("cpu", "meta"):
-            return _rebuild_tensor, (obj.detach().cpu(), isinstance(obj, nn.Parameter), obj.requires_grad)
-        if self.callbacks is not None and isinstance(obj, TrainCallbacks):
-            self.callbacks.append(obj)
-            return _relay_callbacks, (len(self.callbacks) - 1,)
-        if dataclasses.is_dataclass(obj) and not isinstance(obj, type) and any(
-                not f.init for f in dataclasses.fields(obj)):
-            return _rebuild_dataclass, (type(obj), {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)
-                                                    if f.init})
-        return NotImplemented
+
+def _inbound(obj: Any, events: Optional[str]) -> Any:
+    """The rank's side: relay marks -> file relays (rank 0) or silent callbacks, recipes -> objects."""
+    from kdcore.train.callbacks import TrainCallbacks
+
+    if isinstance(obj, _RelayMark):
+        return _FileRelay(obj.index, events) if events else TrainCallbacks()
+    if isinstance(obj, _Rebuild):
+        return obj.cls(**{k: _inbound(v, events) for k, v in obj.kwargs.items()})
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_inbound(v, events) for v in obj)
+    if isinstance(obj, dict):
+        return {k: _inbound(v, events) for k, v in obj.items()}
+    return obj
 
 
-def _dumps(obj: Any, callbacks: Optional[list] = None) -> bytes:
-    buf = io.BytesIO()
-    _Pickler(buf, callbacks).dump(obj)
-    return buf.getvalue()
+@dataclass
+class _OnDevice:
+    """A tensor or module of rank 0's result that was on an accelerator, travelling on the CPU."""
+
+    value: Any
+
+
+def _map(obj: Any, fn: Callable[[Any], Any]) -> Any:
+    """``obj`` with ``fn`` applied to every tensor, module and :class:`_OnDevice` inside it."""
+    if isinstance(obj, (torch.Tensor, nn.Module, _OnDevice)):
+        return fn(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            mapped = _map(value, fn)
+            if mapped is not value:
+                object.__setattr__(obj, f.name, mapped)
+        return obj
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_map(v, fn) for v in obj)
+    if isinstance(obj, dict):
+        return {k: _map(v, fn) for k, v in obj.items()}
+    return obj
+
+
+def _off_device(x: Any) -> Any:
+    if isinstance(x, torch.Tensor) and x.device.type not in ("cpu", "meta"):
+        return _OnDevice(x.detach().cpu())
+    if isinstance(x, nn.Module) and any(t.device.type != "cpu" for t in [*x.parameters(), *x.buffers()]):
+        return _OnDevice(x.to("cpu"))
+    return x
+
+
+def _back_on_device(x: Any) -> Any:
+    if not isinstance(x, _OnDevice):
+        return x
+    if torch.cuda.is_available():
+        return x.value.to(torch.device("cuda", torch.cuda.current_device()))
+    return x.value
+
+
+def _rank_entry(payload: tuple, backend: str, devices: list[int], threads: int, events: str, errors: str) -> Any:
+    """What torchrun runs in every rank: join the group (env:// set by the launcher), call the stage."""
+    global _ACTIVE
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    world_size = int(os.environ["WORLD_SIZE"])
+    if backend == "nccl":
+        index = devices[local_rank] if local_rank < len(devices) else local_rank
+        torch.cuda.set_device(index)
+        device = torch.device("cuda", index)
+    else:
+        device = torch.device("cpu")
+    torch.set_num_threads(threads)
+    dist.init_process_group(backend, rank=rank, world_size=world_size)
+    try:
+        fn, args, kwargs = _inbound(payload, events if rank == 0 else None)
+        _ACTIVE = DistContext(rank, world_size, device)
+        out = fn(*args, **kwargs)
+        return _map(out, _off_device) if rank == 0 else None
+    except BaseException as exc:
+        with open(Path(errors) / f"rank-{rank}.pkl", "wb") as fh:
+            fh.write(_exception_bytes(exc))
+        raise
+    finally:
+        _ACTIVE = None
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
 
 
 def _exception_bytes(exc: BaseException) -> bytes:
@@ -220,33 +292,6 @@ def _exception_bytes(exc: BaseException) -> bytes:
         import traceback
 
         return pickle.dumps(RuntimeError("".join(traceback.format_exception(exc))))
-
-
-def _rank_main(rank: int, world_size: int, backend: str, init_file: str, threads: int, payload: bytes,
-               results: Any, relay: Any) -> None:
-    global _ACTIVE
-    if backend == "nccl":
-        torch.cuda.set_device(rank)
-        device = torch.device("cuda", rank)
-    else:
-        device = torch.device("cpu")
-    torch.set_num_threads(threads)
-    dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=world_size)
-    _RANK_STATE["relay"] = relay if rank == 0 else None
-    try:
-        fn, args, kwargs = pickle.loads(payload)
-        _ACTIVE = DistContext(rank, world_size, device)
-        out = fn(*args, **kwargs)
-        _ACTIVE = None
-        if rank == 0:
-            results.put(("ok", rank, _dumps(out)))
-    except BaseException as exc:
-        results.put(("error", rank, _exception_bytes(exc)))
-        raise
-    finally:
-        _ACTIVE = None
-        with contextlib.suppress(Exception):
-            dist.destroy_process_group()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,97 +321,206 @@ def _start_method() -> str:
 
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return "spawn"
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "kdcore.train.ddp", "kdcore.stages"])
+    multiprocessing.get_context("forkserver").set_forkserver_preload(["torch", "kdcore.train.ddp", "kdcore.stages"])
     return "forkserver"
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Follower:
+    """Replays the events file's lines on the caller's callbacks, in a thread, as rank 0 writes them."""
+
+    def __init__(self, path: Path, callbacks: list) -> None:
+        self.path, self.callbacks, self.offset = path, callbacks, 0
+        self.stop = threading.Event()
+        context = contextvars.copy_context()  # the caller's (an orchestrator's run context reaches the callbacks)
+        self.thread = threading.Thread(target=context.run, args=(self._loop,), daemon=True)
+        self.error: Optional[BaseException] = None
+
+    def _drain(self) -> None:
+        if not self.path.exists():
+            return
+        with open(self.path) as fh:
+            fh.seek(self.offset)
+            while True:
+                line = fh.readline()
+                if not line.endswith("\n"):  # not complete yet
+                    break
+                self.offset += len(line.encode())
+                event = json.loads(line)
+                getattr(self.callbacks[event["i"]], event["hook"])(*event["args"])
+
+    def _loop(self) -> None:
+        while not self.stop.wait(0.2):
+            try:
+                self._drain()
+            except BaseException as exc:  # noqa: BLE001 - raised in the caller after the run
+                self.error = exc
+                return
+
+    def __enter__(self) -> "_Follower":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        self.thread.join()
+        if self.error is None:
+            self._drain()
+        if self.error is not None and exc[0] is None:
+            raise self.error
+
+
 def run_distributed(fn: Callable[..., Any], *args: Any, world_size: int, device: torch.device,
-                    timeout: Optional[float] = None, **kwargs: Any) -> Any:
-    """Call ``fn(*args, **kwargs)`` in ``world_size`` DDP ranks; return rank 0's result."""
-    if world_size < 2:
+                    nnodes: Optional[int] = None, rdzv_endpoint: Optional[str] = None, **kwargs: Any) -> Any:
+    """Call ``fn(*args, **kwargs)`` in ``world_size`` DDP ranks per node, launched by torchrun's API
+    (``torch.distributed.launcher.api.elastic_launch``); return rank 0's result.
+
+    One machine by default (a c10d rendezvous on a free local port). Several machines: every machine
+    runs the same stage with ``nnodes`` (or ``KDFLOW_NNODES``) and one ``rdzv_endpoint`` (or
+    ``KDFLOW_RDZV_ENDPOINT``, ``host:port``) that all of them reach. On CUDA, rank r of a machine
+    takes the r-th device of the enclosing :func:`device_slot` (else the r-th visible GPU)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    nnodes = int(nnodes or os.environ.get("KDFLOW_NNODES", 1))
+    rdzv_endpoint = rdzv_endpoint or os.environ.get("KDFLOW_RDZV_ENDPOINT")
+    if world_size < 2 and nnodes < 2:
         return fn(*args, **kwargs)
+    if nnodes > 1 and not rdzv_endpoint:
+        raise ConfigError(f"training on {nnodes} machines needs a rendezvous endpoint host:port that all of them "
+                          "reach (KDFLOW_RDZV_ENDPOINT)")
     backend = backend_for(device, world_size)
+    devices = current_devices() or list(range(world_size))
     callbacks: list = []
-    payload = _dumps((fn, args, kwargs), callbacks)
+    payload = _outbound((fn, args, kwargs), callbacks)
     threads = max(1, torch.get_num_threads() // world_size)
-    method = _start_method()
-    mp = torch.multiprocessing.get_context(method)
-    results, relay = mp.Queue(), mp.Queue()
+    config = LaunchConfig(
+        min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=world_size, rdzv_backend="c10d",
+        rdzv_endpoint=rdzv_endpoint or f"127.0.0.1:{_free_port()}", run_id=f"kdflow-{os.getpid()}-{id(payload)}",
+        max_restarts=0, monitor_interval=0.1, start_method=_start_method())
+    handlers = _signal_handlers()
     with tempfile.TemporaryDirectory(prefix="kdflow-ddp-") as tmp:
-        init_file = str(Path(tmp) / "rendezvous")
-        procs = torch.multiprocessing.start_processes(
-            _rank_main, args=(world_size, backend, init_file, threads, payload, results, relay),
-            nprocs=world_size, join=False, start_method=method)
-        outcome: dict[int, tuple[str, bytes]] = {}
-
-        def drain() -> None:
-            while True:
-                try:
-                    index, name, a, kw = relay.get_nowait()
-                except queue.Empty:
-                    break
-                getattr(callbacks[index], name)(*a, **kw)
-            while True:
-                try:
-                    kind, rank, blob = results.get_nowait()
-                except queue.Empty:
-                    break
-                outcome[rank] = (kind, blob)
-
+        events, errors = Path(tmp) / "events.jsonl", Path(tmp) / "errors"
+        errors.mkdir()
         try:
-            while True:
-                drain()
-                if procs.join(timeout=0.2):
-                    break
-        except Exception as exc:  # a rank failed; the others were stopped by join()
-            drain()
-            errors = [pickle.loads(blob) for rank, (kind, blob) in sorted(outcome.items()) if kind == "error"]
-            kdflow_errors = [e for e in errors if isinstance(e, KdflowError)]
-            raise (kdflow_errors or errors or [exc])[0] from None
+            with _Follower(events, callbacks):
+                results = elastic_launch(config, _rank_entry)(payload, backend, devices, threads, str(events),
+                                                              str(errors))
+        except ChildFailedError as exc:
+            raised = [pickle.loads(p.read_bytes()) for p in sorted(errors.glob("rank-*.pkl"))]
+            kdflow_errors = [e for e in raised if isinstance(e, KdflowError)]
+            raise (kdflow_errors or raised or [RuntimeError(f"distributed training failed: {exc}")])[0] from None
         finally:
-            for p in procs.processes:
-                if p.is_alive():
-                    p.terminate()
-        for _ in range(50):  # the result may arrive just after the processes ended
-            drain()
-            if 0 in outcome:
-                break
-            threading.Event().wait(0.1)
-    if outcome.get(0, ("", b""))[0] != "ok":
-        raise RuntimeError("distributed training ended without a result from rank 0")
-    return pickle.loads(outcome[0][1])
+            _restore_signal_handlers(handlers)
+    return _map(results.get(0) if isinstance(results, dict) else None, _back_on_device)
+
+
+def _signal_handlers() -> dict:
+    """The main thread's signal handlers (torchrun's launcher installs its own there)."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)}
+
+
+def _restore_signal_handlers(handlers: dict) -> None:
+    import signal
+
+    for sig, handler in handlers.items():
+        if handler is not None:
+            signal.signal(sig, handler)
 
 
 # ---------------------------------------------------------------------------------------------
-# One device per concurrent stage
+# Devices for concurrent stages, across processes
+#
+# Every visible GPU has a row of lock files under ``<lock_dir>/<device id>.<k>.lock``: holding
+# slot k of a device means k other stages were on it when this one started. A stage takes the free
+# slot with the lowest k, lowest device first, so stages of any number of threads, flow runs and
+# workers sharing one lock directory (``KDFLOW_HOME/locks``) spread over the GPUs and share one only
+# when every GPU is taken. A device is named by its physical id (its entry in CUDA_VISIBLE_DEVICES,
+# else its index), so workers given different CUDA_VISIBLE_DEVICES still agree. The OS releases a
+# dead process's locks.
 
-_SLOTS_LOCK = threading.Lock()
-_BUSY: dict[int, int] = {}
+MAX_PER_DEVICE = 64
+_CURRENT = threading.local()
 
 
-def least_busy(count: int, busy: dict[int, int]) -> int:
-    """The device index in ``range(count)`` with the fewest stages on it (lowest index on ties)."""
-    return min(range(count), key=lambda i: (busy.get(i, 0), i))
+def visible_device_ids(count: int) -> list[str]:
+    """Physical names of the ``count`` visible CUDA devices: CUDA_VISIBLE_DEVICES entries, else indices."""
+    shown = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return [shown[i] if i < len(shown) else str(i) for i in range(count)]
+
+
+def default_lock_dir() -> Path:
+    return Path(os.environ.get("KDFLOW_HOME", ".kdflow")).expanduser() / "locks" / "devices"
+
+
+def acquire_devices(ids: list[str], want: int, lock_dir: Path) -> tuple[list[int], list[Any]]:
+    """Take ``want`` distinct devices among ``ids`` (the least busy, across processes); returns their
+    indices and the held locks (release them with :func:`release`)."""
+    from filelock import FileLock, Timeout
+
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    chosen: list[int] = []
+    held: list[Any] = []
+    for k in range(MAX_PER_DEVICE):
+        for i, dev in enumerate(ids):
+            if len(chosen) == want:
+                return chosen, held
+            if i in chosen:
+                continue
+            lock = FileLock(str(lock_dir / f"gpu-{dev}.{k}.lock"), thread_local=False)
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                continue
+            chosen.append(i)
+            held.append(lock)
+    if len(chosen) < want:
+        release(held)
+        raise KdflowError(f"no free device slot among {len(ids)} GPU(s) under {lock_dir}")
+    return chosen, held
+
+
+def release(held: list[Any]) -> None:
+    for lock in held:
+        lock.release()
+
+
+def current_devices() -> Optional[list[int]]:
+    """The device indices the enclosing :func:`device_slot` of this thread took (None outside one)."""
+    return getattr(_CURRENT, "devices", None)
 
 
 @contextlib.contextmanager
-def device_slot(name: str) -> Iterator[Optional[int]]:
-    """While the block runs in this thread, ``cuda`` means the least busy visible GPU.
+def device_slot(name: str, count: int = 1, lock_dir: Optional[Path] = None) -> Iterator[Optional[int]]:
+    """While the block runs in this thread, ``cuda`` means the least busy visible GPU (counted
+    across processes by lock files under ``lock_dir``, default ``KDFLOW_HOME/locks/devices``).
 
-    Only for ``auto``/``cuda`` with two or more visible GPUs; otherwise nothing changes (an
-    explicit ``cuda:N`` is honoured as written). Yields the chosen index or None."""
+    ``count`` devices are taken (a DDP stage's ranks: :func:`run_distributed` puts rank r on the
+    r-th). Only for ``auto``/``cuda`` with two or more visible GPUs; otherwise nothing changes (an
+    explicit ``cuda:N`` is honoured as written). Yields the first chosen index or None."""
     if name not in ("auto", "cuda") or not torch.cuda.is_available() or torch.cuda.device_count() < 2:
         yield None
         return
-    with _SLOTS_LOCK:
-        index = least_busy(torch.cuda.device_count(), _BUSY)
-        _BUSY[index] = _BUSY.get(index, 0) + 1
+    ids = visible_device_ids(torch.cuda.device_count())
+    chosen, held = acquire_devices(ids, min(count, len(ids)), Path(lock_dir) if lock_dir else default_lock_dir())
     previous = torch.cuda.current_device()
-    torch.cuda.set_device(index)  # the current device is per thread
+    outer = current_devices()
+    torch.cuda.set_device(chosen[0])  # the current device is per thread
+    _CURRENT.devices = chosen
     try:
-        yield index
+        yield chosen[0]
     finally:
+        _CURRENT.devices = outer
         torch.cuda.set_device(previous)
-        with _SLOTS_LOCK:
-            _BUSY[index] -= 1
+        release(held)

@@ -1,4 +1,10 @@
-"""Device and precision choices: ``auto`` picks CUDA, then MPS, then CPU."""
+"""Device and precision choices: ``auto`` picks CUDA, then MPS, then CPU.
+
+A flow run given GPUs by its work pool (``KDFLOW_GPUS``, set from the pool's ``gpus`` job variable,
+see flows/pool_templates.py) must see them: with ``auto`` or ``cuda`` and fewer visible CUDA devices
+than that, :func:`resolve_device` fails with a clear message instead of training on the CPU.
+``trainer.device: cuda`` asks the same of any run. ``KDFLOW_GPUS=0`` (or unset) lifts the check.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -11,7 +17,40 @@ import torch
 from kdcore.errors import ConfigError
 
 
+GPUS_ENV = "KDFLOW_GPUS"
+
+
+def required_gpus() -> int:
+    """The GPUs this process was given by its work pool (``KDFLOW_GPUS``); 0 when unset."""
+    raw = os.environ.get(GPUS_ENV, "").strip()
+    if not raw:
+        return 0
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{GPUS_ENV}={raw!r} is not a number of GPUs") from None
+    if value < 0:
+        raise ConfigError(f"{GPUS_ENV}={raw!r} is not a number of GPUs")
+    return value
+
+
+def check_required_gpus(name: str) -> None:
+    """A clear error when this run was given GPUs (``KDFLOW_GPUS``) that CUDA does not see."""
+    need = required_gpus()
+    if need == 0 or name not in ("auto", "cuda"):
+        return
+    seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if seen < need:
+        shown = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+        raise ConfigError(
+            f"this run needs {need} GPU(s) ({GPUS_ENV}={need}, the work pool's `gpus` job variable) but CUDA sees "
+            f"{seen} (CUDA_VISIBLE_DEVICES={shown}); it will not train on the CPU instead. Check the worker's "
+            f"NVIDIA driver (and for Docker the NVIDIA container toolkit), or run with {GPUS_ENV}=0 / "
+            "job variable gpus=0 to allow the CPU")
+
+
 def resolve_device(name: str = "auto") -> torch.device:
+    check_required_gpus(name)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
