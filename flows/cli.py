@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -31,22 +32,31 @@ def run(
     set_: List[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help="override a config value, e.g. distill.temperature=4"),
     report: Optional[Path] = typer.Option(None, "--report", help="also write the results as JSON here"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="show Prefect's task logs"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display: print only the result"),
+    ephemeral: bool = typer.Option(False, "--ephemeral", help="use a temporary Prefect server, not the local one "
+                                   "kdflow keeps up (also KDFLOW_PREFECT=ephemeral)"),
 ) -> None:
     """Run the pipeline: teacher -> features -> pretrain -> distill (+ baseline) -> evaluate -> register."""
     quiet_prefect(verbose)
+    if ephemeral:
+        os.environ["KDFLOW_PREFECT"] = "ephemeral"
+    from flows.progress import live_progress, quiet_libraries
+
     try:
         from flows.runner import run_pipeline
 
-        result = run_pipeline(config or DEFAULT_CONFIG, set_)
+        with quiet_libraries(quiet), live_progress(console, quiet):
+            result = run_pipeline(config or DEFAULT_CONFIG, set_)
     except KdflowError as exc:
         fail(str(exc))
-    from flows.report import print_report
+    from flows.report import print_report, print_result
 
-    print_report(console, result)
+    (print_result if quiet else print_report)(console, result)
     if report:
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps(result, indent=2, default=str))
-        console.print(f"report written to {report}")
+        if not quiet:
+            console.print(f"report written to {report}")
 
 
 @app.command()
@@ -66,20 +76,6 @@ def validate(
     console.print(f"config OK (hash {cfg.config_hash()[:12]})")
 
 
-@app.command()
-def ui() -> None:
-    """Say where MLflow and Prefect data live and how to open their UIs."""
-    from flows.report import print_locations
-    from tasks.home import kdflow_home
-    from tasks.tracking import default_tracking_uri
-
-    try:
-        home = kdflow_home()
-    except KdflowError as exc:
-        fail(str(exc))
-    print_locations(console, str(home), default_tracking_uri(home))
-
-
 from flows.cache_cli import cache_app  # noqa: E402
 
 app.add_typer(cache_app, name="cache")
@@ -87,6 +83,13 @@ app.add_typer(cache_app, name="cache")
 from flows.ops_cli import register_ops_commands  # noqa: E402  (deploy, serve, sweep, retrain)
 
 register_ops_commands(app)
+
+from flows.server_cli import server_app, ui  # noqa: E402  (server start|stop|status, ui)
+from flows.reproduce import reproduce  # noqa: E402
+
+app.add_typer(server_app, name="server")
+app.command("ui")(ui)
+app.command("reproduce")(reproduce)
 
 
 def main() -> None:
