@@ -14,6 +14,9 @@ from rich.table import Table
 
 from tasks.tracking import redact
 
+# two spaces between columns and none at the edges: ten columns fit in 80
+COMPACT: dict[str, Any] = {"box": box.SIMPLE_HEAD, "show_edge": False, "pad_edge": False, "padding": (0, 1),
+                           "collapse_padding": True}
 MODEL_CAPTION = ("top1/top5/agree (same top-1 as the teacher) in %; ECE: calibration error; "
                  "ms@1: CPU latency at batch 1; img/s: CPU throughput at batch 256; MFLOP per sample")
 
@@ -32,8 +35,7 @@ def _pct(m: dict[str, Any], key: str, digits: int = 2) -> str:
 
 
 def models_table(report: dict[str, Any]) -> Table:
-    t = Table(title="models on the test split", box=box.SIMPLE_HEAD, caption=MODEL_CAPTION, pad_edge=False,
-              caption_justify="left")
+    t = Table(title="models on the test split", caption=MODEL_CAPTION, caption_justify="left", **COMPACT)
     for col in ("model", "top1", "top5", "agree", "ECE", "params", "KiB", "ms@1", "img/s", "MFLOP"):
         t.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
     for name, m in report["models"].items():
@@ -45,7 +47,7 @@ def models_table(report: dict[str, Any]) -> Table:
 
 
 def stages_table(report: dict[str, Any]) -> Table:
-    s = Table(title="stages", box=box.SIMPLE_HEAD, pad_edge=False)
+    s = Table(title="stages", **COMPACT)
     for col, justify in (("stage", "left"), ("cached", "left"), ("time s", "right"), ("fingerprint", "left"),
                          ("MLflow run", "left")):
         s.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
