@@ -79,7 +79,8 @@ def test_terminal_display_one_line_per_stage_with_epoch_loss_metric_and_cache_pr
 def _kdflow(args: list[str], home: Path, tmp: Path) -> subprocess.CompletedProcess:
     cfg = tmp / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(TINY))
-    env = {**os.environ, "KDFLOW_HOME": str(home), "PYTHONPATH": str(ROOT), "COLUMNS": "100"}
+    env = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", **os.environ, "KDFLOW_HOME": str(home),
+           "PYTHONPATH": str(ROOT), "COLUMNS": "100"}
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run([sys.executable, "-m", "flows.cli", "run", str(cfg), *args], env=env, cwd=tmp,
                           capture_output=True, text=True, timeout=900)
