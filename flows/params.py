@@ -31,7 +31,7 @@ def local_results(home: Path) -> Iterator[None]:
 
     from flows.prefect_server import prefect_for_run
 
-    with prefect_for_run(home), temporary_settings(updates={PREFECT_LOCAL_STORAGE_PATH: str(home / "prefect-results")}):
+    with prefect_for_run(), temporary_settings(updates={PREFECT_LOCAL_STORAGE_PATH: str(home / "prefect-results")}):
         yield
 
 

@@ -325,14 +325,16 @@ def mode(ephemeral: bool = False) -> str:
 
 
 @contextlib.contextmanager
-def prefect_for_run(home: Optional[Path] = None, echo: Echo = _stderr) -> Iterator[Optional[LocalServer]]:
-    """Inside, flows talk to the server this run should use (see the module's doc)."""
+def prefect_for_run(echo: Echo = _stderr) -> Iterator[Optional[LocalServer]]:
+    """Inside, flows talk to the server this run should use (see the module's doc). The local server is
+    the one of ``KDFLOW_HOME``, whichever home the run's artifacts go to (``kdflow reproduce`` runs in a
+    fresh home on the user's server)."""
     if mode() != "local":
         yield None
         return
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    s, _ = start(home, echo=echo)
+    s, _ = start(echo=echo)
     with temporary_settings(updates={PREFECT_API_URL: s.api_url}):
         try:
             yield s

@@ -85,16 +85,17 @@ def prefect_location(flow_run_id: Optional[str] = None) -> str:
     if server is not None:
         link = f"{server.ui_url}/runs/flow-run/{flow_run_id}" if flow_run_id else server.ui_url
         return f"Prefect UI: {link}"
-    return ("Prefect: temporary local server (runs are kept in ~/.prefect); `kdflow server start` keeps one up "
-            "and `kdflow ui` opens it")
+    return "Prefect: a temporary server, gone with the run (`kdflow server start` keeps one)"
 
 
 def print_locations(console: Console, home: str, tracking_uri: str, report: dict[str, Any] | None = None) -> None:
     tracking_uri = redact(tracking_uri)
-    console.print(f"artifacts and cache: {home}")
-    console.print(f"MLflow: {tracking_uri}" + (f"  (parent run {report['mlflow_parent_run_id']})" if report else ""))
-    if tracking_uri.startswith("sqlite:"):
-        console.print("  open the UI: kdflow ui")
-    else:
-        console.print(f"  open the UI: {tracking_uri}")
-    console.print(prefect_location(report.get("prefect_flow_run_id") if report else None))
+    # locations are printed whole (soft-wrapped): a URL cut in two cannot be clicked
+    console.print(f"artifacts and cache: {home}", soft_wrap=True, highlight=False)
+    console.print(f"MLflow: {tracking_uri}", soft_wrap=True, highlight=False)
+    if report:
+        console.print(f"  parent run {report['mlflow_parent_run_id']}", highlight=False)
+    console.print("  open the UI: kdflow ui" if tracking_uri.startswith("sqlite:") else f"  open the UI: {tracking_uri}",
+                  soft_wrap=True, highlight=False)
+    console.print(prefect_location(report.get("prefect_flow_run_id") if report else None), soft_wrap=True,
+                  highlight=False)

@@ -103,8 +103,8 @@ def original(tracking_uri: str, ref: str) -> Original:
     run_id, versions = _pipeline_run_of(client, ref)
     run = client.get_run(run_id)
     config, source = None, "params"
-    with tempfile.TemporaryDirectory() as tmp:
-        with contextlib.suppress(Exception):  # absent in runs logged before config.yaml existed
+    if any(f.path == "config.yaml" for f in client.list_artifacts(run_id)):  # absent in older runs
+        with tempfile.TemporaryDirectory() as tmp:
             config = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml", tmp)).read_text())
             source = "config.yaml"
     if not isinstance(config, dict):

@@ -30,7 +30,7 @@ def run_pipeline(config: Path | str | PipelineConfig | None = None, overrides: O
     from flows.pipeline import pipeline_flow
     from flows.prefect_server import prefect_for_run
 
-    with prefect_for_run(home), temporary_settings(updates={PREFECT_LOCAL_STORAGE_PATH: str(home / "prefect-results")}):
+    with prefect_for_run(), temporary_settings(updates={PREFECT_LOCAL_STORAGE_PATH: str(home / "prefect-results")}):
         try:
             return pipeline_flow(cfg.model_dump(mode="json"), str(home))
         except KdflowError:
