@@ -58,3 +58,18 @@ def test_report_and_locations_redact_credentials(monkeypatch):
     assert "https://***@prefect.example.com/api" in text and "https://***@mlflow.example.com" in text
     text = "\n".join(_render(print_locations, "/tmp/h", "https://bob:hunter2@mlflow.example.com"))
     assert "hunter2" not in text and "s3cret" not in text and "***@mlflow.example.com" in text
+
+
+def test_ui_prints_the_servers_it_was_given_with_credentials_redacted(kdhome, monkeypatch):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://bob:hunter2@mlflow.example.com")
+    monkeypatch.setenv("PREFECT_API_URL", "https://alice:s3cret@prefect.example.com/api")
+    out = CliRunner().invoke(app, ["ui"])
+    assert out.exit_code == 0, out.output
+    assert "hunter2" not in out.output and "s3cret" not in out.output
+    assert "MLflow UI:  https://***@mlflow.example.com" in out.output
+    assert "Prefect UI: https://***@prefect.example.com" in out.output
+    assert not (kdhome / "mlflow-ui").exists() and not (kdhome / "prefect-server").exists()  # nothing started
