@@ -248,13 +248,13 @@ def start(home: Optional[Path] = None, port: Optional[int] = None, idle: Optiona
         s = LocalServer(proc.pid, chosen, client_version(), d)
         _pidfile(d).write_text(json.dumps({"pid": s.pid, "port": s.port, "version": s.version,
                                            "idle_minutes": minutes, "started": time.time()}))
-        touch(d)
         try:
             _wait_healthy(s, timeout)
         except KdflowError:
             _stop_group(s.pid)
             _pidfile(d).unlink(missing_ok=True)
             raise
+        touch(d)  # the idle time counts from here
         return s, True
 
 
@@ -375,6 +375,7 @@ def watchdog(d: Path, port: int, minutes: float) -> int:
     signal.signal(signal.SIGINT, shutdown)
     idle_s = minutes * 60
     poll = max(1.0, min(30.0, idle_s / 4)) if idle_s > 0 else 30.0
+    up_since: Optional[float] = None
     while True:
         time.sleep(poll)
         if server.poll() is not None:
@@ -385,11 +386,14 @@ def watchdog(d: Path, port: int, minutes: float) -> int:
             return server.returncode or 1
         if idle_s <= 0:
             continue
+        if up_since is None:  # idle time counts once the server answers, not while it starts
+            up_since = time.time() if healthy(api) else None
+            continue
         try:
             last_used = (d / "last-used").stat().st_mtime
         except OSError:
             last_used = 0.0
-        if time.time() - last_used < idle_s:
+        if time.time() - max(last_used, up_since) < idle_s:
             continue
         since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=idle_s)
         try:

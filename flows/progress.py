@@ -120,6 +120,10 @@ class Board:
                 return f"[{ev.stage}] failed{took}" + (f": {ev.message}" if ev.message else "")
             return f"[{ev.stage}] done{took}"
 
+    def __call__(self, ev: StageEvent) -> None:
+        """A listener for tasks.events (the live display renders the state, not the returned line)."""
+        self.update(ev)
+
     def table(self) -> Table:
         now = time.monotonic()
         t = Table(box=box.SIMPLE, show_header=False, pad_edge=False)
@@ -146,7 +150,7 @@ def live_progress(console: Console, quiet: bool = False, stages: Sequence[str] =
         return
     board = Board(stages)
     if console.is_terminal and not console.is_dumb_terminal:
-        with Live(board, console=console, refresh_per_second=4, transient=False), subscribed(board.update):
+        with Live(board, console=console, refresh_per_second=4, transient=False), subscribed(board):
             yield board
         return
 

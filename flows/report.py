@@ -95,7 +95,7 @@ def print_locations(console: Console, home: str, tracking_uri: str, report: dict
     console.print(f"MLflow: {tracking_uri}", soft_wrap=True, highlight=False)
     if report:
         console.print(f"  parent run {report['mlflow_parent_run_id']}", highlight=False)
-    console.print("  open the UI: kdflow ui" if tracking_uri.startswith("sqlite:") else f"  open the UI: {tracking_uri}",
-                  soft_wrap=True, highlight=False)
+    ui = "kdflow ui" if tracking_uri.startswith("sqlite:") else tracking_uri
+    console.print(f"  open the UI: {ui}", soft_wrap=True, highlight=False)
     console.print(prefect_location(report.get("prefect_flow_run_id") if report else None), soft_wrap=True,
                   highlight=False)

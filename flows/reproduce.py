@@ -18,6 +18,7 @@ from typing import Any, Iterator, List, Optional
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kdcore.errors import KdflowError
@@ -70,7 +71,8 @@ def _pipeline_run_of(client: Any, ref: str) -> tuple[str, dict[str, Any]]:
                 raise KdflowError(f"{ref!r}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
             run_id = mv.tags.get("kdflow.pipeline_run_id")
             if not run_id:
-                raise KdflowError(f"{ref} has no kdflow.pipeline_run_id tag: it was not registered by a kdflow pipeline")
+                raise KdflowError(f"{ref} has no kdflow.pipeline_run_id tag: it was not registered by a kdflow "
+                                  "pipeline")
             return run_id, {mv.name: mv}
         run = client.get_run(ref)
     except MlflowException as exc:
@@ -95,9 +97,8 @@ def _pipeline_run_of(client: Any, ref: str) -> tuple[str, dict[str, Any]]:
 
 
 def original(tracking_uri: str, ref: str) -> Original:
-    from mlflow import MlflowClient
-
     import yaml
+    from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri)
     run_id, versions = _pipeline_run_of(client, ref)
@@ -173,7 +174,8 @@ def reproduce_ref(ref: str, overrides: Optional[list[str]] = None, home: Optiona
 
 def reproduce(
     ref: str = typer.Argument(..., metavar="models:/NAME/VERSION | RUN_ID",
-                              help="a registered version (models:/NAME/VERSION or models:/NAME@ALIAS) or a pipeline run id"),
+                              help="a registered version (models:/NAME/VERSION or models:/NAME@ALIAS) or a "
+                                   "pipeline run id"),
     set_: List[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help="change the logged config (what-if)"),
     home: Optional[Path] = typer.Option(None, "--home", help="the fresh home to run in (default: a temporary one, "
                                         "removed when everything matches)"),
@@ -188,8 +190,8 @@ def reproduce(
     try:
         out = reproduce_ref(ref, set_, home, quiet)
     except KdflowError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
     t = Table(title=f"reproduction of {ref}", box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ("", "original", "reproduced", "same"):
         t.add_column(col, no_wrap=True)

@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from kdcore.errors import KdflowError
 
@@ -17,7 +18,7 @@ server_app = typer.Typer(help="The local Prefect server that kdflow keeps up bet
 
 
 def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -51,7 +52,8 @@ def server_stop(all_: bool = typer.Option(False, "--all", help="also stop the ML
 
 
 def _stop_all(with_mlflow: bool) -> None:
-    from flows import mlflow_ui, prefect_server as ps
+    from flows import mlflow_ui
+    from flows import prefect_server as ps
 
     try:
         home = _home()
@@ -85,7 +87,8 @@ def server_status() -> None:
                       "it)", highlight=False)
     else:
         idle = st.get("idle_minutes")
-        console.print(f"{st['state']} (pid {st['pid']}, Prefect {st.get('version', '?')}): UI {st['ui']}, API {st['api']}"
+        version = st.get("version", "?")
+        console.print(f"{st['state']} (pid {st['pid']}, Prefect {version}): UI {st['ui']}, API {st['api']}"
                       + (f"; stops after {idle:g} min idle" if idle else "") + f"; log {st['log']}",
                       highlight=False, soft_wrap=True)
 
@@ -98,7 +101,8 @@ def ui(
     if stop_:
         _stop_all(True)
         return
-    from flows import mlflow_ui, prefect_server as ps
+    from flows import mlflow_ui
+    from flows import prefect_server as ps
     from tasks.tracking import default_tracking_uri, redact
 
     try:
