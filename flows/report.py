@@ -79,9 +79,9 @@ def prefect_location(flow_run_id: Optional[str] = None) -> str:
     api = os.environ.get("PREFECT_API_URL")
     if api:
         return f"Prefect: {redact(api)}" + (f"  (flow run {flow_run_id})" if flow_run_id else "")
-    from flows.prefect_server import running_server
+    from flows.prefect_server import MODE_ENV, running_server
 
-    server = running_server()
+    server = None if os.environ.get(MODE_ENV, "").strip().lower() == "ephemeral" else running_server()
     if server is not None:
         link = f"{server.ui_url}/runs/flow-run/{flow_run_id}" if flow_run_id else server.ui_url
         return f"Prefect UI: {link}"
