@@ -202,14 +202,20 @@ def _check_version(s: LocalServer) -> None:
                           "of the right version) or set KDFLOW_PREFECT=ephemeral")
 
 
-def _wait_healthy(s: LocalServer, timeout: float) -> None:
+class _ExitedWhileStarting(KdflowError):
+    pass
+
+
+def _wait_healthy(s: LocalServer, timeout: float, proc: Optional[subprocess.Popen] = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if healthy(s.api_url):
             return
-        if not pid_alive(s.pid):
-            raise KdflowError(f"the local Prefect server exited while starting; its log {s.log} ends with:"
-                              f"{_log_tail(s.log)}")
+        code = proc.poll() if proc is not None else (None if pid_alive(s.pid) else "?")
+        if code is not None:
+            how = f"killed by signal {-code}" if isinstance(code, int) and code < 0 else f"exit status {code}"
+            raise _ExitedWhileStarting(f"the local Prefect server exited while starting ({how}); its log {s.log} "
+                                       f"ends with:{_log_tail(s.log) or ' (nothing)'}")
         time.sleep(0.5)
     raise KdflowError(f"the local Prefect server (pid {s.pid}) did not answer at {s.api_url} within {timeout:.0f} s; "
                       f"see {s.log}, or stop it with `kdflow server stop`")
@@ -241,21 +247,26 @@ def start(home: Optional[Path] = None, port: Optional[int] = None, idle: Optiona
                    PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
                                                             os.environ.get("PYTHONPATH")])))
         echo(f"starting a local Prefect server on {HOST}:{chosen} (kept running; `kdflow server stop` stops it)")
-        with open(d / "server.log", "ab") as log:
-            proc = subprocess.Popen([sys.executable, "-m", WATCHDOG, "--dir", str(d), "--port", str(chosen),
-                                     "--idle-minutes", str(minutes)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(d))
-        s = LocalServer(proc.pid, chosen, client_version(), d)
-        _pidfile(d).write_text(json.dumps({"pid": s.pid, "port": s.port, "version": s.version,
-                                           "idle_minutes": minutes, "started": time.time()}))
-        try:
-            _wait_healthy(s, timeout)
-        except KdflowError:
-            _stop_group(s.pid)
-            _pidfile(d).unlink(missing_ok=True)
-            raise
+        for attempt in (1, 2):  # a second try when the first was killed before it answered
+            with open(d / "server.log", "ab") as log:
+                proc = subprocess.Popen([sys.executable, "-m", WATCHDOG, "--dir", str(d), "--port", str(chosen),
+                                         "--idle-minutes", str(minutes)], env=env, stdout=log,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                        cwd=str(d))
+            srv = LocalServer(proc.pid, chosen, client_version(), d)
+            _pidfile(d).write_text(json.dumps({"pid": srv.pid, "port": srv.port, "version": srv.version,
+                                               "idle_minutes": minutes, "started": time.time()}))
+            try:
+                _wait_healthy(srv, timeout, proc)
+                break
+            except KdflowError as exc:
+                _stop_group(srv.pid)
+                _pidfile(d).unlink(missing_ok=True)
+                if attempt == 2 or not isinstance(exc, _ExitedWhileStarting) or (proc.returncode or 0) >= 0:
+                    raise
+                echo(f"{exc}; starting it again")
         touch(d)  # the idle time counts from here
-        return s, True
+        return srv, True
 
 
 def _stop_group(pid: int, timeout: float = 20.0) -> None:
