@@ -4,13 +4,14 @@ in their own modules, added below (flows/console.py says how a command module is
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from flows import cache_cli, ops_cli
+from flows import cache_cli, ops_cli, reproduce, server_cli
 from flows.console import (
     Overrides,
     ReportPath,
@@ -44,18 +45,31 @@ def run(
     set_: Overrides = None,
     report: ReportPath = None,
     verbose: Verbose = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress display: print only the result")] = False,
+    ephemeral: Annotated[
+        bool,
+        typer.Option(
+            "--ephemeral",
+            help="use a temporary Prefect server, not the local one kdflow keeps up (also KDFLOW_PREFECT=ephemeral)",
+        ),
+    ] = False,
 ) -> None:
     """Run the pipeline: teacher -> features -> pretrain -> distill (+ baseline) -> evaluate -> register."""
     quiet_prefect(verbose)
+    if ephemeral:
+        os.environ["KDFLOW_PREFECT"] = "ephemeral"
     if report:
         check_writable(report, "--report")
+    from flows.progress import live_progress, quiet_libraries
+
     with user_errors():
         from flows.runner import run_pipeline
 
-        result = run_pipeline(config or DEFAULT_CONFIG, set_ or [])
-    from flows.report import print_report
+        with quiet_libraries(quiet), live_progress(out, quiet):
+            result = run_pipeline(config or DEFAULT_CONFIG, set_ or [])
+    from flows.report import print_report, print_result
 
-    print_report(out, result)
+    (print_result if quiet else print_report)(out, result)
     if report:
         write_json(report, result)
 
@@ -80,20 +94,10 @@ def validate(config: ConfigPath = None, set_: Overrides = None) -> None:
     )
 
 
-@app.command()
-def ui() -> None:
-    """Say where MLflow and Prefect data live and how to open their UIs."""
-    from flows.report import print_locations
-    from tasks.home import kdflow_home
-    from tasks.tracking import default_tracking_uri
-
-    with user_errors():
-        home = kdflow_home()
-    print_locations(out, str(home), default_tracking_uri(home))
-
-
 app.add_typer(cache_cli.app, name="cache")
 app.add_typer(ops_cli.app)  # deploy, serve, sweep, retrain
+app.add_typer(server_cli.app)  # server start|stop|status, ui
+app.add_typer(reproduce.app)  # reproduce
 
 
 def main() -> None:

@@ -29,7 +29,9 @@ def local_results(home: Path) -> Iterator[None]:
     """Prefect task results of a local run under KDFLOW_HOME (as ``kdflow run`` keeps them)."""
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
-    with temporary_settings(updates={PREFECT_LOCAL_STORAGE_PATH: str(home / "prefect-results")}):
+    from flows.prefect_server import prefect_for_run
+
+    with prefect_for_run(), temporary_settings(updates={PREFECT_LOCAL_STORAGE_PATH: str(home / "prefect-results")}):
         yield
 
 

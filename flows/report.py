@@ -1,63 +1,101 @@
-"""The CLI's report: a rich table of teacher / baseline / student and the stages."""
+"""The CLI's report: a rich table of teacher / baseline / student and the stages.
+
+Both tables fit an 80-column terminal: short column names with their units in the header, numbers
+without repeated units, and the long identifiers cut to a readable prefix (``--report`` writes the
+full data as JSON). URLs are printed with their credentials redacted."""
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, Optional
 
-from rich.console import Console
 from rich import box
+from rich.console import Console
 from rich.table import Table
 
+from tasks.tracking import redact
 
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
+# two spaces between columns and none at the edges: ten columns fit in 80
+COMPACT: dict[str, Any] = {"box": box.SIMPLE_HEAD, "show_edge": False, "pad_edge": False, "padding": (0, 1),
+                           "collapse_padding": True}
+MODEL_CAPTION = ("top1/top5/agree (same top-1 as the teacher) in %; ECE: calibration error; "
+                 "ms@1: CPU latency at batch 1; img/s: CPU throughput at batch 256; MFLOP per sample")
 
 
 def _count(n: float) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else f"{n:.0f}"
 
 
-def print_report(console: Console, report: dict[str, Any]) -> None:
-    t = Table(title="kdflow: models on the test split (accuracies in %)", box=box.SIMPLE_HEAD,
-              caption="agree: same top-1 as the teacher; ms@1: CPU latency at batch 1; img/s: CPU throughput "
-                      "at batch 256; MFLOP: per sample")
-    for col in ("model", "top1", "top5", "agree", "ECE", "params", "size", "ms@1", "img/s", "MFLOP"):
-        t.add_column(col, justify="right" if col != "model" else "left")
+def _kib(n: float) -> str:
+    kib = n / 1024
+    return f"{kib:.1f}" if kib < 100 else f"{kib:.0f}"
+
+
+def _pct(m: dict[str, Any], key: str, digits: int = 2) -> str:
+    return f"{100 * m[key]:.{digits}f}" if key in m else "-"
+
+
+def models_table(report: dict[str, Any]) -> Table:
+    t = Table(title="models on the test split", caption=MODEL_CAPTION, caption_justify="left", **COMPACT)
+    for col in ("model", "top1", "top5", "agree", "ECE", "params", "KiB", "ms@1", "img/s", "MFLOP"):
+        t.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
     for name, m in report["models"].items():
-        t.add_row(name, f"{100 * m['top1']:.2f}", f"{100 * m['top5']:.2f}",
-                  f"{100 * m['agreement']:.1f}" if "agreement" in m else "-", f"{m['ece']:.3f}",
-                  _count(m["params"]), _fmt_bytes(m["size_bytes"]),
+        t.add_row(name, _pct(m, "top1"), _pct(m, "top5"), _pct(m, "agreement", 1), f"{m['ece']:.3f}",
+                  _count(m["params"]), _kib(m["size_bytes"]),
                   f"{m['latency_ms']:.2f}" if "latency_ms" in m else "-",
                   f"{m['throughput']:.0f}" if "throughput" in m else "-", f"{m['flops'] / 1e6:.2f}")
-    console.print(t)
-    s = Table(title="stages", box=box.SIMPLE_HEAD)
-    for col in ("stage", "cached", "seconds", "fingerprint", "MLflow run"):
-        s.add_column(col, no_wrap=True)
+    return t
+
+
+def stages_table(report: dict[str, Any]) -> Table:
+    s = Table(title="stages", **COMPACT)
+    for col, justify in (("stage", "left"), ("cached", "left"), ("time s", "right"), ("fingerprint", "left"),
+                         ("MLflow run", "left")):
+        s.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for name, info in report["stages"].items():
         s.add_row(name, "yes" if info["cached"] else "no", f"{info['seconds']:.1f}", info["fingerprint"][:12],
                   info["mlflow_run_id"] or "-")
-    console.print(s)
+    return s
+
+
+def print_result(console: Console, report: dict[str, Any]) -> None:
+    """The result alone (``kdflow run --quiet``): the models table and what was registered."""
+    console.print(models_table(report))
+    reg = ", ".join(f"{k} v{v}" for k, v in report["registered"].items()) or "none"
+    new = ", ".join(report["registered_new"]) or "none (all versions already registered)"
+    console.print(f"registered: {reg}; new versions: {new}", soft_wrap=True)
+
+
+def print_report(console: Console, report: dict[str, Any]) -> None:
+    console.print(models_table(report))
+    console.print(stages_table(report))
     reg = ", ".join(f"{k} v{v}" for k, v in report["registered"].items()) or "none"
     new = ", ".join(report["registered_new"]) or "none (all versions already registered)"
     console.print(f"registered: {reg}; new versions: {new}")
     print_locations(console, report["home"], report["tracking_uri"], report)
 
 
-def print_locations(console: Console, home: str, tracking_uri: str, report: dict[str, Any] | None = None) -> None:
-    console.print(f"artifacts and cache: {home}")
-    console.print(f"MLflow: {tracking_uri}" + (f"  (parent run {report['mlflow_parent_run_id']})" if report else ""))
-    if tracking_uri.startswith("sqlite:"):
-        console.print(f"  open the UI: mlflow ui --backend-store-uri {tracking_uri}")
-    else:
-        console.print(f"  open the UI: {tracking_uri}")
-    import os
-
+def prefect_location(flow_run_id: Optional[str] = None) -> str:
+    """Where this process's flow runs went, credentials redacted."""
     api = os.environ.get("PREFECT_API_URL")
     if api:
-        console.print(f"Prefect: {api}" + (f"  (flow run {report['prefect_flow_run_id']})" if report else ""))
-    else:
-        console.print("Prefect: temporary local server (runs are kept in ~/.prefect); to browse them, run "
-                      "`prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api")
+        return f"Prefect: {redact(api)}" + (f"  (flow run {flow_run_id})" if flow_run_id else "")
+    from flows.prefect_server import MODE_ENV, running_server
+
+    server = None if os.environ.get(MODE_ENV, "").strip().lower() == "ephemeral" else running_server()
+    if server is not None:
+        link = f"{server.ui_url}/runs/flow-run/{flow_run_id}" if flow_run_id else server.ui_url
+        return f"Prefect UI: {link}"
+    return "Prefect: a temporary server, gone with the run (`kdflow server start` keeps one)"
+
+
+def print_locations(console: Console, home: str, tracking_uri: str, report: dict[str, Any] | None = None) -> None:
+    tracking_uri = redact(tracking_uri)
+    # locations are printed whole (soft-wrapped): a URL cut in two cannot be clicked
+    console.print(f"artifacts and cache: {home}", soft_wrap=True, highlight=False)
+    console.print(f"MLflow: {tracking_uri}", soft_wrap=True, highlight=False)
+    if report:
+        console.print(f"  parent run {report['mlflow_parent_run_id']}", highlight=False)
+    ui = "kdflow ui" if tracking_uri.startswith("sqlite:") else tracking_uri
+    console.print(f"  open the UI: {ui}", soft_wrap=True, highlight=False)
+    console.print(prefect_location(report.get("prefect_flow_run_id") if report else None), soft_wrap=True,
+                  highlight=False)

@@ -8,6 +8,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# a `kdflow` started by a test (in process or as a subprocess) uses Prefect's temporary server, not the local
+# server that outlives it; tests/test_local_server.py opts in with KDFLOW_PREFECT=local
+os.environ.setdefault("KDFLOW_PREFECT", "ephemeral")
 
 from pathlib import Path  # noqa: E402
 from typing import Iterator  # noqa: E402

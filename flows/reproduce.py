@@ -1,0 +1,205 @@
+"""`kdflow reproduce models:/NAME/VERSION` (or a pipeline run id): run the logged config again in a
+fresh home and compare, side by side, the original and reproduced metrics and weights' sha256.
+
+The config comes from the pipeline run's ``config.yaml`` artifact, or, for runs logged before it
+existed, from the run's params (the flattened config). A registered version names its pipeline run
+by the ``kdflow.pipeline_run_id`` tag and its weights by ``kdflow.weights_sha256``."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import typer
+from rich import box
+from rich.table import Table
+
+from flows.console import Overrides, quiet_prefect, user_errors
+from flows.console import out as console
+from kdcore.errors import KdflowError
+
+QUALITY = ("top1", "top5", "agreement", "ece")  # timings differ run to run and are not compared
+
+app = typer.Typer()
+
+
+@dataclass
+class Original:
+    run_id: str
+    config: dict[str, Any]
+    config_source: str
+    metrics: dict[str, float]
+    data_fingerprint: str
+    weights: dict[str, str] = field(default_factory=dict)  # registered model name -> sha256
+
+
+def _unflatten(params: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, raw in params.items():
+        try:
+            value: Any = json.loads(raw)  # Tracker.log_params wrote non-strings as JSON
+        except ValueError:
+            value = raw
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def _pipeline_run_of(client: Any, ref: str) -> tuple[str, dict[str, Any]]:
+    """The pipeline run id behind ``ref`` and the versions it names {name: ModelVersion}."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if ref.startswith("models:/"):
+            rest = ref[len("models:/"):]
+            if "@" in rest:
+                name, alias = rest.split("@", 1)
+                mv = client.get_model_version_by_alias(name, alias)
+            elif "/" in rest:
+                name, version = rest.rsplit("/", 1)
+                mv = client.get_model_version(name, version)
+            else:
+                raise KdflowError(f"{ref!r}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+            run_id = mv.tags.get("kdflow.pipeline_run_id")
+            if not run_id:
+                raise KdflowError(f"{ref} has no kdflow.pipeline_run_id tag: it was not registered by a kdflow "
+                                  "pipeline")
+            return run_id, {mv.name: mv}
+        run = client.get_run(ref)
+    except MlflowException as exc:
+        raise KdflowError(f"{ref}: not found in the MLflow store ({exc.message.splitlines()[0]})") from None
+    if run.data.tags.get("kdflow.kind") != "pipeline":
+        parent = run.data.tags.get("mlflow.parentRunId")
+        if not parent:
+            raise KdflowError(f"run {ref} is not a kdflow pipeline run nor one of its stages")
+        run = client.get_run(parent)
+    run_id = run.info.run_id
+    versions = {}
+    for key, version in run.data.tags.items():
+        if key.startswith("registered."):
+            versions[key[len("registered."):]] = client.get_model_version(key[len("registered."):], version)
+    if not versions:  # the names are tagged on the register stage's run
+        for child in client.search_runs([run.info.experiment_id],
+                                        filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'"):
+            for key, version in child.data.tags.items():
+                if key.startswith("registered."):
+                    versions[key[len("registered."):]] = client.get_model_version(key[len("registered."):], version)
+    return run_id, versions
+
+
+def original(tracking_uri: str, ref: str) -> Original:
+    import yaml
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    run_id, versions = _pipeline_run_of(client, ref)
+    run = client.get_run(run_id)
+    config, source = None, "params"
+    if any(f.path == "config.yaml" for f in client.list_artifacts(run_id)):  # absent in older runs
+        with tempfile.TemporaryDirectory() as tmp:
+            config = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml", tmp)).read_text())
+            source = "config.yaml"
+    if not isinstance(config, dict):
+        config, source = _unflatten(run.data.params), "params"
+    if not config:
+        raise KdflowError(f"pipeline run {run_id} logged neither config.yaml nor params: nothing to reproduce")
+    weights = {name: mv.tags.get("kdflow.weights_sha256", "") for name, mv in versions.items()}
+    return Original(run_id, config, source, dict(run.data.metrics), run.data.tags.get("kdflow.data_fingerprint", ""),
+                    weights)
+
+
+@contextlib.contextmanager
+def _store_in(home: Path) -> Iterator[str]:
+    """MLflow in the fresh home's own store for the length of the rerun (never the original's)."""
+    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        yield f"sqlite:///{home / 'mlflow.db'}"
+    finally:
+        if saved is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
+def compare(orig: Original, report: dict[str, Any], new_weights: dict[str, str]) -> list[tuple[str, str, str, bool]]:
+    rows: list[tuple[str, str, str, bool]] = []
+    for model, metrics in report["models"].items():
+        for key in QUALITY:
+            if key not in metrics:
+                continue
+            before = orig.metrics.get(f"{model}.{key}")
+            after = float(metrics[key])
+            rows.append((f"{model} {key}", "-" if before is None else f"{before:.6g}", f"{after:.6g}",
+                         before is not None and before == after))
+    rows.append(("data fingerprint", orig.data_fingerprint[:12] or "-", report["data_fingerprint"][:12],
+                 orig.data_fingerprint == report["data_fingerprint"]))
+    for name, sha in orig.weights.items():
+        new = new_weights.get(name, "")
+        rows.append((f"{name} sha256", sha[:12] or "-", new[:12] or "-", bool(sha) and sha == new))
+    return rows
+
+
+def reproduce_ref(ref: str, overrides: Optional[list[str]] = None, home: Optional[Path] = None,
+                  quiet: bool = False) -> dict[str, Any]:
+    from mlflow import MlflowClient
+
+    from flows.progress import live_progress, quiet_libraries
+    from flows.runner import run_pipeline
+    from kdcore.config import config_from_dict
+    from tasks.home import kdflow_home
+    from tasks.tracking import default_tracking_uri
+
+    orig = original(default_tracking_uri(kdflow_home()), ref)
+    cfg = config_from_dict(orig.config, list(overrides or []))
+    fresh = Path(home) if home else Path(tempfile.mkdtemp(prefix="kdflow-reproduce-"))
+    fresh.mkdir(parents=True, exist_ok=True)
+    if any(fresh.iterdir()):
+        raise KdflowError(f"--home {fresh} is not empty: a reproduction needs a fresh home")
+    with _store_in(fresh) as uri, quiet_libraries(quiet), live_progress(console, quiet):
+        report = run_pipeline(cfg, home=fresh)
+        client = MlflowClient(uri)
+        new_weights = {name: client.get_model_version(name, str(v)).tags.get("kdflow.weights_sha256", "")
+                       for name, v in report["registered"].items()}
+    rows = compare(orig, report, new_weights)
+    return {"original_run_id": orig.run_id, "config_source": orig.config_source, "home": str(fresh),
+            "rows": rows, "match": all(r[3] for r in rows), "reproduced_run_id": report["mlflow_parent_run_id"]}
+
+
+@app.command()
+def reproduce(
+    ref: str = typer.Argument(..., metavar="models:/NAME/VERSION | RUN_ID",
+                              help="a registered version (models:/NAME/VERSION or models:/NAME@ALIAS) or a "
+                                   "pipeline run id"),
+    set_: Overrides = None,
+    home: Optional[Path] = typer.Option(None, "--home", help="the fresh home to run in (default: a temporary one, "
+                                        "removed when everything matches)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display"),
+) -> None:
+    """Run a registered model's pipeline again in a fresh home; compare metrics and weights' sha256.
+
+    Exits 1 when anything differs."""
+    quiet_prefect(False)
+    with user_errors():
+        out = reproduce_ref(ref, list(set_ or []), home, quiet)
+    t = Table(title=f"reproduction of {ref}", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("", "original", "reproduced", "same"):
+        t.add_column(col, no_wrap=True)
+    for what, before, after, same in out["rows"]:
+        t.add_row(what, before, after, "yes" if same else "[bold red]NO[/]")
+    console.print(t)
+    console.print(f"config from the original run's {out['config_source']} (run {out['original_run_id']})",
+                  highlight=False, soft_wrap=True)
+    if out["match"]:
+        console.print("reproduced: the same metrics and weights")
+        if home is None:
+            shutil.rmtree(out["home"], ignore_errors=True)
+        return
+    console.print(f"[bold red]NOT reproduced[/]: see the rows marked NO; the reproduction is kept in {out['home']}",
+                  highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
