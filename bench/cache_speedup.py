@@ -15,11 +15,11 @@ points at a checkpoint written by kdflow.
 
 Usage: .venv/bin/python bench/cache_speedup.py [--limit-train 20000] [--epochs 3] [--views 2]
 """
+
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -44,14 +44,16 @@ from kdcore.train.checkpoint import load_model, save_model  # noqa: E402
 
 
 def config(args, home: Path):
-    return config_from_dict({
-        "data": {"name": "fashion_mnist", "limit_train": args.limit_train, "limit_test": 1000},
-        "teacher": {"arch": args.teacher_arch},
-        "student": {"arch": args.student_arch},
-        "cache": {"views": {"policy": "shift" if args.views > 1 else "none", "num_views": args.views, "pad": 2}},
-        "distill": {"train": {"max_epochs": args.epochs, "batch_size": args.batch_size, "lr": 0.05}},
-        "trainer": {"device": "cpu", "num_threads": args.threads},
-    })
+    return config_from_dict(
+        {
+            "data": {"name": "fashion_mnist", "limit_train": args.limit_train, "limit_test": 1000},
+            "teacher": {"arch": args.teacher_arch},
+            "student": {"arch": args.student_arch},
+            "cache": {"views": {"policy": "shift" if args.views > 1 else "none", "num_views": args.views, "pad": 2}},
+            "distill": {"train": {"max_epochs": args.epochs, "batch_size": args.batch_size, "lr": 0.05}},
+            "trainer": {"device": "cpu", "num_threads": args.threads},
+        }
+    )
 
 
 class InMemory(TeacherSource):
@@ -71,15 +73,20 @@ class InMemory(TeacherSource):
 def train_seconds(env, source, label) -> list[float]:
     student = env.new_student()
     env.workdir = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=env.workdir.parent))
-    fit, _ = _train_with_objective(env, student, env.cfg.distill.objective_spec(), env.cfg.distill.train, source,
-                                   "distill")
+    fit, _ = _train_with_objective(
+        env, student, env.cfg.distill.objective_spec(), env.cfg.distill.train, source, "distill"
+    )
     return [len(env.data.train) / h["samples_per_s"] for h in fit.history]
 
 
 def build_in_child(args, home: Path, teacher_path: Path) -> dict:
     """Build the cache in a fresh process and report its time and peak RSS."""
-    out = subprocess.run([sys.executable, __file__, "--_build", str(home), str(teacher_path), *sys.argv[1:]],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--_build", str(home), str(teacher_path), *sys.argv[1:]],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -93,9 +100,17 @@ def child_build(args, home: Path, teacher_path: Path) -> None:
     entries = build_features(env, teacher, "bench-" + teacher_path.stem, home / "cache")
     seconds = time.perf_counter() - t0
     rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": seconds, "rss_before_mb": rss_before / 1024, "rss_peak_mb": rss_peak / 1024,
-                      "keys": {s: e.key for s, (e, _) in entries.items()},
-                      "bytes": sum(e.size_bytes() for e, _ in entries.values())}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "rss_before_mb": rss_before / 1024,
+                "rss_peak_mb": rss_peak / 1024,
+                "keys": {s: e.key for s, (e, _) in entries.items()},
+                "bytes": sum(e.size_bytes() for e, _ in entries.values()),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -148,19 +163,28 @@ def main() -> None:
             v = epoch_views(len(x), args.views, cfg.cache.views.seed, epoch)
             t0 = time.perf_counter()
             for i in range(0, len(x), args.batch_size):
-                xb = apply_views(x[i:i + args.batch_size], seeds[i:i + args.batch_size, :][
-                    torch.arange(min(args.batch_size, len(x) - i)), v[i:i + args.batch_size]],
-                    cfg.cache.views.policy, cfg.cache.views.pad)
+                xb = apply_views(
+                    x[i : i + args.batch_size],
+                    seeds[i : i + args.batch_size, :][
+                        torch.arange(min(args.batch_size, len(x) - i)), v[i : i + args.batch_size]
+                    ],
+                    cfg.cache.views.policy,
+                    cfg.cache.views.pad,
+                )
                 teacher(xb)
             fwd.append(time.perf_counter() - t0)
 
     a, b = statistics.median(online), statistics.median(cached)
     s, t = statistics.median(alone), statistics.median(fwd)
     bound = (s + t) / s
-    print(f"Fashion-MNIST, {len(x)} train images x {args.views} views, batch {args.batch_size}, "
-          f"{args.threads} threads, medians of {args.epochs} epochs")
-    print(f"teacher {cfg.teacher.arch}: {t_flops / 1e6:.1f} MFLOP/sample; student {cfg.student.arch}: "
-          f"{s_flops / 1e6:.2f} MFLOP/sample (ratio {t_flops / s_flops:.1f}x)")
+    print(
+        f"Fashion-MNIST, {len(x)} train images x {args.views} views, batch {args.batch_size}, "
+        f"{args.threads} threads, medians of {args.epochs} epochs"
+    )
+    print(
+        f"teacher {cfg.teacher.arch}: {t_flops / 1e6:.1f} MFLOP/sample; student {cfg.student.arch}: "
+        f"{s_flops / 1e6:.2f} MFLOP/sample (ratio {t_flops / s_flops:.1f}x)"
+    )
     print(f"(a) distillation epoch, teacher online   {a:8.2f} s   {online}")
     print(f"(b) distillation epoch, from the cache   {b:8.2f} s   {cached}")
     print(f"(c) teacher forward alone                {t:8.2f} s")
@@ -171,8 +195,10 @@ def main() -> None:
     print(f"cache build time                         {build['seconds']:8.2f} s  (train views + val)")
     print(f"break-even                               {build['seconds'] / max(a - b, 1e-9):8.2f} epochs")
     print(f"cache size on disk                       {build['bytes'] / 2**20:8.2f} MB")
-    print(f"peak RSS of the building process         {build['rss_peak_mb']:8.1f} MB  (before building: "
-          f"{build['rss_before_mb']:.1f} MB)")
+    print(
+        f"peak RSS of the building process         {build['rss_peak_mb']:8.1f} MB  (before building: "
+        f"{build['rss_before_mb']:.1f} MB)"
+    )
 
 
 if __name__ == "__main__":

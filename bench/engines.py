@@ -8,6 +8,7 @@ results and prints the times.
 Expect no speed-up on a 2-core machine: the engines add cluster start-up and per-task
 serialisation; they pay off with more cores or GPUs per machine, or several machines.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,10 +30,13 @@ def sweep_config(runner: str, workers: int) -> dict:
     raw["baseline"] = {"enabled": False}
     raw["evaluate"]["latency"] = False
     raw["trainer"] = {"num_threads": 1}
-    raw["sweep"] = {"trials": [{"student.arch": "cnn_tiny"},
-                               {"student.arch": "cnn", "student.kwargs": {"channels": [4, 8]}}],
-                    "grid": {"distill.temperature": [2.0, 4.0]},
-                    "task_runner": runner, "max_workers": workers, "profile": False}
+    raw["sweep"] = {
+        "trials": [{"student.arch": "cnn_tiny"}, {"student.arch": "cnn", "student.kwargs": {"channels": [4, 8]}}],
+        "grid": {"distill.temperature": [2.0, 4.0]},
+        "task_runner": runner,
+        "max_workers": workers,
+        "profile": False,
+    }
     return raw
 
 
@@ -50,8 +54,9 @@ def main() -> None:
         for runner in args.runners:
             home = Path(tempfile.mkdtemp(prefix=f"kdflow-bench-{runner}-"))
             t0 = time.perf_counter()
-            out = run_locally(sweep_flow, home, config=sweep_config(runner, 1 if runner == "thread" else 2),
-                              home=str(home))
+            out = run_locally(
+                sweep_flow, home, config=sweep_config(runner, 1 if runner == "thread" else 2), home=str(home)
+            )
             results[runner] = (time.perf_counter() - t0, out["table"])
     base = results.get("thread")
     print(f"{'runner':8} {'wall s':>8} {'per trial s':>12} {'vs 1 process':>13}  top-1 per trial")

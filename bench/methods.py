@@ -16,6 +16,7 @@ Usage:
   .venv/bin/python bench/methods.py                     # the full run (see README for the figures)
   .venv/bin/python bench/methods.py --methods baseline kd --seeds 0   # a subset
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,16 @@ import torch  # noqa: E402
 from kdcore.config import config_from_dict  # noqa: E402
 from kdcore.data import load_dataset  # noqa: E402
 from kdcore.fingerprint import stable_hash  # noqa: E402
-from kdcore.stages import (StageEnv, TeacherSource, build_features, classifier_val, distill_student,  # noqa: E402
-                           pretrain_student, train_baseline, train_teacher)
+from kdcore.stages import (  # noqa: E402
+    StageEnv,
+    TeacherSource,
+    build_features,
+    classifier_val,
+    distill_student,
+    pretrain_student,
+    train_baseline,
+    train_teacher,
+)
 from kdcore.train.checkpoint import load_model  # noqa: E402
 
 # The student: a 3-block CNN of ~9k parameters; the teacher: a 3-block CNN ten times its size.
@@ -69,15 +78,21 @@ METHODS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "fitnet": ({"method": "hint", "pairs": HINT, "epochs": 2}, KD),
     "at": ({}, {**CE, "at": {"weight": 2.0, "pairs": MAPS}}),
     "pkt": ({}, {**CE, "pkt": {"weight": 100.0, "pairs": PENULT}}),
-    "rkd": ({}, {**CE, "rkd": {"weight": 1.0, "distance_weight": 1.0, "angle_weight": 2.0, "angle_anchors": 32,
-                                "pairs": PENULT}}),
+    "rkd": (
+        {},
+        {
+            **CE,
+            "rkd": {"weight": 1.0, "distance_weight": 1.0, "angle_weight": 2.0, "angle_anchors": 32, "pairs": PENULT},
+        },
+    ),
     "sp": ({}, {**CE, "sp": {"weight": 300.0, "pairs": [{"student": "block3", "teacher": "block3"}]}}),
     "crd": ({}, {**CE, "crd": {"weight": 0.1, "student": "flatten", "teacher": "flatten", "num_negatives": 4096}}),
     "teacher_layers": ({"method": "teacher_layers", "partial": True, "epochs": 1}, KD),
-    "teacher_layers+ce": ({"method": "teacher_layers", "partial": True, "freeze_copied": False, "epochs": 1,
-                           "losses": CE}, CE),
-    "teacher_layers+kd_t2": ({"method": "teacher_layers", "partial": True, "freeze_copied": False, "epochs": 1},
-                             KD_T2),
+    "teacher_layers+ce": (
+        {"method": "teacher_layers", "partial": True, "freeze_copied": False, "epochs": 1, "losses": CE},
+        CE,
+    ),
+    "teacher_layers+kd_t2": ({"method": "teacher_layers", "partial": True, "freeze_copied": False, "epochs": 1}, KD_T2),
 }
 # Variants tried while looking for what helps (run them with --methods NAME).
 EXTRA: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -89,14 +104,18 @@ EXTRA: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "at_paper": ({}, {**CE, "at": {"weight": 50.0, "pairs": MAPS}}),
     "rkd_paper": ({}, {**CE, "rkd": {"weight": 1.0, "pairs": PENULT}}),
     "sp_paper": ({}, {**CE, "sp": {"weight": 3000.0, "pairs": [{"student": "block3", "teacher": "block3"}]}}),
-    "crd_paper": ({}, {**CE, "crd": {"weight": 0.8, "student": "flatten", "teacher": "flatten",
-                                     "num_negatives": 4096}}),
+    "crd_paper": (
+        {},
+        {**CE, "crd": {"weight": 0.8, "student": "flatten", "teacher": "flatten", "num_negatives": 4096}},
+    ),
     "teacher_layers_frozen+kd_t2": ({"method": "teacher_layers", "partial": True, "epochs": 1}, KD_T2),
     "baseline_views": ({"views": VIEWS}, CE),
     "kd_views": ({"views": VIEWS}, KD),
     "kd_t2_views": ({"views": VIEWS}, KD_T2),
-    "kd_t2+crd": ({}, {**KD_T2, "crd": {"weight": 0.1, "student": "flatten", "teacher": "flatten",
-                                          "num_negatives": 4096}}),
+    "kd_t2+crd": (
+        {},
+        {**KD_T2, "crd": {"weight": 0.1, "student": "flatten", "teacher": "flatten", "num_negatives": 4096}},
+    ),
     "kd_t2+pkt": ({}, {**KD_T2, "pkt": {"weight": 100.0, "pairs": PENULT}}),
     "kd_t2+at": ({}, {**KD_T2, "at": {"weight": 2.0, "pairs": MAPS}}),
     "kd_t2+sp": ({}, {**KD_T2, "sp": {"weight": 300.0, "pairs": [{"student": "block3", "teacher": "block3"}]}}),
@@ -117,8 +136,9 @@ def base_config(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def method_config(base: dict[str, Any], name: str, seed: int, teacher_ckpt: str, epochs: int,
-                  all_teacher_paths: list[str]) -> dict[str, Any]:
+def method_config(
+    base: dict[str, Any], name: str, seed: int, teacher_ckpt: str, epochs: int, all_teacher_paths: list[str]
+) -> dict[str, Any]:
     pre, losses = ALL[name]
     raw = copy.deepcopy(base)
     raw["teacher"]["checkpoint"] = teacher_ckpt
@@ -135,8 +155,10 @@ def method_config(base: dict[str, Any], name: str, seed: int, teacher_ckpt: str,
     if pre:
         pre["train"] = {"max_epochs": pre_epochs, "batch_size": 128, "lr": 0.05}
         raw["pretrain"] = pre
-    raw["distill"] = {"losses": copy.deepcopy(losses),
-                      "train": {**raw["distill"]["train"], "max_epochs": epochs - pre_epochs}}
+    raw["distill"] = {
+        "losses": copy.deepcopy(losses),
+        "train": {**raw["distill"]["train"], "max_epochs": epochs - pre_epochs},
+    }
     raw["baseline"] = {"train": {**raw["distill"]["train"], "max_epochs": epochs}}
     return raw
 
@@ -172,8 +194,17 @@ def _train_augmented_teacher(cfg, data, work: Path, policy: str):
         seeds = torch.randint(0, 2**62, (len(idx),), generator=gen)
         return F.cross_entropy(model(apply_views(x[idx], seeds, policy, 2)), y[idx]), {}
 
-    fit({"model": model}, step, len(x), lambda: classifier_val(model, xv, yv), cfg.teacher.train,
-        ckpt_dir=work / "checkpoints", seed=cfg.trainer.seed, device=env.device, stage="teacher")
+    fit(
+        {"model": model},
+        step,
+        len(x),
+        lambda: classifier_val(model, xv, yv),
+        cfg.teacher.train,
+        ckpt_dir=work / "checkpoints",
+        seed=cfg.trainer.seed,
+        device=env.device,
+        stage="teacher",
+    )
     path = work / "teacher.safetensors"
     save_model(model, path, {"stage": "teacher", "data_fingerprint": data.fingerprint, "augment": policy})
     return StageResult(path, None, {}, {}, None, model)
@@ -230,8 +261,7 @@ def run_one(raw: dict[str, Any], name: str, data, teacher, workdir: Path, entrie
     n = len(data.train)
     epoch_s = [n / h["samples_per_s"] for f in fits for h in f.history]
     test = classifier_val(res.model, data.test.x.to(env.device), data.test.y.to(env.device))["val_top1"]
-    return {"test_top1": test, "epoch_seconds": statistics.median(epoch_s), "epochs": len(epoch_s),
-            "seconds": seconds}
+    return {"test_top1": test, "epoch_seconds": statistics.median(epoch_s), "epochs": len(epoch_s), "seconds": seconds}
 
 
 def summarise(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -240,27 +270,35 @@ def summarise(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     for name, runs in results.items():
         accs = [100 * r["test_top1"] for r in runs]
         mean = statistics.mean(accs)
-        rows.append({
-            "method": name, "mean": mean, "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-            "gain": None if base is None else mean - 100 * base,
-            "epoch_s": statistics.median(r["epoch_seconds"] for r in runs),
-            "epochs": runs[0]["epochs"], "seeds": len(runs), "accs": accs,
-        })
+        rows.append(
+            {
+                "method": name,
+                "mean": mean,
+                "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                "gain": None if base is None else mean - 100 * base,
+                "epoch_s": statistics.median(r["epoch_seconds"] for r in runs),
+                "epochs": runs[0]["epochs"],
+                "seeds": len(runs),
+                "accs": accs,
+            }
+        )
     return rows
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| method | test top-1 % (mean ± std) | gain vs baseline (points) | s / epoch | epochs |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| method | test top-1 % (mean ± std) | gain vs baseline (points) | s / epoch | epochs |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         gain = "—" if r["gain"] is None or r["method"] == "baseline" else f"{r['gain']:+.2f}"
-        lines.append(f"| {r['method']} | {r['mean']:.2f} ± {r['std']:.2f} | {gain} | {r['epoch_s']:.2f} | "
-                     f"{r['epochs']} |")
+        lines.append(
+            f"| {r['method']} | {r['mean']:.2f} ± {r['std']:.2f} | {gain} | {r['epoch_s']:.2f} | {r['epochs']} |"
+        )
     return "\n".join(lines)
 
 
-def log_mlflow(home: Path, rows: list[dict[str, Any]], args: argparse.Namespace, teacher_acc: float,
-               md: str) -> str:
+def log_mlflow(home: Path, rows: list[dict[str, Any]], args: argparse.Namespace, teacher_acc: float, md: str) -> str:
     from tasks.tracking import Tracker, default_tracking_uri
 
     tracker = Tracker(default_tracking_uri(home), home)
@@ -272,8 +310,12 @@ def log_mlflow(home: Path, rows: list[dict[str, Any]], args: argparse.Namespace,
         child = tracker.start_run(exp, r["method"], parent=parent, tags={"kdflow.kind": "bench-method"})
         pre, losses = ALL[r["method"]]
         tracker.log_params(child, {"pretrain": json.dumps(pre), "losses": json.dumps(losses)})
-        metrics = {"test_top1_mean": r["mean"], "test_top1_std": r["std"], "epoch_seconds": r["epoch_s"],
-                   **{f"test_top1_seed{i}": a for i, a in enumerate(r["accs"])}}
+        metrics = {
+            "test_top1_mean": r["mean"],
+            "test_top1_std": r["std"],
+            "epoch_seconds": r["epoch_s"],
+            **{f"test_top1_seed{i}": a for i, a in enumerate(r["accs"])},
+        }
         if r["gain"] is not None:
             metrics["gain_points"] = r["gain"]
         tracker.log_metrics(child, metrics)
@@ -288,10 +330,16 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(ALL))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=10, help="training epochs of every student (pretrain included)")
-    ap.add_argument("--limit-train", type=int, default=5000, help="training images (val: a fifth of it; 0: the full 54,000)")
+    ap.add_argument(
+        "--limit-train", type=int, default=5000, help="training images (val: a fifth of it; 0: the full 54,000)"
+    )
     ap.add_argument("--teacher-epochs", type=int, default=20)
-    ap.add_argument("--teacher-augment", default="none", choices=["none", "shift"],
-                    help="random shifts while training the teacher (the students' data is never augmented)")
+    ap.add_argument(
+        "--teacher-augment",
+        default="none",
+        choices=["none", "shift"],
+        help="random shifts while training the teacher (the students' data is never augmented)",
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--home", default=os.environ.get("KDFLOW_HOME", str(ROOT / ".kdflow")))
@@ -305,9 +353,12 @@ def main() -> None:
     teacher = load_model(ckpt)
     paths = union_teacher_paths()
     t_params = sum(p.numel() for p in teacher.parameters())
-    print(f"workload: fashion_mnist, {len(data.train)} train / {len(data.val)} val / {len(data.test)} test images; "
-          f"teacher {TEACHER['arch']} ({t_params} params) test top-1 {100 * teacher_acc:.2f}%; "
-          f"{args.epochs} epochs, seeds {args.seeds}, {args.threads} thread(s)", flush=True)
+    print(
+        f"workload: fashion_mnist, {len(data.train)} train / {len(data.val)} val / {len(data.test)} test images; "
+        f"teacher {TEACHER['arch']} ({t_params} params) test top-1 {100 * teacher_acc:.2f}%; "
+        f"{args.epochs} epochs, seeds {args.seeds}, {args.threads} thread(s)",
+        flush=True,
+    )
 
     results: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="kdflow-methods-") as tmp:
@@ -321,8 +372,9 @@ def main() -> None:
             """The features-cache entries for a method's config (built once per views setting)."""
             key = json.dumps(cfg.cache.model_dump(mode="json"), sort_keys=True)
             if key not in known:
-                built = build_features(StageEnv(cfg, data, work), teacher.to(env.device), teacher_sha,
-                                       home / "bench" / "methods" / "cache")
+                built = build_features(
+                    StageEnv(cfg, data, work), teacher.to(env.device), teacher_sha, home / "bench" / "methods" / "cache"
+                )
                 known[key] = {split: entry for split, (entry, _) in built.items()}
             return known[key]
 
@@ -334,14 +386,19 @@ def main() -> None:
                 r = run_one(raw, name, data, teacher, work, entries_for)
                 shutil.rmtree(work, ignore_errors=True)
                 results.setdefault(name, []).append(r)
-                print(f"{name:<12} seed {seed}: test top-1 {100 * r['test_top1']:.2f}%  "
-                      f"{r['epoch_seconds']:.2f} s/epoch  ({r['seconds']:.0f} s)", flush=True)
+                print(
+                    f"{name:<12} seed {seed}: test top-1 {100 * r['test_top1']:.2f}%  "
+                    f"{r['epoch_seconds']:.2f} s/epoch  ({r['seconds']:.0f} s)",
+                    flush=True,
+                )
     rows = summarise(results)
     md = table(rows)
     student_params = sum(p.numel() for p in load_model_params(base, data))
-    header = (f"Fashion-MNIST, {len(data.train)} train images, student {STUDENT['arch']} {STUDENT['kwargs']} "
-              f"({student_params} params), teacher {TEACHER['arch']} ({t_params} params, test top-1 "
-              f"{100 * teacher_acc:.2f}%), {args.epochs} epochs, seeds {args.seeds}")
+    header = (
+        f"Fashion-MNIST, {len(data.train)} train images, student {STUDENT['arch']} {STUDENT['kwargs']} "
+        f"({student_params} params), teacher {TEACHER['arch']} ({t_params} params, test top-1 "
+        f"{100 * teacher_acc:.2f}%), {args.epochs} epochs, seeds {args.seeds}"
+    )
     print("\n" + header + "\n\n" + md, flush=True)
     if not args.no_mlflow:
         run_id = log_mlflow(home, rows, args, teacher_acc, header + "\n\n" + md + "\n")
@@ -351,8 +408,9 @@ def main() -> None:
 def load_model_params(base: dict[str, Any], data):
     from kdcore.models import create_model
 
-    return create_model(STUDENT["arch"], in_channels=data.in_channels, num_classes=data.num_classes,
-                        **STUDENT["kwargs"]).parameters()
+    return create_model(
+        STUDENT["arch"], in_channels=data.in_channels, num_classes=data.num_classes, **STUDENT["kwargs"]
+    ).parameters()
 
 
 if __name__ == "__main__":

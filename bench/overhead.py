@@ -9,6 +9,7 @@ the run itself, MLflow in SQLite) and prints, from the same run:
 
 Usage: .venv/bin/python bench/overhead.py [CONFIG] [--set key=value ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,11 +48,15 @@ def main() -> None:
     print(f"wall time            {wall:8.2f} s")
     print(f"compute (sum)        {sum(compute.values()):8.2f} s")
     print(f"compute (critical)   {critical:8.2f} s")
-    print(f"overhead             {wall - critical:8.2f} s  ({(wall - critical) / wall:.1%} of wall, "
-          f"ratio wall/critical = {wall / critical:.2f})")
+    print(
+        f"overhead             {wall - critical:8.2f} s  ({(wall - critical) / wall:.1%} of wall, "
+        f"ratio wall/critical = {wall / critical:.2f})"
+    )
     m = report["models"]
-    print(f"test top-1: teacher {m['teacher']['top1']:.4f}  baseline {m['baseline']['top1']:.4f}  "
-          f"student {m['student']['top1']:.4f}")
+    print(
+        f"test top-1: teacher {m['teacher']['top1']:.4f}  baseline {m['baseline']['top1']:.4f}  "
+        f"student {m['student']['top1']:.4f}"
+    )
 
 
 if __name__ == "__main__":

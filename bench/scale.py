@@ -15,6 +15,7 @@ epoch within 1.5x of the in-memory one.
     python bench/scale.py --sizes 7000            # about 4 minutes on two busy cores
     python bench/scale.py --sizes 7000 70000      # + writing and running 70,000 images
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,7 +55,8 @@ def write_folder(out: Path, n: int) -> Path:
         (out / name).mkdir(parents=True, exist_ok=True)
     for i, (img, label) in enumerate(zip(x, y)):
         Image.fromarray(img).convert("RGB").resize((SIDE, SIDE), Image.Resampling.BILINEAR).save(
-            out / names[int(label)] / f"{i:06d}.png", compress_level=1)
+            out / names[int(label)] / f"{i:06d}.png", compress_level=1
+        )
     done.write_text(str(n))
     return out
 
@@ -63,17 +65,25 @@ def config(folder: Path, in_memory: bool, workers: int):
     from kdcore.config import config_from_dict
 
     train = {"max_epochs": 1, "batch_size": 128, "scheduler": "none"}
-    return config_from_dict({
-        "name": "scale",
-        "data": {"name": "imagefolder", "root": str(folder), "image_size": SIDE, "in_memory": in_memory,
-                 "num_workers": workers, "augment": {"scale": [0.5, 1.0]}},
-        "teacher": {"arch": "cnn_small", "train": train},
-        "student": {"arch": "cnn_tiny"},
-        "cache": {"views": {"policy": "crop_flip", "num_views": 2}, "dtype": "float16", "topk": 5},
-        "distill": {"train": train},
-        "evaluate": {"latency": False, "min_run_time": 0.01, "throughput_batch": 32},
-        "trainer": {"device": "cpu"},
-    })
+    return config_from_dict(
+        {
+            "name": "scale",
+            "data": {
+                "name": "imagefolder",
+                "root": str(folder),
+                "image_size": SIDE,
+                "in_memory": in_memory,
+                "num_workers": workers,
+                "augment": {"scale": [0.5, 1.0]},
+            },
+            "teacher": {"arch": "cnn_small", "train": train},
+            "student": {"arch": "cnn_tiny"},
+            "cache": {"views": {"policy": "crop_flip", "num_views": 2}, "dtype": "float16", "topk": 5},
+            "distill": {"train": train},
+            "evaluate": {"latency": False, "min_run_time": 0.01, "throughput_batch": 32},
+            "trainer": {"device": "cpu"},
+        }
+    )
 
 
 def run_stage(stage: str, folder: Path, work: Path, in_memory: bool, workers: int) -> dict:
@@ -81,8 +91,15 @@ def run_stage(stage: str, folder: Path, work: Path, in_memory: bool, workers: in
     import torch
 
     from kdcore.data import load_dataset
-    from kdcore.stages import (StageEnv, TeacherSource, build_features, distill_student, evaluate_models,
-                               teacher_paths, train_teacher)
+    from kdcore.stages import (
+        StageEnv,
+        TeacherSource,
+        build_features,
+        distill_student,
+        evaluate_models,
+        teacher_paths,
+        train_teacher,
+    )
     from kdcore.train.checkpoint import load_model, save_model
 
     cfg = config(folder, in_memory, workers)
@@ -102,8 +119,11 @@ def run_stage(stage: str, folder: Path, work: Path, in_memory: bool, workers: in
             n += len(b)
         out["images_per_s"] = n / (time.perf_counter() - t0)
     elif stage in ("features", "distill"):
-        teacher = (load_model(work / "teacher.safetensors") if (work / "teacher.safetensors").is_file()
-                   else env.build("cnn_small", {}, 0))  # a memory run without the teacher stage: fresh weights
+        teacher = (
+            load_model(work / "teacher.safetensors")
+            if (work / "teacher.safetensors").is_file()
+            else env.build("cnn_small", {}, 0)
+        )  # a memory run without the teacher stage: fresh weights
         entries = build_features(env, teacher, "scale-teacher", work / "cache")
         if stage == "distill":
             init = work / "student-init.safetensors"
@@ -116,8 +136,10 @@ def run_stage(stage: str, folder: Path, work: Path, in_memory: bool, workers: in
             out["val_top1"] = res.metrics["val_top1"]
     elif stage == "evaluate":
         if (work / "student.safetensors").is_file():
-            models = {"teacher": load_model(work / "teacher.safetensors"),
-                      "student": load_model(work / "student.safetensors")}
+            models = {
+                "teacher": load_model(work / "teacher.safetensors"),
+                "student": load_model(work / "student.safetensors"),
+            }
         else:  # a memory/throughput run without training: fresh models
             models = {"teacher": env.build("cnn_small", {}, 0), "student": env.new_student()}
         res = evaluate_models(env, models)
@@ -130,10 +152,23 @@ def run_stage(stage: str, folder: Path, work: Path, in_memory: bool, workers: in
 
 
 def child(stage: str, folder: Path, work: Path, in_memory: bool, workers: int) -> dict:
-    cmd = [sys.executable, __file__, "--stage", stage, "--folder", str(folder), "--work", str(work),
-           "--workers", str(workers)] + (["--in-memory"] if in_memory else [])
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "KDFLOW_HOME": str(work / "home")}
+    cmd = [
+        sys.executable,
+        __file__,
+        "--stage",
+        stage,
+        "--folder",
+        str(folder),
+        "--work",
+        str(work),
+        "--workers",
+        str(workers),
+    ] + (["--in-memory"] if in_memory else [])
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "KDFLOW_HOME": str(work / "home"),
+    }
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         sys.exit(f"stage {stage} failed:\n{proc.stderr[-3000:]}")
@@ -145,9 +180,14 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[7000, 70000])
     p.add_argument("--out", type=Path, default=Path("/tmp/kdflow-scale"))
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers (default 1: a two-core machine)")
-    p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES,
-                   help="stages to run (features/distill need teacher; evaluate needs distill, or runs the "
-                        "teacher and an untrained student)")
+    p.add_argument(
+        "--stages",
+        nargs="+",
+        default=list(STAGES),
+        choices=STAGES,
+        help="stages to run (features/distill need teacher; evaluate needs distill, or runs the "
+        "teacher and an untrained student)",
+    )
     p.add_argument("--stage", help=argparse.SUPPRESS)
     p.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -170,16 +210,25 @@ def main() -> None:
         rows = {}
         for stage in args.stages:
             rows[stage] = r = child(stage, folder, work, False, args.workers)
-            extra = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()
-                     if k not in ("rss_mb", "worker_rss_mb", "load_seconds")}
-            print(f"{stage:9s} peak RSS {r['rss_mb']:7.1f} MB (largest worker {r['worker_rss_mb']:6.1f} MB)  "
-                  f"load {r['load_seconds']:5.1f} s  {extra}", flush=True)
+            extra = {
+                k: (round(v, 3) if isinstance(v, float) else v)
+                for k, v in r.items()
+                if k not in ("rss_mb", "worker_rss_mb", "load_seconds")
+            }
+            print(
+                f"{stage:9s} peak RSS {r['rss_mb']:7.1f} MB (largest worker {r['worker_rss_mb']:6.1f} MB)  "
+                f"load {r['load_seconds']:5.1f} s  {extra}",
+                flush=True,
+            )
         results[n] = rows
         if n == min(args.sizes) and "distill" in args.stages:
             mem = child("distill", folder, work, True, args.workers)
             s, m = rows["distill"]["epoch_seconds"], mem["epoch_seconds"]
-            print(f"distill epoch: streamed {s:.1f} s, in memory {m:.1f} s  ->  {s / m:.2f}x (target <= 1.5x); "
-                  f"in-memory peak RSS {mem['rss_mb']:.0f} MB", flush=True)
+            print(
+                f"distill epoch: streamed {s:.1f} s, in memory {m:.1f} s  ->  {s / m:.2f}x (target <= 1.5x); "
+                f"in-memory peak RSS {mem['rss_mb']:.0f} MB",
+                flush=True,
+            )
     if len(results) > 1:
         lo, hi = min(results), max(results)
         print()

@@ -17,6 +17,7 @@ in a fresh KDFLOW_HOME per config (so nothing is reused from an earlier run), an
 Usage: .venv/bin/python bench/sequences.py [--configs A.yaml B.yaml] [--seeds 0,1,2]
                                             [--set key=value ...] [--markdown OUT.md]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,15 @@ ROLES = ("teacher", "baseline", "student")
 
 def run_once(config: Path, seed: int, home: Path, overrides: list[str]) -> dict:
     report = home / f"report-seed{seed}.json"
-    cmd = [str(ROOT / ".venv" / "bin" / "kdflow"), "run", str(config), "--set", f"trainer.seed={seed}",
-           "--report", str(report)]
+    cmd = [
+        str(ROOT / ".venv" / "bin" / "kdflow"),
+        "run",
+        str(config),
+        "--set",
+        f"trainer.seed={seed}",
+        "--report",
+        str(report),
+    ]
     for item in overrides:
         cmd += ["--set", item]
     env = {**os.environ, "KDFLOW_HOME": str(home)}
@@ -86,29 +94,42 @@ def main() -> None:
         for seed in seeds:
             r = run_once(path, seed, home, args.overrides)
             m = r["models"]
-            print(f"{path.stem:24s} seed {seed}: teacher {100 * m['teacher']['top1']:.2f}  "
-                  f"baseline {100 * m['baseline']['top1']:.2f}  distilled {100 * m['student']['top1']:.2f}  "
-                  f"wall {r['wall_s']:.0f} s  load {r['load'][0]:.1f} -> {r['load'][1]:.1f}", flush=True)
+            print(
+                f"{path.stem:24s} seed {seed}: teacher {100 * m['teacher']['top1']:.2f}  "
+                f"baseline {100 * m['baseline']['top1']:.2f}  distilled {100 * m['student']['top1']:.2f}  "
+                f"wall {r['wall_s']:.0f} s  load {r['load'][0]:.1f} -> {r['load'][1]:.1f}",
+                flush=True,
+            )
             runs.append(r)
         acc = {role: [r["models"][role]["top1"] for r in runs] for role in ROLES}
         last = runs[-1]["models"]
-        rows.append({
-            "modality": modality, "config": path.name, "data": cfg.data.name,
-            **{role: fmt(acc[role]) for role in ROLES},
-            "gain": 100 * (statistics.fmean(acc["student"]) - statistics.fmean(acc["baseline"])),
-            "params": f"{last['teacher']['params']:,} / {last['student']['params']:,}",
-            "latency": (f"{last['teacher'].get('latency_ms', float('nan')):.2f} / "
-                        f"{last['student'].get('latency_ms', float('nan')):.2f}"),
-            "kflops": f"{last['teacher']['flops'] / 1e3:,.0f} / {last['student']['flops'] / 1e3:,.0f}",
-            "wall": f"{max(r['wall_s'] for r in runs):.0f}",
-        })
+        rows.append(
+            {
+                "modality": modality,
+                "config": path.name,
+                "data": cfg.data.name,
+                **{role: fmt(acc[role]) for role in ROLES},
+                "gain": 100 * (statistics.fmean(acc["student"]) - statistics.fmean(acc["baseline"])),
+                "params": f"{last['teacher']['params']:,} / {last['student']['params']:,}",
+                "latency": (
+                    f"{last['teacher'].get('latency_ms', float('nan')):.2f} / "
+                    f"{last['student'].get('latency_ms', float('nan')):.2f}"
+                ),
+                "kflops": f"{last['teacher']['flops'] / 1e3:,.0f} / {last['student']['flops'] / 1e3:,.0f}",
+                "wall": f"{max(r['wall_s'] for r in runs):.0f}",
+            }
+        )
 
-    header = ("| modality | config | teacher top-1 % | baseline top-1 % | distilled top-1 % | gain (pts) | "
-              "params teacher / student | latency ms@1 teacher / student | kFLOPs teacher / student | max wall s |")
+    header = (
+        "| modality | config | teacher top-1 % | baseline top-1 % | distilled top-1 % | gain (pts) | "
+        "params teacher / student | latency ms@1 teacher / student | kFLOPs teacher / student | max wall s |"
+    )
     lines = [header, "|" + "---|" * 10]
     for r in rows:
-        lines.append(f"| {r['modality']} | {r['config']} | {r['teacher']} | {r['baseline']} | {r['student']} | "
-                     f"{r['gain']:+.2f} | {r['params']} | {r['latency']} | {r['kflops']} | {r['wall']} |")
+        lines.append(
+            f"| {r['modality']} | {r['config']} | {r['teacher']} | {r['baseline']} | {r['student']} | "
+            f"{r['gain']:+.2f} | {r['params']} | {r['latency']} | {r['kflops']} | {r['wall']} |"
+        )
     table = "\n".join(lines)
     print()
     print(f"test top-1, mean ± std over seeds {seeds} (trainer.seed); {os.cpu_count()} CPUs; homes under {parent}")

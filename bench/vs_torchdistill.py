@@ -30,6 +30,7 @@ torchdistill lives only in the benchmark environment (see bench/README.md):
 Usage:
   .venv/bin/python bench/vs_torchdistill.py [--epochs 5] [--limit-train 5000] [--rounds 2] [--threads 1] [--device cpu]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,6 +55,7 @@ ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": "16777216", "MALLOC_TRIM_THRESHOLD_":
 
 # ----------------------------------------------------------------------------- shared set-up
 
+
 def workload(args: argparse.Namespace) -> dict[str, Any]:
     from bench.methods import STUDENT, TEACHER
 
@@ -62,10 +64,20 @@ def workload(args: argparse.Namespace) -> dict[str, Any]:
         "data": {"name": "fashion_mnist", "limit_train": args.limit_train or None},
         "teacher": {**TEACHER, "train": {"max_epochs": args.teacher_epochs, "batch_size": 128, "lr": 0.05}},
         "student": STUDENT,
-        "distill": {"losses": {"ce": {"weight": 1 - args.kd_weight},
-                               "kd": {"weight": args.kd_weight, "temperature": args.temperature}},
-                    "train": {"max_epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                              "momentum": 0.9, "weight_decay": 5e-4, "scheduler": "cosine"}},
+        "distill": {
+            "losses": {
+                "ce": {"weight": 1 - args.kd_weight},
+                "kd": {"weight": args.kd_weight, "temperature": args.temperature},
+            },
+            "train": {
+                "max_epochs": args.epochs,
+                "batch_size": args.batch_size,
+                "lr": args.lr,
+                "momentum": 0.9,
+                "weight_decay": 5e-4,
+                "scheduler": "cosine",
+            },
+        },
         "trainer": {"device": args.device, "seed": args.seed, "num_threads": args.threads},
     }
 
@@ -100,17 +112,27 @@ def prepare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     for seed in [args.seed, *args.accuracy_seeds]:  # kdflow's seeded student initialisation, per seed
         raw = dict(base, trainer={**base["trainer"], "seed": seed})
         inits[str(seed)] = str(work / f"student-init-{seed}.safetensors")
-        save_model(StageEnv(config_from_dict(raw), data, work / "init").new_student().cpu(), inits[str(seed)],
-                   {"stage": "init"})
+        save_model(
+            StageEnv(config_from_dict(raw), data, work / "init").new_student().cpu(),
+            inits[str(seed)],
+            {"stage": "init"},
+        )
     for epoch in range(2):
         ours = [b.tolist() for b in kdflow_batches(len(data.train), args.batch_size, args.seed, epoch)]
-        assert ours == [b.tolist() for b in _batches(len(data.train), args.batch_size, args.seed, epoch)], \
+        assert ours == [b.tolist() for b in _batches(len(data.train), args.batch_size, args.seed, epoch)], (
             "the benchmark's batch order no longer matches kdflow's"
-    return {"teacher": str(ckpt), "teacher_test_top1": teacher_acc, "inits": inits,
-            "n_train": len(data.train), "threads": torch.get_num_threads()}
+        )
+    return {
+        "teacher": str(ckpt),
+        "teacher_test_top1": teacher_acc,
+        "inits": inits,
+        "n_train": len(data.train),
+        "threads": torch.get_num_threads(),
+    }
 
 
 # ----------------------------------------------------------------------------- variants
+
 
 def _data(args):
     from kdcore.config import config_from_dict
@@ -134,7 +156,7 @@ def _accuracy(model, x, y, batch_size=1024) -> float:
     correct = 0
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
-            correct += int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
+            correct += int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
     return correct / len(x)
 
 
@@ -174,8 +196,12 @@ def run_kdflow(args, prep, cached: bool) -> dict[str, Any]:
     n = len(data.train)
     rates = [h["samples_per_s"] for h in res.fit.history]
     x, y = data.test.x.to(env.device), data.test.y.to(env.device)
-    return {"epoch_seconds": [n / r for r in rates], "images_per_s": rates, "test_top1": _accuracy(res.model, x, y),
-            "val_top1": [h["val_top1"] for h in res.fit.history]}
+    return {
+        "epoch_seconds": [n / r for r in rates],
+        "images_per_s": rates,
+        "test_top1": _accuracy(res.model, x, y),
+        "val_top1": [h["val_top1"] for h in res.fit.history],
+    }
 
 
 def run_bare(args, prep, cached: bool) -> dict[str, Any]:
@@ -193,7 +219,7 @@ def run_bare(args, prep, cached: bool) -> dict[str, Any]:
     t_logits = None
     if cached:
         with torch.no_grad():
-            t_logits = torch.cat([teacher(x[i:i + 1024]) for i in range(0, len(x), 1024)])
+            t_logits = torch.cat([teacher(x[i : i + 1024]) for i in range(0, len(x), 1024)])
     opt = torch.optim.SGD(student.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs)
     keep, times, rates, vals = BestKeeper(), [], [], []
@@ -223,8 +249,12 @@ def run_bare(args, prep, cached: bool) -> dict[str, Any]:
         vals.append(_accuracy(student, xv, yv))
         keep.update(student, vals[-1])
     student.load_state_dict(keep.state)
-    return {"epoch_seconds": times, "images_per_s": rates, "val_top1": vals,
-            "test_top1": _accuracy(student, data.test.x.to(dev), data.test.y.to(dev))}
+    return {
+        "epoch_seconds": times,
+        "images_per_s": rates,
+        "val_top1": vals,
+        "test_top1": _accuracy(student, data.test.x.to(dev), data.test.y.to(dev)),
+    }
 
 
 class KdflowOrderSampler:
@@ -255,27 +285,49 @@ def run_torchdistill(args, prep) -> dict[str, Any]:
     teacher = load_model(prep["teacher"]).to(dev).eval()
     student = load_model(prep["init"]).to(dev)
     dataset_dict = {"train": TensorDataset(data.train.x, data.train.y)}
-    model_cfg = {"forward_proc": "forward_batch_only", "sequential": [], "wrapper": None,
-                 "forward_hook": {"input": [], "output": []}}
+    model_cfg = {
+        "forward_proc": "forward_batch_only",
+        "sequential": [],
+        "wrapper": None,
+        "forward_hook": {"input": [], "output": []},
+    }
     train_config = {
         "num_epochs": args.epochs,
         "train_data_loader": {
             "dataset_id": "train",
-            "sampler": {"class_or_func": KdflowOrderSampler, "kwargs": {"seed": args.seed,
-                                                                        "batch_size": args.batch_size}},
+            "sampler": {
+                "class_or_func": KdflowOrderSampler,
+                "kwargs": {"seed": args.seed, "batch_size": args.batch_size},
+            },
             "kwargs": {"batch_size": args.batch_size, "num_workers": 0, "drop_last": False},
         },
         "teacher": {**model_cfg, "requires_grad": False},
         "student": {**model_cfg, "requires_grad": True},
-        "optimizer": {"key": "SGD", "kwargs": {"lr": args.lr, "momentum": 0.9, "weight_decay": 5e-4,
-                                               "nesterov": True}},
+        "optimizer": {"key": "SGD", "kwargs": {"lr": args.lr, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True}},
         "scheduler": {"key": "CosineAnnealingLR", "kwargs": {"T_max": args.epochs}, "scheduling_step": 0},
-        "criterion": {"key": "WeightedSumLoss", "kwargs": {"sub_terms": {"kd": {"criterion": {
-            "key": "KDLoss", "kwargs": {"student_module_path": ".", "student_module_io": "output",
-                                        "teacher_module_path": ".", "teacher_module_io": "output",
-                                        "temperature": args.temperature, "alpha": 1 - args.kd_weight,
-                                        "beta": args.kd_weight, "reduction": "batchmean"}},
-            "weight": 1.0}}}},
+        "criterion": {
+            "key": "WeightedSumLoss",
+            "kwargs": {
+                "sub_terms": {
+                    "kd": {
+                        "criterion": {
+                            "key": "KDLoss",
+                            "kwargs": {
+                                "student_module_path": ".",
+                                "student_module_io": "output",
+                                "teacher_module_path": ".",
+                                "teacher_module_io": "output",
+                                "temperature": args.temperature,
+                                "alpha": 1 - args.kd_weight,
+                                "beta": args.kd_weight,
+                                "reduction": "batchmean",
+                            },
+                        },
+                        "weight": 1.0,
+                    }
+                }
+            },
+        },
     }
     box = get_distillation_box(teacher, student, dataset_dict, train_config, dev, None, False, 1.0)
     xv, yv = data.val.x.to(dev), data.val.y.to(dev)
@@ -298,8 +350,12 @@ def run_torchdistill(args, prep) -> dict[str, Any]:
         vals.append(_accuracy(box.student_model, xv, yv))
         keep.update(box.student_model, vals[-1])
     box.student_model.load_state_dict(keep.state)
-    return {"epoch_seconds": times, "images_per_s": rates, "val_top1": vals,
-            "test_top1": _accuracy(box.student_model, data.test.x.to(dev), data.test.y.to(dev))}
+    return {
+        "epoch_seconds": times,
+        "images_per_s": rates,
+        "val_top1": vals,
+        "test_top1": _accuracy(box.student_model, data.test.x.to(dev), data.test.y.to(dev)),
+    }
 
 
 def run_variant(args) -> None:
@@ -308,24 +364,29 @@ def run_variant(args) -> None:
     torch.set_num_threads(args.threads)
     prep = json.loads(Path(args.workdir, "prep.json").read_text())
     prep["init"] = prep["inits"][str(args.seed)]
-    runner = {"kdflow": lambda: run_kdflow(args, prep, cached=False),
-              "kdflow-cached": lambda: run_kdflow(args, prep, cached=True),
-              "bare": lambda: run_bare(args, prep, cached=False),
-              "bare-cached": lambda: run_bare(args, prep, cached=True),
-              "torchdistill": lambda: run_torchdistill(args, prep)}[args.variant]
+    runner = {
+        "kdflow": lambda: run_kdflow(args, prep, cached=False),
+        "kdflow-cached": lambda: run_kdflow(args, prep, cached=True),
+        "bare": lambda: run_bare(args, prep, cached=False),
+        "bare-cached": lambda: run_bare(args, prep, cached=True),
+        "torchdistill": lambda: run_torchdistill(args, prep),
+    }[args.variant]
     out = runner()
-    out.update(variant=args.variant, threads=torch.get_num_threads(),
-               env={k: os.environ.get(k) for k in (*ALLOCATOR_ENV, "OMP_NUM_THREADS", "MKL_NUM_THREADS")})
+    out.update(
+        variant=args.variant,
+        threads=torch.get_num_threads(),
+        env={k: os.environ.get(k) for k in (*ALLOCATOR_ENV, "OMP_NUM_THREADS", "MKL_NUM_THREADS")},
+    )
     Path(args.workdir, f"{args.variant}-{args.seed}.json").write_text(json.dumps(out))
 
 
 # ----------------------------------------------------------------------------- driver
 
+
 def child_env(threads: int) -> dict[str, str]:
     env = dict(os.environ)
     env.update(ALLOCATOR_ENV)
-    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONHASHSEED="0",
-               PYTHONPATH=str(ROOT))
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONHASHSEED="0", PYTHONPATH=str(ROOT))
     return env
 
 
@@ -333,20 +394,30 @@ def report(results: dict[str, dict[str, Any]], prep: dict[str, Any], args) -> st
     def med(r, key):
         return statistics.median(r[key])
 
-    lines = [f"Fashion-MNIST, {prep['n_train']} train images, {args.epochs} epochs, batch {args.batch_size}, "
-             f"seed {args.seed}, {args.threads} thread(s), device {args.device}; teacher test top-1 "
-             f"{100 * prep['teacher_test_top1']:.2f}%; timing: median of {args.epochs} + "
-             f"{(args.rounds - 1) * args.timing_epochs} epochs over {args.rounds} round(s)", "",
-             "| variant | test top-1 % | epoch s (median) | images/s (median) | timed epochs |", "|---|---|---|---|---|"]
+    lines = [
+        f"Fashion-MNIST, {prep['n_train']} train images, {args.epochs} epochs, batch {args.batch_size}, "
+        f"seed {args.seed}, {args.threads} thread(s), device {args.device}; teacher test top-1 "
+        f"{100 * prep['teacher_test_top1']:.2f}%; timing: median of {args.epochs} + "
+        f"{(args.rounds - 1) * args.timing_epochs} epochs over {args.rounds} round(s)",
+        "",
+        "| variant | test top-1 % | epoch s (median) | images/s (median) | timed epochs |",
+        "|---|---|---|---|---|",
+    ]
     for v, r in results.items():
-        lines.append(f"| {v} | {100 * r['test_top1']:.2f} | {med(r, 'epoch_seconds'):.3f} | "
-                     f"{med(r, 'images_per_s'):.0f} | {len(r['epoch_seconds'])} |")
+        lines.append(
+            f"| {v} | {100 * r['test_top1']:.2f} | {med(r, 'epoch_seconds'):.3f} | "
+            f"{med(r, 'images_per_s'):.0f} | {len(r['epoch_seconds'])} |"
+        )
     lines.append("")
     seeded = {v: r["seed_top1"] for v, r in results.items() if "seed_top1" in r}
     if seeded:
-        lines.append(f"test top-1 over seeds {', '.join(next(iter(seeded.values())))} (mean ± std): " + "; ".join(
-            f"{v} {statistics.mean(100 * a for a in s.values()):.2f} ± {statistics.stdev(100 * a for a in s.values()):.2f}"
-            for v, s in seeded.items()))
+        lines.append(
+            f"test top-1 over seeds {', '.join(next(iter(seeded.values())))} (mean ± std): "
+            + "; ".join(
+                f"{v} {statistics.mean(100 * a for a in s.values()):.2f} ± {statistics.stdev(100 * a for a in s.values()):.2f}"
+                for v, s in seeded.items()
+            )
+        )
         lines.append("")
 
     def ratio(a, b):
@@ -376,8 +447,13 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=4.0)
     ap.add_argument("--kd-weight", type=float, default=0.9)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--accuracy-seeds", type=int, nargs="*", default=[1, 2],
-                    help="further seeds trained for the accuracy comparison only (kdflow, torchdistill, bare)")
+    ap.add_argument(
+        "--accuracy-seeds",
+        type=int,
+        nargs="*",
+        default=[1, 2],
+        help="further seeds trained for the accuracy comparison only (kdflow, torchdistill, bare)",
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--home", default=os.environ.get("KDFLOW_HOME", str(ROOT / ".kdflow")))
@@ -405,8 +481,15 @@ def main() -> None:
         order = list(args.variants) if rnd % 2 == 0 else list(reversed(args.variants))
         epochs = args.epochs if rnd == 0 else args.timing_epochs
         for v in order:
-            cmd = [python, str(Path(__file__).resolve()), "--variant", v, "--workdir", str(work),
-                   *_args_for_child(args, epochs)]
+            cmd = [
+                python,
+                str(Path(__file__).resolve()),
+                "--variant",
+                v,
+                "--workdir",
+                str(work),
+                *_args_for_child(args, epochs),
+            ]
             t0 = time.perf_counter()
             subprocess.run(cmd, env=child_env(args.threads), check=True)
             r = json.loads((work / f"{v}-{args.seed}.json").read_text())
@@ -415,13 +498,22 @@ def main() -> None:
             else:
                 for key in ("epoch_seconds", "images_per_s"):
                     results[v][key] = results[v][key] + r[key]
-            print(f"round {rnd + 1} {v:<14} test top-1 {100 * r['test_top1']:.2f}%  epochs "
-                  f"{', '.join(f'{s:.2f}' for s in r['epoch_seconds'])} s  ({time.perf_counter() - t0:.0f} s)",
-                  flush=True)
+            print(
+                f"round {rnd + 1} {v:<14} test top-1 {100 * r['test_top1']:.2f}%  epochs "
+                f"{', '.join(f'{s:.2f}' for s in r['epoch_seconds'])} s  ({time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
     for seed in args.accuracy_seeds:  # accuracy only: the same comparison from other seeds
         for v in [v for v in args.variants if v in ACCURACY_VARIANTS]:
-            cmd = [python, str(Path(__file__).resolve()), "--variant", v, "--workdir", str(work),
-                   *_args_for_child(args, args.epochs, seed)]
+            cmd = [
+                python,
+                str(Path(__file__).resolve()),
+                "--variant",
+                v,
+                "--workdir",
+                str(work),
+                *_args_for_child(args, args.epochs, seed),
+            ]
             subprocess.run(cmd, env=child_env(args.threads), check=True)
             r = json.loads((work / f"{v}-{seed}.json").read_text())
             results[v].setdefault("seed_top1", {str(args.seed): results[v]["test_top1"]})[str(seed)] = r["test_top1"]
@@ -436,8 +528,17 @@ def main() -> None:
 
 def _args_for_child(args, epochs: int, seed: int | None = None) -> list[str]:
     out = ["--epochs", str(epochs), "--seed", str(args.seed if seed is None else seed)]
-    for key in ("limit_train", "teacher_epochs", "batch_size", "lr", "temperature", "kd_weight",
-                "threads", "device", "home"):
+    for key in (
+        "limit_train",
+        "teacher_epochs",
+        "batch_size",
+        "lr",
+        "temperature",
+        "kd_weight",
+        "threads",
+        "device",
+        "home",
+    ):
         out += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     return out
 

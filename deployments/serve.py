@@ -1,5 +1,6 @@
 """Serve kdflow's deployments (deployments/prefect.yaml, schedules included) from one process:
 ``python -m deployments.serve [pipeline sweep retrain]`` (the same as ``kdflow serve``)."""
+
 from __future__ import annotations
 
 import sys

@@ -14,6 +14,7 @@ with its cron schedule), used both ways:
 - ``serve``: no pool, no worker: this process serves the same deployments (same parameters, tags
   and schedules) with ``prefect.serve`` and runs their flow runs itself, until stopped.
 """
+
 from __future__ import annotations
 
 import copy
@@ -26,8 +27,8 @@ from typing import Any, Optional
 
 import yaml
 
-from kdcore.errors import ConfigError, KdflowError
 from flows.pool_templates import DEFAULT_IMAGE, POOL_NAMES, POOL_TYPES, base_job_template
+from kdcore.errors import ConfigError, KdflowError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PREFECT_FILE = REPO_ROOT / "deployments" / "prefect.yaml"
@@ -61,8 +62,10 @@ def _api_url() -> str:
 
     url = PREFECT_API_URL.value()
     if not url:
-        raise KdflowError("no Prefect server configured: start one (`prefect server start`) and set "
-                          "PREFECT_API_URL=http://127.0.0.1:4200/api (deployments need a server that stays up)")
+        raise KdflowError(
+            "no Prefect server configured: start one (`prefect server start`) and set "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api (deployments need a server that stays up)"
+        )
     return url
 
 
@@ -84,8 +87,10 @@ def ensure_pool(pool: str = POOL, pool_type: str = "process", image: str = DEFAU
             client.create_work_pool(WorkPoolCreate(name=pool, type=pool_type, base_job_template=template))
             return True
         if existing.type != pool_type:
-            raise ConfigError(f"work pool {pool} exists with type {existing.type}, not {pool_type}: "
-                              f"delete it (prefect work-pool delete {pool}) or deploy with --pool-type {existing.type}")
+            raise ConfigError(
+                f"work pool {pool} exists with type {existing.type}, not {pool_type}: "
+                f"delete it (prefect work-pool delete {pool}) or deploy with --pool-type {existing.type}"
+            )
         variables = (existing.base_job_template.get("variables") or {}).get("properties") or {}
         if "gpus" not in variables:
             client.update_work_pool(pool, WorkPoolUpdate(base_job_template=template))
@@ -138,8 +143,12 @@ def targeted_file(prefect_file: Path, pool: str, job_variables: dict[str, Any], 
     return dest
 
 
-def apply_deployments(names: Optional[list[str]] = None, prefect_file: Path = PREFECT_FILE,
-                      timeout: float = 600, env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess:
+def apply_deployments(
+    names: Optional[list[str]] = None,
+    prefect_file: Path = PREFECT_FILE,
+    timeout: float = 600,
+    env: Optional[dict[str, str]] = None,
+) -> subprocess.CompletedProcess:
     """``prefect deploy`` of the file's deployments, run from the repository root (entrypoints and
     the pull step's working directory are relative to it)."""
     cmd = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--prefect-file", str(prefect_file)]
@@ -153,9 +162,15 @@ def apply_deployments(names: Optional[list[str]] = None, prefect_file: Path = PR
     return out
 
 
-def deploy(names: Optional[list[str]] = None, gpus: Optional[int] = None, pool_type: str = "process",
-           prefect_file: Path = PREFECT_FILE, image: Optional[str] = None,
-           job_variables: Optional[dict[str, Any]] = None, pool: Optional[str] = None) -> dict[str, Any]:
+def deploy(
+    names: Optional[list[str]] = None,
+    gpus: Optional[int] = None,
+    pool_type: str = "process",
+    prefect_file: Path = PREFECT_FILE,
+    image: Optional[str] = None,
+    job_variables: Optional[dict[str, Any]] = None,
+    pool: Optional[str] = None,
+) -> dict[str, Any]:
     """Pool, GPU limit, deployments. Returns what was done.
 
     ``pool_type`` docker or kubernetes (or ``image``/``job_variables`` given): the deployments go to
@@ -180,8 +195,15 @@ def deploy(names: Optional[list[str]] = None, gpus: Optional[int] = None, pool_t
         with tempfile.TemporaryDirectory(prefix="kdflow-deploy-") as tmp:
             target = targeted_file(prefect_file, pool, variables, Path(tmp) / "prefect.yaml")
             apply_deployments(selected, target, env=extra_env)
-    return {"api": api, "pool": pool, "pool_type": pool_type, "pool_created": created, "gpu_limit": slots,
-            "job_variables": variables, "deployments": [s["name"] for s in specs]}
+    return {
+        "api": api,
+        "pool": pool,
+        "pool_type": pool_type,
+        "pool_created": created,
+        "gpu_limit": slots,
+        "job_variables": variables,
+        "deployments": [s["name"] for s in specs],
+    }
 
 
 def runner_deployments(names: Optional[list[str]] = None, prefect_file: Path = PREFECT_FILE) -> list:
@@ -196,10 +218,16 @@ def runner_deployments(names: Optional[list[str]] = None, prefect_file: Path = P
         for spec in read_specs(prefect_file, names):
             flow = load_flow_from_entrypoint(spec["entrypoint"], use_placeholder_flow=False)
             schedules = [_schedule(s) for s in spec.get("schedules") or []]
-            out.append(flow.to_deployment(
-                name=spec["name"], parameters=spec.get("parameters") or {}, tags=spec.get("tags"),
-                description=spec.get("description"), schedules=schedules or None,
-                concurrency_limit=spec.get("concurrency_limit")))
+            out.append(
+                flow.to_deployment(
+                    name=spec["name"],
+                    parameters=spec.get("parameters") or {},
+                    tags=spec.get("tags"),
+                    description=spec.get("description"),
+                    schedules=schedules or None,
+                    concurrency_limit=spec.get("concurrency_limit"),
+                )
+            )
     finally:
         os.chdir(cwd)
     return out
@@ -209,15 +237,23 @@ def _schedule(item: dict[str, Any]):
     from prefect.schedules import Cron, Interval
 
     if "cron" in item:
-        return Cron(item["cron"], timezone=item.get("timezone"), active=item.get("active", True),
-                    parameters=item.get("parameters") or {})
+        return Cron(
+            item["cron"],
+            timezone=item.get("timezone"),
+            active=item.get("active", True),
+            parameters=item.get("parameters") or {},
+        )
     if "interval" in item:
         return Interval(item["interval"], active=item.get("active", True), parameters=item.get("parameters") or {})
     raise ConfigError(f"schedule {item} has neither cron nor interval")
 
 
-def serve(names: Optional[list[str]] = None, limit: Optional[int] = None, gpus: Optional[int] = None,
-          prefect_file: Path = PREFECT_FILE) -> None:
+def serve(
+    names: Optional[list[str]] = None,
+    limit: Optional[int] = None,
+    gpus: Optional[int] = None,
+    prefect_file: Path = PREFECT_FILE,
+) -> None:
     """Serve the deployments from this process until interrupted (schedules included)."""
     from prefect import serve as prefect_serve
 

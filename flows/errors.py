@@ -5,6 +5,7 @@ Prefect records a failed task or flow run on its ``prefect.task_runs`` / ``prefe
 loggers at ERROR, the flow's record with the traceback. For a :class:`KdflowError` those records
 are demoted to DEBUG (shown with ``PREFECT_LOGGING_LEVEL=DEBUG``); any other exception keeps them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -51,8 +52,9 @@ class UserErrorFilter(logging.Filter):
             return user_error(record.exc_info[1]) is not None
         # "Finished in state Failed('Task run encountered an exception CacheError: ...')": no exc_info
         message = record.getMessage()
-        return "Failed(" in message and any(f"exception {n}:" in message or f". {n}:" in message
-                                            for n in _error_names())
+        return "Failed(" in message and any(
+            f"exception {n}:" in message or f". {n}:" in message for n in _error_names()
+        )
 
 
 _FILTER = UserErrorFilter()

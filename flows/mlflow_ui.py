@@ -1,5 +1,6 @@
 """An MLflow UI on the run's local store (``mlflow server`` on 127.0.0.1, a free port), kept in the
 background with a pid file under ``KDFLOW_HOME/mlflow-ui`` until ``kdflow ui --stop``."""
+
 from __future__ import annotations
 
 import json
@@ -71,11 +72,28 @@ def start(home: Path, store: str, timeout: float = STARTUP_TIMEOUT) -> tuple[Mlf
             raise KdflowError(f"no free port in {FIRST_PORT}-{FIRST_PORT + 99} on {HOST} for the MLflow UI")
         env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
         mlflow_bin = Path(sys.executable).parent / "mlflow"
-        argv = [str(mlflow_bin) if mlflow_bin.exists() else "mlflow", "server", "--host", HOST, "--port", str(port),
-                "--backend-store-uri", store, "--workers", "1"]
+        argv = [
+            str(mlflow_bin) if mlflow_bin.exists() else "mlflow",
+            "server",
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            store,
+            "--workers",
+            "1",
+        ]
         with open(d / "ui.log", "ab") as log:
-            proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, cwd=str(d))
+            proc = subprocess.Popen(
+                argv,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=str(d),
+            )
         ui = MlflowUI(proc.pid, port, store, d)
         (d / "ui.json").write_text(json.dumps({"pid": ui.pid, "port": port, "store": store}))
         deadline = time.monotonic() + timeout
@@ -83,8 +101,9 @@ def start(home: Path, store: str, timeout: float = STARTUP_TIMEOUT) -> tuple[Mlf
             if proc.poll() is not None or time.monotonic() > deadline:
                 _stop_group(ui.pid)
                 (d / "ui.json").unlink(missing_ok=True)
-                raise KdflowError(f"the MLflow UI did not start; its log {d / 'ui.log'} ends with:"
-                                  f"{_log_tail(d / 'ui.log')}")
+                raise KdflowError(
+                    f"the MLflow UI did not start; its log {d / 'ui.log'} ends with:{_log_tail(d / 'ui.log')}"
+                )
             time.sleep(0.5)
         return ui, True
 

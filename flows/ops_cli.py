@@ -43,7 +43,7 @@ def deploy(
             "--job-variable",
             "-j",
             metavar="KEY=VALUE",
-            help="job variable of every deployment, e.g. gpus=2 or 'env={\"KDFLOW_HOME\": \"/data\"}' "
+            help='job variable of every deployment, e.g. gpus=2 or \'env={"KDFLOW_HOME": "/data"}\' '
             "(values are JSON or text)",
         ),
     ] = None,
@@ -54,8 +54,9 @@ def deploy(
     from flows.deploy import parse_job_variables
 
     with user_errors():
-        done = do_deploy(name or None, gpus, pool_type, image=image,
-                         job_variables=parse_job_variables(list(job_variable or [])))
+        done = do_deploy(
+            name or None, gpus, pool_type, image=image, job_variables=parse_job_variables(list(job_variable or []))
+        )
     out.print(f"Prefect API: {done['api']}")
     out.print(
         f"work pool {done['pool']} ({done['pool_type']}): {'created' if done['pool_created'] else 'exists'}; "
@@ -124,8 +125,10 @@ def sweep(
 ) -> None:
     """Run a sweep locally: trials sharing one teacher, results table and Pareto plot."""
     quiet_prefect(verbose)
-    set_ = list(set_ or []) + ([f"sweep.task_runner={runner}"] if runner else []) + (
-        [f"sweep.address={address}"] if address else []
+    set_ = (
+        list(set_ or [])
+        + ([f"sweep.task_runner={runner}"] if runner else [])
+        + ([f"sweep.address={address}"] if address else [])
     )
     if report:
         check_writable(report, "--report")
@@ -152,7 +155,9 @@ def retrain(
         "configs/default.yaml"
     ),
     set_: Overrides = None,
-    force: Annotated[bool, typer.Option("--force", help="retrain even if nothing changed: a fresh training with a new trainer.seed")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="retrain even if nothing changed: a fresh training with a new trainer.seed")
+    ] = False,
     verbose: Verbose = False,
 ) -> None:
     """Retrain if due and promote the challenger only if significantly better than the champion."""

@@ -3,15 +3,16 @@
 A deployment passes ``config`` either as a mapping (the pipeline config itself) or as the path of a
 YAML file relative to the working directory (the repository, after the deployment's pull step),
 plus optional ``overrides`` (``key.path=value``)."""
+
 from __future__ import annotations
 
 import contextlib
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
 
+from flows.errors import quiet_user_errors, reraise_user_error
 from kdcore.config import PipelineConfig, config_from_dict, read_yaml
 from kdcore.preflight import preflight
-from flows.errors import quiet_user_errors, reraise_user_error
 
 ConfigParam = Union[dict[str, Any], str]
 

@@ -1,5 +1,6 @@
 """The sweep's trade-off picture: which trials are Pareto-optimal (accuracy up, latency and size
 down) and a two-panel matplotlib figure of them."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,8 +26,15 @@ def pareto_mask(df: pd.DataFrame, maximize: str, minimize: list[str]) -> pd.Seri
     return out
 
 
-def pareto_plot(df: pd.DataFrame, path: Path, accuracy: str = "top1", latency: str = "latency_ms",
-                size: str = "size_bytes", label: str = "trial", title: str = "kdflow sweep") -> Path:
+def pareto_plot(
+    df: pd.DataFrame,
+    path: Path,
+    accuracy: str = "top1",
+    latency: str = "latency_ms",
+    size: str = "size_bytes",
+    label: str = "trial",
+    title: str = "kdflow sweep",
+) -> Path:
     """Accuracy against latency (left) and against size (right); each panel's Pareto front is drawn
     as a line through its optimal trials."""
     from matplotlib.figure import Figure  # the object API: no global pyplot state, safe in threads
@@ -34,8 +42,10 @@ def pareto_plot(df: pd.DataFrame, path: Path, accuracy: str = "top1", latency: s
     fig = Figure(figsize=(11, 4.5), dpi=110)
     axes = fig.subplots(1, 2)
     done = df.dropna(subset=[accuracy])
-    for ax, cost, unit, scale in ((axes[0], latency, "CPU latency at batch 1 (ms)", 1.0),
-                                  (axes[1], size, "weights (KB)", 1 / 1024)):
+    for ax, cost, unit, scale in (
+        (axes[0], latency, "CPU latency at batch 1 (ms)", 1.0),
+        (axes[1], size, "weights (KB)", 1 / 1024),
+    ):
         sub = done.dropna(subset=[cost])
         if sub.empty:
             ax.text(0.5, 0.5, f"no {cost} measured", ha="center", va="center", transform=ax.transAxes)
@@ -47,8 +57,13 @@ def pareto_plot(df: pd.DataFrame, path: Path, accuracy: str = "top1", latency: s
         line = sub[front].sort_values(cost)
         ax.plot(line[cost] * scale, line[accuracy] * 100, color="tab:red", alpha=0.5)
         for _, row in sub.iterrows():
-            ax.annotate(str(row[label]), (row[cost] * scale, row[accuracy] * 100), textcoords="offset points",
-                        xytext=(4, 4), fontsize=8)
+            ax.annotate(
+                str(row[label]),
+                (row[cost] * scale, row[accuracy] * 100),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=8,
+            )
         ax.set_xlabel(unit)
         ax.set_ylabel("test top-1 (%)")
         ax.grid(alpha=0.3)

@@ -5,6 +5,7 @@
 
 Every stage is submitted as soon as the records it consumes exist, so the baseline student trains
 beside the distillation branch."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,8 +27,9 @@ from tasks.tracking import redact
 
 
 @flow(name="kdflow-pipeline", description=__doc__)
-def pipeline_flow(config: dict[str, Any], home: Optional[str] = None,
-                  parent_run_id: Optional[str] = None) -> dict[str, Any]:
+def pipeline_flow(
+    config: dict[str, Any], home: Optional[str] = None, parent_run_id: Optional[str] = None
+) -> dict[str, Any]:
     cfg = PipelineConfig.model_validate(config)
     cfgd = cfg.model_dump(mode="json")
     stages = enabled_stages(cfg)
@@ -36,9 +38,16 @@ def pipeline_flow(config: dict[str, Any], home: Optional[str] = None,
     ctx = RunContext.open(cfg.name, home)
     tracker = ctx.tracker()
     flow_run_id = str(get_run_context().flow_run.id)
-    with tracker.run(ctx.experiment_id, f"pipeline-{cfg.student.arch}", parent=parent_run_id, tags={
-            "kdflow.kind": "pipeline", "kdflow.prefect_flow_run_id": flow_run_id,
-            "kdflow.config_hash": cfg.config_hash()}) as parent:
+    with tracker.run(
+        ctx.experiment_id,
+        f"pipeline-{cfg.student.arch}",
+        parent=parent_run_id,
+        tags={
+            "kdflow.kind": "pipeline",
+            "kdflow.prefect_flow_run_id": flow_run_id,
+            "kdflow.config_hash": cfg.config_hash(),
+        },
+    ) as parent:
         ctx = ctx.under(parent)
         tracker.log_params(parent, cfgd)
         log_provenance(tracker, parent, cfg)  # config.yaml and the code version
@@ -54,12 +63,19 @@ def pipeline_flow(config: dict[str, Any], home: Optional[str] = None,
 
         models = records["evaluate"]["info"]["models"]
         report = {
-            "prefect_flow_run_id": flow_run_id, "mlflow_parent_run_id": parent, "experiment": cfg.name,
-            "tracking_uri": redact(ctx.tracking_uri), "home": str(ctx.home), "config_hash": cfg.config_hash(),
-            "data_fingerprint": data.fingerprint, "models": models, "stages": outcomes,
+            "prefect_flow_run_id": flow_run_id,
+            "mlflow_parent_run_id": parent,
+            "experiment": cfg.name,
+            "tracking_uri": redact(ctx.tracking_uri),
+            "home": str(ctx.home),
+            "config_hash": cfg.config_hash(),
+            "data_fingerprint": data.fingerprint,
+            "models": models,
+            "stages": outcomes,
             "registered": records["register"]["info"].get("registered", {}),
             "registered_new": [] if outcomes["register"]["cached"] else records["register"]["info"].get("created", []),
-            "export": exported, "artifacts": {s: r.get("path") for s, r in records.items()},
+            "export": exported,
+            "artifacts": {s: r.get("path") for s, r in records.items()},
             "verdict": _verdict(records),
         }
         if exported:
@@ -71,8 +87,9 @@ def pipeline_flow(config: dict[str, Any], home: Optional[str] = None,
     return report
 
 
-def run_stages(stages: list[StageSpec], cfgd: dict, data_fp: str, ctx: RunContext
-               ) -> tuple[dict[str, dict], dict[str, dict]]:
+def run_stages(
+    stages: list[StageSpec], cfgd: dict, data_fp: str, ctx: RunContext
+) -> tuple[dict[str, dict], dict[str, dict]]:
     """Run ``stages`` (in declaration order, which respects their inputs): each is submitted once
     every enabled stage it consumes has its record; the first stage to fail stops the flow.
     Returns the records and, per stage, what the report shows (in declaration order)."""
@@ -93,9 +110,14 @@ def run_stages(stages: list[StageSpec], cfgd: dict, data_fp: str, ctx: RunContex
 
 
 def _outcome(record: dict, cached: bool, seconds: float) -> dict:
-    return {"fingerprint": record["fingerprint"], "cached": cached, "seconds": seconds,
-            "task_seconds": record["seconds"], "compute_seconds": record["info"].get("compute_seconds", 0.0),
-            "mlflow_run_id": record["mlflow_run_id"]}
+    return {
+        "fingerprint": record["fingerprint"],
+        "cached": cached,
+        "seconds": seconds,
+        "task_seconds": record["seconds"],
+        "compute_seconds": record["info"].get("compute_seconds", 0.0),
+        "mlflow_run_id": record["mlflow_run_id"],
+    }
 
 
 def _verdict(records: dict[str, dict]) -> Optional[dict[str, Any]]:
@@ -103,21 +125,34 @@ def _verdict(records: dict[str, dict]) -> Optional[dict[str, Any]]:
     v = records["evaluate"]["info"].get("verdict")
     if v is None:
         return None
-    return {"pays": v["pays"], "gain": v["gain"], "margin": v["margin"], "p_value": v["p_value"],
-            "message": v["message"], "advice": v["advice"],
-            "withheld": records["register"]["info"].get("withheld")}
+    return {
+        "pays": v["pays"],
+        "gain": v["gain"],
+        "margin": v["margin"],
+        "p_value": v["p_value"],
+        "message": v["message"],
+        "advice": v["advice"],
+        "withheld": records["register"]["info"].get("withheld"),
+    }
 
 
 def _prefect_summary(report: dict[str, Any]) -> None:
-    rows = [{"model": name, **{k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}}
-            for name, m in report["models"].items()]
+    rows = [
+        {"model": name, **{k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}}
+        for name, m in report["models"].items()
+    ]
     create_table_artifact(rows, key="kdflow-comparison", description="teacher / baseline / distilled student")
     lines = ["# kdflow pipeline", "", "| stage | cached | seconds | MLflow run |", "|---|---|---|---|"]
-    lines += [f"| {s} | {i['cached']} | {i['seconds']:.1f} | {i['mlflow_run_id']} |" for s, i in report["stages"].items()]
+    lines += [
+        f"| {s} | {i['cached']} | {i['seconds']:.1f} | {i['mlflow_run_id']} |" for s, i in report["stages"].items()
+    ]
     m = report["models"]
     if "student" in m and "baseline" in m:
         gain = 100 * (m["student"]["top1"] - m["baseline"]["top1"])
-        lines += ["", f"Distilled student top-1 {100 * m['student']['top1']:.2f}% vs baseline "
-                      f"{100 * m['baseline']['top1']:.2f}% ({gain:+.2f} points); teacher {100 * m['teacher']['top1']:.2f}%."]
+        lines += [
+            "",
+            f"Distilled student top-1 {100 * m['student']['top1']:.2f}% vs baseline "
+            f"{100 * m['baseline']['top1']:.2f}% ({gain:+.2f} points); teacher {100 * m['teacher']['top1']:.2f}%.",
+        ]
     lines += ["", f"Registered: {report['registered']} (new versions: {report['registered_new']})"]
     create_markdown_artifact("\n".join(lines), key="kdflow-summary", description="pipeline summary")

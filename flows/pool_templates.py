@@ -18,6 +18,7 @@ Prefect documents for that worker keeps working) and adds:
 
 The worker packages are imported only for the pool type asked for (``pip install 'kdflow[deploy]'``).
 """
+
 from __future__ import annotations
 
 import copy
@@ -31,9 +32,11 @@ DEFAULT_IMAGE = "kdflow:latest"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPUS_ENV = "KDFLOW_GPUS"
 
-_PACKAGES = {"docker": ("prefect_docker.worker", "DockerWorker", "prefect-docker"),
-             "kubernetes": ("prefect_kubernetes.worker", "KubernetesWorker", "prefect-kubernetes"),
-             "process": ("prefect.workers.process", "ProcessWorker", "prefect")}
+_PACKAGES = {
+    "docker": ("prefect_docker.worker", "DockerWorker", "prefect-docker"),
+    "kubernetes": ("prefect_kubernetes.worker", "KubernetesWorker", "prefect-kubernetes"),
+    "process": ("prefect.workers.process", "ProcessWorker", "prefect"),
+}
 
 
 def worker_class(pool_type: str) -> type:
@@ -46,14 +49,20 @@ def worker_class(pool_type: str) -> type:
     try:
         return getattr(importlib.import_module(module), name)
     except ImportError:
-        raise ConfigError(f"a {pool_type} work pool needs the {package} package: "
-                          f"pip install {package} (or pip install 'kdflow[deploy]')") from None
+        raise ConfigError(
+            f"a {pool_type} work pool needs the {package} package: "
+            f"pip install {package} (or pip install 'kdflow[deploy]')"
+        ) from None
 
 
 def _gpus_variable(default: int, what: str) -> dict[str, Any]:
-    return {"title": "GPUs", "type": "integer", "minimum": 0, "default": default,
-            "description": f"GPUs each flow run gets ({what}); the run fails when fewer are visible to it "
-                          f"(env {GPUS_ENV})"}
+    return {
+        "title": "GPUs",
+        "type": "integer",
+        "minimum": 0,
+        "default": default,
+        "description": f"GPUs each flow run gets ({what}); the run fails when fewer are visible to it (env {GPUS_ENV})",
+    }
 
 
 def base_job_template(pool_type: str, image: str = DEFAULT_IMAGE) -> dict[str, Any]:
@@ -65,14 +74,18 @@ def base_job_template(pool_type: str, image: str = DEFAULT_IMAGE) -> dict[str, A
     if pool_type == "process":
         props["gpus"] = _gpus_variable(0, "0: whatever the worker's CUDA sees")
         props["visible_devices"] = {
-            "title": "Visible devices", "anyOf": [{"type": "string"}, {"type": "null"}], "default": None,
-            "description": "CUDA_VISIBLE_DEVICES of the flow run (e.g. '0,1'); unset: the worker's"}
+            "title": "Visible devices",
+            "anyOf": [{"type": "string"}, {"type": "null"}],
+            "default": None,
+            "description": "CUDA_VISIBLE_DEVICES of the flow run (e.g. '0,1'); unset: the worker's",
+        }
         config["env"]["CUDA_VISIBLE_DEVICES"] = "{{ visible_devices }}"
     elif pool_type == "docker":
         props["gpus"] = _gpus_variable(1, "device_requests count, as docker run --gpus N")
         props["image"]["default"] = image
         config["container_create_kwargs"] = {
-            "device_requests": [{"driver": "nvidia", "count": "{{ gpus }}", "capabilities": [["gpu"]]}]}
+            "device_requests": [{"driver": "nvidia", "count": "{{ gpus }}", "capabilities": [["gpu"]]}]
+        }
     else:
         props["gpus"] = _gpus_variable(1, f"the container's {GPU_RESOURCE} limit")
         props["image"]["default"] = image

@@ -8,6 +8,7 @@ runs under a small watchdog process (``python -m flows.prefect_server``) that st
 
 ``KDFLOW_PREFECT=ephemeral`` (``kdflow run --ephemeral``) keeps Prefect's own temporary server;
 ``PREFECT_API_URL`` always wins and is used as it is."""
+
 from __future__ import annotations
 
 import argparse
@@ -170,16 +171,20 @@ def _choose_port(port: Optional[int], echo: Echo) -> int:
     asked = port or (int(os.environ[PORT_ENV]) if os.environ.get(PORT_ENV, "").isdigit() else None)
     if asked:
         if not port_free(asked):
-            raise KdflowError(f"port {asked} on {HOST} is in use by another program; choose a free one with "
-                              f"`kdflow server start --port N` or {PORT_ENV}")
+            raise KdflowError(
+                f"port {asked} on {HOST} is in use by another program; choose a free one with "
+                f"`kdflow server start --port N` or {PORT_ENV}"
+            )
         return asked
     for p in range(DEFAULT_PORT, DEFAULT_PORT + PORT_TRIES):
         if port_free(p):
             if p != DEFAULT_PORT:
                 echo(f"port {DEFAULT_PORT} is in use by another program; the Prefect server uses port {p}")
             return p
-    raise KdflowError(f"ports {DEFAULT_PORT}-{DEFAULT_PORT + PORT_TRIES - 1} on {HOST} are all in use; choose one "
-                      f"with `kdflow server start --port N` or {PORT_ENV}")
+    raise KdflowError(
+        f"ports {DEFAULT_PORT}-{DEFAULT_PORT + PORT_TRIES - 1} on {HOST} are all in use; choose one "
+        f"with `kdflow server start --port N` or {PORT_ENV}"
+    )
 
 
 def _log_tail(log: Path, n: int = 8) -> str:
@@ -197,9 +202,11 @@ def _check_version(s: LocalServer) -> None:
         theirs = s.version
     ours = client_version()
     if theirs != ours:
-        raise KdflowError(f"the local Prefect server at {s.ui_url} (pid {s.pid}) runs Prefect {theirs} but this "
-                          f"kdflow uses Prefect {ours}; stop it with `kdflow server stop` (the next run starts one "
-                          "of the right version) or set KDFLOW_PREFECT=ephemeral")
+        raise KdflowError(
+            f"the local Prefect server at {s.ui_url} (pid {s.pid}) runs Prefect {theirs} but this "
+            f"kdflow uses Prefect {ours}; stop it with `kdflow server stop` (the next run starts one "
+            "of the right version) or set KDFLOW_PREFECT=ephemeral"
+        )
 
 
 class _ExitedWhileStarting(KdflowError):
@@ -214,19 +221,28 @@ def _wait_healthy(s: LocalServer, timeout: float, proc: Optional[subprocess.Pope
         code = proc.poll() if proc is not None else (None if pid_alive(s.pid) else "?")
         if code is not None:
             how = f"killed by signal {-code}" if isinstance(code, int) and code < 0 else f"exit status {code}"
-            raise _ExitedWhileStarting(f"the local Prefect server exited while starting ({how}); its log {s.log} "
-                                       f"ends with:{_log_tail(s.log) or ' (nothing)'}")
+            raise _ExitedWhileStarting(
+                f"the local Prefect server exited while starting ({how}); its log {s.log} "
+                f"ends with:{_log_tail(s.log) or ' (nothing)'}"
+            )
         time.sleep(0.5)
-    raise KdflowError(f"the local Prefect server (pid {s.pid}) did not answer at {s.api_url} within {timeout:.0f} s; "
-                      f"see {s.log}, or stop it with `kdflow server stop`")
+    raise KdflowError(
+        f"the local Prefect server (pid {s.pid}) did not answer at {s.api_url} within {timeout:.0f} s; "
+        f"see {s.log}, or stop it with `kdflow server stop`"
+    )
 
 
 def touch(d: Path) -> None:
     (d / "last-used").touch()
 
 
-def start(home: Optional[Path] = None, port: Optional[int] = None, idle: Optional[float] = None,
-          timeout: float = STARTUP_TIMEOUT, echo: Echo = _stderr) -> tuple[LocalServer, bool]:
+def start(
+    home: Optional[Path] = None,
+    port: Optional[int] = None,
+    idle: Optional[float] = None,
+    timeout: float = STARTUP_TIMEOUT,
+    echo: Echo = _stderr,
+) -> tuple[LocalServer, bool]:
     """The home's running server, or a new one started in the background; returns (server, started)."""
     d = server_dir(home)
     with _locked(d):
@@ -242,20 +258,48 @@ def start(home: Optional[Path] = None, port: Optional[int] = None, idle: Optiona
         chosen = _choose_port(port, echo)
         minutes = idle_minutes() if idle is None else idle
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-        env.update(PREFECT_HOME=str(d / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-                   PREFECT_SERVER_LOGGING_LEVEL=os.environ.get("PREFECT_SERVER_LOGGING_LEVEL", "WARNING"),
-                   PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
-                                                            os.environ.get("PYTHONPATH")])))
+        env.update(
+            PREFECT_HOME=str(d / "prefect-home"),
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            PREFECT_SERVER_LOGGING_LEVEL=os.environ.get("PREFECT_SERVER_LOGGING_LEVEL", "WARNING"),
+            PYTHONPATH=os.pathsep.join(
+                filter(None, [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")])
+            ),
+        )
         echo(f"starting a local Prefect server on {HOST}:{chosen} (kept running; `kdflow server stop` stops it)")
         for attempt in (1, 2):  # a second try when the first was killed before it answered
             with open(d / "server.log", "ab") as log:
-                proc = subprocess.Popen([sys.executable, "-m", WATCHDOG, "--dir", str(d), "--port", str(chosen),
-                                         "--idle-minutes", str(minutes)], env=env, stdout=log,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                        cwd=str(d))
+                proc = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        WATCHDOG,
+                        "--dir",
+                        str(d),
+                        "--port",
+                        str(chosen),
+                        "--idle-minutes",
+                        str(minutes),
+                    ],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                    cwd=str(d),
+                )
             srv = LocalServer(proc.pid, chosen, client_version(), d)
-            _pidfile(d).write_text(json.dumps({"pid": srv.pid, "port": srv.port, "version": srv.version,
-                                               "idle_minutes": minutes, "started": time.time()}))
+            _pidfile(d).write_text(
+                json.dumps(
+                    {
+                        "pid": srv.pid,
+                        "port": srv.port,
+                        "version": srv.version,
+                        "idle_minutes": minutes,
+                        "started": time.time(),
+                    }
+                )
+            )
             try:
                 _wait_healthy(srv, timeout, proc)
                 break
@@ -313,8 +357,15 @@ def status(home: Optional[Path] = None) -> dict[str, Any]:
         return {"state": "stopped", "dir": str(d)}
     if not pid_alive(s.pid):
         return {"state": "stale", "pid": s.pid, "dir": str(d)}
-    out: dict[str, Any] = {"state": "running" if healthy(s.api_url) else "starting", "pid": s.pid, "port": s.port,
-                           "ui": s.ui_url, "api": s.api_url, "log": str(s.log), "dir": str(d)}
+    out: dict[str, Any] = {
+        "state": "running" if healthy(s.api_url) else "starting",
+        "pid": s.pid,
+        "port": s.port,
+        "ui": s.ui_url,
+        "api": s.api_url,
+        "log": str(s.log),
+        "dir": str(d),
+    }
     with contextlib.suppress(OSError, ValueError):
         out["idle_minutes"] = json.loads(_pidfile(d).read_text()).get("idle_minutes")
     if out["state"] == "running":
@@ -358,8 +409,9 @@ def prefect_for_run(echo: Echo = _stderr) -> Iterator[Optional[LocalServer]]:
 
 
 def _busy_or_recent(api: str, since: dt.datetime) -> bool:
-    active = _post(api + "/flow_runs/count", {"flow_runs": {"state": {"type": {
-        "any_": ["RUNNING", "PENDING", "CANCELLING"]}}}})
+    active = _post(
+        api + "/flow_runs/count", {"flow_runs": {"state": {"type": {"any_": ["RUNNING", "PENDING", "CANCELLING"]}}}}
+    )
     if active:
         return True
     recent = _post(api + "/flow_runs/filter", {"flow_runs": {"end_time": {"after_": since.isoformat()}}, "limit": 1})

@@ -4,6 +4,7 @@ On a terminal: a rich live table, one line per stage (waiting / running / cached
 the training stages' current epoch with loss, validation metric and ETA, and the cache build's
 progress. When stdout is not a terminal (a pipe, a CI log): plain lines, one per state change and
 per epoch. ``quiet``: nothing."""
+
 from __future__ import annotations
 
 import contextlib
@@ -134,8 +135,7 @@ class Board:
         with self._lock:
             for line in self.lines.values():
                 spent = _seconds(line.elapsed(now)) if line.started is not None else ""
-                t.add_row(line.stage, Text(line.status, style=STYLES.get(line.status, "")), spent,
-                          describe(line, now))
+                t.add_row(line.stage, Text(line.status, style=STYLES.get(line.status, "")), spent, describe(line, now))
         return t
 
     def __rich__(self) -> Table:

@@ -3,6 +3,7 @@
 Both tables fit an 80-column terminal: short column names with their units in the header, numbers
 without repeated units, and the long identifiers cut to a readable prefix (``--report`` writes the
 full data as JSON). URLs are printed with their credentials redacted."""
+
 from __future__ import annotations
 
 import os
@@ -15,10 +16,17 @@ from rich.table import Table
 from tasks.tracking import redact
 
 # two spaces between columns and none at the edges: ten columns fit in 80
-COMPACT: dict[str, Any] = {"box": box.SIMPLE_HEAD, "show_edge": False, "pad_edge": False, "padding": (0, 1),
-                           "collapse_padding": True}
-MODEL_CAPTION = ("top1/top5/agree (same top-1 as the teacher) in %; ECE: calibration error; "
-                 "ms@1: CPU latency at batch 1; img/s: CPU throughput at batch 256; MFLOP per sample")
+COMPACT: dict[str, Any] = {
+    "box": box.SIMPLE_HEAD,
+    "show_edge": False,
+    "pad_edge": False,
+    "padding": (0, 1),
+    "collapse_padding": True,
+}
+MODEL_CAPTION = (
+    "top1/top5/agree (same top-1 as the teacher) in %; ECE: calibration error; "
+    "ms@1: CPU latency at batch 1; img/s: CPU throughput at batch 256; MFLOP per sample"
+)
 
 
 def _count(n: float) -> str:
@@ -39,21 +47,39 @@ def models_table(report: dict[str, Any]) -> Table:
     for col in ("model", "top1", "top5", "agree", "ECE", "params", "KiB", "ms@1", "img/s", "MFLOP"):
         t.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
     for name, m in report["models"].items():
-        t.add_row(name, _pct(m, "top1"), _pct(m, "top5"), _pct(m, "agreement", 1), f"{m['ece']:.3f}",
-                  _count(m["params"]), _kib(m["size_bytes"]),
-                  f"{m['latency_ms']:.2f}" if "latency_ms" in m else "-",
-                  f"{m['throughput']:.0f}" if "throughput" in m else "-", f"{m['flops'] / 1e6:.2f}")
+        t.add_row(
+            name,
+            _pct(m, "top1"),
+            _pct(m, "top5"),
+            _pct(m, "agreement", 1),
+            f"{m['ece']:.3f}",
+            _count(m["params"]),
+            _kib(m["size_bytes"]),
+            f"{m['latency_ms']:.2f}" if "latency_ms" in m else "-",
+            f"{m['throughput']:.0f}" if "throughput" in m else "-",
+            f"{m['flops'] / 1e6:.2f}",
+        )
     return t
 
 
 def stages_table(report: dict[str, Any]) -> Table:
     s = Table(title="stages", **COMPACT)
-    for col, justify in (("stage", "left"), ("cached", "left"), ("time s", "right"), ("fingerprint", "left"),
-                         ("MLflow run", "left")):
+    for col, justify in (
+        ("stage", "left"),
+        ("cached", "left"),
+        ("time s", "right"),
+        ("fingerprint", "left"),
+        ("MLflow run", "left"),
+    ):
         s.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for name, info in report["stages"].items():
-        s.add_row(name, "yes" if info["cached"] else "no", f"{info['seconds']:.1f}", info["fingerprint"][:12],
-                  info["mlflow_run_id"] or "-")
+        s.add_row(
+            name,
+            "yes" if info["cached"] else "no",
+            f"{info['seconds']:.1f}",
+            info["fingerprint"][:12],
+            info["mlflow_run_id"] or "-",
+        )
     return s
 
 
@@ -97,5 +123,6 @@ def print_locations(console: Console, home: str, tracking_uri: str, report: dict
         console.print(f"  parent run {report['mlflow_parent_run_id']}", highlight=False)
     ui = "kdflow ui" if tracking_uri.startswith("sqlite:") else tracking_uri
     console.print(f"  open the UI: {ui}", soft_wrap=True, highlight=False)
-    console.print(prefect_location(report.get("prefect_flow_run_id") if report else None), soft_wrap=True,
-                  highlight=False)
+    console.print(
+        prefect_location(report.get("prefect_flow_run_id") if report else None), soft_wrap=True, highlight=False
+    )

@@ -4,6 +4,7 @@ fresh home and compare, side by side, the original and reproduced metrics and we
 The config comes from the pipeline run's ``config.yaml`` artifact, or, for runs logged before it
 existed, from the run's params (the flattened config). A registered version names its pipeline run
 by the ``kdflow.pipeline_run_id`` tag and its weights by ``kdflow.weights_sha256``."""
+
 from __future__ import annotations
 
 import contextlib
@@ -59,7 +60,7 @@ def _pipeline_run_of(client: Any, ref: str) -> tuple[str, dict[str, Any]]:
 
     try:
         if ref.startswith("models:/"):
-            rest = ref[len("models:/"):]
+            rest = ref[len("models:/") :]
             if "@" in rest:
                 name, alias = rest.split("@", 1)
                 mv = client.get_model_version_by_alias(name, alias)
@@ -70,8 +71,9 @@ def _pipeline_run_of(client: Any, ref: str) -> tuple[str, dict[str, Any]]:
                 raise KdflowError(f"{ref!r}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
             run_id = mv.tags.get("kdflow.pipeline_run_id")
             if not run_id:
-                raise KdflowError(f"{ref} has no kdflow.pipeline_run_id tag: it was not registered by a kdflow "
-                                  "pipeline")
+                raise KdflowError(
+                    f"{ref} has no kdflow.pipeline_run_id tag: it was not registered by a kdflow pipeline"
+                )
             return run_id, {mv.name: mv}
         run = client.get_run(ref)
     except MlflowException as exc:
@@ -85,13 +87,14 @@ def _pipeline_run_of(client: Any, ref: str) -> tuple[str, dict[str, Any]]:
     versions = {}
     for key, version in run.data.tags.items():
         if key.startswith("registered."):
-            versions[key[len("registered."):]] = client.get_model_version(key[len("registered."):], version)
+            versions[key[len("registered.") :]] = client.get_model_version(key[len("registered.") :], version)
     if not versions:  # the names are tagged on the register stage's run
-        for child in client.search_runs([run.info.experiment_id],
-                                        filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'"):
+        for child in client.search_runs(
+            [run.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'"
+        ):
             for key, version in child.data.tags.items():
                 if key.startswith("registered."):
-                    versions[key[len("registered."):]] = client.get_model_version(key[len("registered."):], version)
+                    versions[key[len("registered.") :]] = client.get_model_version(key[len("registered.") :], version)
     return run_id, versions
 
 
@@ -112,8 +115,9 @@ def original(tracking_uri: str, ref: str) -> Original:
     if not config:
         raise KdflowError(f"pipeline run {run_id} logged neither config.yaml nor params: nothing to reproduce")
     weights = {name: mv.tags.get("kdflow.weights_sha256", "") for name, mv in versions.items()}
-    return Original(run_id, config, source, dict(run.data.metrics), run.data.tags.get("kdflow.data_fingerprint", ""),
-                    weights)
+    return Original(
+        run_id, config, source, dict(run.data.metrics), run.data.tags.get("kdflow.data_fingerprint", ""), weights
+    )
 
 
 @contextlib.contextmanager
@@ -135,18 +139,31 @@ def compare(orig: Original, report: dict[str, Any], new_weights: dict[str, str])
                 continue
             before = orig.metrics.get(f"{model}.{key}")
             after = float(metrics[key])
-            rows.append((f"{model} {key}", "-" if before is None else f"{before:.6g}", f"{after:.6g}",
-                         before is not None and before == after))
-    rows.append(("data fingerprint", orig.data_fingerprint[:12] or "-", report["data_fingerprint"][:12],
-                 orig.data_fingerprint == report["data_fingerprint"]))
+            rows.append(
+                (
+                    f"{model} {key}",
+                    "-" if before is None else f"{before:.6g}",
+                    f"{after:.6g}",
+                    before is not None and before == after,
+                )
+            )
+    rows.append(
+        (
+            "data fingerprint",
+            orig.data_fingerprint[:12] or "-",
+            report["data_fingerprint"][:12],
+            orig.data_fingerprint == report["data_fingerprint"],
+        )
+    )
     for name, sha in orig.weights.items():
         new = new_weights.get(name, "")
         rows.append((f"{name} sha256", sha[:12] or "-", new[:12] or "-", bool(sha) and sha == new))
     return rows
 
 
-def reproduce_ref(ref: str, overrides: Optional[list[str]] = None, home: Optional[Path] = None,
-                  quiet: bool = False) -> dict[str, Any]:
+def reproduce_ref(
+    ref: str, overrides: Optional[list[str]] = None, home: Optional[Path] = None, quiet: bool = False
+) -> dict[str, Any]:
     from mlflow import MlflowClient
 
     from flows.progress import live_progress, quiet_libraries
@@ -164,21 +181,32 @@ def reproduce_ref(ref: str, overrides: Optional[list[str]] = None, home: Optiona
     with _store_in(fresh) as uri, quiet_libraries(quiet), live_progress(console, quiet):
         report = run_pipeline(cfg, home=fresh)
         client = MlflowClient(uri)
-        new_weights = {name: client.get_model_version(name, str(v)).tags.get("kdflow.weights_sha256", "")
-                       for name, v in report["registered"].items()}
+        new_weights = {
+            name: client.get_model_version(name, str(v)).tags.get("kdflow.weights_sha256", "")
+            for name, v in report["registered"].items()
+        }
     rows = compare(orig, report, new_weights)
-    return {"original_run_id": orig.run_id, "config_source": orig.config_source, "home": str(fresh),
-            "rows": rows, "match": all(r[3] for r in rows), "reproduced_run_id": report["mlflow_parent_run_id"]}
+    return {
+        "original_run_id": orig.run_id,
+        "config_source": orig.config_source,
+        "home": str(fresh),
+        "rows": rows,
+        "match": all(r[3] for r in rows),
+        "reproduced_run_id": report["mlflow_parent_run_id"],
+    }
 
 
 @app.command()
 def reproduce(
-    ref: str = typer.Argument(..., metavar="models:/NAME/VERSION | RUN_ID",
-                              help="a registered version (models:/NAME/VERSION or models:/NAME@ALIAS) or a "
-                                   "pipeline run id"),
+    ref: str = typer.Argument(
+        ...,
+        metavar="models:/NAME/VERSION | RUN_ID",
+        help="a registered version (models:/NAME/VERSION or models:/NAME@ALIAS) or a pipeline run id",
+    ),
     set_: Overrides = None,
-    home: Optional[Path] = typer.Option(None, "--home", help="the fresh home to run in (default: a temporary one, "
-                                        "removed when everything matches)"),
+    home: Optional[Path] = typer.Option(
+        None, "--home", help="the fresh home to run in (default: a temporary one, removed when everything matches)"
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display"),
 ) -> None:
     """Run a registered model's pipeline again in a fresh home; compare metrics and weights' sha256.
@@ -193,13 +221,19 @@ def reproduce(
     for what, before, after, same in out["rows"]:
         t.add_row(what, before, after, "yes" if same else "[bold red]NO[/]")
     console.print(t)
-    console.print(f"config from the original run's {out['config_source']} (run {out['original_run_id']})",
-                  highlight=False, soft_wrap=True)
+    console.print(
+        f"config from the original run's {out['config_source']} (run {out['original_run_id']})",
+        highlight=False,
+        soft_wrap=True,
+    )
     if out["match"]:
         console.print("reproduced: the same metrics and weights")
         if home is None:
             shutil.rmtree(out["home"], ignore_errors=True)
         return
-    console.print(f"[bold red]NOT reproduced[/]: see the rows marked NO; the reproduction is kept in {out['home']}",
-                  highlight=False, soft_wrap=True)
+    console.print(
+        f"[bold red]NOT reproduced[/]: see the rows marked NO; the reproduction is kept in {out['home']}",
+        highlight=False,
+        soft_wrap=True,
+    )
     raise typer.Exit(1)

@@ -1,5 +1,6 @@
 """Running the pipeline flow from Python or the CLI: validate first, then run with Prefect's
 results stored under KDFLOW_HOME."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,8 +13,11 @@ from tasks.home import kdflow_home
 from tasks.tracking import check_prefect_api, check_reachable, default_tracking_uri
 
 
-def run_pipeline(config: Path | str | PipelineConfig | None = None, overrides: Optional[list[str]] = None,
-                 home: Optional[Path] = None) -> dict[str, Any]:
+def run_pipeline(
+    config: Path | str | PipelineConfig | None = None,
+    overrides: Optional[list[str]] = None,
+    home: Optional[Path] = None,
+) -> dict[str, Any]:
     """Validate ``config`` and run the pipeline flow; returns the report. Raises KdflowError."""
     cfg = config if isinstance(config, PipelineConfig) else load_config(config, overrides)
     preflight(cfg)

@@ -1,4 +1,5 @@
 """`kdflow server start|stop|status` and `kdflow ui`: the local Prefect server and the MLflow UI."""
+
 from __future__ import annotations
 
 import os
@@ -6,12 +7,14 @@ from typing import Optional
 
 import typer
 
-from flows.console import err, fail, user_errors
+from flows.console import err, user_errors
 from flows.console import out as console
 
 app = typer.Typer()
-server_app = typer.Typer(help="The local Prefect server that kdflow keeps up between runs (its UI shows the "
-                              "flow-run graphs).", no_args_is_help=True)
+server_app = typer.Typer(
+    help="The local Prefect server that kdflow keeps up between runs (its UI shows the flow-run graphs).",
+    no_args_is_help=True,
+)
 app.add_typer(server_app, name="server")
 
 
@@ -24,16 +27,22 @@ def _home():
 @server_app.command("start")
 def server_start(
     port: Optional[int] = typer.Option(None, "--port", help="port on 127.0.0.1 (default: 4200, or the next free one)"),
-    idle_minutes: Optional[float] = typer.Option(None, "--idle-minutes", help="stop after this long without a flow "
-                                                 "run (default: KDFLOW_PREFECT_IDLE_MINUTES or 120; 0: never)"),
+    idle_minutes: Optional[float] = typer.Option(
+        None,
+        "--idle-minutes",
+        help="stop after this long without a flow run (default: KDFLOW_PREFECT_IDLE_MINUTES or 120; 0: never)",
+    ),
 ) -> None:
     """Start the local Prefect server in the background (or find the running one)."""
     from flows import prefect_server as ps
 
     with user_errors():
         s, started = ps.start(_home(), port=port, idle=idle_minutes, echo=lambda m: err.print(m, highlight=False))
-    console.print(f"Prefect server {'started' if started else 'already running'} (pid {s.pid}): UI {s.ui_url}, "
-                  f"API {s.api_url}", highlight=False, soft_wrap=True)
+    console.print(
+        f"Prefect server {'started' if started else 'already running'} (pid {s.pid}): UI {s.ui_url}, API {s.api_url}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @server_app.command("stop")
@@ -50,11 +59,15 @@ def _stop_all(with_mlflow: bool) -> None:
         home = _home()
         s = ps.stop(home)
         ui = mlflow_ui.stop(home) if with_mlflow else None
-    console.print(f"Prefect server stopped (pid {s.pid}, port {s.port} free)" if s else "no Prefect server was running",
-                  highlight=False)
+    console.print(
+        f"Prefect server stopped (pid {s.pid}, port {s.port} free)" if s else "no Prefect server was running",
+        highlight=False,
+    )
     if with_mlflow:
-        console.print(f"MLflow UI stopped (pid {ui.pid}, port {ui.port} free)" if ui else "no MLflow UI was running",
-                      highlight=False)
+        console.print(
+            f"MLflow UI stopped (pid {ui.pid}, port {ui.port} free)" if ui else "no MLflow UI was running",
+            highlight=False,
+        )
 
 
 @server_app.command("status")
@@ -70,14 +83,20 @@ def server_status() -> None:
     if st["state"] == "stopped":
         console.print(f"stopped (state under {st['dir']})", highlight=False)
     elif st["state"] == "stale":
-        console.print(f"stopped; a stale pid file names process {st['pid']}, which is gone (the next start replaces "
-                      "it)", highlight=False)
+        console.print(
+            f"stopped; a stale pid file names process {st['pid']}, which is gone (the next start replaces it)",
+            highlight=False,
+        )
     else:
         idle = st.get("idle_minutes")
         version = st.get("version", "?")
-        console.print(f"{st['state']} (pid {st['pid']}, Prefect {version}): UI {st['ui']}, API {st['api']}"
-                      + (f"; stops after {idle:g} min idle" if idle else "") + f"; log {st['log']}",
-                      highlight=False, soft_wrap=True)
+        console.print(
+            f"{st['state']} (pid {st['pid']}, Prefect {version}): UI {st['ui']}, API {st['api']}"
+            + (f"; stops after {idle:g} min idle" if idle else "")
+            + f"; log {st['log']}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @app.command()

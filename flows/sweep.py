@@ -17,6 +17,7 @@ Dask for a cluster, each trial asking for ``sweep.gpus_per_trial`` GPUs):
 The result is a pandas DataFrame (one row per trial; CSV, Prefect table artifact, MLflow artifact)
 and a Pareto plot of accuracy against latency and size (PNG in MLflow and as a Prefect artifact).
 """
+
 from __future__ import annotations
 
 import base64
@@ -34,19 +35,17 @@ from prefect import allow_failure, flow, task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 from prefect.context import get_run_context
 
+from flows.params import ConfigParam, resolve_config
+from flows.pareto import pareto_mask, pareto_plot
+from flows.pipeline import pipeline_flow
+from flows.task_runners import gpus_per_trial, make_task_runner, trial_resources
 from kdcore.config import PipelineConfig, SweepConfig, config_from_dict
 from kdcore.errors import ConfigError
 from kdcore.stages import teacher_paths
-from flows.pareto import pareto_mask, pareto_plot
-from flows.params import ConfigParam, resolve_config
-from flows.task_runners import gpus_per_trial, make_task_runner, trial_resources
-from flows.pipeline import pipeline_flow
 from tasks.context import RunContext
 from tasks.data import load_data
 from tasks.fingerprints import fingerprint
-from tasks.home import kdflow_home
 from tasks.stage import run_stage, submit_stage
-from tasks.tracking import Tracker, check_reachable, default_tracking_uri
 
 NOT_SWEPT = ("sweep", "retrain", "name", "data", "teacher", "trainer")
 
@@ -68,8 +67,10 @@ def expand_trials(cfg: PipelineConfig) -> list[Trial]:
     sweep = cfg.sweep
     for key in [k for t in sweep.trials for k in t] + list(sweep.grid):
         if key.split(".")[0] in NOT_SWEPT:
-            raise ConfigError(f"sweep key {key!r}: a sweep shares one teacher, data set and trainer; "
-                              f"sections {', '.join(NOT_SWEPT)} cannot vary between trials")
+            raise ConfigError(
+                f"sweep key {key!r}: a sweep shares one teacher, data set and trainer; "
+                f"sections {', '.join(NOT_SWEPT)} cannot vary between trials"
+            )
     for key, values in sweep.grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"sweep.grid.{key} must be a non-empty list of values")
@@ -112,8 +113,10 @@ def check_shared(trials: list[Trial], data_fp: str) -> dict[str, str]:
         if teacher != fps[0][0]:
             raise ConfigError(f"sweep trial {t.index} ({t.label}) trains another teacher than trial 0")
         if features != fps[0][1]:
-            raise ConfigError(f"sweep trial {t.index} ({t.label}) needs another teacher cache entry than trial 0 "
-                              "(cache.* settings must be the same for all trials)")
+            raise ConfigError(
+                f"sweep trial {t.index} ({t.label}) needs another teacher cache entry than trial 0 "
+                "(cache.* settings must be the same for all trials)"
+            )
     return {"teacher": fps[0][0], "features": fps[0][1]}
 
 
@@ -122,8 +125,13 @@ def trial_task(index: int, label: str, config: dict, home: str, parent_run_id: s
     """One trial: the whole pipeline flow (a subflow of this task run)."""
     t0 = time.perf_counter()
     report = pipeline_flow(config, home, parent_run_id=parent_run_id)
-    return {"index": index, "label": label, "report": report, "seconds": round(time.perf_counter() - t0, 3),
-            "pid": os.getpid()}  # which process ran it (a Ray or Dask worker, or the flow's own)
+    return {
+        "index": index,
+        "label": label,
+        "report": report,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "pid": os.getpid(),
+    }  # which process ran it (a Ray or Dask worker, or the flow's own)
 
 
 @flow(name="kdflow-sweep-trials")
@@ -154,8 +162,9 @@ def sweep_trials_flow(trials: list[dict], data_fp: str, ctx: dict, sweep: dict) 
             pre = {"fingerprint": fingerprint("pretrain", cfg, data_fp, upstream)}
             distill_fp = fingerprint("distill", cfg, data_fp, {**upstream, "pretrain": pre})
             wait_for = [allow_failure(first_with[distill_fp])] if distill_fp in first_with else []
-            future = trial_task.submit(t["index"], t["label"], t["config"], ctx["home"], ctx["parent_run_id"],
-                                       wait_for=wait_for)
+            future = trial_task.submit(
+                t["index"], t["label"], t["config"], ctx["home"], ctx["parent_run_id"], wait_for=wait_for
+            )
             first_with.setdefault(distill_fp, future)
             futures.append(future)
         outcomes = []
@@ -166,11 +175,20 @@ def sweep_trials_flow(trials: list[dict], data_fp: str, ctx: dict, sweep: dict) 
                 outcomes.append({"ok": True, **future.result()})
             else:
                 outcomes.append({"ok": False, "index": t["index"], "label": t["label"], "error": _message(state)})
-    return {"teacher": {"fingerprint": teacher["fingerprint"], "cached": teacher_cached,
-                        "mlflow_run_id": teacher["mlflow_run_id"]},
-            "features": {"fingerprint": features["fingerprint"], "cached": features_cached,
-                         "mlflow_run_id": features["mlflow_run_id"]},
-            "prepared": [f"{stage}:{fp[:12]}" for stage, fp in distinct], "trials": outcomes}
+    return {
+        "teacher": {
+            "fingerprint": teacher["fingerprint"],
+            "cached": teacher_cached,
+            "mlflow_run_id": teacher["mlflow_run_id"],
+        },
+        "features": {
+            "fingerprint": features["fingerprint"],
+            "cached": features_cached,
+            "mlflow_run_id": features["mlflow_run_id"],
+        },
+        "prepared": [f"{stage}:{fp[:12]}" for stage, fp in distinct],
+        "trials": outcomes,
+    }
 
 
 def _message(state) -> str:
@@ -181,10 +199,14 @@ def _message(state) -> str:
     return state.message or state.name
 
 
-@flow(name="kdflow-sweep", description="Trials over students x methods x hyperparameters sharing one teacher "
-                                       "and cache entry; results table and Pareto plot.")
-def sweep_flow(config: ConfigParam = "configs/sweep.yaml", overrides: Optional[list[str]] = None,
-               home: Optional[str] = None) -> dict[str, Any]:
+@flow(
+    name="kdflow-sweep",
+    description="Trials over students x methods x hyperparameters sharing one teacher "
+    "and cache entry; results table and Pareto plot.",
+)
+def sweep_flow(
+    config: ConfigParam = "configs/sweep.yaml", overrides: Optional[list[str]] = None, home: Optional[str] = None
+) -> dict[str, Any]:
     cfg = resolve_config(config, overrides)
     trials = expand_trials(cfg)
     data = load_data(cfg.data)
@@ -192,18 +214,27 @@ def sweep_flow(config: ConfigParam = "configs/sweep.yaml", overrides: Optional[l
     run_ctx = RunContext.open(cfg.name, home)
     tracker = run_ctx.tracker()
     flow_run_id = str(get_run_context().flow_run.id)
-    with tracker.run(run_ctx.experiment_id, f"sweep-{len(trials)}-trials", tags={
-            "kdflow.kind": "sweep", "kdflow.prefect_flow_run_id": flow_run_id,
-            "kdflow.data_fingerprint": data.fingerprint, "kdflow.teacher_fingerprint": shared["teacher"]}) as run_id:
+    with tracker.run(
+        run_ctx.experiment_id,
+        f"sweep-{len(trials)}-trials",
+        tags={
+            "kdflow.kind": "sweep",
+            "kdflow.prefect_flow_run_id": flow_run_id,
+            "kdflow.data_fingerprint": data.fingerprint,
+            "kdflow.teacher_fingerprint": shared["teacher"],
+        },
+    ) as run_id:
         tracker.log_params(run_id, {"sweep": cfg.sweep.model_dump(mode="json"), "trials": len(trials)})
-        tracker.log_text(run_id, json.dumps([{"trial": t.index, "overrides": t.overrides} for t in trials], indent=2),
-                         "trials.json")
+        tracker.log_text(
+            run_id, json.dumps([{"trial": t.index, "overrides": t.overrides} for t in trials], indent=2), "trials.json"
+        )
         ctx = run_ctx.under(run_id)
         params = [{"index": t.index, "label": t.label, "config": t.cfg.model_dump(mode="json")} for t in trials]
         gpus = gpus_per_trial(cfg.sweep, cfg.trainer)
         runner = make_task_runner(cfg.sweep, len(trials), gpus)
         outcome = sweep_trials_flow.with_options(task_runner=runner)(
-            params, data.fingerprint, ctx.as_dict(), {**cfg.sweep.model_dump(mode="json"), "gpus_per_trial": gpus})
+            params, data.fingerprint, ctx.as_dict(), {**cfg.sweep.model_dump(mode="json"), "gpus_per_trial": gpus}
+        )
         table = results_table(trials, outcome["trials"])
         if cfg.sweep.profile:
             table = reprofile(table, outcome["trials"], cfg, data)
@@ -218,38 +249,76 @@ def sweep_flow(config: ConfigParam = "configs/sweep.yaml", overrides: Optional[l
         done = table[table.status == "completed"]
         if not done.empty:
             best = done.sort_values("top1", ascending=False).iloc[0]
-            tracker.log_metrics(run_id, {"best_top1": best.top1, "best_trial": best.trial,
-                                         "completed_trials": len(done), "failed_trials": len(table) - len(done)})
+            tracker.log_metrics(
+                run_id,
+                {
+                    "best_top1": best.top1,
+                    "best_trial": best.trial,
+                    "completed_trials": len(done),
+                    "failed_trials": len(table) - len(done),
+                },
+            )
         _prefect_artifacts(table, png, run_ctx.tracking_uri, run_id)
         failed = table[table.status != "completed"]
         if len(failed) == len(table):  # the run ends FAILED
             raise RuntimeError(f"all {len(table)} sweep trials failed; first error: {failed.iloc[0].error}")
-    return {"mlflow_run_id": run_id, "prefect_flow_run_id": flow_run_id, "results_csv": str(csv_path),
-            "pareto_png": str(png), "shared": {k: outcome[k] for k in ("teacher", "features", "prepared")},
-            "table": json.loads(table.to_json(orient="records"))}
+    return {
+        "mlflow_run_id": run_id,
+        "prefect_flow_run_id": flow_run_id,
+        "results_csv": str(csv_path),
+        "pareto_png": str(png),
+        "shared": {k: outcome[k] for k in ("teacher", "features", "prepared")},
+        "table": json.loads(table.to_json(orient="records")),
+    }
 
 
 def results_table(trials: list[Trial], outcomes: list[dict]) -> pd.DataFrame:
     rows = []
     for t, o in zip(trials, outcomes):
-        row: dict[str, Any] = {"trial": t.index, "label": t.label, "status": "completed" if o["ok"] else "failed",
-                               "student": t.cfg.student.arch, "losses": "+".join(t.cfg.distill.losses),
-                               "temperature": t.cfg.distill.temperature, "pretrain": t.cfg.pretrain.method}
+        row: dict[str, Any] = {
+            "trial": t.index,
+            "label": t.label,
+            "status": "completed" if o["ok"] else "failed",
+            "student": t.cfg.student.arch,
+            "losses": "+".join(t.cfg.distill.losses),
+            "temperature": t.cfg.distill.temperature,
+            "pretrain": t.cfg.pretrain.method,
+        }
         if o["ok"]:
             report = o["report"]
             student = report["models"]["student"]
-            row.update({k: student.get(k) for k in ("top1", "top5", "ece", "agreement", "params", "size_bytes",
-                                                    "flops", "latency_ms", "throughput")})
+            row.update(
+                {
+                    k: student.get(k)
+                    for k in (
+                        "top1",
+                        "top5",
+                        "ece",
+                        "agreement",
+                        "params",
+                        "size_bytes",
+                        "flops",
+                        "latency_ms",
+                        "throughput",
+                    )
+                }
+            )
             row["baseline_top1"] = report["models"].get("baseline", {}).get("top1")
             row["teacher_top1"] = report["models"].get("teacher", {}).get("top1")
             row["gain_vs_baseline"] = None if row["baseline_top1"] is None else row["top1"] - row["baseline_top1"]
             for stage in ("teacher", "features", "pretrain", "baseline", "distill"):
                 if stage in report["stages"]:
                     row[f"{stage}_cached"] = report["stages"][stage]["cached"]
-            row.update({"distill_fingerprint": report["stages"]["distill"]["fingerprint"],
-                        "mlflow_run_id": report["mlflow_parent_run_id"],
-                        "prefect_flow_run_id": report["prefect_flow_run_id"], "seconds": o["seconds"],
-                        "pid": o.get("pid"), "error": None})
+            row.update(
+                {
+                    "distill_fingerprint": report["stages"]["distill"]["fingerprint"],
+                    "mlflow_run_id": report["mlflow_parent_run_id"],
+                    "prefect_flow_run_id": report["prefect_flow_run_id"],
+                    "seconds": o["seconds"],
+                    "pid": o.get("pid"),
+                    "error": None,
+                }
+            )
         else:
             row["error"] = o["error"]
         rows.append(row)
@@ -273,8 +342,13 @@ def reprofile(table: pd.DataFrame, outcomes: list[dict], cfg: PipelineConfig, da
         path = o["report"]["artifacts"].get("distill")
         if not path or not Path(path).is_file():
             continue
-        prof = model_profile(load_model(path), tuple(data.input_shape), latency=True,
-                             throughput_batch=cfg.evaluate.throughput_batch, min_run_time=cfg.evaluate.min_run_time)
+        prof = model_profile(
+            load_model(path),
+            tuple(data.input_shape),
+            latency=True,
+            throughput_batch=cfg.evaluate.throughput_batch,
+            min_run_time=cfg.evaluate.min_run_time,
+        )
         table.loc[i, "latency_ms"] = prof["latency_ms"]
         table.loc[i, "throughput"] = prof["throughput"]
     return table
@@ -288,14 +362,21 @@ def _prefect_artifacts(table: pd.DataFrame, png: Path, uri: str, run_id: str) ->
         image_url = f"{uri.rstrip('/')}/get-artifact?path=pareto.png&run_uuid={run_id}"
     else:
         image_url = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
-    create_image_artifact(image_url=image_url, key="kdflow-sweep-pareto",
-                          description="accuracy against latency and size; red: Pareto-optimal trials")
+    create_image_artifact(
+        image_url=image_url,
+        key="kdflow-sweep-pareto",
+        description="accuracy against latency and size; red: Pareto-optimal trials",
+    )
     done = table[table.status == "completed"]
     lines = [f"# kdflow sweep: {len(done)} of {len(table)} trials completed"]
     if not done.empty:
         best = done.sort_values("top1", ascending=False).iloc[0]
         front = ", ".join(str(t) for t in done[done.pareto].trial)
-        lines += ["", f"Best top-1: trial {best.trial} ({best.label}) at {100 * best.top1:.2f}%.",
-                  f"Pareto-optimal trials (top-1 vs latency and size): {front}.", "",
-                  f"![Pareto plot]({image_url})" if image_url.startswith("http") else ""]
+        lines += [
+            "",
+            f"Best top-1: trial {best.trial} ({best.label}) at {100 * best.top1:.2f}%.",
+            f"Pareto-optimal trials (top-1 vs latency and size): {front}.",
+            "",
+            f"![Pareto plot]({image_url})" if image_url.startswith("http") else "",
+        ]
     create_markdown_artifact("\n".join(lines), key="kdflow-sweep-summary", description="sweep summary")

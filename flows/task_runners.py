@@ -16,6 +16,7 @@ the workers of an existing cluster declare theirs with ``dask worker --resources
 that has CUDA), each asks for one GPU. The packages are imported only when chosen:
 ``pip install 'kdflow[ray]'`` or ``'kdflow[dask]'``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -56,8 +57,10 @@ def make_task_runner(sweep: SweepConfig, n_trials: int, gpus: float = 0.0):
         try:
             from prefect_ray import RayTaskRunner
         except ImportError:
-            raise ConfigError("sweep.task_runner 'ray' needs the prefect-ray package: pip install 'kdflow[ray]' "
-                              "(or use task_runner: thread)") from None
+            raise ConfigError(
+                "sweep.task_runner 'ray' needs the prefect-ray package: pip install 'kdflow[ray]' "
+                "(or use task_runner: thread)"
+            ) from None
         if sweep.address:
             return RayTaskRunner(address=sweep.address)
         init: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
@@ -67,13 +70,19 @@ def make_task_runner(sweep: SweepConfig, n_trials: int, gpus: float = 0.0):
     try:
         from prefect_dask import DaskTaskRunner
     except ImportError:
-        raise ConfigError("sweep.task_runner 'dask' needs the prefect-dask package: pip install 'kdflow[dask]' "
-                          "(or use task_runner: thread)") from None
+        raise ConfigError(
+            "sweep.task_runner 'dask' needs the prefect-dask package: pip install 'kdflow[dask]' "
+            "(or use task_runner: thread)"
+        ) from None
     if sweep.address:
         return DaskTaskRunner(address=sweep.address)
     workers = sweep.max_workers or DASK_LOCAL_WORKERS
-    cluster: dict[str, Any] = {"n_workers": workers, "threads_per_worker": 1, "processes": True,
-                               "dashboard_address": None}
+    cluster: dict[str, Any] = {
+        "n_workers": workers,
+        "threads_per_worker": 1,
+        "processes": True,
+        "dashboard_address": None,
+    }
     if gpus:
         cluster["resources"] = {"GPU": max(_visible_gpus(), 1)}
     return DaskTaskRunner(cluster_kwargs=cluster)

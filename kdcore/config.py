@@ -2,6 +2,7 @@
 
 Every section forbids unknown keys, so a typo fails before any work starts, naming the field.
 """
+
 from __future__ import annotations
 
 import copy
@@ -15,8 +16,18 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import (BaseModel, ByteSize, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt,
-                      ValidationError, field_validator, model_validator)
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from kdcore.errors import ConfigError
 
@@ -53,20 +64,28 @@ class DataConfig(Section):
     limit_train: Optional[PositiveInt] = None
     limit_test: Optional[PositiveInt] = None
     image_size: Optional[PositiveInt] = Field(
-        None, description="image files (imagefolder, image_csv): side of the square images the models see; "
-                          "in memory a resize, streamed a resize + centre crop (eval) or a random resized crop (train)")
+        None,
+        description="image files (imagefolder, image_csv): side of the square images the models see; "
+        "in memory a resize, streamed a resize + centre crop (eval) or a random resized crop (train)",
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="dataset-specific options")
     in_memory: Union[Literal["auto"], bool] = Field(
-        "auto", description="image files: hold decoded tensors in memory (true), stream them from disk through a "
-                            "DataLoader (false), or decide by the decoded size against memory_budget (auto)")
-    memory_budget: ByteSize = Field(ByteSize(2 * 1000**3), description="in_memory auto: the largest decoded size "
-                                                                       "held in memory, e.g. 2GB, 500MiB")
-    num_workers: Optional[NonNegativeInt] = Field(None, description="streaming: DataLoader worker processes "
-                                                                    "(default: from the CPU count)")
-    augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig(),
-                                   description="streaming: the train transform of augmented views")
+        "auto",
+        description="image files: hold decoded tensors in memory (true), stream them from disk through a "
+        "DataLoader (false), or decide by the decoded size against memory_budget (auto)",
+    )
+    memory_budget: ByteSize = Field(
+        ByteSize(2 * 1000**3), description="in_memory auto: the largest decoded size held in memory, e.g. 2GB, 500MiB"
+    )
+    num_workers: Optional[NonNegativeInt] = Field(
+        None, description="streaming: DataLoader worker processes (default: from the CPU count)"
+    )
+    augment: AugmentConfig = Field(
+        default_factory=lambda: AugmentConfig(), description="streaming: the train transform of augmented views"
+    )
     fingerprint: Literal["stat", "content"] = Field(
-        "stat", description="streaming: fingerprint the file list with sizes and mtimes (stat) or content hashes")
+        "stat", description="streaming: fingerprint the file list with sizes and mtimes (stat) or content hashes"
+    )
 
 
 class TrainSpec(Section):
@@ -134,16 +153,24 @@ class PretrainConfig(Section):
     pairs: list[FeaturePair] = Field(default_factory=list)
     connector: Literal["auto", "none", "conv", "linear"] = "auto"
     select: Union[Literal["first", "last", "spread"], dict[str, list[int]]] = Field(
-        "first", description="teacher_layers: which teacher blocks a shorter student stage takes: a rule, or "
-                             "{stage path: [teacher block index per student block]}")
+        "first",
+        description="teacher_layers: which teacher blocks a shorter student stage takes: a rule, or "
+        "{stage path: [teacher block index per student block]}",
+    )
     mapping: Optional[dict[str, str]] = None
-    partial: bool = Field(False, description="teacher_layers: copy the leading slice of teacher tensors whose "
-                                             "shapes are larger (narrower student layers)")
-    freeze_copied: bool = Field(True, description="teacher_layers: keep the tensors copied whole frozen while the "
-                                                  "new or reshaped layers train")
+    partial: bool = Field(
+        False,
+        description="teacher_layers: copy the leading slice of teacher tensors whose "
+        "shapes are larger (narrower student layers)",
+    )
+    freeze_copied: bool = Field(
+        True, description="teacher_layers: keep the tensors copied whole frozen while the new or reshaped layers train"
+    )
     losses: Optional[dict[str, dict[str, Any]]] = Field(
-        None, description="teacher_layers: objective that trains the new or reshaped layers "
-                          "(default ce 0.1 + kd 0.9 at distill.temperature)")
+        None,
+        description="teacher_layers: objective that trains the new or reshaped layers "
+        "(default ce 0.1 + kd 0.9 at distill.temperature)",
+    )
     train: TrainSpec = Field(default_factory=lambda: TrainSpec(max_epochs=3))
 
     @model_validator(mode="after")
@@ -155,9 +182,7 @@ class PretrainConfig(Section):
 
 class DistillConfig(Section):
     temperature: PositiveFloat = 4.0
-    losses: dict[str, dict[str, Any]] = Field(
-        default_factory=lambda: {"kd": {"weight": 0.9}, "ce": {"weight": 0.1}}
-    )
+    losses: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"kd": {"weight": 0.9}, "ce": {"weight": 0.1}})
     train: TrainSpec = Field(default_factory=TrainSpec)
 
     def objective_spec(self) -> dict[str, dict[str, Any]]:
@@ -184,8 +209,11 @@ class RegisterConfig(Section):
     enabled: bool = True
     teacher_name: str = "kdflow-teacher"
     student_name: str = "kdflow-student"
-    require_gain: bool = Field(False, description="register nothing when the distilled student does not beat the "
-                                                   "baseline significantly (McNemar on the test split)")
+    require_gain: bool = Field(
+        False,
+        description="register nothing when the distilled student does not beat the "
+        "baseline significantly (McNemar on the test split)",
+    )
 
 
 class ExportConfig(Section):
@@ -240,8 +268,10 @@ with warnings.catch_warnings():  # a section named "register" shadows ABCMeta.re
 
     class PipelineConfig(Section):
         imports: list[str] = Field(
-            default_factory=list, description="modules imported before anything is looked up by name: they "
-                                              "register the user's models, losses and datasets (kdcore.plugins)")
+            default_factory=list,
+            description="modules imported before anything is looked up by name: they "
+            "register the user's models, losses and datasets (kdcore.plugins)",
+        )
         name: str = Field("kdflow", description="MLflow experiment name")
         data: DataConfig = Field(default_factory=DataConfig)
         teacher: TeacherConfig = Field(default_factory=TeacherConfig)
@@ -301,7 +331,8 @@ def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -
             continue
         if first != key_node.start_mark.line:
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (first given on line {first + 1})", key_node.start_mark)
+                None, None, f"duplicate key {key!r} (first given on line {first + 1})", key_node.start_mark
+            )
     return loader.construct_mapping(node, deep=True)
 
 
@@ -314,8 +345,10 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
         problem = exc.problem or exc.context or "invalid YAML"
         tag = re.search(r"could not determine a constructor for the tag '([^']+)'", problem)
         if tag:
-            problem = (f"the tag {tag.group(1).replace('tag:yaml.org,2002:', '!!')!r} is not allowed "
-                       "(a config holds plain values; no objects are built from it)")
+            problem = (
+                f"the tag {tag.group(1).replace('tag:yaml.org,2002:', '!!')!r} is not allowed "
+                "(a config holds plain values; no objects are built from it)"
+            )
         mark = exc.problem_mark or exc.context_mark
         return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
     return " ".join(str(exc).split())
@@ -338,8 +371,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not key.strip() or any(not p for p in path):
         raise ConfigError(f"override {item!r} has an empty key (write key.path=value, e.g. distill.temperature=4)")
     if not raw.strip():
-        raise ConfigError(f"override {item!r} has no value after '=' (write {key.strip()}=null to unset it, "
-                          f"or {key.strip()}=\"\" for an empty string)")
+        raise ConfigError(
+            f"override {item!r} has no value after '=' (write {key.strip()}=null to unset it, "
+            f'or {key.strip()}="" for an empty string)'
+        )
     return path, parse_yaml(raw, f"override {item!r}: the value")
 
 
@@ -353,8 +388,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if nxt is None:
                 nxt = node[part] = {}
             elif not isinstance(nxt, dict):
-                raise ConfigError(f"override {item!r}: {'.'.join(path[: i + 1])} is not a section "
-                                  f"(it holds {json.dumps(nxt, default=str)})")
+                raise ConfigError(
+                    f"override {item!r}: {'.'.join(path[: i + 1])} is not a section "
+                    f"(it holds {json.dumps(nxt, default=str)})"
+                )
             node = nxt
         node[path[-1]] = value
     return out
@@ -432,18 +469,26 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{where} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
-                          "a config is a YAML text file") from None
+        raise ConfigError(
+            f"{where} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            "a config is a YAML text file"
+        ) from None
     if not text.strip():
-        raise ConfigError(f"{where} is empty; write the settings to change (see configs/default.yaml), or give "
-                          "no file to run the defaults")
+        raise ConfigError(
+            f"{where} is empty; write the settings to change (see configs/default.yaml), or give "
+            "no file to run the defaults"
+        )
     raw = parse_yaml(text, where)
     if raw is None:
-        raise ConfigError(f"{where} holds no settings (only comments or blank lines); write the settings to "
-                          "change, or give no file to run the defaults")
+        raise ConfigError(
+            f"{where} holds no settings (only comments or blank lines); write the settings to "
+            "change, or give no file to run the defaults"
+        )
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where} must hold a mapping of sections (name:, data:, teacher: ...), got "
-                          f"{type(raw).__name__} {_shown(raw)}")
+        raise ConfigError(
+            f"{where} must hold a mapping of sections (name:, data:, teacher: ...), got "
+            f"{type(raw).__name__} {_shown(raw)}"
+        )
     return raw
 
 

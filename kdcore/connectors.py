@@ -4,6 +4,7 @@ Kinds: ``auto`` (identity when the shapes match, else 1x1 conv + BN for maps, Li
 ``none`` (identity; a shape mismatch is an error naming both shapes), ``conv`` and ``linear``
 (always a learned projection). Register your own with ``@CONNECTORS.register("name")``.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -92,7 +93,9 @@ def make_connector(student_shape: Shape, teacher_shape: Shape, kind: str = "auto
 def check_connector_kind(loss: str, kind: str) -> str:
     """``kind`` if it names a registered connector, else a KdflowError listing the choices."""
     if kind not in CONNECTORS:
-        raise KdflowError(f"loss {loss!r}: parameter 'connector' must be one of {', '.join(CONNECTORS.names())}, got {kind!r}")
+        raise KdflowError(
+            f"loss {loss!r}: parameter 'connector' must be one of {', '.join(CONNECTORS.names())}, got {kind!r}"
+        )
     return kind
 
 

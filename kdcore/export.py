@@ -1,4 +1,5 @@
 """Exporting a trained model for serving (TorchScript) and checking it gives the model's outputs."""
+
 from __future__ import annotations
 
 import contextlib
@@ -57,12 +58,15 @@ def _to_torchscript(model: nn.Module, example: torch.Tensor) -> tuple[torch.jit.
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the parity check is the guard
                 return torch.jit.trace(model, example.cpu(), check_trace=False), "trace"
         except Exception as trace_error:  # noqa: BLE001
-            raise ExportError(f"the model could neither be scripted ({script_error.__class__.__name__}) nor traced "
-                              f"({trace_error}); set export.format=none to skip the export") from None
+            raise ExportError(
+                f"the model could neither be scripted ({script_error.__class__.__name__}) nor traced "
+                f"({trace_error}); set export.format=none to skip the export"
+            ) from None
 
 
-def export_torchscript(model: nn.Module, inputs: torch.Tensor, path: Path, atol: float,
-                       batch_size: int = 256) -> ExportResult:
+def export_torchscript(
+    model: nn.Module, inputs: torch.Tensor, path: Path, atol: float, batch_size: int = 256
+) -> ExportResult:
     """Write ``model`` as TorchScript to ``path`` and compare the reloaded file's outputs with the
     model's on ``inputs``; fails when the largest absolute difference exceeds ``atol``."""
     if inputs.shape[0] == 0:
@@ -79,6 +83,8 @@ def export_torchscript(model: nn.Module, inputs: torch.Tensor, path: Path, atol:
     exported = predict(reloaded, inputs.cpu(), batch_size=batch_size)
     diff = float((reference - exported).abs().max())
     if not diff <= atol:
-        raise ExportError(f"the TorchScript export ({method}) differs from the PyTorch model by up to {diff:.3g} "
-                          f"on {inputs.shape[0]} samples (export.atol = {atol:g})")
+        raise ExportError(
+            f"the TorchScript export ({method}) differs from the PyTorch model by up to {diff:.3g} "
+            f"on {inputs.shape[0]} samples (export.atol = {atol:g})"
+        )
     return ExportResult(path, method, diff, int(inputs.shape[0]))

@@ -1,4 +1,5 @@
 """Stable content hashes: same inputs, same fingerprint, in any process."""
+
 from __future__ import annotations
 
 import functools

@@ -1,4 +1,5 @@
 """Take intermediate features by module path with forward hooks (models' forward stays untouched)."""
+
 from __future__ import annotations
 
 import difflib

@@ -17,6 +17,7 @@ Modules are looked up on ``sys.path``; the current working directory is appended
 installed packages) so a plugin file beside the config works with the ``kdflow`` command as it
 does with ``python -m``.
 """
+
 from __future__ import annotations
 
 import importlib

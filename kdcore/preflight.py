@@ -3,6 +3,7 @@
 Everything that can be known without data is checked here: names of datasets, models, losses;
 model keyword arguments; feature module paths; the teacher checkpoint's presence; the device.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,10 +30,12 @@ def preflight(cfg: PipelineConfig) -> None:
             return None
 
     check("data.name", lambda: DATASETS.get(cfg.data.name))
-    teacher = check("teacher.arch", lambda: create_model(cfg.teacher.arch, in_channels=3, num_classes=10,
-                                                          **cfg.teacher.kwargs))
-    student = check("student.arch", lambda: create_model(cfg.student.arch, in_channels=3, num_classes=10,
-                                                          **cfg.student.kwargs))
+    teacher = check(
+        "teacher.arch", lambda: create_model(cfg.teacher.arch, in_channels=3, num_classes=10, **cfg.teacher.kwargs)
+    )
+    student = check(
+        "student.arch", lambda: create_model(cfg.student.arch, in_channels=3, num_classes=10, **cfg.student.kwargs)
+    )
     objective = check("distill.losses", lambda: build_objective(cfg.distill.objective_spec()))
     if cfg.pretrain.losses:
         check("pretrain.losses", lambda: build_objective(cfg.pretrain.losses))
@@ -54,14 +57,17 @@ def preflight(cfg: PipelineConfig) -> None:
         valid = set(module_paths(model))
         bad = [p for p in dict.fromkeys(wanted) if p not in valid]
         if bad:
-            problems.append(f"{role} module path(s) {', '.join(map(repr, bad))} not found in "
-                            f"{getattr(model, 'kdflow_spec', {}).get('arch')}; {valid_paths_hint(model, bad[0])}")
+            problems.append(
+                f"{role} module path(s) {', '.join(map(repr, bad))} not found in "
+                f"{getattr(model, 'kdflow_spec', {}).get('arch')}; {valid_paths_hint(model, bad[0])}"
+            )
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 
 
-def preflight_with_data(cfg: PipelineConfig, input_shape: tuple[int, ...], num_classes: int,
-                        example=None, in_channels: int | None = None) -> None:
+def preflight_with_data(
+    cfg: PipelineConfig, input_shape: tuple[int, ...], num_classes: int, example=None, in_channels: int | None = None
+) -> None:
     """Checks that need the data's shape: both models take ``example`` (two of the data's samples),
     feature pairs' shapes against their connectors, and a given teacher checkpoint against the
     configured architecture. Cheap: untrained models, one forward pass of two samples."""
@@ -75,8 +81,10 @@ def preflight_with_data(cfg: PipelineConfig, input_shape: tuple[int, ...], num_c
     channels = in_channels if in_channels is not None else (input_shape[0] if len(input_shape) == 3 else 1)
     problems: list[str] = []
     if cfg.cache.views.policy != "none" and len(input_shape) != 3:
-        raise ConfigError(f"cache.views.policy = {cfg.cache.views.policy!r} augments images, but this dataset's "
-                          f"samples have shape {tuple(input_shape)}; use policy 'none'")
+        raise ConfigError(
+            f"cache.views.policy = {cfg.cache.views.policy!r} augments images, but this dataset's "
+            f"samples have shape {tuple(input_shape)}; use policy 'none'"
+        )
     if cfg.teacher.checkpoint:
         try:
             load_teacher(cfg.teacher.checkpoint, cfg.teacher.arch, cfg.teacher.kwargs, channels, num_classes)
@@ -86,8 +94,12 @@ def preflight_with_data(cfg: PipelineConfig, input_shape: tuple[int, ...], num_c
     # every loss checks its own layer pairs (connectors, map/vector ranks) by being built on the probed shapes
     objectives = []
     if cfg.pretrain.method == "hint":
-        hint = {"fitnet": {"pairs": [p.model_dump(exclude_none=True) for p in cfg.pretrain.pairs],
-                           "connector": cfg.pretrain.connector}}
+        hint = {
+            "fitnet": {
+                "pairs": [p.model_dump(exclude_none=True) for p in cfg.pretrain.pairs],
+                "connector": cfg.pretrain.connector,
+            }
+        }
         objectives.append(("pretrain.pairs", build_objective(hint)))
     if cfg.pretrain.method == "teacher_layers" and cfg.pretrain.losses:
         objectives.append(("pretrain.losses", build_objective(cfg.pretrain.losses)))
@@ -99,18 +111,20 @@ def preflight_with_data(cfg: PipelineConfig, input_shape: tuple[int, ...], num_c
         for role in ("student", "teacher"):
             section = getattr(cfg, role)
             try:
-                models[role] = model = create_model(section.arch, in_channels=channels, num_classes=num_classes,
-                                                    **section.kwargs)
+                models[role] = model = create_model(
+                    section.arch, in_channels=channels, num_classes=num_classes, **section.kwargs
+                )
                 if example is not None:  # a model that cannot take this data's samples fails here, not in a stage
                     model.eval()(x)
             except KdflowError as exc:
                 problems.append(f"{role}.arch: {exc}")
             except Exception as exc:  # noqa: BLE001 - any error of the model's forward on these inputs
                 first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-                problems.append(f"{role}.arch: {section.arch!r} cannot take this dataset's samples of shape "
-                                f"{tuple(input_shape)} ({type(exc).__name__}: {first})"
-                                + ("; a ViT needs kwargs.image_size equal to the images' side" if "image" in first
-                                   else ""))
+                problems.append(
+                    f"{role}.arch: {section.arch!r} cannot take this dataset's samples of shape "
+                    f"{tuple(input_shape)} ({type(exc).__name__}: {first})"
+                    + ("; a ViT needs kwargs.image_size equal to the images' side" if "image" in first else "")
+                )
         if problems:
             raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
         for where, objective in objectives:
@@ -127,5 +141,6 @@ def preflight_with_data(cfg: PipelineConfig, input_shape: tuple[int, ...], num_c
 def preflight_data(cfg: PipelineConfig, data) -> None:
     """``preflight_with_data`` on a loaded dataset (a ``DataBundle``): the checks `kdflow run` makes
     after loading the data and `kdflow validate` makes too."""
-    preflight_with_data(cfg, tuple(data.input_shape), data.num_classes, example=data.train.x[:2],
-                        in_channels=data.in_channels)
+    preflight_with_data(
+        cfg, tuple(data.input_shape), data.num_classes, example=data.train.x[:2], in_channels=data.in_channels
+    )

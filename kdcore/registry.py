@@ -1,4 +1,5 @@
 """A small generic name -> object registry used for models, losses, datasets and connectors."""
+
 from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar

@@ -5,6 +5,7 @@ helper checks, before the call, that every given name is a parameter of the call
 every parameter without a default is given, so a typo fails naming the parameter and the accepted
 ones instead of surfacing as a ``TypeError`` deep inside.
 """
+
 from __future__ import annotations
 
 import inspect

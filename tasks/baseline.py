@@ -1,4 +1,5 @@
 """Task `baseline`: the same student trained with cross-entropy alone."""
+
 from kdcore.stages import train_baseline
 from tasks.records import record_fields
 from tasks.stage import StageCall

@@ -1,4 +1,5 @@
 """The cache entries a `features` record points to: opening them, and checking they are still there."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,8 +12,10 @@ from tasks.records import StageRecord
 if TYPE_CHECKING:
     from tasks.stage import StageCall
 
-REBUILD_HINT = ("run the same `kdflow run` again: the features stage rebuilds missing or damaged entries "
-                "(`kdflow cache verify` lists damaged ones)")
+REBUILD_HINT = (
+    "run the same `kdflow run` again: the features stage rebuilds missing or damaged entries "
+    "(`kdflow cache verify` lists damaged ones)"
+)
 
 
 def open_entries(call: "StageCall") -> dict[str, CacheEntry]:

@@ -3,6 +3,7 @@
 One object instead of a dict built by every flow. It crosses Prefect task boundaries as a plain
 dict (``as_dict`` / ``from_dict``) so task parameters stay JSON and cache keys stay stable.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace

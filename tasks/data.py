@@ -1,4 +1,5 @@
 """Loading the dataset once per process, keyed by its config section."""
+
 from __future__ import annotations
 
 import functools

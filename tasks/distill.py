@@ -1,4 +1,5 @@
 """Task `distill`: KD (+ feature terms) from the cached teacher outputs, or online."""
+
 from kdcore.losses import build_objective
 from kdcore.stages import TeacherSource, distill_student
 from kdcore.train.checkpoint import load_model

@@ -1,4 +1,5 @@
 """Task `evaluate`: teacher, baseline and distilled student on the test split."""
+
 import json
 
 from kdcore.evaluate import comparison_table
@@ -19,7 +20,8 @@ def body(call: StageCall) -> dict:
     out = call.env.workdir / "comparison.csv"
     table.to_csv(out)
     (call.env.workdir / "per_sample_correct.json").write_text(
-        json.dumps({name: r["correct"] for name, r in results.items()}))
+        json.dumps({name: r["correct"] for name, r in results.items()})
+    )
     call.tracker.log_artifact(call.run_id, out)
     call.tracker.log_artifact(call.run_id, call.env.workdir / "per_sample_correct.json")
     call.tracker.log_text(call.run_id, table.to_html(float_format="%.4g"), "comparison.html")
@@ -30,7 +32,7 @@ def body(call: StageCall) -> dict:
         verdict = distillation_verdict(results["student"]["correct"], results["baseline"]["correct"], cfg=call.cfg)
         info["verdict"] = verdict.as_dict()  # did distillation pay? (register tags / withholds on it)
         flat["student_gain_margin"] = verdict.margin
-        call.tracker.set_tags(call.run_id, {"kdflow.distillation_pays": verdict.pays,
-                                            "kdflow.verdict": verdict.message})
+        call.tracker.set_tags(
+            call.run_id, {"kdflow.distillation_pays": verdict.pays, "kdflow.verdict": verdict.message}
+        )
     return {"path": str(out), "metrics": flat, "info": info}
-

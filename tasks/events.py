@@ -4,6 +4,7 @@ Stage tasks publish here from the same callbacks that feed MLflow (never by pars
 CLI subscribes for the length of a run. Publishing with no subscriber costs nothing, and a
 listener that raises never breaks a stage.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -5,6 +5,7 @@ difference from the PyTorch model is logged there as ``export_max_abs_diff``, an
 version is tagged with where the export is (``kdflow.export_uri``), so a version can be served
 and evaluated without unpickling Python objects.
 """
+
 from __future__ import annotations
 
 import time
@@ -15,9 +16,9 @@ from prefect import task
 from kdcore.config import PipelineConfig
 from kdcore.export import export_torchscript
 from kdcore.train.checkpoint import load_model
+from tasks.context import RunContext
 from tasks.data import load_data
 from tasks.home import stage_dir
-from tasks.context import RunContext
 
 EXPORT_NAME = "student.torchscript.pt"
 PARITY_SAMPLES = 512
@@ -40,11 +41,21 @@ def export_task(cfg: dict, ctx: dict, distill: dict, version: Optional[str]) -> 
     tracker.log_metrics(run_id, {"export_max_abs_diff": result.max_abs_diff})
     tracker.set_tags(run_id, {"kdflow.export_method": result.method})
     uri = f"runs:/{run_id}/export/{EXPORT_NAME}"
-    info = {"format": config.export.format, "method": result.method, "path": str(result.path), "artifact_uri": uri,
-            "max_abs_diff": result.max_abs_diff, "samples": result.samples, "version": version,
-            "seconds": round(time.perf_counter() - t0, 3)}
+    info = {
+        "format": config.export.format,
+        "method": result.method,
+        "path": str(result.path),
+        "artifact_uri": uri,
+        "max_abs_diff": result.max_abs_diff,
+        "samples": result.samples,
+        "version": version,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
     if version is not None:
-        tags = {"kdflow.export_format": config.export.format, "kdflow.export_uri": uri,
-                "kdflow.export_max_abs_diff": f"{result.max_abs_diff:.3g}"}
+        tags = {
+            "kdflow.export_format": config.export.format,
+            "kdflow.export_uri": uri,
+            "kdflow.export_max_abs_diff": f"{result.max_abs_diff:.3g}",
+        }
         tracker.set_version_tags(config.register.student_name, version, tags)
     return info

@@ -1,4 +1,5 @@
 """Task `features`: build or reuse the teacher's cache entries (train views and val)."""
+
 import time
 
 from kdcore.stages import build_features
@@ -17,7 +18,14 @@ def body(call: StageCall) -> dict:
         call.tracker.log_text(call.run_id, (entry.root / "manifest.json").read_text(), f"cache_{split}_manifest.json")
     size = sum(e.size_bytes() for e, _ in entries.values())
     built = {split: b for split, (_, b) in entries.items()}
-    return {"path": str(entries["train"][0].root), "sha256": entries["train"][0].key,
-            "metrics": {"cache_bytes": size, "build_seconds": seconds, "entries_built": sum(built.values())},
-            "info": {"keys": {split: e.key for split, (e, _) in entries.items()}, "built": built,
-                     "paths": entries["train"][0].paths, "num_views": entries["train"][0].num_views}}
+    return {
+        "path": str(entries["train"][0].root),
+        "sha256": entries["train"][0].key,
+        "metrics": {"cache_bytes": size, "build_seconds": seconds, "entries_built": sum(built.values())},
+        "info": {
+            "keys": {split: e.key for split, (e, _) in entries.items()},
+            "built": built,
+            "paths": entries["train"][0].paths,
+            "num_views": entries["train"][0].num_views,
+        },
+    }

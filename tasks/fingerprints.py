@@ -3,6 +3,7 @@
 Each stage's declaration (tasks/spec.py) names the reader below that picks the config it depends
 on; the fingerprint hashes that, the fingerprints of the stage's inputs and the data fingerprint.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -26,7 +27,7 @@ def _model(section: dict[str, Any]) -> dict[str, Any]:
         section = {**section, "kwargs": {**kwargs, "weights": file_sha256(Path(weights).expanduser())}}
     arch = str(section.get("arch", ""))
     if arch.startswith("python:"):
-        section = {**section, "source": _module_sha256(arch[len("python:"):].split(":")[0])}
+        section = {**section, "source": _module_sha256(arch[len("python:") :].split(":")[0])}
     return section
 
 
@@ -57,24 +58,42 @@ def teacher_reads(cfg: PipelineConfig) -> dict[str, Any]:
 
 
 def features_reads(cfg: PipelineConfig) -> dict[str, Any]:
-    return {"dtype": cfg.cache.dtype, "paths": teacher_paths(cfg), "views": cfg.cache.views.model_dump(),
-            "topk": cfg.cache.topk}
+    return {
+        "dtype": cfg.cache.dtype,
+        "paths": teacher_paths(cfg),
+        "views": cfg.cache.views.model_dump(),
+        "topk": cfg.cache.topk,
+    }
 
 
 def pretrain_reads(cfg: PipelineConfig) -> dict[str, Any]:
-    return _with_user_code(cfg, {"pretrain": cfg.section("pretrain"), "student": _model(cfg.section("student")),
-                                 "trainer": _trainer(cfg)})
+    return _with_user_code(
+        cfg, {"pretrain": cfg.section("pretrain"), "student": _model(cfg.section("student")), "trainer": _trainer(cfg)}
+    )
 
 
 def distill_reads(cfg: PipelineConfig) -> dict[str, Any]:
-    return _with_user_code(cfg, {"distill": cfg.section("distill"), "mode": cfg.cache.mode,
-                                 "views": cfg.cache.views.model_dump(), "trainer": _trainer(cfg)})
+    return _with_user_code(
+        cfg,
+        {
+            "distill": cfg.section("distill"),
+            "mode": cfg.cache.mode,
+            "views": cfg.cache.views.model_dump(),
+            "trainer": _trainer(cfg),
+        },
+    )
 
 
 def baseline_reads(cfg: PipelineConfig) -> dict[str, Any]:
-    return _with_user_code(cfg, {"train": cfg.baseline_train().model_dump(mode="json"),
-                                 "student": _model(cfg.section("student")), "views": cfg.cache.views.model_dump(),
-                                 "trainer": _trainer(cfg)})
+    return _with_user_code(
+        cfg,
+        {
+            "train": cfg.baseline_train().model_dump(mode="json"),
+            "student": _model(cfg.section("student")),
+            "views": cfg.cache.views.model_dump(),
+            "trainer": _trainer(cfg),
+        },
+    )
 
 
 def evaluate_reads(cfg: PipelineConfig) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """Where kdflow keeps things: KDFLOW_HOME (default ./.kdflow) holds artifacts, cache and the
 default MLflow store."""
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,9 @@ def kdflow_home() -> Path:
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        raise KdflowError(f"KDFLOW_HOME {home} is not writable ({exc.strerror}); set KDFLOW_HOME to a writable "
-                          "directory") from None
+        raise KdflowError(
+            f"KDFLOW_HOME {home} is not writable ({exc.strerror}); set KDFLOW_HOME to a writable directory"
+        ) from None
     return home
 
 

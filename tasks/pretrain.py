@@ -1,4 +1,5 @@
 """Task `pretrain`: the student's initialisation (hint training or teacher layers)."""
+
 from kdcore.losses import build_objective
 from kdcore.stages import TeacherSource, pretrain_student
 from kdcore.stages.distill import pretrain_objective_spec

@@ -9,6 +9,7 @@ live in ``kdcore.evaluate.promotion_rules``; every registry read and write goes 
   McNemar's test on per-sample correctness.
 - ``apply_decision``: tags first, the alias last, so a run that fails anywhere moves no alias.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,16 +26,37 @@ from prefect import task
 from kdcore.config import PipelineConfig
 from kdcore.errors import KdflowError
 from kdcore.evaluate import per_sample_correct, predict
-from kdcore.evaluate.promotion_rules import (CHALLENGER, CHAMPION, PROMOTED_AT, Decision, Version, decide,
-                                             decision_tags, fresh_seed, retrain_reasons)
+from kdcore.evaluate.promotion_rules import (
+    CHALLENGER,
+    CHAMPION,
+    PROMOTED_AT,
+    Decision,
+    Version,
+    decide,
+    decision_tags,
+    fresh_seed,
+    retrain_reasons,
+)
 from kdcore.evaluate.significance import mcnemar_test
 from kdcore.export import load_torchscript
 from tasks.context import RunContext
 from tasks.data import load_data
 from tasks.tracking import Tracker
 
-__all__ = ["CHALLENGER", "CHAMPION", "PROMOTED_AT", "Decision", "Version", "apply_decision", "compare_task",
-           "decide", "fresh_seed", "load_version_model", "retrain_reasons", "versions_table"]
+__all__ = [
+    "CHALLENGER",
+    "CHAMPION",
+    "PROMOTED_AT",
+    "Decision",
+    "Version",
+    "apply_decision",
+    "compare_task",
+    "decide",
+    "fresh_seed",
+    "load_version_model",
+    "retrain_reasons",
+    "versions_table",
+]
 
 
 def load_version_model(tracker: Tracker, v: Version) -> torch.nn.Module:
@@ -69,11 +91,14 @@ def versions_table(tracker: Tracker, rows: dict[str, tuple[Version, float]]) -> 
     for role, (v, top1) in rows.items():
         metrics = tracker.run_metrics(v.run_id)
         out[role] = {
-            "version": v.version, "registered": v.created.strftime("%Y-%m-%d %H:%M"),
+            "version": v.version,
+            "registered": v.created.strftime("%Y-%m-%d %H:%M"),
             "data": str(v.tags.get("kdflow.data_fingerprint", ""))[:12],
             "registered_test_top1": _float(v.tags.get("test_top1")),
-            "final_val_top1": metrics.get("final_val_top1"), "final_val_loss": metrics.get("final_val_loss"),
-            "heldout_top1": top1, "run_id": v.run_id,
+            "final_val_top1": metrics.get("final_val_top1"),
+            "final_val_loss": metrics.get("final_val_loss"),
+            "heldout_top1": top1,
+            "run_id": v.run_id,
         }
     table = pd.DataFrame.from_dict(out, orient="index")
     table.index.name = "role"
@@ -99,12 +124,17 @@ def compare_task(cfg: dict, ctx: dict, champion: dict, challenger: dict, challen
     logits = predict(model, data.test.x, batch_size=config.evaluate.batch_size)
     champ_correct = per_sample_correct(logits, data.test.y).tolist()
     if len(challenger_correct) != len(champ_correct):
-        raise KdflowError(f"the challenger was evaluated on {len(challenger_correct)} samples but the held-out split "
-                          f"has {len(champ_correct)}; no alias was moved")
+        raise KdflowError(
+            f"the challenger was evaluated on {len(challenger_correct)} samples but the held-out split "
+            f"has {len(champ_correct)}; no alias was moved"
+        )
     test = mcnemar_test(challenger_correct, champ_correct)  # a = challenger, b = champion
     table = versions_table(tracker, {CHAMPION: (champ, test.accuracy_b), CHALLENGER: (chall, test.accuracy_a)})
-    return {"mcnemar": test.as_dict(), "delta_top1": test.accuracy_a - test.accuracy_b,
-            "table": json.loads(table.reset_index().to_json(orient="records"))}
+    return {
+        "mcnemar": test.as_dict(),
+        "delta_top1": test.accuracy_a - test.accuracy_b,
+        "table": json.loads(table.reset_index().to_json(orient="records")),
+    }
 
 
 def apply_decision(tracker: Tracker, name: str, decision: Decision, flow_run_id: str) -> None:

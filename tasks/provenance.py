@@ -1,6 +1,7 @@
 """What a run needs to be repeated: its complete resolved config (secrets redacted) as the artifact
 ``config.yaml``, and a readable code version (package version, source hash, git commit when the
 code is a git checkout) as tags on the pipeline run and on every registered version."""
+
 from __future__ import annotations
 
 import functools
@@ -20,8 +21,7 @@ from tasks.tracking import Tracker, redact
 CONFIG_ARTIFACT = "config.yaml"
 REDACTED = "***"
 # a key named like a secret: "password", "hf_token", "api-key", "aws_secret_access_key" (not "tokenizer")
-_SECRET_KEY = re.compile(r"(^|[_-])(password|passwd|secret|token|api[_-]?key|access[_-]?key|credentials?|auth)$",
-                         re.I)
+_SECRET_KEY = re.compile(r"(^|[_-])(password|passwd|secret|token|api[_-]?key|access[_-]?key|credentials?|auth)$", re.I)
 
 
 def redacted(value: Any, key: str = "") -> Any:
@@ -50,10 +50,16 @@ def git_commit() -> str | None:
     if not (root / ".git").exists():
         return None
     try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{head}-dirty" if dirty else head or None

@@ -1,4 +1,5 @@
 """The record a stage task returns: small, JSON-serialisable, enough to find its artifact again."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,5 +30,10 @@ class StageRecord(BaseModel):
 def record_fields(result: "StageResult", model_uri: Optional[str] = None) -> dict[str, Any]:
     """What a stage body contributes to its record, from the kdcore stage function's result (the
     task adds stage, fingerprint, MLflow run and timing)."""
-    return {"path": None if result.path is None else str(result.path), "sha256": result.sha256,
-            "metrics": result.metrics, "info": result.info, "model_uri": model_uri}
+    return {
+        "path": None if result.path is None else str(result.path),
+        "sha256": result.sha256,
+        "metrics": result.metrics,
+        "info": result.info,
+        "model_uri": model_uri,
+    }

@@ -10,6 +10,7 @@ table; the order of the table is an order the DAG can run in::
     teacher ──► features ──► pretrain ──► distill ──► evaluate ──► register
         (baseline, beside: no inputs; evaluate reads it when enabled)
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -63,19 +64,33 @@ class StageSpec:
         return {name: records[name] for name in self.inputs if name in records}
 
 
-STAGES: dict[str, StageSpec] = {s.name: s for s in (
-    StageSpec("teacher", inputs=(), reads=fp.teacher_reads, body=teacher.body, training=True),
-    StageSpec("features", inputs=("teacher",), reads=fp.features_reads, body=features.body,
-              intact=entries_intact),
-    StageSpec("pretrain", inputs=("teacher", "features"), reads=fp.pretrain_reads, body=pretrain.body,
-              training=True),
-    StageSpec("distill", inputs=("pretrain", "features", "teacher"), reads=fp.distill_reads, body=distill.body,
-              training=True),
-    StageSpec("baseline", inputs=(), reads=fp.baseline_reads, body=baseline.body, training=True,
-              enabled=lambda cfg: cfg.baseline.enabled),
-    StageSpec("evaluate", inputs=("teacher", "baseline", "distill"), reads=fp.evaluate_reads, body=evaluate.body),
-    StageSpec("register", inputs=("teacher", "distill", "evaluate"), reads=fp.register_reads, body=register.body),
-)}
+STAGES: dict[str, StageSpec] = {
+    s.name: s
+    for s in (
+        StageSpec("teacher", inputs=(), reads=fp.teacher_reads, body=teacher.body, training=True),
+        StageSpec("features", inputs=("teacher",), reads=fp.features_reads, body=features.body, intact=entries_intact),
+        StageSpec(
+            "pretrain", inputs=("teacher", "features"), reads=fp.pretrain_reads, body=pretrain.body, training=True
+        ),
+        StageSpec(
+            "distill",
+            inputs=("pretrain", "features", "teacher"),
+            reads=fp.distill_reads,
+            body=distill.body,
+            training=True,
+        ),
+        StageSpec(
+            "baseline",
+            inputs=(),
+            reads=fp.baseline_reads,
+            body=baseline.body,
+            training=True,
+            enabled=lambda cfg: cfg.baseline.enabled,
+        ),
+        StageSpec("evaluate", inputs=("teacher", "baseline", "distill"), reads=fp.evaluate_reads, body=evaluate.body),
+        StageSpec("register", inputs=("teacher", "distill", "evaluate"), reads=fp.register_reads, body=register.body),
+    )
+}
 
 
 def stage_spec(name: str) -> StageSpec:
@@ -87,4 +102,3 @@ def stage_spec(name: str) -> StageSpec:
 
 def enabled_stages(cfg: PipelineConfig) -> list[StageSpec]:
     return [s for s in STAGES.values() if s.enabled(cfg)]
-

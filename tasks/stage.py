@@ -5,6 +5,7 @@ is the stage fingerprint, so an unchanged rerun skips it. ``submit_stage`` / ``f
 how flows run one: training stages with ``trainer.retries``, and a cached record whose artifact has
 vanished or is damaged computed again.
 """
+
 from __future__ import annotations
 
 import time
@@ -47,7 +48,8 @@ class TrackingCallbacks(TrainCallbacks):
         self.max_epochs = max_epochs
         try:
             self.artifact_id = create_progress_artifact(
-                100.0 * start_epoch / max_epochs, description=f"{self.stage}: epoch {start_epoch}/{max_epochs}")
+                100.0 * start_epoch / max_epochs, description=f"{self.stage}: epoch {start_epoch}/{max_epochs}"
+            )
         except Exception:  # noqa: BLE001 - progress display must never break training
             self.artifact_id = None
 
@@ -64,8 +66,11 @@ class TrackingCallbacks(TrainCallbacks):
         events.emit(self.stage, "epoch", epoch=epoch, max_epochs=self.max_epochs, metrics=dict(metrics))
         if self.artifact_id is not None:
             try:
-                update_progress_artifact(self.artifact_id, 100.0 * (epoch + 1) / self.max_epochs,
-                                         description=f"{self.stage}: epoch {epoch + 1}/{self.max_epochs}")
+                update_progress_artifact(
+                    self.artifact_id,
+                    100.0 * (epoch + 1) / self.max_epochs,
+                    description=f"{self.stage}: epoch {epoch + 1}/{self.max_epochs}",
+                )
             except Exception:  # noqa: BLE001
                 pass
 
@@ -95,8 +100,7 @@ class StageCall:
         t0 = time.perf_counter()
         try:
             if self.training and self.cfg.trainer.devices > 1:  # DDP, one process per device
-                return run_distributed(fn, *args, world_size=self.cfg.trainer.devices, device=self.env.device,
-                                       **kwargs)
+                return run_distributed(fn, *args, world_size=self.cfg.trainer.devices, device=self.env.device, **kwargs)
             return fn(*args, **kwargs)
         finally:
             self.compute_seconds += time.perf_counter() - t0
@@ -128,8 +132,7 @@ def stage_task(spec: "StageSpec"):
         t0 = time.perf_counter()
         events.emit(spec.name, "running")
         try:
-            record = _run_body(spec, PipelineConfig.model_validate(cfg), data_fp, RunContext.from_dict(ctx),
-                               inputs, t0)
+            record = _run_body(spec, PipelineConfig.model_validate(cfg), data_fp, RunContext.from_dict(ctx), inputs, t0)
         except BaseException as exc:
             events.emit(spec.name, "failed", message=f"{type(exc).__name__}: {exc}")
             raise
@@ -137,34 +140,56 @@ def stage_task(spec: "StageSpec"):
         return record.model_dump(mode="json")
 
     run.__name__ = f"{spec.name}_task"
-    return task(run, name=spec.name, cache_key_fn=_key(spec), persist_result=True,
-                retries=1 if spec.training else 0,  # the default of trainer.retries; flows set the configured one
-                retry_delay_seconds=1, retry_condition_fn=_no_retry_on_user_error,
-                tags=["gpu"] if spec.training else None)
+    return task(
+        run,
+        name=spec.name,
+        cache_key_fn=_key(spec),
+        persist_result=True,
+        retries=1 if spec.training else 0,  # the default of trainer.retries; flows set the configured one
+        retry_delay_seconds=1,
+        retry_condition_fn=_no_retry_on_user_error,
+        tags=["gpu"] if spec.training else None,
+    )
 
 
-def _run_body(spec: "StageSpec", config: PipelineConfig, data_fp: str, ctx: RunContext, inputs: dict,
-              t0: float) -> StageRecord:
+def _run_body(
+    spec: "StageSpec", config: PipelineConfig, data_fp: str, ctx: RunContext, inputs: dict, t0: float
+) -> StageRecord:
     fp = fingerprint(spec, config, data_fp, inputs)
     tracker = ctx.tracker()
     retried = _failed_attempt(tracker, ctx, spec.name, fp)
-    tags = ({"kdflow.attempts": str(_attempt())} if retried else
-            {"kdflow.stage": spec.name, "kdflow.fingerprint": fp, "kdflow.data_fingerprint": data_fp})
+    tags = (
+        {"kdflow.attempts": str(_attempt())}
+        if retried
+        else {"kdflow.stage": spec.name, "kdflow.fingerprint": fp, "kdflow.data_fingerprint": data_fp}
+    )
     with tracker.run(ctx.experiment_id, spec.name, parent=ctx.parent_run_id, tags=tags, run_id=retried) as run_id:
         tracker.log_params(run_id, {"stage": spec.name, "data": config.section("data"), **spec.reads(config)})
         data = load_data(config.data)
         env = StageEnv(config, data, stage_dir(ctx.home, spec.name, fp), TrackingCallbacks(tracker, run_id, spec.name))
-        call = StageCall(spec.name, config, data, env, tracker, run_id, fp,
-                         {k: StageRecord.model_validate(v) for k, v in inputs.items()}, ctx.home,
-                         ctx.parent_run_id, training=spec.training)
+        call = StageCall(
+            spec.name,
+            config,
+            data,
+            env,
+            tracker,
+            run_id,
+            fp,
+            {k: StageRecord.model_validate(v) for k, v in inputs.items()},
+            ctx.home,
+            ctx.parent_run_id,
+            training=spec.training,
+        )
         # concurrent stages spread over the visible GPUs, across processes and workers
         with device_slot(config.trainer.device, count=config.trainer.devices, lock_dir=ctx.home / "locks" / "devices"):
             fields = spec.body(call)
         fields.setdefault("info", {})["compute_seconds"] = round(call.compute_seconds, 3)
-        record = StageRecord(stage=spec.name, fingerprint=fp, mlflow_run_id=run_id,
-                             seconds=round(time.perf_counter() - t0, 3), **fields)
-        tracker.log_metrics(run_id, {**{spec.metric_name(k): v for k, v in record.metrics.items()},
-                                     "stage_seconds": record.seconds})
+        record = StageRecord(
+            stage=spec.name, fingerprint=fp, mlflow_run_id=run_id, seconds=round(time.perf_counter() - t0, 3), **fields
+        )
+        tracker.log_metrics(
+            run_id, {**{spec.metric_name(k): v for k, v in record.metrics.items()}, "stage_seconds": record.seconds}
+        )
         tracker.set_tags(run_id, {"kdflow.artifact_sha256": record.sha256 or ""})
     return record
 
@@ -185,6 +210,7 @@ def _failed_attempt(tracker: Tracker, ctx: RunContext, stage: str, fp: str) -> O
 
 
 # ---- running a stage from a flow -------------------------------------------------------------
+
 
 @dataclass
 class SubmittedStage:
@@ -208,8 +234,9 @@ class SubmittedStage:
         return round((self.finished or time.perf_counter()) - self.started, 3)
 
 
-def submit_stage(stage: "str | StageSpec", cfg: dict, data_fp: str, ctx: "RunContext | dict", inputs: dict,
-                 refresh: bool = False) -> SubmittedStage:
+def submit_stage(
+    stage: "str | StageSpec", cfg: dict, data_fp: str, ctx: "RunContext | dict", inputs: dict, refresh: bool = False
+) -> SubmittedStage:
     """Submit a stage's task (a training stage with the config's ``trainer.retries``)."""
     from tasks.spec import stage_spec
 
@@ -242,7 +269,8 @@ def finish_stage(sub: SubmittedStage) -> tuple[dict, bool]:
     return record, cached
 
 
-def run_stage(stage: "str | StageSpec", cfg: dict, data_fp: str, ctx: "RunContext | dict",
-              inputs: dict) -> tuple[dict, bool]:
+def run_stage(
+    stage: "str | StageSpec", cfg: dict, data_fp: str, ctx: "RunContext | dict", inputs: dict
+) -> tuple[dict, bool]:
     """Submit a stage and wait for it (see :func:`finish_stage`)."""
     return finish_stage(submit_stage(stage, cfg, data_fp, ctx, inputs))

@@ -1,4 +1,5 @@
 """Task `teacher`: train (or load) the teacher and log it to MLflow."""
+
 from kdcore.stages import train_teacher
 from tasks.records import record_fields
 from tasks.stage import StageCall

@@ -1,5 +1,6 @@
 """The MLflow adapter: every run, metric, model and registry call goes through here, always with
 an explicit run id (MLflow's active run is per thread)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -97,7 +98,7 @@ class Tracker:
         explicit experiment would land in the user's working directory."""
         if not self.uri.startswith("sqlite:///") or self.uri in _INITIALISED:
             return
-        db = Path(self.uri[len("sqlite:///"):])
+        db = Path(self.uri[len("sqlite:///") :])
         if not db.parent.is_dir():  # check_reachable reports it; MLflow's own error otherwise
             return
         with _LOCK:
@@ -126,8 +127,9 @@ class Tracker:
                     self.client.set_experiment_tag(exp.experiment_id, key, value)
             return exp.experiment_id
 
-    def start_run(self, experiment_id: str, name: str, parent: Optional[str] = None,
-                  tags: Optional[dict[str, str]] = None) -> str:
+    def start_run(
+        self, experiment_id: str, name: str, parent: Optional[str] = None, tags: Optional[dict[str, str]] = None
+    ) -> str:
         tags = dict(tags or {})
         if parent:
             tags["mlflow.parentRunId"] = parent
@@ -135,8 +137,14 @@ class Tracker:
             return self.client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
 
     @contextlib.contextmanager
-    def run(self, experiment_id: str, name: str, parent: Optional[str] = None,
-            tags: Optional[dict[str, str]] = None, run_id: Optional[str] = None) -> Iterator[str]:
+    def run(
+        self,
+        experiment_id: str,
+        name: str,
+        parent: Optional[str] = None,
+        tags: Optional[dict[str, str]] = None,
+        run_id: Optional[str] = None,
+    ) -> Iterator[str]:
         """A run (a new one, or ``run_id`` reopened) that ends FINISHED when the block completes
         and FAILED when it raises (the exception goes on)::
 
@@ -164,9 +172,14 @@ class Tracker:
         """The newest FAILED run of ``stage`` with this fingerprint under ``parent``, if any."""
         with _LOCK:
             found = self.client.search_runs(
-                [experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
-                filter_string=(f"tags.mlflow.parentRunId = '{parent}' and tags.`kdflow.stage` = '{stage}' "
-                               f"and tags.`kdflow.fingerprint` = '{fingerprint}' and attributes.status = 'FAILED'"))
+                [experiment_id],
+                max_results=1,
+                order_by=["attributes.start_time DESC"],
+                filter_string=(
+                    f"tags.mlflow.parentRunId = '{parent}' and tags.`kdflow.stage` = '{stage}' "
+                    f"and tags.`kdflow.fingerprint` = '{fingerprint}' and attributes.status = 'FAILED'"
+                ),
+            )
         return found[0].info.run_id if found else None
 
     def logged_steps(self, run_id: str, key: str) -> set[int]:
@@ -182,17 +195,20 @@ class Tracker:
         items = [Param(k, redact(json.dumps(v) if not isinstance(v, str) else v)[:6000]) for k, v in flat.items()]
         with _LOCK:
             for i in range(0, len(items), 100):
-                self.client.log_batch(run_id, params=items[i:i + 100])
+                self.client.log_batch(run_id, params=items[i : i + 100])
 
     def log_metrics(self, run_id: str, metrics: dict[str, Any], step: Optional[int] = None) -> None:
         import time
 
         ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, step or 0) for k, v in flatten(metrics).items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)]
+        items = [
+            Metric(k, float(v), ts, step or 0)
+            for k, v in flatten(metrics).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+        ]
         with _LOCK:
             for i in range(0, len(items), 500):
-                self.client.log_batch(run_id, metrics=items[i:i + 500])
+                self.client.log_batch(run_id, metrics=items[i : i + 500])
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         with _LOCK:
@@ -208,8 +224,14 @@ class Tracker:
             p.write_text(text)
             self.log_artifact(run_id, p)
 
-    def log_torch_model(self, run_id: str, model: torch.nn.Module, example: torch.Tensor, name: str = "model",
-                        extra_files: Optional[list[Path]] = None) -> str:
+    def log_torch_model(
+        self,
+        run_id: str,
+        model: torch.nn.Module,
+        example: torch.Tensor,
+        name: str = "model",
+        extra_files: Optional[list[Path]] = None,
+    ) -> str:
         """Log ``model`` with the pytorch flavour (kdcore shipped as code) and return its model URI.
 
         ``extra_files`` (e.g. the text vocabulary) are stored in the model under ``extra_files/``."""
@@ -224,14 +246,19 @@ class Tracker:
             # the logged model belongs to the run's experiment; left to MLflow, it would go to the
             # process's active experiment ("Default", id 0, whose artifacts may lie in ./mlruns)
             run = self.client.get_run(run_id)
-            logged = self.client.create_logged_model(run.info.experiment_id, name=name, source_run_id=run_id,
-                                                     params=dict(run.data.params))
+            logged = self.client.create_logged_model(
+                run.info.experiment_id, name=name, source_run_id=run_id, params=dict(run.data.params)
+            )
         with process_uri(self.uri), warnings.catch_warnings():
             # torch.export on nn.GRU/LSTM warns that their _flat_weights were "assigned during export":
             # harmless (tests/test_sequence_pipeline.py checks the logged model against the trained one)
             warnings.filterwarnings("ignore", message=r"The tensor attributes .*_flat_weights", category=UserWarning)
             info = mlflow.pytorch.log_model(
-                model, name=name, run_id=run_id, model_id=logged.model_id, input_example=x,
+                model,
+                name=name,
+                run_id=run_id,
+                model_id=logged.model_id,
+                input_example=x,
                 signature=infer_signature(x, y),
                 pip_requirements=[torch_req, f"numpy=={np.__version__}"],
                 code_paths=[str(Path(kdcore.__file__).parent)],
@@ -242,15 +269,16 @@ class Tracker:
     def find_version(self, name: str, fingerprint: str) -> Optional[str]:
         """The oldest version of ``name`` registered for this stage fingerprint, if any."""
         with _LOCK:
-            found = self.client.search_model_versions(
-                f"name='{name}' and tags.`kdflow.fingerprint`='{fingerprint}'")
+            found = self.client.search_model_versions(f"name='{name}' and tags.`kdflow.fingerprint`='{fingerprint}'")
         return str(min(int(v.version) for v in found)) if found else None
 
     def register(self, model_uri: str, name: str, tags: dict[str, Any]) -> tuple[str, bool]:
         """Register ``model_uri`` as a version of ``name`` unless the same fingerprint already is one.
 
         Returns (version, created)."""
-        existing = self.find_version(name, str(tags.get("kdflow.fingerprint", ""))) if "kdflow.fingerprint" in tags else None
+        existing = (
+            self.find_version(name, str(tags.get("kdflow.fingerprint", ""))) if "kdflow.fingerprint" in tags else None
+        )
         if existing is not None:
             return existing, False
         with process_uri(self.uri):  # register_model waits until the version is READY
@@ -309,8 +337,9 @@ class Tracker:
 
     def download(self, artifact_uri: str, dst: Path) -> Path:
         with _LOCK:
-            return Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(dst),
-                                                            tracking_uri=self.uri))
+            return Path(
+                mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(dst), tracking_uri=self.uri)
+            )
 
     def load_pytorch_model(self, name: str, version: str, dst: Path) -> torch.nn.Module:
         """A registered version's PyTorch model (MLflow's pytorch flavour), ``sys.path`` left as it was."""
@@ -348,15 +377,17 @@ def check_prefect_api() -> None:
     try:
         _ping(url.rstrip("/") + "/health")
     except Exception as exc:  # noqa: BLE001
-        raise KdflowError(f"Prefect server {redact(url)} (PREFECT_API_URL) is unreachable "
-                          f"({redact(str(exc))}); start it with `prefect server start` or unset PREFECT_API_URL "
-                          "to use a temporary local server") from None
+        raise KdflowError(
+            f"Prefect server {redact(url)} (PREFECT_API_URL) is unreachable "
+            f"({redact(str(exc))}); start it with `prefect server start` or unset PREFECT_API_URL "
+            "to use a temporary local server"
+        ) from None
 
 
 def check_reachable(uri: str) -> None:
     """Fail with one clear message when the tracking store cannot be reached or created."""
     if uri.startswith("sqlite:///"):
-        parent = Path(uri[len("sqlite:///"):]).parent
+        parent = Path(uri[len("sqlite:///") :]).parent
         if not parent.is_dir() or not os.access(parent, os.W_OK):
             raise KdflowError(f"MLflow tracking URI {uri}: directory {parent} does not exist or is not writable")
         return
@@ -367,12 +398,16 @@ def check_reachable(uri: str) -> None:
 
         scheme = urlsplit(uri).scheme.split("+")[0].lower()
         if scheme not in _tracking_store_registry._registry:
-            raise KdflowError(f"MLFLOW_TRACKING_URI {redact(uri)}: MLflow has no store for the scheme {scheme!r} "
-                              "(use http(s)://HOST:PORT, sqlite:///PATH or a database URI; unset it to use "
-                              "KDFLOW_HOME/mlflow.db)")
+            raise KdflowError(
+                f"MLFLOW_TRACKING_URI {redact(uri)}: MLflow has no store for the scheme {scheme!r} "
+                "(use http(s)://HOST:PORT, sqlite:///PATH or a database URI; unset it to use "
+                "KDFLOW_HOME/mlflow.db)"
+            )
         return
     try:
         _ping(uri.rstrip("/") + "/health")
     except Exception as exc:  # noqa: BLE001
-        raise KdflowError(f"MLflow tracking server {redact(uri)} is unreachable ({redact(str(exc))}); start it or "
-                          "fix MLFLOW_TRACKING_URI") from None
+        raise KdflowError(
+            f"MLflow tracking server {redact(uri)} is unreachable ({redact(str(exc))}); start it or "
+            "fix MLFLOW_TRACKING_URI"
+        ) from None

@@ -1,4 +1,5 @@
 """Shared fixtures. Prefect's temporary server starts once per test session."""
+
 from __future__ import annotations
 
 import contextlib
@@ -30,8 +31,16 @@ TINY = {
 
 # The slowest modules first: under `pytest -n 2 --dist loadfile` (the README's test command) a
 # long module that started last would leave the other worker idle at the end.
-SLOW_FIRST = ("test_servers", "test_integration_servers", "test_sequence_pipeline", "test_reliability",
-              "test_pipeline", "test_methods_configs", "test_sweep", "test_retrain")
+SLOW_FIRST = (
+    "test_servers",
+    "test_integration_servers",
+    "test_sequence_pipeline",
+    "test_reliability",
+    "test_pipeline",
+    "test_methods_configs",
+    "test_sweep",
+    "test_retrain",
+)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -52,7 +61,7 @@ def pytest_configure(config):
 @pytest.fixture(autouse=True)
 def _isolated_process_state():
     """Each test leaves os.environ, MLflow's process-wide tracking URI and torch's thread count as it
-found them."""
+    found them."""
     import mlflow
     import torch
 

@@ -1,4 +1,5 @@
 """Small generated image datasets for the streaming tests: colour-coded classes, PNG files."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,6 +19,6 @@ def write_image_folder(root: Path, classes: int = 3, per_class: int = 30, size: 
             a = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
             a[..., c % 3] //= 4
             q = size // 4
-            a[q * (c % 3):q * (c % 3) + q, q:2 * q] = 255
+            a[q * (c % 3) : q * (c % 3) + q, q : 2 * q] = 255
             Image.fromarray(a).save(folder / f"{i}.png")
     return root

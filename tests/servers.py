@@ -1,4 +1,5 @@
 """Real Prefect and MLflow servers for tests: started as subprocesses on 127.0.0.1, stopped cleanly."""
+
 from __future__ import annotations
 
 import os
@@ -58,8 +59,9 @@ class Server:
         """Start the process without waiting for it to answer (start several, then ``wait`` each)."""
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as fh:
-            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv, env=self.env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+            )
         return self
 
     def wait(self, timeout: float = 180.0) -> "Server":
@@ -88,31 +90,65 @@ class Server:
 def mlflow_server(root: Path, port: int | None = None) -> Server:
     port = port or free_port()
     root.mkdir(parents=True, exist_ok=True)
-    argv = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]
+    argv = [
+        str(BIN / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--workers",
+        "1",
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    return Server("mlflow", argv, env, f"http://127.0.0.1:{port}/health", root / "mlflow.log", port=port,
-                  extra={"uri": f"http://127.0.0.1:{port}"})
+    return Server(
+        "mlflow",
+        argv,
+        env,
+        f"http://127.0.0.1:{port}/health",
+        root / "mlflow.log",
+        port=port,
+        extra={"uri": f"http://127.0.0.1:{port}"},
+    )
 
 
 def prefect_server(root: Path, port: int | None = None) -> Server:
     port = port or free_port()
     root.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(root / "home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_SERVER_LOGGING_LEVEL="WARNING", PREFECT_UI_ENABLED="false")
+    env.update(
+        PREFECT_HOME=str(root / "home"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_LOGGING_LEVEL="WARNING",
+        PREFECT_UI_ENABLED="false",
+    )
     argv = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    return Server("prefect", argv, env, f"http://127.0.0.1:{port}/api/health", root / "prefect.log", port=port,
-                  extra={"api": f"http://127.0.0.1:{port}/api"})
+    return Server(
+        "prefect",
+        argv,
+        env,
+        f"http://127.0.0.1:{port}/api/health",
+        root / "prefect.log",
+        port=port,
+        extra={"api": f"http://127.0.0.1:{port}/api"},
+    )
 
 
 def client_env(prefect: Server, mlflow_uri: str, home: Path) -> dict[str, str]:
     """The environment of a kdflow process that talks to these servers."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    env.update(PREFECT_API_URL=prefect.extra["api"], MLFLOW_TRACKING_URI=mlflow_uri, KDFLOW_HOME=str(home),
-               PREFECT_HOME=str(home / "prefect-client"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_LOGGING_LEVEL="WARNING")
+    env.update(
+        PREFECT_API_URL=prefect.extra["api"],
+        MLFLOW_TRACKING_URI=mlflow_uri,
+        KDFLOW_HOME=str(home),
+        PREFECT_HOME=str(home / "prefect-client"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_LOGGING_LEVEL="WARNING",
+    )
     return env
 
 

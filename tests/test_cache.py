@@ -1,5 +1,6 @@
 """The teacher cache: exact replay of augmented views, cached == online, damage detected, one
 entry from concurrent builders, top-k compression, gc."""
+
 from __future__ import annotations
 
 import threading
@@ -24,8 +25,15 @@ def data():
 
 
 def _env(data, tmp_path, **cache):
-    cfg = tiny_config(cache=cache, distill={"losses": {"kd": {"weight": 1.0}, "fitnet": {
-        "weight": 1.0, "pairs": [{"student": "block1", "teacher": "block2"}]}}})
+    cfg = tiny_config(
+        cache=cache,
+        distill={
+            "losses": {
+                "kd": {"weight": 1.0},
+                "fitnet": {"weight": 1.0, "pairs": [{"student": "block1", "teacher": "block2"}]},
+            }
+        },
+    )
     return StageEnv(cfg, data, tmp_path / "work")
 
 
@@ -40,7 +48,7 @@ def test_cached_view_equals_teacher_on_the_replayed_image(data, tmp_path):
     entries = build_features(env, teacher, "sha-teacher", tmp_path / "cache", batch_size=40)
     train, built = entries["train"]
     assert built and train.num_views == 3 and train.manifest["count"] == len(data.train)
-    logits = train.read_all("logits")           # [N, V, K]
+    logits = train.read_all("logits")  # [N, V, K]
     feats = train.read_all("block2")
     seeds = torch.from_numpy(train.seeds())
     x = data.train.x
@@ -68,8 +76,12 @@ def test_cached_and_online_distillation_give_the_same_losses(data, tmp_path, dty
     seeds = torch.from_numpy(cached.seeds("train", len(data.train)))[idx, views]
     xb = apply_views(data.train.x[idx], seeds, "shift", 1)
     student = create_model("cnn_tiny", in_channels=1, num_classes=10).eval()
-    objective = build_objective({"kd": {"weight": 1.0, "temperature": 4.0},
-                                 "fitnet": {"weight": 1.0, "pairs": [{"student": "block1", "teacher": "block2"}]}})
+    objective = build_objective(
+        {
+            "kd": {"weight": 1.0, "temperature": 4.0},
+            "fitnet": {"weight": 1.0, "pairs": [{"student": "block1", "teacher": "block2"}]},
+        }
+    )
     from kdcore.hooks import FeatureTap, probe_shapes
 
     objective.build(probe_shapes(student, ["block1"], xb), cached.shapes())
@@ -90,12 +102,12 @@ def test_truncated_and_corrupted_entries_are_detected(data, tmp_path):
     entry = build_features(env, teacher, "sha", tmp_path / "cache")["train"][0]
     target = entry.root / "logits.npy"
     raw = bytearray(target.read_bytes())
-    raw[-7] ^= 0xFF                              # corrupt one byte, same size
+    raw[-7] ^= 0xFF  # corrupt one byte, same size
     target.write_bytes(bytes(raw))
-    open_entry(tmp_path / "cache", entry.key)     # a size check alone cannot see it...
+    open_entry(tmp_path / "cache", entry.key)  # a size check alone cannot see it...
     with pytest.raises(CacheError, match="fails its sha256 check"):
-        open_entry(tmp_path / "cache", entry.key, checksums=True)   # ...the checksum does
-    target.write_bytes(bytes(raw[:-100]))        # truncate
+        open_entry(tmp_path / "cache", entry.key, checksums=True)  # ...the checksum does
+    target.write_bytes(bytes(raw[:-100]))  # truncate
     with pytest.raises(CacheError, match="truncated"):
         open_entry(tmp_path / "cache", entry.key)
     strict = _env(data, tmp_path, rebuild=False)
@@ -151,8 +163,12 @@ def test_two_processes_building_the_same_entry_make_one_and_read_the_same(tmp_pa
 
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_build_in_a_process, args=(str(tmp_path / "cache"), str(tmp_path / f"w{i}"),
-                                                             barrier, results)) for i in range(2)]
+    procs = [
+        ctx.Process(
+            target=_build_in_a_process, args=(str(tmp_path / "cache"), str(tmp_path / f"w{i}"), barrier, results)
+        )
+        for i in range(2)
+    ]
     for p in procs:
         p.start()
     try:
@@ -189,7 +205,7 @@ def test_an_entry_with_more_paths_serves_a_request_for_fewer(data, tmp_path):
     teacher = _teacher(data)
     big = build_features(_env(data, tmp_path, features=["block1"]), teacher, "sha", tmp_path / "cache")["train"]
     assert big[1] and set(big[0].paths) == {"block1", "block2"}
-    cfg_small = tiny_config()          # logits only
+    cfg_small = tiny_config()  # logits only
     small = build_features(StageEnv(cfg_small, data, tmp_path / "w2"), teacher, "sha", tmp_path / "cache")["train"]
     assert not small[1] and small[0].root == big[0].root
 

@@ -2,6 +2,7 @@
 
 Bad configs through `kdflow run` are the catalogue in tests/test_bad_inputs.py (in-process, plus
 one run of the real console command)."""
+
 from __future__ import annotations
 
 from typer.testing import CliRunner

@@ -1,4 +1,5 @@
 """Config loading, overrides and the checks made before any work starts."""
+
 from __future__ import annotations
 
 import pytest
@@ -57,8 +58,9 @@ def test_unknown_loss_and_dataset_are_listed():
 
 
 def test_missing_feature_path_lists_valid_paths():
-    cfg = config_from_dict({"distill": {"losses": {"ce": {}, "fitnet": {"pairs": [
-        {"student": "block9", "teacher": "block2"}]}}}})
+    cfg = config_from_dict(
+        {"distill": {"losses": {"ce": {}, "fitnet": {"pairs": [{"student": "block9", "teacher": "block2"}]}}}}
+    )
     with pytest.raises(ConfigError, match=r"student module path\(s\) 'block9' not found .*block1"):
         preflight(cfg)
 

@@ -1,4 +1,5 @@
 """Datasets: loaders, splits, normalisation, fingerprints and the errors users see. No downloads."""
+
 from __future__ import annotations
 
 import gzip
@@ -60,11 +61,18 @@ def write_cifar10(root: Path, per_batch: int = 20, n_test: int = 30) -> Path:
     folder.mkdir(parents=True)
     rng = np.random.default_rng(1)
     for i in range(1, 6):
-        batch = {"batch_label": f"training batch {i} of 5", "labels": [int(v) for v in rng.integers(0, 10, per_batch)],
-                 "data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8), "filenames": ["x.png"] * per_batch}
+        batch = {
+            "batch_label": f"training batch {i} of 5",
+            "labels": [int(v) for v in rng.integers(0, 10, per_batch)],
+            "data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+            "filenames": ["x.png"] * per_batch,
+        }
         (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch, protocol=2))
-    test = {"batch_label": "testing batch 1 of 1", "labels": [int(v) for v in np.arange(n_test) % 10],
-            "data": rng.integers(0, 256, (n_test, 3072), dtype=np.uint8)}
+    test = {
+        "batch_label": "testing batch 1 of 1",
+        "labels": [int(v) for v in np.arange(n_test) % 10],
+        "data": rng.integers(0, 256, (n_test, 3072), dtype=np.uint8),
+    }
     (folder / "test_batch").write_bytes(pickle.dumps(test, protocol=2))
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names, "num_vis": 3072}, protocol=2))
@@ -157,11 +165,19 @@ def test_limits_and_fingerprint_follow_them():
 
 def test_fingerprint_is_stable_across_processes():
     b = load_dataset(DataConfig(name="digits", limit_train=100))
-    code = ("from kdcore.config import DataConfig; from kdcore.data import load_dataset; "
-            "print(load_dataset(DataConfig(name='digits', limit_train=100)).fingerprint)")
+    code = (
+        "from kdcore.config import DataConfig; from kdcore.data import load_dataset; "
+        "print(load_dataset(DataConfig(name='digits', limit_train=100)).fingerprint)"
+    )
     env = {**os.environ, "PYTHONHASHSEED": "123"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True,
-                         cwd=Path(__file__).resolve().parents[1])
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert out.stdout.strip() == b.fingerprint
 
 
@@ -283,8 +299,9 @@ def test_imagefolder_carves_test_split(tmp_path):
     b = load_dataset(DataConfig(name="imagefolder", root=str(tmp_path / "imgs")))
     assert b.class_names == ["cat", "dog"] and b.input_shape == (3, 10, 12)
     assert sizes(b) == {"train": 14, "val": 2, "test": 4}
-    grey = load_dataset(DataConfig(name="imagefolder", root=str(tmp_path / "imgs"), image_size=8,
-                                   options={"grayscale": True}))
+    grey = load_dataset(
+        DataConfig(name="imagefolder", root=str(tmp_path / "imgs"), image_size=8, options={"grayscale": True})
+    )
     assert grey.input_shape == (1, 8, 8)
 
 
@@ -326,8 +343,9 @@ def test_labels_out_of_range(fake_dataset):
 
 
 def test_empty_dataset(fake_dataset):
-    cfg = fake_dataset(RawData(train_x=np.zeros((0, 1, 4, 4), np.uint8), train_y=np.zeros(0, np.int64),
-                               class_names=["a"]), name="void")
+    cfg = fake_dataset(
+        RawData(train_x=np.zeros((0, 1, 4, 4), np.uint8), train_y=np.zeros(0, np.int64), class_names=["a"]), name="void"
+    )
     with pytest.raises(DataError, match="dataset void has no samples"):
         load_dataset(cfg)
 
@@ -342,8 +360,9 @@ def test_nan_values(fake_dataset):
 
 def test_float_data_and_too_few_samples(fake_dataset):
     x = np.random.default_rng(0).random((30, 2, 4, 4)).astype(np.float32)
-    b = load_dataset(fake_dataset(RawData(train_x=x, train_y=np.arange(30) % 3, class_names=["a", "b", "c"],
-                                          scale=1.0)))
+    b = load_dataset(
+        fake_dataset(RawData(train_x=x, train_y=np.arange(30) % 3, class_names=["a", "b", "c"], scale=1.0))
+    )
     assert b.in_channels == 2 and sum(sizes(b).values()) == 30
     cfg = fake_dataset(RawData(train_x=x[:1], train_y=np.zeros(1, np.int64), class_names=["a"]), name="one")
     with pytest.raises(DataError, match=r"only 1 sample\(s\)"):

@@ -1,5 +1,6 @@
 """DistributedDataParallel on CPU (gloo, 2 processes): the same global batch gives the same training
 as one process; a stage function runs in the ranks through run_distributed; errors come back."""
+
 from __future__ import annotations
 
 import copy
@@ -14,8 +15,7 @@ from conftest import TINY
 from kdcore.config import TrainSpec, config_from_dict
 from kdcore.errors import ConfigError, DivergenceError
 from kdcore.hooks import FeatureTap
-from kdcore.train import TrainCallbacks, fit
-from kdcore.train import ddp
+from kdcore.train import TrainCallbacks, ddp, fit
 
 
 class Recorder(TrainCallbacks):
@@ -55,16 +55,40 @@ def train_mlp(workdir: str, callbacks: TrainCallbacks, lr: float = 0.2, hint: bo
     def evaluate() -> dict[str, float]:
         with torch.no_grad():
             logits = model(x)
-        return {"val_loss": float(F.cross_entropy(logits, y)),
-                "val_top1": float((logits.argmax(1) == y).float().mean())}
+        return {
+            "val_loss": float(F.cross_entropy(logits, y)),
+            "val_top1": float((logits.argmax(1) == y).float().mean()),
+        }
 
-    spec = TrainSpec(max_epochs=3, batch_size=40, optimizer="sgd", lr=lr, momentum=0.9, weight_decay=1e-4,
-                     scheduler="cosine", monitor="val_loss")
-    result = fit({"model": model}, step, len(x), evaluate, spec, ckpt_dir=Path(workdir) / "ckpt", seed=3,
-                 callbacks=callbacks, run_key=workdir, stage="mlp")
+    spec = TrainSpec(
+        max_epochs=3,
+        batch_size=40,
+        optimizer="sgd",
+        lr=lr,
+        momentum=0.9,
+        weight_decay=1e-4,
+        scheduler="cosine",
+        monitor="val_loss",
+    )
+    result = fit(
+        {"model": model},
+        step,
+        len(x),
+        evaluate,
+        spec,
+        ckpt_dir=Path(workdir) / "ckpt",
+        seed=3,
+        callbacks=callbacks,
+        run_key=workdir,
+        stage="mlp",
+    )
     group = ddp.active()
-    return {"state": {k: v.clone() for k, v in model.state_dict().items()}, "history": result.history,
-            "world_size": group.world_size if group else 1, "batch_sizes": seen}
+    return {
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "history": result.history,
+        "world_size": group.world_size if group else 1,
+        "batch_sizes": seen,
+    }
 
 
 @pytest.fixture()
@@ -78,15 +102,16 @@ def one_thread():
 def test_two_gloo_processes_match_one_process(tmp_path, one_thread):
     single = train_mlp(str(tmp_path / "single"), Recorder())
     relayed = Recorder()
-    double = ddp.run_distributed(train_mlp, str(tmp_path / "ddp"), relayed, world_size=2,
-                                 device=torch.device("cpu"))
+    double = ddp.run_distributed(train_mlp, str(tmp_path / "ddp"), relayed, world_size=2, device=torch.device("cpu"))
     assert double["world_size"] == 2 and single["world_size"] == 1
     # each rank took half of every global batch of 40 (200 samples, 5 batches, 3 epochs)
     assert double["batch_sizes"] == [20] * 15 and single["batch_sizes"] == [40] * 15
     for name, value in single["state"].items():
         assert torch.allclose(value, double["state"][name], atol=1e-5), name
-    assert any(not torch.allclose(v, train_mlp(str(tmp_path / "other"), Recorder(), lr=0.05)["state"][k], atol=1e-3)
-               for k, v in single["state"].items()), "a different run must be distinguishable"
+    assert any(
+        not torch.allclose(v, train_mlp(str(tmp_path / "other"), Recorder(), lr=0.05)["state"][k], atol=1e-3)
+        for k, v in single["state"].items()
+    ), "a different run must be distinguishable"
     for a, b in zip(single["history"], double["history"]):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)  # summed over both ranks
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
@@ -99,8 +124,9 @@ def test_two_gloo_processes_match_one_process(tmp_path, one_thread):
 
 def test_gradients_are_averaged_when_the_loss_comes_from_a_hooked_layer(tmp_path, one_thread):
     single = train_mlp(str(tmp_path / "single"), Recorder(), hint=True)
-    double = ddp.run_distributed(train_mlp, str(tmp_path / "ddp"), Recorder(), hint=True, world_size=2,
-                                 device=torch.device("cpu"))
+    double = ddp.run_distributed(
+        train_mlp, str(tmp_path / "ddp"), Recorder(), hint=True, world_size=2, device=torch.device("cpu")
+    )
     assert double["batch_sizes"] == [20] * 15
     for name, value in single["state"].items():
         assert torch.allclose(value, double["state"][name], atol=1e-6), name
@@ -111,8 +137,15 @@ def diverge(workdir: str) -> None:
         return torch.tensor(float("nan"), requires_grad=True), {}
 
     model = nn.Linear(2, 2)
-    fit({"model": model}, step, 8, lambda: {"val_top1": 0.0}, TrainSpec(max_epochs=1, batch_size=4),
-        ckpt_dir=Path(workdir), stage="boom")
+    fit(
+        {"model": model},
+        step,
+        8,
+        lambda: {"val_top1": 0.0},
+        TrainSpec(max_epochs=1, batch_size=4),
+        ckpt_dir=Path(workdir),
+        stage="boom",
+    )
 
 
 def test_an_error_in_a_rank_is_raised_in_the_caller(tmp_path):
@@ -134,8 +167,9 @@ def test_teacher_stage_with_two_processes_matches_one(tmp_path, one_thread):
     one = train_teacher(StageEnv(cfg, data, tmp_path / "one"))
     cfg2 = config_from_dict(raw, ["trainer.devices=2"])
     relayed = Recorder()
-    two = ddp.run_distributed(train_teacher, StageEnv(cfg2, data, tmp_path / "two", relayed), world_size=2,
-                              device=torch.device("cpu"))
+    two = ddp.run_distributed(
+        train_teacher, StageEnv(cfg2, data, tmp_path / "two", relayed), world_size=2, device=torch.device("cpu")
+    )
     assert two.path == tmp_path / "two" / "teacher.safetensors" and two.path.is_file()
     assert [e for e, _ in relayed.epochs] == [0, 1]
     assert two.metrics["val_top1"] > 0.5, two.metrics
@@ -204,8 +238,14 @@ def test_device_slots_hold_across_processes(tmp_path):
 
     def start(visible: str) -> tuple[int, str]:
         env = {**os.environ, "PYTHONPATH": str(root), "CUDA_VISIBLE_DEVICES": visible}
-        p = subprocess.Popen([sys.executable, "-c", HOLDER, locks], env=env, cwd=root, stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, locks],
+            env=env,
+            cwd=root,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         procs.append(p)
         index, physical = p.stdout.readline().split()
         return int(index), physical

@@ -4,6 +4,7 @@ one trial at a time; on each engine the trials ran in the engine's worker proces
 teacher and one cache entry (computed once, a cache hit for every trial), and are all in MLflow.
 
 Wall times of the three are printed by bench/engines.py (never asserted)."""
+
 from __future__ import annotations
 
 import copy
@@ -11,7 +12,6 @@ import os
 
 import pytest
 from mlflow import MlflowClient
-
 from test_sweep import sweep_raw
 
 pytest.importorskip("prefect_dask")
@@ -21,8 +21,7 @@ pytest.importorskip("prefect_ray")
 def engine_raw(runner: str, workers: int) -> dict:
     raw = sweep_raw()
     raw["trainer"] = {"num_threads": 1}  # one thread per trial: the engines' processes share 2 cores
-    raw["sweep"] = {**copy.deepcopy(raw["sweep"]), "task_runner": runner, "max_workers": workers,
-                    "profile": False}
+    raw["sweep"] = {**copy.deepcopy(raw["sweep"]), "task_runner": runner, "max_workers": workers, "profile": False}
     return raw
 
 
@@ -69,8 +68,9 @@ def test_engine_trials_share_teacher_and_cache_entry(sweeps, engine):
         runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{stage}'")
         assert len(runs) == expected, (engine, stage, len(runs))
         assert all(run.info.status == "FINISHED" for run in runs)
-    children = client.search_runs([exp.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{result['mlflow_run_id']}'")
+    children = client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{result['mlflow_run_id']}'"
+    )
     pipelines = [r for r in children if r.data.tags.get("kdflow.kind") == "pipeline"]
     assert len(pipelines) == 4 and all(r.info.status == "FINISHED" for r in pipelines)
 
@@ -81,8 +81,8 @@ def test_runner_choice_reaches_the_engine():
     from prefect_dask import DaskTaskRunner
     from prefect_ray import RayTaskRunner
 
-    from kdcore.config import SweepConfig, TrainerConfig
     from flows.task_runners import gpus_per_trial, make_task_runner
+    from kdcore.config import SweepConfig, TrainerConfig
 
     dask_local = make_task_runner(SweepConfig(task_runner="dask", max_workers=3), 4)
     assert isinstance(dask_local, DaskTaskRunner)

@@ -1,5 +1,6 @@
 """TorchScript export: scripted when possible, traced otherwise, and refused when the exported
 file does not reproduce the model's outputs."""
+
 from __future__ import annotations
 
 import copy

@@ -1,5 +1,6 @@
 """A stage's fingerprint follows the user's own files: a weights file by content, a ``python:``
 factory and the ``imports:`` plugins by their source."""
+
 from __future__ import annotations
 
 import sys

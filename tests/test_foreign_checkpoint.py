@@ -2,6 +2,7 @@
 DDP's `module.` prefix and `{"state_dict": ...}` wrappers removed, a pickled whole model refused.
 The pipeline run here uses only the user's own pieces: a dataset and a loss registered through
 `imports:`, `python:` teacher and student, and a teacher trained outside kdflow."""
+
 from __future__ import annotations
 
 import copy
@@ -53,11 +54,14 @@ def test_a_pickled_whole_model_is_refused_saying_how_to_save_a_state_dict(tmp_pa
     assert "torch.save(model.state_dict(), path)" in msg
 
 
-@pytest.mark.parametrize("content, needle", [
-    (b"\x00junk" * 40, "is corrupted or not a PyTorch/safetensors weights file"),
-    ([1, 2, 3], "holds a list, not a state_dict"),
-    ({"epoch": 3, "lr": 0.1}, "holds no mapping of tensor names to tensors"),
-])
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        (b"\x00junk" * 40, "is corrupted or not a PyTorch/safetensors weights file"),
+        ([1, 2, 3], "holds a list, not a state_dict"),
+        ({"epoch": 3, "lr": 0.1}, "holds no mapping of tensor names to tensors"),
+    ],
+)
 def test_files_that_are_no_state_dict(tmp_path, content, needle):
     path = tmp_path / "weights.pth"
     if isinstance(content, bytes):
@@ -94,8 +98,10 @@ def test_the_cli_refuses_a_pickled_model_file_as_teacher(tmp_path, monkeypatch):
     torch.save(create_model("cnn_small", in_channels=1, num_classes=10), whole)
     monkeypatch.setenv("KDFLOW_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    result = CliRunner().invoke(app, ["run", "--set", "data.name=digits", "--set", "teacher.arch=cnn_small",
-                                      "--set", f"teacher.checkpoint={whole}"])
+    result = CliRunner().invoke(
+        app,
+        ["run", "--set", "data.name=digits", "--set", "teacher.arch=cnn_small", "--set", f"teacher.checkpoint={whole}"],
+    )
     out = result.output
     assert result.exit_code == 2, out
     assert "error:" in out and "Traceback" not in out
@@ -112,8 +118,10 @@ OWN = {
     "data": {"name": "stripes", "options": {"per_class": 60}},
     "teacher": {"arch": "python:plugins_pkg.models:make_net", "kwargs": {"width": 12}},
     "student": {"arch": "python:plugins_pkg.models:make_net", "kwargs": {"width": 3}},
-    "distill": {"losses": {"kd": {"weight": 0.5}, "logit_mse": {"weight": 0.5}, "ce": {"weight": 0.1}},
-                "train": {"max_epochs": 2, "batch_size": 32, "optimizer": "adam", "lr": 0.01}},
+    "distill": {
+        "losses": {"kd": {"weight": 0.5}, "logit_mse": {"weight": 0.5}, "ce": {"weight": 0.1}},
+        "train": {"max_epochs": 2, "batch_size": 32, "optimizer": "adam", "lr": 0.01},
+    },
     "baseline": {"enabled": False},
     "evaluate": {"latency": False, "min_run_time": 0.01, "throughput_batch": 16},
     "register": {"teacher_name": "own-foreign-teacher", "student_name": "own-python-student"},
@@ -132,7 +140,7 @@ def _train_elsewhere(data) -> torch.nn.Module:
     for _ in range(30):
         for i in range(0, len(x), 32):
             opt.zero_grad()
-            F.cross_entropy(net(x[i:i + 32]), y[i:i + 32]).backward()
+            F.cross_entropy(net(x[i : i + 32]), y[i : i + 32]).backward()
             opt.step()
     return net.eval()
 

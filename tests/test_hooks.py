@@ -1,4 +1,5 @@
 """Feature taps by module path, shape probing and connectors."""
+
 import pytest
 import torch
 from torch import nn

@@ -1,10 +1,11 @@
 """``image_csv``: a CSV of path,label rows, paths relative to the CSV; bad lists fail with one message."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-
 from images import write_image_folder
+
 from kdcore.config import DataConfig
 from kdcore.data import load_dataset
 from kdcore.errors import DataError
@@ -21,8 +22,10 @@ def write_csv(path, rows, header="path,label"):
 
 
 def listing(folder, names=True):
-    return [(f"photos/{f.parent.name}/{f.name}", f.parent.name if names else int(f.parent.name[1:]))
-            for f in sorted(folder.rglob("*.png"))]
+    return [
+        (f"photos/{f.parent.name}/{f.name}", f.parent.name if names else int(f.parent.name[1:]))
+        for f in sorted(folder.rglob("*.png"))
+    ]
 
 
 def test_image_csv_with_names_or_ints_matches_imagefolder(folder):
@@ -50,13 +53,16 @@ def test_official_test_csv(folder):
     assert len(b.test) == len(rows[1::2])
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing_file", r"row 3 names .*nope\.png, which does not exist$"),
-    ("unknown_column", r"unknown column\(s\) weight \(the columns are exactly: path,label\)$"),
-    ("missing_column", r"missing column\(s\) label"),
-    ("no_csv", r"image list .*absent\.csv does not exist$"),
-    ("unknown_label", r"labels c9 are not among the train classes"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing_file", r"row 3 names .*nope\.png, which does not exist$"),
+        ("unknown_column", r"unknown column\(s\) weight \(the columns are exactly: path,label\)$"),
+        ("missing_column", r"missing column\(s\) label"),
+        ("no_csv", r"image list .*absent\.csv does not exist$"),
+        ("unknown_label", r"labels c9 are not among the train classes"),
+    ],
+)
 def test_bad_csv_fails_with_one_clear_message(folder, case, message):
     rows = listing(folder)
     csv = folder.parent / f"{case}.csv"

@@ -10,6 +10,7 @@ At the end every server process is gone and every port is free. This test never 
 session's temporary Prefect server: everything it does talks to its own servers, from
 subprocesses or over HTTP.
 """
+
 from __future__ import annotations
 
 import copy
@@ -35,9 +36,13 @@ STARTUP_TIMEOUT = 240
 RUN_TIMEOUT = 480
 
 BASE = copy.deepcopy(TINY)
-BASE.update(name="it", register={"teacher_name": "it-teacher", "student_name": "it-student"},
-            baseline={"enabled": False}, evaluate={"latency": False, "throughput_batch": 32},
-            trainer={"num_threads": 1})  # one thread: far faster than two on a shared 2-core machine
+BASE.update(
+    name="it",
+    register={"teacher_name": "it-teacher", "student_name": "it-student"},
+    baseline={"enabled": False},
+    evaluate={"latency": False, "throughput_batch": 32},
+    trainer={"num_threads": 1},
+)  # one thread: far faster than two on a shared 2-core machine
 WEAK = copy.deepcopy(BASE)  # the student barely moves from its random initialisation
 WEAK["distill"] = {"train": {"max_epochs": 1, "batch_size": 64, "lr": 1e-6, "momentum": 0.0, "scheduler": "none"}}
 GOOD = copy.deepcopy(BASE)
@@ -90,27 +95,50 @@ class Stack:
         self.home = base / "home"
         self.procs: dict[str, subprocess.Popen] = {}
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "KDFLOW_"))}
-        env.update({
-            "PREFECT_HOME": str(base / "prefect-home"), "PREFECT_API_URL": self.api,
-            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{base / 'prefect.db'}",
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false",
-            "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",  # no nightly retrain during the test
-            # services this test does not need (runs, task runs, events and concurrency leases stay on)
-            **{f"PREFECT_SERVER_SERVICES_{svc}_ENABLED": "false" for svc in (
-                "LATE_RUNS", "FOREMAN", "TRIGGERS", "CANCELLATION_CLEANUP", "PAUSE_EXPIRATIONS", "DB_VACUUM",
-                "EVENT_LOGGER")},
-            "PREFECT_LOGGING_LEVEL": "INFO", "PREFECT_WORKER_QUERY_SECONDS": "1",
-            "PREFECT_WORKER_PREFETCH_SECONDS": "5",
-            "MLFLOW_TRACKING_URI": self.mlflow, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-            "KDFLOW_HOME": str(self.home), "KDFLOW_REPO": str(ROOT), "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "PREFECT_HOME": str(base / "prefect-home"),
+                "PREFECT_API_URL": self.api,
+                "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{base / 'prefect.db'}",
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "PREFECT_UI_ENABLED": "false",
+                "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",  # no nightly retrain during the test
+                # services this test does not need (runs, task runs, events and concurrency leases stay on)
+                **{
+                    f"PREFECT_SERVER_SERVICES_{svc}_ENABLED": "false"
+                    for svc in (
+                        "LATE_RUNS",
+                        "FOREMAN",
+                        "TRIGGERS",
+                        "CANCELLATION_CLEANUP",
+                        "PAUSE_EXPIRATIONS",
+                        "DB_VACUUM",
+                        "EVENT_LOGGER",
+                    )
+                },
+                "PREFECT_LOGGING_LEVEL": "INFO",
+                "PREFECT_WORKER_QUERY_SECONDS": "1",
+                "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+                "MLFLOW_TRACKING_URI": self.mlflow,
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+                "KDFLOW_HOME": str(self.home),
+                "KDFLOW_REPO": str(ROOT),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         self.env = env
 
     def start(self, name: str, args: list[str]) -> None:
         log = open(self.base / f"{name}.log", "w")
-        self.procs[name] = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=self.env, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, *args],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def log(self, name: str, lines: int = 40) -> str:
         path = self.base / f"{name}.log"
@@ -134,8 +162,9 @@ class Stack:
             time.sleep(0.5)
 
     def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, *args], cwd=ROOT, env=self.env, capture_output=True, text=True,
-                              timeout=timeout)
+        return subprocess.run(
+            [sys.executable, *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
 
     def stop(self) -> dict[str, int]:
         """SIGTERM to each process group (worker first), SIGKILL after a grace period; returns the pgids."""
@@ -191,15 +220,51 @@ class Stack:
 def stack(tmp_path_factory):
     s = Stack(tmp_path_factory.mktemp("servers"))
     s.start("prefect", ["-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(s.prefect_port)])
-    s.start("mlflow", ["-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(s.mlflow_port),
-                       "--backend-store-uri", f"sqlite:///{s.base / 'mlflow.db'}",
-                       "--artifacts-destination", str(s.base / "mlartifacts"), "--workers", "1"])
+    s.start(
+        "mlflow",
+        [
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(s.mlflow_port),
+            "--backend-store-uri",
+            f"sqlite:///{s.base / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(s.base / "mlartifacts"),
+            "--workers",
+            "1",
+        ],
+    )
     try:
         s.wait_healthy("prefect")  # the worker and `kdflow deploy` need only Prefect: start them now
-        s.start("worker", ["-m", "prefect", "worker", "start", "--pool", "kdflow-gpu", "--type", "process",
-                           "--name", "it-worker", "--install-policy", "never"])
-        deploy = subprocess.Popen([sys.executable, "-m", "flows.cli", "deploy", "--gpus", "1"], cwd=ROOT, env=s.env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        s.start(
+            "worker",
+            [
+                "-m",
+                "prefect",
+                "worker",
+                "start",
+                "--pool",
+                "kdflow-gpu",
+                "--type",
+                "process",
+                "--name",
+                "it-worker",
+                "--install-policy",
+                "never",
+            ],
+        )
+        deploy = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "deploy", "--gpus", "1"],
+            cwd=ROOT,
+            env=s.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         s.wait_healthy("mlflow")
         out, err = deploy.communicate(timeout=300)
         s.deployed = subprocess.CompletedProcess(deploy.args, deploy.returncode, out, err)
@@ -329,7 +394,8 @@ def test_serve_builds_the_deployments_of_prefect_yaml():
 def test_deploy_without_a_server_says_so(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
     env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), KDFLOW_HOME=str(tmp_path / "home"))
-    out = subprocess.run([sys.executable, "-m", "flows.cli", "deploy"], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "deploy"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 2
     assert "no Prefect server configured" in out.stderr and "Traceback" not in out.stderr

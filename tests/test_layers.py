@@ -1,4 +1,5 @@
 """The layering rule (kdcore <- tasks <- flows <- deployments) holds: import-linter's contracts."""
+
 import shutil
 import subprocess
 import sys

@@ -2,6 +2,7 @@
 
 Every server here runs on a free port (never Prefect's 4200, which a developer's own server may
 hold) and is stopped by the test that started it."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,9 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
 
 
 def kdflow(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _pidfile(home: Path) -> dict:
@@ -68,7 +70,7 @@ def two_runs(tmp_path_factory):
             out["pids"].append(_pidfile(home)["pid"])
         yield out
     finally:
-        pid = (home / "prefect-server" / "server.json")
+        pid = home / "prefect-server" / "server.json"
         if pid.exists():
             _kill_group(json.loads(pid.read_text())["pid"])
 
@@ -114,9 +116,11 @@ def test_ui_serves_both_uis_and_stop_frees_the_ports(two_runs):
     for url in urls.values():
         assert _get(url)[0] == 200
     # the MLflow UI reads this home's store: the runs' experiment is there
-    req = urllib.request.Request(f"{urls['MLflow UI']}/api/2.0/mlflow/experiments/search",
-                                 data=json.dumps({"max_results": 10}).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"{urls['MLflow UI']}/api/2.0/mlflow/experiments/search",
+        data=json.dumps({"max_results": 10}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     names = [e["name"] for e in json.loads(urllib.request.urlopen(req, timeout=10).read())["experiments"]]
     assert "tiny" in names
     again = kdflow(["ui"], env, tmp, timeout=300)  # found, not started twice

@@ -1,4 +1,5 @@
 """Losses against hand-computed formulas, parameter validation, and the weighted objective."""
+
 import math
 
 import pytest

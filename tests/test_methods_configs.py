@@ -1,5 +1,6 @@
 """configs/methods/*.yaml, early errors on layer pairs, every term of a combined objective logged,
 and one method config run end to end by `kdflow run`'s code path."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,15 +33,18 @@ def test_method_configs_pass_both_preflights(path):
 
 
 def test_pair_problems_fail_before_any_work_naming_pair_and_shapes():
-    cfg = load_config(METHOD_CONFIGS[0].parent / "at.yaml",
-                      ["distill.losses.at.pairs=[{student: flatten, teacher: block2}]"])
+    cfg = load_config(
+        METHOD_CONFIGS[0].parent / "at.yaml", ["distill.losses.at.pairs=[{student: flatten, teacher: block2}]"]
+    )
     with pytest.raises(ConfigError) as err:
         preflight_with_data(cfg, *MNIST)
     msg = str(err.value)
     assert "distill.losses" in msg and "'flatten'" in msg and "'block2'" in msg and "(16,)" in msg
     assert "(64, 7, 7)" in msg
-    cfg = load_config(METHOD_CONFIGS[0].parent / "fitnet.yaml",
-                      ["pretrain.pairs=[{student: block2, teacher: block3, connector: none}]"])
+    cfg = load_config(
+        METHOD_CONFIGS[0].parent / "fitnet.yaml",
+        ["pretrain.pairs=[{student: block2, teacher: block3, connector: none}]"],
+    )
     with pytest.raises(ConfigError) as err:
         preflight_with_data(cfg, *MNIST)
     msg = str(err.value)
@@ -59,8 +63,9 @@ def test_combined_objective_logs_every_term(tmp_path):
         "crd": {"weight": 0.5, "student": "flatten", "teacher": "flatten", "num_negatives": 32, "feat_dim": 8},
         "fitnet": {"weight": 1.0, "pairs": [{"student": "block2", "teacher": "block2", "connector": "conv"}]},
     }
-    cfg = tiny_config(data={"limit_train": 256}, distill={"losses": losses, "train": {"max_epochs": 1,
-                                                                                      "batch_size": 64}})
+    cfg = tiny_config(
+        data={"limit_train": 256}, distill={"losses": losses, "train": {"max_epochs": 1, "batch_size": 64}}
+    )
     env = StageEnv(cfg, data, tmp_path)
     teacher = create_model("cnn_small", in_channels=1, num_classes=data.num_classes)
     init = pretrain_student(env, None, None).path
@@ -88,12 +93,19 @@ def test_teacher_layers_config_with_crd_and_dkd_runs_end_to_end(prefect_server, 
     from flows.runner import run_pipeline
 
     overrides = [
-        "data.name=digits", "data.limit_train=300", "teacher.arch=cnn_small",
-        "teacher.train={max_epochs: 1, batch_size: 64}", "student.arch=cnn", "student.kwargs={channels: [8, 16]}",
-        "pretrain.train={max_epochs: 1, batch_size: 64}", "distill.train={max_epochs: 1, batch_size: 64}",
+        "data.name=digits",
+        "data.limit_train=300",
+        "teacher.arch=cnn_small",
+        "teacher.train={max_epochs: 1, batch_size: 64}",
+        "student.arch=cnn",
+        "student.kwargs={channels: [8, 16]}",
+        "pretrain.train={max_epochs: 1, batch_size: 64}",
+        "distill.train={max_epochs: 1, batch_size: 64}",
         "distill.losses={ce: {weight: 1.0}, dkd: {weight: 1.0}, crd: {weight: 0.5, student: flatten, "
         "teacher: flatten, num_negatives: 64, feat_dim: 16, memory: bank}}",
-        "evaluate.latency=false", "evaluate.min_run_time=0.01", "evaluate.throughput_batch=32",
+        "evaluate.latency=false",
+        "evaluate.min_run_time=0.01",
+        "evaluate.throughput_batch=32",
     ]
     report = run_pipeline(METHOD_CONFIGS[0].parent / "teacher_layers.yaml", overrides, home=isolated_home)
     client = MlflowClient(f"sqlite:///{isolated_home / 'mlflow.db'}")

@@ -1,4 +1,5 @@
 """The training loop's deferred divergence check (one host sync per window of steps on accelerators)."""
+
 import pytest
 import torch
 

@@ -4,6 +4,7 @@ Each reference below is computed element by element (Python loops over samples, 
 triplets) from the formula in the paper, on fixed tensors; none calls kdcore's helpers. Gradients
 are checked in float64 with torch.autograd.gradcheck.
 """
+
 import math
 
 import pytest
@@ -43,6 +44,7 @@ def inputs(logits, teacher=None, targets=None, **kw):
 
 # ---------------------------------------------------------------- DKD (Zhao et al. 2022)
 
+
 def hand_dkd(s, t, y, alpha, beta, temp):
     tckd = nckd = 0.0
     for s_row, t_row, gt in zip(s.tolist(), t.tolist(), y.tolist()):
@@ -55,7 +57,7 @@ def hand_dkd(s, t, y, alpha, beta, temp):
         hat_t = softmax_list([t_row[k] / temp for k in others])
         nckd += kl_list(hat_t, hat_s)
     n = len(y)
-    return alpha * temp ** 2 * tckd / n, beta * temp ** 2 * nckd / n
+    return alpha * temp**2 * tckd / n, beta * temp**2 * nckd / n
 
 
 @pytest.mark.parametrize("alpha,beta,temp", [(1.0, 8.0, 4.0), (0.5, 2.0, 1.0)])
@@ -91,6 +93,7 @@ def test_dkd_warmup_ramps_in_training_only():
 
 # ---------------------------------------------------------------- AT (Zagoruyko & Komodakis 2017)
 
+
 def hand_attention(fmap):  # (C, H, W) -> flat list sum_c a^2, L2-normalised
     c, h, w = fmap.shape
     q = [sum(fmap[k, i, j].item() ** 2 for k in range(c)) for i in range(h) for j in range(w)]
@@ -115,7 +118,7 @@ def test_at_resizes_student_map_to_teacher_size():
     want = 0.0
     for n in range(2):
         energy = (s[n] ** 2).sum(0)  # 4x4, shrunk to 2x2 by averaging 2x2 blocks
-        pooled = [energy[2 * i:2 * i + 2, 2 * j:2 * j + 2].mean().item() for i in range(2) for j in range(2)]
+        pooled = [energy[2 * i : 2 * i + 2, 2 * j : 2 * j + 2].mean().item() for i in range(2) for j in range(2)]
         norm = math.sqrt(sum(v * v for v in pooled))
         want += math.dist([v / norm for v in pooled], hand_attention(t[n]))
     assert got == pytest.approx(0.5 * want / 2, rel=1e-5)
@@ -123,7 +126,7 @@ def test_at_resizes_student_map_to_teacher_size():
     small, big = fixed(2, 3, 2, 2, seed=11), fixed(2, 3, 4, 4, seed=12)
     loss.build({"s": (3, 2, 2)}, {"t": (3, 4, 4)})
     got = loss(inputs(torch.zeros(2, 3), **feats(small, big)))["at"].item()
-    up = F.interpolate((small ** 2).sum(1, keepdim=True), size=(4, 4), mode="bilinear", align_corners=False)
+    up = F.interpolate((small**2).sum(1, keepdim=True), size=(4, 4), mode="bilinear", align_corners=False)
     want = sum(math.dist(F.normalize(up[n].flatten(), dim=0).tolist(), hand_attention(big[n])) for n in range(2))
     assert got == pytest.approx(0.5 * want / 2, rel=1e-5)
 
@@ -137,6 +140,7 @@ def test_at_rejects_vectors_early_naming_the_pair():
 
 
 # ---------------------------------------------------------------- PKT (Passalis & Tefas 2018)
+
 
 def hand_pkt(s, t, eps=1e-7):
     def cond(x):
@@ -168,6 +172,7 @@ def test_pkt_matches_paper():
 
 
 # ---------------------------------------------------------------- RKD (Park et al. 2019)
+
 
 def huber(x):
     return 0.5 * x * x if abs(x) < 1 else abs(x) - 0.5
@@ -204,8 +209,9 @@ def hand_rkd(s, t, anchors=None):
 
 def test_rkd_matches_paper():
     s, t = fixed(5, 4, seed=15), fixed(5, 9, seed=16) * 3
-    loss = create_loss("rkd", {"pairs": [{"student": "s", "teacher": "t"}], "distance_weight": 25.0,
-                               "angle_weight": 50.0})
+    loss = create_loss(
+        "rkd", {"pairs": [{"student": "s", "teacher": "t"}], "distance_weight": 25.0, "angle_weight": 50.0}
+    )
     out = loss(inputs(torch.zeros(5, 3), **feats(s, t)))
     dist, angle = hand_rkd(s, t)
     assert out["rkd_distance"].item() == pytest.approx(25.0 * dist, rel=1e-4)
@@ -222,6 +228,7 @@ def test_rkd_matches_paper():
 
 # ---------------------------------------------------------------- SP (Tung & Mori 2019)
 
+
 def test_sp_matches_paper():
     s, t = fixed(4, 2, 3, 3, seed=17), fixed(4, 6, 2, 2, seed=18)
     b = 4
@@ -232,12 +239,13 @@ def test_sp_matches_paper():
         return [[v / math.sqrt(sum(w * w for w in row)) for v in row] for row in g]
 
     gs, gt = g_tilde(s), g_tilde(t)
-    want = sum((gt[i][j] - gs[i][j]) ** 2 for i in range(b) for j in range(b)) / b ** 2
+    want = sum((gt[i][j] - gs[i][j]) ** 2 for i in range(b) for j in range(b)) / b**2
     loss = create_loss("sp", {"pairs": [{"student": "s", "teacher": "t"}]})
     assert loss(inputs(torch.zeros(4, 3), **feats(s, t)))["sp"].item() == pytest.approx(want, rel=1e-5)
 
 
 # ---------------------------------------------------------------- CRD (Tian et al. 2020)
+
 
 def hand_nce(anchor, positives, negatives, tau, log_z_over_m, k):
     """Batch mean of -log h(pos) - sum_k log(1 - h(neg_k)) with h = P / (P + K/M), P = exp(v / tau) / Z.
@@ -272,8 +280,10 @@ def log_mean_exp(values):
 def test_crd_queue_matches_paper_nce():
     torch.manual_seed(0)
     k, tau = 6, 0.5
-    loss = create_loss("crd", {"student": "s", "teacher": "t", "feat_dim": 4, "num_negatives": k,
-                               "temperature": tau, "memory": "queue"})
+    loss = create_loss(
+        "crd",
+        {"student": "s", "teacher": "t", "feat_dim": 4, "num_negatives": k, "temperature": tau, "memory": "queue"},
+    )
     loss.build({"s": (3, 2, 2)}, {"t": (5,)})
     f_s, f_t = fixed(3, 3, 2, 2, seed=19), fixed(3, 5, seed=20)
     mem_s, mem_t = unit(loss.memory_s.clone()), unit(loss.memory_t.clone())
@@ -296,10 +306,31 @@ def test_crd_queue_matches_paper_nce():
 def test_crd_bank_uses_indexed_positives_and_momentum_update():
     torch.manual_seed(0)
     k, tau, m = 4, 1.0, 0.5
-    loss = create_loss("crd", {"student": "s", "teacher": "t", "feat_dim": 3, "num_negatives": k,
-                               "temperature": tau, "momentum": m, "memory": "bank"})
-    objective = build_objective({"crd": {"weight": 1.0, "student": "s", "teacher": "t", "feat_dim": 3,
-                                         "num_negatives": k, "temperature": tau, "momentum": m}})
+    loss = create_loss(
+        "crd",
+        {
+            "student": "s",
+            "teacher": "t",
+            "feat_dim": 3,
+            "num_negatives": k,
+            "temperature": tau,
+            "momentum": m,
+            "memory": "bank",
+        },
+    )
+    objective = build_objective(
+        {
+            "crd": {
+                "weight": 1.0,
+                "student": "s",
+                "teacher": "t",
+                "feat_dim": 3,
+                "num_negatives": k,
+                "temperature": tau,
+                "momentum": m,
+            }
+        }
+    )
     objective.build({"s": (4,)}, {"t": (4,)}, num_samples=10)
     assert objective.losses["crd"].memory_s.shape == (10, 3)  # one row per training sample
     loss.bind_dataset(10)
@@ -342,6 +373,7 @@ def test_crd_parameter_errors():
 
 # ---------------------------------------------------------------- gradients (float64)
 
+
 def _gradcheck(name, params, s_shape, t_shape, with_logits=False, build=None):
     loss = create_loss(name, params).double()
     if build:
@@ -354,8 +386,12 @@ def _gradcheck(name, params, s_shape, t_shape, with_logits=False, build=None):
         if with_logits:
             inp = KDInputs(student_logits=x, teacher_logits=t, targets=torch.tensor([0, 2, 1, 3][: len(x)]))
         else:
-            inp = KDInputs(student_logits=torch.zeros(len(x), 3, dtype=torch.float64), teacher_logits=None,
-                           targets=torch.zeros(len(x), dtype=torch.long), **feats(x, t))
+            inp = KDInputs(
+                student_logits=torch.zeros(len(x), 3, dtype=torch.float64),
+                teacher_logits=None,
+                targets=torch.zeros(len(x), dtype=torch.long),
+                **feats(x, t),
+            )
         return sum(loss(inp).values())
 
     assert torch.autograd.gradcheck(fn, (s,), eps=1e-6, atol=1e-5)
@@ -364,13 +400,16 @@ def _gradcheck(name, params, s_shape, t_shape, with_logits=False, build=None):
 PAIR = {"pairs": [{"student": "s", "teacher": "t"}]}
 
 
-@pytest.mark.parametrize("name,params,s_shape,t_shape,logits", [
-    ("dkd", {}, (4, 5), (4, 5), True),
-    ("at", PAIR, (3, 2, 4, 4), (3, 3, 2, 2), False),
-    ("pkt", PAIR, (4, 5), (4, 3), False),
-    ("rkd", PAIR, (4, 5), (4, 3), False),
-    ("sp", PAIR, (4, 2, 2, 2), (4, 6), False),
-])
+@pytest.mark.parametrize(
+    "name,params,s_shape,t_shape,logits",
+    [
+        ("dkd", {}, (4, 5), (4, 5), True),
+        ("at", PAIR, (3, 2, 4, 4), (3, 3, 2, 2), False),
+        ("pkt", PAIR, (4, 5), (4, 3), False),
+        ("rkd", PAIR, (4, 5), (4, 3), False),
+        ("sp", PAIR, (4, 2, 2, 2), (4, 6), False),
+    ],
+)
 def test_gradcheck_float64(name, params, s_shape, t_shape, logits):
     build = (lambda loss: loss.build({"s": s_shape[1:]}, {"t": t_shape[1:]})) if name == "at" else None
     _gradcheck(name, params, s_shape, t_shape, logits, build)
@@ -390,8 +429,13 @@ def test_gradcheck_crd_float64():
     t = fixed(3, 3, seed=33, dtype=torch.float64)
 
     def fn(x):
-        inp = KDInputs(student_logits=torch.zeros(3, 3, dtype=torch.float64), teacher_logits=None,
-                       targets=torch.zeros(3, dtype=torch.long), indices=torch.tensor([3, 4, 5]), **feats(x, t))
+        inp = KDInputs(
+            student_logits=torch.zeros(3, 3, dtype=torch.float64),
+            teacher_logits=None,
+            targets=torch.zeros(3, dtype=torch.long),
+            indices=torch.tensor([3, 4, 5]),
+            **feats(x, t),
+        )
         return loss(inp)["crd"]
 
     assert torch.autograd.gradcheck(fn, (s,), eps=1e-6, atol=1e-5)
@@ -399,10 +443,18 @@ def test_gradcheck_crd_float64():
 
 # ---------------------------------------------------------------- connectors per layer pair
 
+
 def test_connector_chosen_per_pair():
-    loss = create_loss("fitnet", {"pairs": [{"student": "a", "teacher": "b"},
-                                            {"student": "a", "teacher": "b", "connector": "conv"},
-                                            {"student": "v", "teacher": "w", "connector": "linear"}]})
+    loss = create_loss(
+        "fitnet",
+        {
+            "pairs": [
+                {"student": "a", "teacher": "b"},
+                {"student": "a", "teacher": "b", "connector": "conv"},
+                {"student": "v", "teacher": "w", "connector": "linear"},
+            ]
+        },
+    )
     loss.build({"a": (4, 3, 3), "v": (5,)}, {"b": (4, 3, 3), "w": (5,)})
     identity, conv, linear = loss.connectors
     assert isinstance(identity, torch.nn.Identity)  # 'auto' and equal shapes

@@ -1,5 +1,6 @@
 """Student from teacher layers: configurable block selection, narrower layers by slicing, and the
 pretrain stage training the new or reshaped layers while the copied ones stay frozen."""
+
 import pytest
 import torch
 
@@ -26,8 +27,9 @@ def test_deep_to_shallow_resnet_copies_the_first_block_of_each_stage():
     report = transplant(student, teacher, select="first")
     assert report.sliced == [] and set(report.copied) == set(student.state_dict())
     for stage in ("layer1", "layer2", "layer3"):
-        assert torch.equal(student.get_submodule(f"{stage}.0").conv2.weight,
-                           teacher.get_submodule(f"{stage}.0").conv2.weight)
+        assert torch.equal(
+            student.get_submodule(f"{stage}.0").conv2.weight, teacher.get_submodule(f"{stage}.0").conv2.weight
+        )
 
 
 def test_select_by_stage_and_reshaped_blocks():
@@ -65,8 +67,10 @@ def digits():
 
 
 def _env(tmp_path, data, **pretrain):
-    cfg = tiny_config(student={"arch": "cnn", "kwargs": {"channels": [4, 8]}},
-                      pretrain={"method": "teacher_layers", "train": {"max_epochs": 1, "batch_size": 64}, **pretrain})
+    cfg = tiny_config(
+        student={"arch": "cnn", "kwargs": {"channels": [4, 8]}},
+        pretrain={"method": "teacher_layers", "train": {"max_epochs": 1, "batch_size": 64}, **pretrain},
+    )
     return StageEnv(cfg, data, tmp_path)
 
 
@@ -84,10 +88,15 @@ def test_pretrain_trains_sliced_layers_and_keeps_copied_ones_frozen(tmp_path, di
 def test_pretrain_of_a_resnet_with_new_blocks(tmp_path, digits):
     """Teacher blocks chosen per stage; the student's reshaped block (no teacher shape) trains, copied ones don't."""
     teacher = create_model("resnet", in_channels=1, num_classes=digits.num_classes, depth=14, widths=[4, 4, 8, 8])
-    cfg = tiny_config(student={"arch": "resnet", "kwargs": {"depth": 8, "widths": [4, 4, 8, 8]}},
-                      pretrain={"method": "teacher_layers", "select": {"layer2": [1]},
-                                "train": {"max_epochs": 1, "batch_size": 64},
-                                "losses": {"ce": {"weight": 1.0}}})
+    cfg = tiny_config(
+        student={"arch": "resnet", "kwargs": {"depth": 8, "widths": [4, 4, 8, 8]}},
+        pretrain={
+            "method": "teacher_layers",
+            "select": {"layer2": [1]},
+            "train": {"max_epochs": 1, "batch_size": 64},
+            "losses": {"ce": {"weight": 1.0}},
+        },
+    )
     res = pretrain_student(StageEnv(cfg, digits, tmp_path), None, teacher)
     student = res.model.cpu()
     assert res.info["trained_new_layers"]
@@ -102,8 +111,10 @@ def test_pretrain_of_a_resnet_with_new_blocks(tmp_path, digits):
 
 def test_pretrain_skips_training_when_everything_was_copied(tmp_path, digits):
     teacher = create_model("resnet", in_channels=1, num_classes=digits.num_classes, depth=14, widths=[4, 4, 8, 8])
-    cfg = tiny_config(student={"arch": "resnet", "kwargs": {"depth": 8, "widths": [4, 4, 8, 8]}},
-                      pretrain={"method": "teacher_layers", "train": {"max_epochs": 1}})
+    cfg = tiny_config(
+        student={"arch": "resnet", "kwargs": {"depth": 8, "widths": [4, 4, 8, 8]}},
+        pretrain={"method": "teacher_layers", "train": {"max_epochs": 1}},
+    )
     res = pretrain_student(StageEnv(cfg, digits, tmp_path), None, teacher)
     assert res.info["trained_new_layers"] is False and res.fit is None
     assert torch.equal(res.model.cpu().layer3[0].conv2.weight, teacher.layer3[0].conv2.weight)

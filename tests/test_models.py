@@ -1,4 +1,5 @@
 """Model registry, architectures and teacher-to-student weight transfer."""
+
 import json
 
 import pytest

@@ -1,6 +1,7 @@
 """Models from torchvision, timm and the user's own code: built for the data, pretrained weights
 from the local cache (backbone loaded, head new), 1-channel stems, features by module path, and a
 whole `kdflow run` from a torchvision teacher to a registered, exported torchvision student."""
+
 from __future__ import annotations
 
 import copy
@@ -46,12 +47,20 @@ OWN = {
     "name": "own-models",
     # streamed from the files by two DataLoader workers, as data larger than memory would be
     "data": {"name": "imagefolder", "in_memory": False, "num_workers": 2, "augment": {"scale": [0.6, 1.0]}},
-    "teacher": {"arch": "torchvision:resnet18", "kwargs": {"weights": None},
-                "train": {"max_epochs": 2, "batch_size": 32, "optimizer": "adam", "lr": 0.001}},
+    "teacher": {
+        "arch": "torchvision:resnet18",
+        "kwargs": {"weights": None},
+        "train": {"max_epochs": 2, "batch_size": 32, "optimizer": "adam", "lr": 0.001},
+    },
     "student": {"arch": "torchvision:mobilenet_v3_small"},
-    "distill": {"losses": {"kd": {"weight": 0.9}, "ce": {"weight": 0.1},
-                           "fitnet": {"weight": 1.0, "pairs": [{"student": "features.3", "teacher": "layer2"}]}},
-                "train": {"max_epochs": 2, "batch_size": 32, "optimizer": "adam", "lr": 0.002}},
+    "distill": {
+        "losses": {
+            "kd": {"weight": 0.9},
+            "ce": {"weight": 0.1},
+            "fitnet": {"weight": 1.0, "pairs": [{"student": "features.3", "teacher": "layer2"}]},
+        },
+        "train": {"max_epochs": 2, "batch_size": 32, "optimizer": "adam", "lr": 0.002},
+    },
     "baseline": {"enabled": False},
     "evaluate": {"min_run_time": 0.01, "throughput_batch": 16, "latency": False},
     "register": {"teacher_name": "own-teacher", "student_name": "own-student"},
@@ -201,7 +210,9 @@ def test_vit_needs_the_image_size_of_the_data():
 def test_features_by_module_path_and_a_useful_message_for_a_wrong_one():
     model = create_model("torchvision:mobilenet_v3_small", in_channels=3, num_classes=4)
     assert probe_shapes(model, ["features.3", "features.8"], torch.zeros(2, 3, 32, 32)) == {
-        "features.3": (24, 4, 4), "features.8": (48, 2, 2)}
+        "features.3": (24, 4, 4),
+        "features.8": (48, 2, 2),
+    }
     with pytest.raises(KdflowError) as err:
         FeatureTap(model, ["features.33"])
     msg = str(err.value)
@@ -237,23 +248,40 @@ def test_timm_missing_says_how_to_install_it(monkeypatch):
 
 def test_python_factory_builds_the_users_model():
     net = create_model("python:plugins_pkg.models:make_net", in_channels=1, num_classes=3, width=4)
-    assert net.kdflow_spec == {"arch": "python:plugins_pkg.models:make_net", "in_channels": 1, "num_classes": 3,
-                               "kwargs": {"width": 4}}
+    assert net.kdflow_spec == {
+        "arch": "python:plugins_pkg.models:make_net",
+        "in_channels": 1,
+        "num_classes": 3,
+        "kwargs": {"width": 4},
+    }
     assert net.head.out_features == 3 and net.body.conv1.in_channels == 1
 
 
-@pytest.mark.parametrize("arch, kwargs, needle", [
-    ("python:plugins_pkg.no_such_module:make_net", {}, "module 'plugins_pkg.no_such_module' cannot be imported "
-                                                       "(ModuleNotFoundError"),
-    ("python:plugins_pkg.models:make_nett", {}, "module 'plugins_pkg.models' has no attribute 'make_nett'; the "
-                                                "functions and classes it defines: make_net, no_channels"),
-    ("python:plugins_pkg.models:NOT_CALLABLE", {}, "plugins_pkg.models.NOT_CALLABLE is a int, not a callable"),
-    ("python:plugins_pkg.models:not_a_module", {}, "returned a list, not a torch.nn.Module"),
-    ("python:plugins_pkg.models:no_channels", {}, "must accept in_channels and num_classes"),
-    ("python:plugins_pkg.models:make_net", {"depth": 3}, "does not accept parameter 'depth'; accepted parameters: "
-                                                         "width"),
-    ("python:plugins_pkg.models", {}, "expected python:MODULE:FACTORY"),
-])
+@pytest.mark.parametrize(
+    "arch, kwargs, needle",
+    [
+        (
+            "python:plugins_pkg.no_such_module:make_net",
+            {},
+            "module 'plugins_pkg.no_such_module' cannot be imported (ModuleNotFoundError",
+        ),
+        (
+            "python:plugins_pkg.models:make_nett",
+            {},
+            "module 'plugins_pkg.models' has no attribute 'make_nett'; the "
+            "functions and classes it defines: make_net, no_channels",
+        ),
+        ("python:plugins_pkg.models:NOT_CALLABLE", {}, "plugins_pkg.models.NOT_CALLABLE is a int, not a callable"),
+        ("python:plugins_pkg.models:not_a_module", {}, "returned a list, not a torch.nn.Module"),
+        ("python:plugins_pkg.models:no_channels", {}, "must accept in_channels and num_classes"),
+        (
+            "python:plugins_pkg.models:make_net",
+            {"depth": 3},
+            "does not accept parameter 'depth'; accepted parameters: width",
+        ),
+        ("python:plugins_pkg.models", {}, "expected python:MODULE:FACTORY"),
+    ],
+)
 def test_python_factory_errors_are_one_clear_message(arch, kwargs, needle):
     with pytest.raises(KdflowError) as err:
         create_model(arch, in_channels=1, num_classes=3, **kwargs)

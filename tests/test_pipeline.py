@@ -2,6 +2,7 @@
 
 One module-scoped home: a first run, an unchanged rerun, and a rerun with one distill parameter
 changed."""
+
 from __future__ import annotations
 
 import copy
@@ -27,10 +28,11 @@ def runs(prefect_server, tmp_path_factory):
         second = run_pipeline(cfg)
         changed = run_pipeline(config_from_dict(copy.deepcopy(TINY), ["distill.temperature=2"]))
         manifests = {p: p.stat().st_mtime_ns for p in (home / "cache").glob("*/manifest.json")}
-        other_student = run_pipeline(config_from_dict(copy.deepcopy(TINY), ["student.arch=cnn",
-                                                                             "student.kwargs.channels=[4,8]"]))
+        other_student = run_pipeline(
+            config_from_dict(copy.deepcopy(TINY), ["student.arch=cnn", "student.kwargs.channels=[4,8]"])
+        )
         manifests_after = {p: p.stat().st_mtime_ns for p in (home / "cache").glob("*/manifest.json")}
-        Path(first["artifacts"]["pretrain"]).unlink()      # a cached stage's artifact disappears
+        Path(first["artifacts"]["pretrain"]).unlink()  # a cached stage's artifact disappears
         healed = run_pipeline(cfg)
     return home, first, second, changed, (other_student, manifests, manifests_after, healed)
 
@@ -46,8 +48,9 @@ def test_first_run_creates_parent_and_stage_runs_with_metrics(runs):
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["kdflow.prefect_flow_run_id"] == first["prefect_flow_run_id"]
     assert parent.data.tags["kdflow.config_hash"] == first["config_hash"]
-    children = c.search_runs([parent.info.experiment_id],
-                             filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    children = c.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
     names = {r.info.run_name for r in children}
     assert names == STAGES and len(children) >= 6
     for r in children:
@@ -76,7 +79,7 @@ def test_distillation_and_teacher_learn(runs):
     _, first, _, _, _ = runs
     m = first["models"]
     assert m["teacher"]["top1"] > 0.8, m["teacher"]
-    assert m["student"]["top1"] > 0.3 and m["baseline"]["top1"] > 0.3   # 10 classes: chance is 0.1
+    assert m["student"]["top1"] > 0.3 and m["baseline"]["top1"] > 0.3  # 10 classes: chance is 0.1
     for name in ("teacher", "baseline", "student"):
         assert m[name]["params"] > 0 and m[name]["flops"] > 0 and m[name]["latency_ms"] > 0
     assert m["teacher"]["params"] > 5 * m["student"]["params"]

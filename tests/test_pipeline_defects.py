@@ -1,6 +1,7 @@
 """Defects of issue 15 in the pipeline: a garbage-collected or damaged cache entry is rebuilt
 (1), ``trainer.retries`` is honoured (3), and an error of kdflow's own raised inside a stage reaches
 the user as one line (9)."""
+
 from __future__ import annotations
 
 import copy
@@ -133,8 +134,14 @@ def test_a_kdflow_error_inside_a_stage_is_one_line_on_stderr(prefect_server, tmp
     env = {**os.environ, "KDFLOW_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT)}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("PREFECT_LOGGING_LEVEL", None)  # the CLI's own default (WARNING), as a user gets it
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(tmp_path / "nan.yaml")], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", str(tmp_path / "nan.yaml")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
     errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]

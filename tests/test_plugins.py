@@ -1,6 +1,7 @@
 """Users' own losses, datasets and models registered without editing kdflow: a config's `imports:`
 (imported wherever a config is validated, Prefect workers included) and the `kdflow.plugins`
 entry-point group (loaded on the first lookup of an unknown name)."""
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,13 @@ ROOT = TESTS.parent
 
 
 def test_imports_register_a_loss_and_a_dataset_that_take_the_section_temperature():
-    cfg = config_from_dict({"imports": ["plugins_pkg.kd_plugins"], "data": {"name": "stripes"},
-                            "distill": {"temperature": 3, "losses": {"logit_mse": {"weight": 1}}}})
+    cfg = config_from_dict(
+        {
+            "imports": ["plugins_pkg.kd_plugins"],
+            "data": {"name": "stripes"},
+            "distill": {"temperature": 3, "losses": {"logit_mse": {"weight": 1}}},
+        }
+    )
     from kdcore.data import DATASETS, load_dataset
 
     assert "logit_mse" in LOSSES and "stripes" in DATASETS
@@ -50,8 +56,9 @@ def test_a_worker_that_validates_the_config_gets_the_plugins(tmp_path):
         "print('registered')\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)])}
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120
+    )
     assert out.returncode == 0 and "registered" in out.stdout, out.stderr
 
 
@@ -65,16 +72,21 @@ def test_an_unknown_import_fails_the_cli_with_one_message(tmp_path, monkeypatch)
     out = result.output
     assert result.exit_code == 2, out
     assert out.count("error:") == 1 and "Traceback" not in out
-    assert ("imports = [\"no_such_plugin_pkg.kd_plugins\"]: plugin module 'no_such_plugin_pkg.kd_plugins' cannot be "
-            "imported (ModuleNotFoundError: No module named 'no_such_plugin_pkg')") in out
+    assert (
+        "imports = [\"no_such_plugin_pkg.kd_plugins\"]: plugin module 'no_such_plugin_pkg.kd_plugins' cannot be "
+        "imported (ModuleNotFoundError: No module named 'no_such_plugin_pkg')"
+    ) in out
     assert not (tmp_path / "home" / "runs").exists()
 
 
 def test_a_plugin_that_raises_while_importing_is_named(tmp_path, monkeypatch):
     (tmp_path / "broken_plugin_mod.py").write_text("raise RuntimeError('forgot to set MY_TOKEN')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(ConfigError, match=r"plugin module 'broken_plugin_mod' failed while importing "
-                                          r"\(RuntimeError: forgot to set MY_TOKEN\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"plugin module 'broken_plugin_mod' failed while importing "
+        r"\(RuntimeError: forgot to set MY_TOKEN\)",
+    ):
         config_from_dict({"imports": ["broken_plugin_mod"]})
 
 
@@ -83,7 +95,8 @@ def test_a_plugin_file_in_the_working_directory_is_found(tmp_path, monkeypatch):
     (tmp_path / "cwd_plugin_mod.py").write_text(
         "from kdcore.models import MODELS\nfrom torch import nn\n"
         "@MODELS.register('cwd_linear')\n"
-        "def cwd_linear(in_channels, num_classes):\n    return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))\n")
+        "def cwd_linear(in_channels, num_classes):\n    return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))\n"
+    )
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
     config_from_dict({"imports": ["cwd_plugin_mod"]})
@@ -101,12 +114,14 @@ def installed_plugin(tmp_path, monkeypatch):
         "    return nn.Sequential(nn.Flatten(), nn.LazyLinear(hidden), nn.ReLU(), nn.Linear(hidden, num_classes))\n"
         "def register():\n"
         "    from kdcore.losses import LOSSES\n    from kdcore.losses.ce import CELoss\n"
-        "    LOSSES.register('ep_ce')(type('EpCE', (CELoss,), {}))\n")
+        "    LOSSES.register('ep_ce')(type('EpCE', (CELoss,), {}))\n"
+    )
     info = tmp_path / "kdflow_ep_demo-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: kdflow-ep-demo\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[kdflow.plugins]\ndemo = ep_demo_plugin\n"
-                                           "demo_losses = ep_demo_plugin:register\nbroken = ep_missing_module\n")
+    (info / "entry_points.txt").write_text(
+        "[kdflow.plugins]\ndemo = ep_demo_plugin\ndemo_losses = ep_demo_plugin:register\nbroken = ep_missing_module\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(kdcore.plugins, "_entry_points_loaded", False)
     monkeypatch.setattr(kdcore.plugins, "entry_point_errors", {})

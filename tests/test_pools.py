@@ -9,6 +9,7 @@ HostConfig the Docker SDK would send), `nvidia.com/gpu` limits for Kubernetes, C
 for a process worker. No Docker daemon or Kubernetes cluster runs here, so this is where those
 recipes are checked. A run that was given GPUs but sees none fails with one clear message.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -63,12 +64,30 @@ def deployed(real_servers, tmp_path_factory):
     env = client_env(real_servers["prefect"], real_servers["mlflow"].extra["uri"], home)
     api = real_servers["prefect"].extra["api"]
     outs, deps = {}, {}
-    for pool_type, extra in (("docker", ["-j", "gpus=2", "-j", 'env={"KDFLOW_HOME": "/data/kdflow"}']),
-                             ("kubernetes", [])):
+    for pool_type, extra in (
+        ("docker", ["-j", "gpus=2", "-j", 'env={"KDFLOW_HOME": "/data/kdflow"}']),
+        ("kubernetes", []),
+    ):
         outs[pool_type] = subprocess.run(
-            [sys.executable, "-m", "flows.cli", "deploy", "--pool-type", pool_type, "--image",
-             "registry.example.com/kdflow:1", "--gpus", "4", *extra],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+            [
+                sys.executable,
+                "-m",
+                "flows.cli",
+                "deploy",
+                "--pool-type",
+                pool_type,
+                "--image",
+                "registry.example.com/kdflow:1",
+                "--gpus",
+                "4",
+                *extra,
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         deps[pool_type] = _deployments(api, POOLS[pool_type])
     return outs, deps, api
 
@@ -101,14 +120,15 @@ def test_docker_pool_gets_gpu_device_requests(deployed):
         assert jv["gpus"] == 2 and jv["image"] == "registry.example.com/kdflow:1"
         assert jv["env"] == {"PYTHONUNBUFFERED": "1", "KDFLOW_HOME": "/data/kdflow"}  # file's env + command line's
     assert deps["retrain"]["work_queue_name"] == "retrain"
-    assert deps["retrain"]["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"] \
+    assert (
+        deps["retrain"]["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"]
         == "/opt/kdflow"
+    )
     config = render("docker", pool["base_job_template"], deps["pipeline"]["job_variables"], api)
     assert config.image == "registry.example.com/kdflow:1"
     assert config.env["KDFLOW_GPUS"] == "2" and config.env["KDFLOW_HOME"] == "/data/kdflow"
     requests = docker_host_config(config)["DeviceRequests"]
-    assert requests == [{"Driver": "nvidia", "Count": 2, "DeviceIDs": [], "Capabilities": [["gpu"]],
-                         "Options": {}}]
+    assert requests == [{"Driver": "nvidia", "Count": 2, "DeviceIDs": [], "Capabilities": [["gpu"]], "Options": {}}]
     # the pool's default, for a deployment that names no count: one GPU
     one = render("docker", pool["base_job_template"], {"image": "x"}, api)
     assert docker_host_config(one)["DeviceRequests"][0]["Count"] == 1 and one.env["KDFLOW_GPUS"] == "1"
@@ -175,12 +195,21 @@ def test_bad_pool_type_and_job_variable_are_refused(tmp_path):
     import os
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    env.update(PREFECT_HOME=str(tmp_path / "ph"), KDFLOW_HOME=str(tmp_path / "home"),
-               PREFECT_API_URL="http://127.0.0.1:9/api")
-    for args, message in ((["--pool-type", "slurm"], "--pool-type 'slurm' is not one of process, docker, kubernetes"),
-                          (["-j", "gpus"], "--job-variable 'gpus' is not KEY=VALUE")):
-        out = subprocess.run([sys.executable, "-m", "flows.cli", "deploy", *args], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=120)
+    env.update(
+        PREFECT_HOME=str(tmp_path / "ph"), KDFLOW_HOME=str(tmp_path / "home"), PREFECT_API_URL="http://127.0.0.1:9/api"
+    )
+    for args, message in (
+        (["--pool-type", "slurm"], "--pool-type 'slurm' is not one of process, docker, kubernetes"),
+        (["-j", "gpus"], "--job-variable 'gpus' is not KEY=VALUE"),
+    ):
+        out = subprocess.run(
+            [sys.executable, "-m", "flows.cli", "deploy", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert out.returncode == 2, out.stdout + out.stderr
         assert message in out.stderr and "Traceback" not in out.stderr
 
@@ -198,8 +227,14 @@ def test_a_run_given_gpus_that_sees_none_fails_clearly(tmp_path):
     cfg.write_text(yaml.safe_dump(copy.deepcopy(TINY)))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
     env.update(PREFECT_HOME=str(tmp_path / "ph"), KDFLOW_HOME=str(tmp_path / "home"), KDFLOW_GPUS="1")
-    out = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(cfg)], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", str(cfg)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 2, out.stdout + out.stderr
     assert "this run needs 1 GPU(s) (KDFLOW_GPUS=1" in out.stderr and "CUDA sees 0" in out.stderr
     assert "Traceback" not in out.stderr

@@ -1,5 +1,6 @@
 """Live progress: the display follows the stage events; `--quiet` prints only the result; plain
 lines per stage and epoch when stdout is not a terminal."""
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,13 @@ def _feed(console: Console, quiet: bool = False) -> None:
         emit("baseline", "cached")
         emit("teacher", "running")
         for epoch in range(3):
-            emit("teacher", "epoch", epoch=epoch, max_epochs=3,
-                 metrics={"train_loss": 1.5 - epoch / 2, "val_top1": 0.5 + epoch / 10, "lr": 0.1})
+            emit(
+                "teacher",
+                "epoch",
+                epoch=epoch,
+                max_epochs=3,
+                metrics={"train_loss": 1.5 - epoch / 2, "val_top1": 0.5 + epoch / 10, "lr": 0.1},
+            )
         emit("teacher", "done")
         emit("features", "running")
         for done in range(0, 101, 10):
@@ -39,8 +45,11 @@ def test_plain_lines_when_stdout_is_not_a_terminal():
     assert lines[0] == "[baseline] cached (skipped)"
     assert lines[1] == "[teacher] running"
     epochs = [line for line in lines if line.startswith("[teacher] epoch")]
-    assert [line.split(",")[0] for line in epochs] == ["[teacher] epoch 1/3", "[teacher] epoch 2/3",
-                                                       "[teacher] epoch 3/3"]
+    assert [line.split(",")[0] for line in epochs] == [
+        "[teacher] epoch 1/3",
+        "[teacher] epoch 2/3",
+        "[teacher] epoch 3/3",
+    ]
     assert "loss 1.5000" in epochs[0] and "val_top1 50.00%" in epochs[0] and "ETA" in epochs[0]
     assert "ETA" not in epochs[-1] or "ETA 0s" in epochs[-1]
     assert lines[5].startswith("[teacher] done in ")
@@ -79,11 +88,22 @@ def test_terminal_display_one_line_per_stage_with_epoch_loss_metric_and_cache_pr
 def _kdflow(args: list[str], home: Path, tmp: Path) -> subprocess.CompletedProcess:
     cfg = tmp / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(TINY))
-    env = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", **os.environ, "KDFLOW_HOME": str(home),
-           "PYTHONPATH": str(ROOT), "COLUMNS": "100"}
+    env = {
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        **os.environ,
+        "KDFLOW_HOME": str(home),
+        "PYTHONPATH": str(ROOT),
+        "COLUMNS": "100",
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", "flows.cli", "run", str(cfg), *args], env=env, cwd=tmp,
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", str(cfg), *args],
+        env=env,
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """A run can be repeated: its complete resolved config as YAML with secrets redacted, and a
 readable code version. (Logged on a real pipeline run: tests/test_tracking_door.py.)"""
+
 from __future__ import annotations
 
 import shutil
@@ -19,10 +20,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_secrets_are_redacted_and_everything_else_kept():
-    raw = {"data": {"root": "s3://AKIA:hunter2@bucket/data", "options": {"hf_token": "hf_abc", "api_key": "k",
-                                                                          "password": "pw", "tokenizer": "bert",
-                                                                          "max_tokens": 512, "auth": None}},
-           "list": [{"secret": "x"}, "plain"]}
+    raw = {
+        "data": {
+            "root": "s3://AKIA:hunter2@bucket/data",
+            "options": {
+                "hf_token": "hf_abc",
+                "api_key": "k",
+                "password": "pw",
+                "tokenizer": "bert",
+                "max_tokens": 512,
+                "auth": None,
+            },
+        },
+        "list": [{"secret": "x"}, "plain"],
+    }
     out = redacted(raw)
     assert out["data"]["root"] == "s3://***@bucket/data"
     opts = out["data"]["options"]
@@ -45,8 +56,9 @@ def test_config_yaml_is_the_complete_resolved_config():
 
 @pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(), reason="not a git checkout")
 def test_code_version_names_the_package_and_the_commit():
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     tags = code_tags()
     assert tags["kdflow.version"] == metadata.version("kdflow")
     assert tags["kdflow.git_commit"].removesuffix("-dirty") == head

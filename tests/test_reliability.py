@@ -1,9 +1,9 @@
 """Crash and resume, atomic checkpoints, divergence: nothing lost, nothing wrongly registered."""
+
 from __future__ import annotations
 
 import copy
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -54,16 +54,23 @@ def test_sigkill_during_distillation_then_rerun_resumes_exactly(prefect_server, 
     for k in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
         env.pop(k, None)
     log = open(tmp_path / "killed.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(cfg_file)], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "run", str(cfg_file)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.time() + 240
     try:
         while time.time() < deadline:
             done = sorted(killed_home.glob("runs/distill/*/checkpoints/epoch-*"))
             if any(p.name >= "epoch-0001" for p in done):
                 break
-            assert proc.poll() is None, "the pipeline ended before it could be killed:\n" + (
-                tmp_path / "killed.log").read_text()[-3000:]
+            assert proc.poll() is None, (
+                "the pipeline ended before it could be killed:\n" + (tmp_path / "killed.log").read_text()[-3000:]
+            )
             time.sleep(0.02)
         else:
             pytest.fail("distillation never wrote its second checkpoint")
@@ -89,8 +96,11 @@ def test_sigkill_during_distillation_then_rerun_resumes_exactly(prefect_server, 
     assert steps == list(range(8)), f"every epoch's metrics in the resumed run, none twice: {steps}"
     # epochs 0..killed_at were not trained again: their metrics are the killed run's, copied from the
     # checkpoint's history (a retrained epoch would have taken its own epoch_seconds)
-    (killed_run,) = [r for r in c.search_runs([run.info.experiment_id], filter_string="tags.`kdflow.stage` = 'distill'")
-                     if r.info.run_id != run.info.run_id]
+    (killed_run,) = [
+        r
+        for r in c.search_runs([run.info.experiment_id], filter_string="tags.`kdflow.stage` = 'distill'")
+        if r.info.run_id != run.info.run_id
+    ]
     took = {m.step: m.value for m in c.get_metric_history(run.info.run_id, "epoch_seconds")}
     took_killed = {m.step: m.value for m in c.get_metric_history(killed_run.info.run_id, "epoch_seconds")}
     assert 0 in took_killed, took_killed  # logged before epoch 1's checkpoint, so before the kill
@@ -138,14 +148,21 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_p
     stray.mkdir()
     (stray / "model.safetensors").write_bytes(b"garbage")
     monkeypatch.setattr(ckpt, "save_file", real_save)
-    res = fit({"model": model}, step, 64, lambda: classifier_val(model, x, y), spec, ckpt_dir=tmp_path, run_key="k",
-              callbacks=TrainCallbacks())
+    res = fit(
+        {"model": model},
+        step,
+        64,
+        lambda: classifier_val(model, x, y),
+        spec,
+        ckpt_dir=tmp_path,
+        run_key="k",
+        callbacks=TrainCallbacks(),
+    )
     assert res.resumed_from == 1 and res.epochs_run == 3
     assert not stray.exists(), "leftovers of an interrupted write are cleaned up"
 
 
-def test_divergence_stops_the_pipeline_with_epoch_and_step_and_registers_nothing(prefect_server, tmp_path,
-                                                                                 monkeypatch):
+def test_divergence_stops_the_pipeline_with_epoch_and_step_and_registers_nothing(prefect_server, tmp_path, monkeypatch):
     """A diverged training is the user's to fix (a learning rate): it is not retried. Each stage that
     diverges raises once, its run ends FAILED, and the message names the stage, epoch and step."""
     import re
@@ -169,13 +186,15 @@ def test_divergence_stops_the_pipeline_with_epoch_and_step_and_registers_nothing
     (tmp_path / "nan.yaml").write_text(yaml.safe_dump(cfg))
     result = CliRunner().invoke(app, ["run", str(tmp_path / "nan.yaml")])
     assert result.exit_code == 2, result.output
-    assert re.search(r"error: (distill|baseline): loss became (nan|-?inf) at epoch 1, step \d+; training stopped",
-                     result.stderr), result.stderr
+    assert re.search(
+        r"error: (distill|baseline): loss became (nan|-?inf) at epoch 1, step \d+; training stopped", result.stderr
+    ), result.stderr
     stages = [m.split(":")[0] for m in raised]
     assert "distill" in stages and sorted(stages) == sorted(set(stages)), f"a diverged stage was retried: {raised}"
     c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert c.search_registered_models() == [] or not any(
-        c.search_model_versions(f"name='{n}'") for n in ("nan-teacher", "nan-student"))
+        c.search_model_versions(f"name='{n}'") for n in ("nan-teacher", "nan-student")
+    )
     exp = c.get_experiment_by_name("tiny")
     parents = c.search_runs([exp.experiment_id], filter_string="tags.`kdflow.kind` = 'pipeline'")
     assert [r.info.status for r in parents] == ["FAILED"]
@@ -211,7 +230,9 @@ def test_a_retried_training_task_resumes_into_the_same_mlflow_run(prefect_server
     c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     parent = report["mlflow_parent_run_id"]
     exp = c.get_run(parent).info.experiment_id
-    runs = c.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parent}' and tags.`kdflow.stage` = 'distill'")
+    runs = c.search_runs(
+        [exp], filter_string=f"tags.mlflow.parentRunId = '{parent}' and tags.`kdflow.stage` = 'distill'"
+    )
     assert len(runs) == 1, "the retry reopened the first attempt's run"
     run = runs[0]
     assert run.info.status == "FINISHED" and run.data.tags["kdflow.attempts"] == "2"

@@ -1,4 +1,5 @@
 """The run report fits an 80-column terminal with nothing cut, and prints no credentials."""
+
 from __future__ import annotations
 
 from rich.console import Console
@@ -6,22 +7,62 @@ from rich.console import Console
 from flows.report import print_locations, print_report
 
 MODELS = {  # the widest values a run produces: a large teacher, the full set of measures
-    "teacher": {"top1": 0.9778, "top5": 1.0, "ece": 0.0123, "params": 11_689_512, "size_bytes": 46_827_520,
-                "latency_ms": 123.45, "throughput": 12345.6, "flops": 1_823_000_000.0},
-    "baseline": {"top1": 0.8431, "top5": 0.9912, "agreement": 0.8611, "ece": 0.1234, "params": 23_456,
-                 "size_bytes": 96_000, "latency_ms": 0.41, "throughput": 98765.0, "flops": 1_230_000.0},
-    "student": {"top1": 0.9172, "top5": 0.9987, "agreement": 0.9321, "ece": 0.0456, "params": 23_456,
-                "size_bytes": 96_000, "latency_ms": 0.42, "throughput": 97654.0, "flops": 1_230_000.0},
+    "teacher": {
+        "top1": 0.9778,
+        "top5": 1.0,
+        "ece": 0.0123,
+        "params": 11_689_512,
+        "size_bytes": 46_827_520,
+        "latency_ms": 123.45,
+        "throughput": 12345.6,
+        "flops": 1_823_000_000.0,
+    },
+    "baseline": {
+        "top1": 0.8431,
+        "top5": 0.9912,
+        "agreement": 0.8611,
+        "ece": 0.1234,
+        "params": 23_456,
+        "size_bytes": 96_000,
+        "latency_ms": 0.41,
+        "throughput": 98765.0,
+        "flops": 1_230_000.0,
+    },
+    "student": {
+        "top1": 0.9172,
+        "top5": 0.9987,
+        "agreement": 0.9321,
+        "ece": 0.0456,
+        "params": 23_456,
+        "size_bytes": 96_000,
+        "latency_ms": 0.42,
+        "throughput": 97654.0,
+        "flops": 1_230_000.0,
+    },
 }
-STAGES = {s: {"cached": i % 2 == 0, "seconds": 1234.5 if s == "teacher" else 0.1, "fingerprint": "f" * 64,
-              "mlflow_run_id": "0123456789abcdef0123456789abcdef"}
-          for i, s in enumerate(("teacher", "features", "pretrain", "distill", "baseline", "evaluate", "register"))}
+STAGES = {
+    s: {
+        "cached": i % 2 == 0,
+        "seconds": 1234.5 if s == "teacher" else 0.1,
+        "fingerprint": "f" * 64,
+        "mlflow_run_id": "0123456789abcdef0123456789abcdef",
+    }
+    for i, s in enumerate(("teacher", "features", "pretrain", "distill", "baseline", "evaluate", "register"))
+}
 
 
 def _report(**extra):
-    return {"models": MODELS, "stages": STAGES, "registered": {"tiny-teacher": "12", "tiny-student": "13"},
-            "registered_new": ["tiny-student"], "home": "/tmp/h", "tracking_uri": "sqlite:////tmp/h/mlflow.db",
-            "mlflow_parent_run_id": "a" * 32, "prefect_flow_run_id": "b" * 8, **extra}
+    return {
+        "models": MODELS,
+        "stages": STAGES,
+        "registered": {"tiny-teacher": "12", "tiny-student": "13"},
+        "registered_new": ["tiny-student"],
+        "home": "/tmp/h",
+        "tracking_uri": "sqlite:////tmp/h/mlflow.db",
+        "mlflow_parent_run_id": "a" * 32,
+        "prefect_flow_run_id": "b" * 8,
+        **extra,
+    }
 
 
 def _render(fn, *args) -> list[str]:
@@ -38,14 +79,20 @@ def test_tables_fit_80_columns_without_cutting_a_cell(monkeypatch):
     assert "…" not in text
     for name, m in MODELS.items():  # each model on one line, every value whole
         row = next(line for line in lines if line.startswith(name))
-        expected = [f"{100 * m['top1']:.2f}", f"{100 * m['top5']:.2f}", f"{m['ece']:.3f}", f"{m['flops'] / 1e6:.2f}",
-                    f"{m['throughput']:.0f}", f"{m['latency_ms']:.2f}"]
+        expected = [
+            f"{100 * m['top1']:.2f}",
+            f"{100 * m['top5']:.2f}",
+            f"{m['ece']:.3f}",
+            f"{m['flops'] / 1e6:.2f}",
+            f"{m['throughput']:.0f}",
+            f"{m['latency_ms']:.2f}",
+        ]
         for value in expected:
             assert value in row.split(), (value, row)
     assert "45730" in text  # the teacher's size in KiB, the unit in the header
     for header in ("model", "top1", "top5", "agree", "ECE", "params", "KiB", "ms@1", "img/s", "MFLOP"):
         assert header in text
-    stages = lines[next(i for i, line in enumerate(lines) if line.strip() == "stages"):]
+    stages = lines[next(i for i, line in enumerate(lines) if line.strip() == "stages") :]
     for stage, info in STAGES.items():
         row = next(line for line in stages if line.startswith(stage))
         assert info["mlflow_run_id"] in row and "f" * 12 in row, row

@@ -3,6 +3,7 @@ and weights; with changed data it says what differs and exits non-zero.
 
 Each command runs as its own process, as a user runs them (the original run, later a reproduction),
 all on one local Prefect server that the module stops at the end."""
+
 from __future__ import annotations
 
 import json
@@ -26,14 +27,21 @@ def registered(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("reproduce")
     home = tmp / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API") and k != "MLFLOW_TRACKING_URI"}
-    env.update(KDFLOW_HOME=str(home), PYTHONPATH=str(ROOT), KDFLOW_PREFECT="local",
-               KDFLOW_PREFECT_PORT=str(free_port()), KDFLOW_PREFECT_IDLE_MINUTES="0", COLUMNS="120")
+    env.update(
+        KDFLOW_HOME=str(home),
+        PYTHONPATH=str(ROOT),
+        KDFLOW_PREFECT="local",
+        KDFLOW_PREFECT_PORT=str(free_port()),
+        KDFLOW_PREFECT_IDLE_MINUTES="0",
+        COLUMNS="120",
+    )
     cfg = tmp / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(TINY))
 
     def kdflow(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "flows.cli", *args], env=env, cwd=tmp, capture_output=True,
-                              text=True, timeout=900)
+        return subprocess.run(
+            [sys.executable, "-m", "flows.cli", *args], env=env, cwd=tmp, capture_output=True, text=True, timeout=900
+        )
 
     try:
         first = kdflow("run", str(cfg), "--quiet")
@@ -64,8 +72,14 @@ def test_reproduce_matches_a_registered_version(registered):
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
     assert "reproduced: the same metrics and weights" in out.stdout
     rows = _rows(out.stdout)
-    for what in ("teacher top1", "baseline top1", "student top1", "student ece", "data fingerprint",
-                 "tiny-student sha256"):
+    for what in (
+        "teacher top1",
+        "baseline top1",
+        "student top1",
+        "student ece",
+        "data fingerprint",
+        "tiny-student sha256",
+    ):
         assert rows.get(what) == "yes", (what, out.stdout)
     assert set(rows.values()) == {"yes"}
     assert (tmp / "again" / "mlflow.db").exists()  # the rerun used its own store...
@@ -77,8 +91,9 @@ def test_reproduce_matches_a_registered_version(registered):
 
 def test_reproduce_fails_when_the_data_changed(registered):
     kdflow, _, tmp = registered
-    out = kdflow("reproduce", "models:/tiny-student/1", "--set", "data.split_seed=1", "--home", str(tmp / "changed"),
-                 "--quiet")
+    out = kdflow(
+        "reproduce", "models:/tiny-student/1", "--set", "data.split_seed=1", "--home", str(tmp / "changed"), "--quiet"
+    )
     assert out.returncode == 1, out.stdout + out.stderr[-3000:]
     assert "NOT reproduced" in out.stdout
     rows = _rows(out.stdout)

@@ -2,6 +2,7 @@
 comparison and aliases on a real (SQLite) MLflow registry, and a failed retrain moving no alias.
 The retrain flow end to end, on real Prefect and MLflow servers through deployments, is in
 tests/test_integration_servers.py."""
+
 from __future__ import annotations
 
 import copy
@@ -17,8 +18,7 @@ from conftest import TINY
 from kdcore.config import config_from_dict
 from kdcore.errors import CheckpointError, KdflowError
 from kdcore.evaluate import per_sample_correct, predict
-from kdcore.evaluate.promotion_rules import (CHALLENGER, CHAMPION, Decision, Version, decide, fresh_seed,
-                                             retrain_reasons)
+from kdcore.evaluate.promotion_rules import CHALLENGER, CHAMPION, Decision, Version, decide, fresh_seed, retrain_reasons
 from kdcore.evaluate.significance import mcnemar_test
 
 
@@ -78,8 +78,11 @@ def test_promotion_rule_needs_margin_and_significance():
 
 
 def test_a_due_retrain_that_would_reproduce_the_champion_trains_with_a_new_seed():
-    others = [_champion(1), Version("m", "4", None, datetime.now(timezone.utc), {"kdflow.seed": "7"}),
-              Version("m", "5", None, datetime.now(timezone.utc), {"kdflow.seed": "not a number"})]
+    others = [
+        _champion(1),
+        Version("m", "4", None, datetime.now(timezone.utc), {"kdflow.seed": "7"}),
+        Version("m", "5", None, datetime.now(timezone.utc), {"kdflow.seed": "not a number"}),
+    ]
     # one above every seed a version was trained with, or the configured one
     assert fresh_seed(["forced"], True, 0, others) == 8
     assert fresh_seed(["forced"], True, 20, others) == 21
@@ -108,8 +111,11 @@ def registry(prefect_server, tmp_path_factory):
     cfg = config_from_dict(raw)
     data = load_dataset(cfg.data)
     env = StageEnv(cfg, data, home / "work")
-    models = {"weak": env.build("cnn_tiny", {}, 11), "strong": train_teacher(env).model,
-              "weak2": env.build("cnn_tiny", {}, 12)}
+    models = {
+        "weak": env.build("cnn_tiny", {}, 11),
+        "strong": train_teacher(env).model,
+        "weak2": env.build("cnn_tiny", {}, 12),
+    }
     tracker = Tracker(f"sqlite:///{home / 'mlflow.db'}", home)
     exp = tracker.experiment_id("tiny")
     versions, correct = {}, {}
@@ -137,11 +143,18 @@ def _compare_and_apply(registry, champion_label: str, challenger_label: str) -> 
     tracker, cfg, ctx, versions, correct = registry
     champ = tracker.get_version("tiny-student", versions[champion_label])
     chall = tracker.get_version("tiny-student", versions[challenger_label])
-    comparison = compare_task(cfg.model_dump(mode="json"), ctx, champ.as_dict(), chall.as_dict(),
-                              correct[challenger_label])
+    comparison = compare_task(
+        cfg.model_dump(mode="json"), ctx, champ.as_dict(), chall.as_dict(), correct[challenger_label]
+    )
     promote, why = decide(comparison["delta_top1"], comparison["mcnemar"]["p_value"], 0.01, 0.05)
-    decision = Decision("promote" if promote else "keep", why, champ.version, chall.version,
-                        comparison["delta_top1"], comparison["mcnemar"]["p_value"])
+    decision = Decision(
+        "promote" if promote else "keep",
+        why,
+        champ.version,
+        chall.version,
+        comparison["delta_top1"],
+        comparison["mcnemar"]["p_value"],
+    )
     apply_decision(tracker, "tiny-student", decision, "flow-run-id")
     return decision, comparison
 
@@ -192,8 +205,9 @@ def test_a_failed_retrain_moves_no_alias(prefect_server, tmp_path, monkeypatch):
     tracker.set_alias("tiny-student", CHAMPION, version)
     bad = tmp_path / "teacher.safetensors"
     bad.write_bytes(b"not a checkpoint")
-    (tmp_path / "teacher.safetensors.json").write_text('{"spec": {"arch": "cnn_small", "in_channels": 1, '
-                                                       '"num_classes": 10, "kwargs": {}}}')
+    (tmp_path / "teacher.safetensors.json").write_text(
+        '{"spec": {"arch": "cnn_small", "in_channels": 1, "num_classes": 10, "kwargs": {}}}'
+    )
     raw = copy.deepcopy(TINY)
     raw["teacher"]["checkpoint"] = str(bad)
     with pytest.raises(CheckpointError, match="corrupted or not a safetensors file"):
@@ -229,8 +243,10 @@ def test_a_forced_retrain_on_unchanged_data_and_config_trains_afresh(prefect_ser
     decision = result["decision"]
     assert decision["action"] in ("promote", "keep"), decision  # compared, not "unchanged"
     assert decision["seed"] == 1 and decision["challenger"] == "2" and decision["champion_before"] == "1"
-    assert "fresh training with trainer.seed 1 (configured 0; the data and config are the champion's)" in \
-        decision["reason"]
+    assert (
+        "fresh training with trainer.seed 1 (configured 0; the data and config are the champion's)"
+        in decision["reason"]
+    )
     stages = result["pipeline"]["stages"]
     trained = {s for s in ("teacher", "pretrain", "distill", "baseline") if not stages[s]["cached"]}
     assert trained == {"teacher", "pretrain", "distill", "baseline"}, stages
@@ -247,7 +263,8 @@ def test_a_forced_retrain_on_unchanged_data_and_config_trains_afresh(prefect_ser
     after = tracker.version_by_alias("tiny-student", CHAMPION).version
     assert after == ("2" if decision["action"] == "promote" else "1")
     # forced with a changed student config: those stages rerun anyway, the seed stays, the teacher is reused
-    changed = run_locally(retrain_flow, home, config=copy.deepcopy(TINY), overrides=["distill.temperature=2"],
-                          force=True, home=str(home))
+    changed = run_locally(
+        retrain_flow, home, config=copy.deepcopy(TINY), overrides=["distill.temperature=2"], force=True, home=str(home)
+    )
     assert changed["decision"]["seed"] is None and changed["decision"]["challenger"] == "3"
     assert changed["pipeline"]["stages"]["teacher"]["cached"] and not changed["pipeline"]["stages"]["distill"]["cached"]

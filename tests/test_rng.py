@@ -1,6 +1,7 @@
 """Dropout is reproducible when stages train side by side in threads (kdcore.train.rng): the
 baseline trains beside the distillation branch, a sweep's trials beside each other, and all of
 them draw masks from torch's one global generator."""
+
 from __future__ import annotations
 
 import threading
@@ -32,8 +33,16 @@ def _train(seed: int, ckpt, hidden: int) -> dict[str, torch.Tensor]:
         return loss, {"ce": loss}
 
     spec = TrainSpec(max_epochs=4, batch_size=8, lr=0.05, scheduler="none")
-    fit({"model": model}, step, len(x), lambda: classifier_val(model, x[:40], y[:40]), spec,
-        ckpt_dir=ckpt, seed=seed, run_key="k")
+    fit(
+        {"model": model},
+        step,
+        len(x),
+        lambda: classifier_val(model, x[:40], y[:40]),
+        spec,
+        ckpt_dir=ckpt,
+        seed=seed,
+        run_key="k",
+    )
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 

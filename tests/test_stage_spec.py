@@ -1,4 +1,5 @@
 """The stage declarations (tasks/spec.py) and the stage events a pipeline publishes."""
+
 from __future__ import annotations
 
 import copy
@@ -99,7 +100,7 @@ def test_a_pipeline_publishes_each_stage_s_events(prefect_server, tmp_path):
             report = run_pipeline(cfg)
     assert all(s["cached"] for s in report["stages"].values())
 
-    assert [e.stage for e in first[:len(ORDER)]] == ORDER and {e.kind for e in first[:len(ORDER)]} == {"waiting"}
+    assert [e.stage for e in first[: len(ORDER)]] == ORDER and {e.kind for e in first[: len(ORDER)]} == {"waiting"}
     for stage in ("teacher", "distill", "baseline"):
         assert _kinds(first, stage) == ["waiting", "running", "epoch", "epoch", "done"], stage
         epochs = [e for e in first if e.stage == stage and e.kind == "epoch"]
@@ -107,8 +108,14 @@ def test_a_pipeline_publishes_each_stage_s_events(prefect_server, tmp_path):
     for stage in ("features", "evaluate", "register"):
         assert [k for k in _kinds(first, stage) if k != "progress"] == ["waiting", "running", "done"], stage
     done = [e.stage for e in first if e.kind == "done"]
-    for stage, upstream in (("features", "teacher"), ("pretrain", "features"), ("distill", "pretrain"),
-                            ("evaluate", "distill"), ("evaluate", "baseline"), ("register", "evaluate")):
+    for stage, upstream in (
+        ("features", "teacher"),
+        ("pretrain", "features"),
+        ("distill", "pretrain"),
+        ("evaluate", "distill"),
+        ("evaluate", "baseline"),
+        ("register", "evaluate"),
+    ):
         assert done.index(upstream) < done.index(stage)
 
     for stage in ORDER:

@@ -1,4 +1,5 @@
 """Image files streamed from disk (data.in_memory: false): loaders, cache replay, the pipeline."""
+
 from __future__ import annotations
 
 import copy
@@ -7,9 +8,9 @@ import os
 import numpy as np
 import pytest
 import torch
+from images import write_image_folder
 
 from conftest import TINY, kdflow_home
-from images import write_image_folder
 from kdcore.config import DataConfig, config_from_dict
 from kdcore.data import load_dataset
 from kdcore.data.stream import ImageFileSplit
@@ -68,9 +69,19 @@ def test_cache_replays_the_crops_the_teacher_saw(folder, tmp_path):
     from kdcore.stages import StageEnv, TeacherSource, build_features
     from kdcore.train import TrainCallbacks
 
-    cfg = config_from_dict({**copy.deepcopy(TINY), "data": {"name": "imagefolder", "root": str(folder),
-                                                            "image_size": 24, "in_memory": False, "num_workers": 2},
-                            "cache": {"views": {"policy": "crop_flip", "num_views": 3, "seed": 5}}})
+    cfg = config_from_dict(
+        {
+            **copy.deepcopy(TINY),
+            "data": {
+                "name": "imagefolder",
+                "root": str(folder),
+                "image_size": 24,
+                "in_memory": False,
+                "num_workers": 2,
+            },
+            "cache": {"views": {"policy": "crop_flip", "num_views": 3, "seed": 5}},
+        }
+    )
     data = load_dataset(cfg.data)
 
     class Progress(TrainCallbacks):
@@ -83,15 +94,16 @@ def test_cache_replays_the_crops_the_teacher_saw(folder, tmp_path):
     teacher = env.build("cnn_small", {}, seed_offset=0).eval()
     seen: list[torch.Tensor] = []
     hook = teacher.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
-    entries = {s: e for s, (e, built) in build_features(env, teacher, "t" * 64, tmp_path / "cache",
-                                                        batch_size=16).items()}
+    entries = {
+        s: e for s, (e, built) in build_features(env, teacher, "t" * 64, tmp_path / "cache", batch_size=16).items()
+    }
     hook.remove()
     total = len(data.train) + len(data.val)
     assert Progress.calls[-1] == ("cache", total, total)  # the build reported its progress batch by batch
     assert len(Progress.calls) > 2 and [c[1] for c in Progress.calls] == sorted(c[1] for c in Progress.calls)
     n, views = len(data.train), 3
     # the build ran chunk by chunk, each chunk once per view: put the teacher's inputs back in (sample, view) order
-    chunks = [seen[k * views:(k + 1) * views] for k in range(-(-n // 16))]
+    chunks = [seen[k * views : (k + 1) * views] for k in range(-(-n // 16))]
     teacher_saw = torch.cat([torch.stack(c, dim=1) for c in chunks])[:n]  # [N, V, C, H, W]
     entry = entries["train"]
     crops = TeacherSource(env, entries, None, []).crops("train")
@@ -114,8 +126,14 @@ def test_streaming_pipeline_trains_evaluates_registers(prefect_server, folder, t
     from flows.runner import run_pipeline
 
     raw = copy.deepcopy(TINY)
-    raw["data"] = {"name": "imagefolder", "root": str(folder), "image_size": 32, "in_memory": False,
-                   "num_workers": 2, "augment": {"scale": [0.6, 1.0]}}
+    raw["data"] = {
+        "name": "imagefolder",
+        "root": str(folder),
+        "image_size": 32,
+        "in_memory": False,
+        "num_workers": 2,
+        "augment": {"scale": [0.6, 1.0]},
+    }
     raw["teacher"]["train"]["max_epochs"] = 3
     raw["cache"] = {"views": {"policy": "crop_flip", "num_views": 2}, "dtype": "float16", "topk": 2}
     raw["register"] = {"teacher_name": "stream-teacher", "student_name": "stream-student"}

@@ -1,5 +1,6 @@
 """The sweep flow: 4 trials (2 students x 2 temperatures) share one teacher and one cache entry,
 run concurrently, and give one row per trial, a CSV and a Pareto PNG in MLflow."""
+
 from __future__ import annotations
 
 import copy
@@ -47,8 +48,12 @@ def test_one_row_per_trial_all_completed(swept):
     rows = result["table"]
     assert [r["trial"] for r in rows] == [0, 1, 2, 3]
     assert all(r["status"] == "completed" for r in rows), rows
-    assert {(r["student"], r["temperature"]) for r in rows} == {("cnn_tiny", 2.0), ("cnn_tiny", 4.0),
-                                                               ("cnn", 2.0), ("cnn", 4.0)}
+    assert {(r["student"], r["temperature"]) for r in rows} == {
+        ("cnn_tiny", 2.0),
+        ("cnn_tiny", 4.0),
+        ("cnn", 2.0),
+        ("cnn", 4.0),
+    }
     for r in rows:
         assert 0.0 < r["top1"] <= 1.0 and r["latency_ms"] > 0 and r["size_bytes"] > 0
     sizes = {r["student"]: r["size_bytes"] for r in rows}
@@ -86,8 +91,9 @@ def test_pareto_png_and_results_are_in_mlflow(swept, tmp_path):
     assert {"pareto.png", "results.csv", "trials.json"} <= names
     png = Path(client.download_artifacts(run.info.run_id, "pareto.png", str(tmp_path)))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
-    children = client.search_runs([run.info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    children = client.search_runs(
+        [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'"
+    )
     assert sum(r.data.tags.get("kdflow.kind") == "pipeline" for r in children) == 4
 
 
@@ -112,6 +118,9 @@ def test_sweep_keys_that_would_change_the_teacher_are_refused(monkeypatch):
     for module, runner in (("prefect_ray", "ray"), ("prefect_dask", "dask")):  # absent: one clear message
         with monkeypatch.context() as m:
             m.setitem(sys.modules, module, None)  # `import` then raises ImportError
-            with pytest.raises(ConfigError, match=rf"'{runner}' needs the {module.replace('_', '-')} package: "
-                                                  rf"pip install 'kdflow\[{runner}\]'"):
+            with pytest.raises(
+                ConfigError,
+                match=rf"'{runner}' needs the {module.replace('_', '-')} package: "
+                rf"pip install 'kdflow\[{runner}\]'",
+            ):
                 make_task_runner(SweepConfig(task_runner=runner), 2)

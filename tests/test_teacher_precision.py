@@ -1,5 +1,6 @@
 """The teacher's outputs are exact float32 even when the student trains under autocast (issue 15,
 defect 6): online (inside an autocast training step) and in the cache build (amp on)."""
+
 from __future__ import annotations
 
 import torch

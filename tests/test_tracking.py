@@ -1,5 +1,6 @@
 """The MLflow adapter leaves the process as it found it: two pipelines in one process with
 different homes log into their own stores (a Prefect worker runs many flows in one process)."""
+
 from __future__ import annotations
 
 import os

@@ -2,6 +2,7 @@
 and writes, nothing outside KDFLOW_HOME (no ./mlruns), experiments that MLflow 3's UI opens on the
 runs table, and the first registered student serving as champion. One tiny pipeline run, started
 from an empty working directory, serves the end-to-end checks."""
+
 from __future__ import annotations
 
 import copy
@@ -107,13 +108,21 @@ def test_registry_reads_and_writes(tmp_path):
 def test_only_the_tracker_touches_mlflow_clients_and_its_lock():
     """Tasks and flows go through Tracker methods, never its client or its lock; the flows open
     their runs with ``Tracker.run`` (no hand-written FAILED/FINISHED endings)."""
-    reaching_in = re.compile(r"tracking import[^\n]*\b_LOCK\b|tracking\._LOCK|tracker\.client|MlflowClient\(|"
-                             r"wait_for_version")
-    offenders = [p.name for p in [*ROOT.glob("tasks/*.py"), *ROOT.glob("flows/*.py")]
-                 if p.name != "tracking.py" and reaching_in.search(p.read_text())]
+    reaching_in = re.compile(
+        r"tracking import[^\n]*\b_LOCK\b|tracking\._LOCK|tracker\.client|MlflowClient\(|"
+        r"wait_for_version"
+    )
+    offenders = [
+        p.name
+        for p in [*ROOT.glob("tasks/*.py"), *ROOT.glob("flows/*.py")]
+        if p.name != "tracking.py" and reaching_in.search(p.read_text())
+    ]
     assert offenders == []
-    ending_by_hand = [p.name for p in [*ROOT.glob("tasks/*.py"), *ROOT.glob("flows/*.py")]
-                      if p.name != "tracking.py" and "end_run(" in p.read_text()]
+    ending_by_hand = [
+        p.name
+        for p in [*ROOT.glob("tasks/*.py"), *ROOT.glob("flows/*.py")]
+        if p.name != "tracking.py" and "end_run(" in p.read_text()
+    ]
     assert ending_by_hand == []
 
 

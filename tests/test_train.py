@@ -1,4 +1,5 @@
 """The training loop: resume equals an uninterrupted run, the criterion stops, NaN is caught."""
+
 from __future__ import annotations
 
 import pytest
@@ -28,8 +29,17 @@ def _train(ckpt, spec, callbacks=None, seed=0):
     def step(idx):
         return F.cross_entropy(model(x[idx]), y[idx]), {"ce": F.cross_entropy(model(x[idx]), y[idx])}
 
-    res = fit({"model": model}, step, len(x), lambda: classifier_val(model, x[:64], y[:64]), spec,
-              ckpt_dir=ckpt, seed=seed, callbacks=callbacks, run_key="k")
+    res = fit(
+        {"model": model},
+        step,
+        len(x),
+        lambda: classifier_val(model, x[:64], y[:64]),
+        spec,
+        ckpt_dir=ckpt,
+        seed=seed,
+        callbacks=callbacks,
+        run_key="k",
+    )
     return model, res
 
 
@@ -90,8 +100,15 @@ def test_nan_loss_stops_with_epoch_and_step(tmp_path):
         return (loss * float("nan") if calls["n"] == 11 else loss), {}
 
     with pytest.raises(DivergenceError, match=r"loss became nan at epoch 2, step 3"):
-        fit({"model": model}, step, len(x), lambda: classifier_val(model, x, y),
-            TrainSpec(max_epochs=3, batch_size=32), ckpt_dir=tmp_path, run_key="k")
+        fit(
+            {"model": model},
+            step,
+            len(x),
+            lambda: classifier_val(model, x, y),
+            TrainSpec(max_epochs=3, batch_size=32),
+            ckpt_dir=tmp_path,
+            run_key="k",
+        )
     assert latest_training_checkpoint(tmp_path).name == "epoch-0000"
 
 

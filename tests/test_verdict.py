@@ -1,6 +1,7 @@
 """Say when distillation did not pay: the student against the baseline with a margin that depends
 on the test split's size, the verdict on the registered version, and register.require_gain
 withholding a student that does not pay."""
+
 from __future__ import annotations
 
 import copy
@@ -21,7 +22,7 @@ def _pairs(both: int, only_student: int, only_baseline: int, neither: int) -> tu
 
 
 def test_the_same_gain_pays_on_a_large_split_and_not_on_a_small_one():
-    small = distillation_verdict(*_pairs(80, 6, 3, 11))          # +3 points on 100 samples
+    small = distillation_verdict(*_pairs(80, 6, 3, 11))  # +3 points on 100 samples
     large = distillation_verdict(*_pairs(8000, 600, 300, 1100))  # +3 points on 10,000 samples
     assert small.gain == pytest.approx(0.03) and large.gain == pytest.approx(0.03)
     assert not small.pays and small.p_value > 0.05 and small.margin > small.gain
@@ -42,7 +43,7 @@ def test_a_worse_student_does_not_pay_and_gets_advice():
 
 def test_margin_is_the_paired_normal_interval():
     # 30 vs 12 discordant on 400: var = (42 - 18**2/400) / 400**2
-    expected = 1.959964 * np.sqrt((42 - 18 ** 2 / 400) / 400 ** 2)
+    expected = 1.959964 * np.sqrt((42 - 18**2 / 400) / 400**2)
     assert paired_margin(30, 12, 400) == pytest.approx(expected, rel=1e-5)
     assert paired_margin(0, 0, 400) == 0.0
     assert paired_margin(30, 12, 400, alpha=0.01) > paired_margin(30, 12, 400)
@@ -56,8 +57,7 @@ def test_advice_mentions_the_hint_stage_only_when_there_is_one():
 
 
 # a student that cannot learn (tiny learning rate, one epoch) against a normally trained baseline
-CRIPPLED = ["distill.train.lr=1e-6", "distill.train.max_epochs=1",
-            'baseline.train={"max_epochs": 2, "batch_size": 64}']
+CRIPPLED = ["distill.train.lr=1e-6", "distill.train.max_epochs=1", 'baseline.train={"max_epochs": 2, "batch_size": 64}']
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ servers, tests/servers.py):
 - `kdflow serve` of a deployment with a 10-second interval schedule: a scheduled run fires by
   itself and completes.
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,11 +31,20 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN_TIMEOUT = 900
 
 BASE = copy.deepcopy(TINY)
-BASE.update(name="workers", register={"enabled": False}, baseline={"enabled": False},
-            evaluate={"latency": False, "throughput_batch": 32}, trainer={"num_threads": 1})
+BASE.update(
+    name="workers",
+    register={"enabled": False},
+    baseline={"enabled": False},
+    evaluate={"latency": False, "throughput_batch": 32},
+    trainer={"num_threads": 1},
+)
 BASE["distill"] = {"train": {"max_epochs": 1, "batch_size": 64}}
-STUDENTS = [{"arch": "cnn_tiny"}, {"arch": "cnn", "kwargs": {"channels": [4, 8]}},
-            {"arch": "cnn", "kwargs": {"channels": [8, 8]}}, {"arch": "cnn", "kwargs": {"channels": [4, 4]}}]
+STUDENTS = [
+    {"arch": "cnn_tiny"},
+    {"arch": "cnn", "kwargs": {"channels": [4, 8]}},
+    {"arch": "cnn", "kwargs": {"channels": [8, 8]}},
+    {"arch": "cnn", "kwargs": {"channels": [4, 4]}},
+]
 
 
 def student_config(student: dict) -> dict:
@@ -60,8 +70,9 @@ class Api:
 
 def start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
     with open(log, "w") as fh:
-        return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, *args], cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -80,15 +91,17 @@ def wait_final(api: Api, run_ids: list[str], procs: dict[str, subprocess.Popen],
     runs: dict[str, dict] = {}
     while True:
         runs = {i: api.get(f"/flow_runs/{i}") for i in run_ids}
-        if all((r.get("state") or {}).get("type") in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
-               for r in runs.values()):
+        if all(
+            (r.get("state") or {}).get("type") in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") for r in runs.values()
+        ):
             return runs
         for name, p in procs.items():
             if p.poll() is not None:
                 raise RuntimeError(f"{name} exited:\n{logs[name].read_text()[-3000:]}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"flow runs not done after {RUN_TIMEOUT}s: "
-                               f"{[(r['name'], r['state']['type']) for r in runs.values()]}")
+            raise RuntimeError(
+                f"flow runs not done after {RUN_TIMEOUT}s: {[(r['name'], r['state']['type']) for r in runs.values()]}"
+            )
         time.sleep(2)
 
 
@@ -98,33 +111,67 @@ def env(real_servers, tmp_path_factory):
 
     base = tmp_path_factory.mktemp("workers")
     e = client_env(real_servers["prefect"], real_servers["mlflow"].extra["uri"], base / "home")
-    e.update(KDFLOW_REPO=str(ROOT), PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5",
-             PREFECT_LOGGING_LEVEL="INFO", PYTHONUNBUFFERED="1", PREFECT_RUNNER_POLL_FREQUENCY="2")
+    e.update(
+        KDFLOW_REPO=str(ROOT),
+        PREFECT_WORKER_QUERY_SECONDS="1",
+        PREFECT_WORKER_PREFETCH_SECONDS="5",
+        PREFECT_LOGGING_LEVEL="INFO",
+        PYTHONUNBUFFERED="1",
+        PREFECT_RUNNER_POLL_FREQUENCY="2",
+    )
     return e, base
 
 
 def test_two_workers_split_four_pipeline_runs_and_train_the_teacher_once(env, real_servers):
     e, base = env
     api = Api(real_servers["prefect"].extra["api"])
-    out = subprocess.run([sys.executable, "-m", "flows.cli", "deploy", "--gpus", "1", "--name", "pipeline"],
-                         cwd=ROOT, env=e, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "deploy", "--gpus", "1", "--name", "pipeline"],
+        cwd=ROOT,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     logs = {name: base / f"{name}.log" for name in ("w1", "w2")}
-    procs = {name: start(["-m", "prefect", "worker", "start", "--pool", "kdflow-gpu", "--name", name,
-                          "--limit", "2", "--install-policy", "never"], e, logs[name]) for name in logs}
+    procs = {
+        name: start(
+            [
+                "-m",
+                "prefect",
+                "worker",
+                "start",
+                "--pool",
+                "kdflow-gpu",
+                "--name",
+                name,
+                "--limit",
+                "2",
+                "--install-policy",
+                "never",
+            ],
+            e,
+            logs[name],
+        )
+        for name in logs
+    }
     try:
         dep = api.get("/deployments/name/kdflow-pipeline/pipeline")
         assert dep["work_pool_name"] == "kdflow-gpu"
-        run_ids = [api.post(f"/deployments/{dep['id']}/create_flow_run",
-                            {"parameters": {"config": student_config(s)}})["id"] for s in STUDENTS]
+        run_ids = [
+            api.post(f"/deployments/{dep['id']}/create_flow_run", {"parameters": {"config": student_config(s)}})["id"]
+            for s in STUDENTS
+        ]
         runs = wait_final(api, run_ids, procs, logs)
     finally:
         for p in procs.values():
             stop(p)
     text = {name: log.read_text(errors="replace") for name, log in logs.items()}
     for i, run in runs.items():
-        assert run["state"]["type"] == "COMPLETED", f"{run['name']}: {run['state']}\n{text['w1'][-2000:]}" \
-                                                     f"\n{text['w2'][-2000:]}"
+        assert run["state"]["type"] == "COMPLETED", (
+            f"{run['name']}: {run['state']}\n{text['w1'][-2000:]}\n{text['w2'][-2000:]}"
+        )
     by_worker = {name: {i for i in run_ids if re.search(rf"submitting flow run '{i}'", t)} for name, t in text.items()}
     assert by_worker["w1"] | by_worker["w2"] == set(run_ids) and not by_worker["w1"] & by_worker["w2"], by_worker
     assert by_worker["w1"] and by_worker["w2"], f"the work was split across both workers: {by_worker}"
@@ -144,15 +191,19 @@ def test_serve_fires_a_scheduled_run(env, real_servers, tmp_path):
     api = Api(real_servers["prefect"].extra["api"])
     doc = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
     spec = next(d for d in doc["deployments"] if d["name"] == "pipeline")
-    spec.update(name="pipeline-every-10s", parameters={"config": student_config(STUDENTS[0])},
-                schedules=[{"interval": 10, "active": True}])
+    spec.update(
+        name="pipeline-every-10s",
+        parameters={"config": student_config(STUDENTS[0])},
+        schedules=[{"interval": 10, "active": True}],
+    )
     doc["deployments"] = [spec]
     prefect_file = tmp_path / "prefect.yaml"
     prefect_file.write_text(yaml.safe_dump(doc))
     log = base / "serve.log"
     t0 = time.time()
-    proc = start(["-m", "flows.cli", "serve", "--prefect-file", str(prefect_file), "--limit", "1", "--gpus", "1"],
-                 e, log)
+    proc = start(
+        ["-m", "flows.cli", "serve", "--prefect-file", str(prefect_file), "--limit", "1", "--gpus", "1"], e, log
+    )
     done = None
     try:
         deadline = time.monotonic() + RUN_TIMEOUT
@@ -182,6 +233,8 @@ def test_serve_fires_a_scheduled_run(env, real_servers, tmp_path):
     assert dep["work_pool_name"] is None, "served: no pool, no worker"
     client = MlflowClient(real_servers["mlflow"].extra["uri"])
     exp = client.get_experiment_by_name("workers")
-    parents = client.search_runs([exp.experiment_id], filter_string=f"tags.`kdflow.prefect_flow_run_id` = '{done['id']}'")
+    parents = client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`kdflow.prefect_flow_run_id` = '{done['id']}'"
+    )
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert parents[0].info.start_time / 1000 > t0

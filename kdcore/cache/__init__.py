@@ -1,4 +1,5 @@
 """Teacher output cache (logits and intermediate features per view, content-addressed)."""
+
 from kdcore.cache.store import (
     CacheEntry,
     CacheError,
@@ -11,5 +12,14 @@ from kdcore.cache.store import (
     open_entry,
 )
 
-__all__ = ["CacheEntry", "CacheError", "build_entry", "cache_key", "find_covering", "gc", "key_fields",
-           "list_entries", "open_entry"]
+__all__ = [
+    "CacheEntry",
+    "CacheError",
+    "build_entry",
+    "cache_key",
+    "find_covering",
+    "gc",
+    "key_fields",
+    "list_entries",
+    "open_entry",
+]

@@ -7,6 +7,7 @@ as ``.npy`` arrays shaped ``[N, V, ...]`` (memory-mapped on read), the seed of e
 time, kdflow version. Entries are built in a temporary directory renamed into place when
 complete; a file lock makes concurrent builders of one key produce one entry.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,11 @@ import kdcore
 from kdcore.errors import KdflowError
 from kdcore.fingerprint import file_sha256, stable_hash
 
-STORAGE = {"float32": (np.float32, torch.float32), "float16": (np.float16, torch.float16),
-           "bfloat16": (np.uint16, torch.bfloat16)}  # numpy has no bf16: its bits are kept as uint16
+STORAGE = {
+    "float32": (np.float32, torch.float32),
+    "float16": (np.float16, torch.float16),
+    "bfloat16": (np.uint16, torch.bfloat16),
+}  # numpy has no bf16: its bits are kept as uint16
 MISSING_LOGIT = -1e4  # logits outside the stored top-k: softmax gives them exactly 0 in float32
 SEEDS = "view_seeds"
 CROPS = "view_crops"  # streamed images: the (top, left, h, w, flip) each view was cut with, int32 [N, V, 5]
@@ -37,11 +41,23 @@ class CacheError(KdflowError):
     """A cache entry is missing, truncated or corrupted."""
 
 
-def key_fields(teacher_sha256: str, data_fingerprint: str, split: str, views: dict[str, Any], dtype: str,
-               topk: Optional[int] = None) -> dict[str, Any]:
+def key_fields(
+    teacher_sha256: str,
+    data_fingerprint: str,
+    split: str,
+    views: dict[str, Any],
+    dtype: str,
+    topk: Optional[int] = None,
+) -> dict[str, Any]:
     """Everything but the captured paths that determines an entry."""
-    return {"teacher_sha256": teacher_sha256, "data_fingerprint": data_fingerprint, "split": split,
-            "views": views, "dtype": dtype, "topk": topk}
+    return {
+        "teacher_sha256": teacher_sha256,
+        "data_fingerprint": data_fingerprint,
+        "split": split,
+        "views": views,
+        "dtype": dtype,
+        "topk": topk,
+    }
 
 
 def cache_key(fields: dict[str, Any], paths: list[str]) -> str:
@@ -140,8 +156,10 @@ class CacheEntry:
                 raise CacheError(f"cache entry {self.root} is missing {fname}")
             size = path.stat().st_size
             if size != info["bytes"]:
-                raise CacheError(f"cache entry {self.root}: {fname} is truncated or altered "
-                                 f"({size} bytes, the manifest says {info['bytes']})")
+                raise CacheError(
+                    f"cache entry {self.root}: {fname} is truncated or altered "
+                    f"({size} bytes, the manifest says {info['bytes']})"
+                )
             if checksums and file_sha256(path) != info["sha256"]:
                 raise CacheError(f"cache entry {self.root}: {fname} fails its sha256 check (corrupted)")
 
@@ -179,8 +197,9 @@ def list_entries(cache_dir: Path) -> list[CacheEntry]:
     return out
 
 
-def find_covering(cache_dir: Path, fields: dict[str, Any], paths: list[str], checksums: bool = False
-                  ) -> Optional[CacheEntry]:
+def find_covering(
+    cache_dir: Path, fields: dict[str, Any], paths: list[str], checksums: bool = False
+) -> Optional[CacheEntry]:
     """An intact entry with the same key fields whose captured paths include ``paths``."""
     for entry in list_entries(cache_dir):
         m = entry.manifest
@@ -196,9 +215,19 @@ def find_covering(cache_dir: Path, fields: dict[str, Any], paths: list[str], che
 Producer = Callable[[], Iterator[dict[str, torch.Tensor]]]
 
 
-def build_entry(cache_dir: Path, fields: dict[str, Any], paths: list[str], count: int, num_views: int,
-                seeds: np.ndarray, produce: Producer, *, rebuild: bool = True, checksums: bool = False,
-                num_classes: Optional[int] = None) -> tuple[CacheEntry, bool]:
+def build_entry(
+    cache_dir: Path,
+    fields: dict[str, Any],
+    paths: list[str],
+    count: int,
+    num_views: int,
+    seeds: np.ndarray,
+    produce: Producer,
+    *,
+    rebuild: bool = True,
+    checksums: bool = False,
+    num_classes: Optional[int] = None,
+) -> tuple[CacheEntry, bool]:
     """Return (entry, built): reuse an intact entry covering ``fields``/``paths`` or build one.
 
     ``produce()`` yields batches ``{"logits": [B, V, K], path: [B, V, ...]}`` (and, for streamed
@@ -230,9 +259,19 @@ def build_entry(cache_dir: Path, fields: dict[str, Any], paths: list[str], count
             np.save(tmp / _fname(SEEDS), seeds)
             for fname in (_fname(SEEDS),):
                 files[fname] = {"bytes": (tmp / fname).stat().st_size, "sha256": file_sha256(tmp / fname)}
-            manifest = {"key": key, "fields": fields, **fields, "paths": list(paths), "count": count,
-                        "num_views": num_views, "num_classes": num_classes, "shapes": shapes, "files": files,
-                        "created": time.time(), "kdflow_version": kdcore.__version__}
+            manifest = {
+                "key": key,
+                "fields": fields,
+                **fields,
+                "paths": list(paths),
+                "count": count,
+                "num_views": num_views,
+                "num_classes": num_classes,
+                "shapes": shapes,
+                "files": files,
+                "created": time.time(),
+                "kdflow_version": kdcore.__version__,
+            }
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
             os.replace(tmp, root)
         except BaseException:
@@ -243,8 +282,9 @@ def build_entry(cache_dir: Path, fields: dict[str, Any], paths: list[str], count
         return entry, True
 
 
-def _write_arrays(tmp: Path, dtype: str, topk: Optional[int], count: int, num_views: int,
-                  produce: Producer) -> tuple[dict[str, dict[str, Any]], dict[str, list[int]]]:
+def _write_arrays(
+    tmp: Path, dtype: str, topk: Optional[int], count: int, num_views: int, produce: Producer
+) -> tuple[dict[str, dict[str, Any]], dict[str, list[int]]]:
     np_dtype, torch_dtype = STORAGE[dtype]
     maps: dict[str, np.memmap] = {}
     shapes: dict[str, list[int]] = {}
@@ -252,14 +292,15 @@ def _write_arrays(tmp: Path, dtype: str, topk: Optional[int], count: int, num_vi
 
     def put(name: str, t: torch.Tensor, store_dtype=None) -> None:
         if name not in maps:
-            maps[name] = np.lib.format.open_memmap(tmp / _fname(name), mode="w+", dtype=store_dtype or np_dtype,
-                                                   shape=(count, num_views, *t.shape[2:]))
+            maps[name] = np.lib.format.open_memmap(
+                tmp / _fname(name), mode="w+", dtype=store_dtype or np_dtype, shape=(count, num_views, *t.shape[2:])
+            )
         if store_dtype is None:
             t = t.detach().to("cpu", torch_dtype)
             arr = (t.view(torch.uint16) if dtype == "bfloat16" else t).numpy()
         else:
             arr = t.detach().cpu().numpy().astype(store_dtype)
-        maps[name][pos:pos + t.shape[0]] = arr
+        maps[name][pos : pos + t.shape[0]] = arr
 
     for batch in produce():
         b = batch["logits"].shape[0]
@@ -291,8 +332,9 @@ def _write_arrays(tmp: Path, dtype: str, topk: Optional[int], count: int, num_vi
     return files, shapes
 
 
-def gc(cache_dir: Path, keep_days: Optional[float] = None, max_size: Optional[int] = None,
-       dry_run: bool = False) -> list[CacheEntry]:
+def gc(
+    cache_dir: Path, keep_days: Optional[float] = None, max_size: Optional[int] = None, dry_run: bool = False
+) -> list[CacheEntry]:
     """Remove entries unused for ``keep_days``, then the least recently used until the cache holds at
     most ``max_size`` bytes. Also removes leftovers of interrupted builds. Returns what was removed."""
     cache_dir = Path(cache_dir)

@@ -5,19 +5,31 @@ Built-in datasets: images ``digits``, ``mnist5k``, ``fashion_mnist``, ``cifar10`
 ``chinese_reviews``, ``text_csv``. Register your own with ``@DATASETS.register("name")`` (see
 :mod:`.registry`).
 """
+
 from __future__ import annotations
 
 from kdcore.config import DataConfig
+
+# the built-in loaders register themselves on import
+from kdcore.data import (  # noqa: E402,F401  # noqa: E402,F401
+    audio_folder,
+    chinese_reviews,
+    cifar,
+    fashion_mnist,
+    image_csv,  # noqa: E402,F401
+    imagefolder,
+    japanese_vowels,
+    mnist5k,
+    npz,
+    rotten_tomatoes,
+    sklearn_digits,
+    text_csv,
+)
 from kdcore.data.bundle import DataBundle, Split, channel_stats, content_fingerprint, to_split
+from kdcore.data.image_files import IMAGE_FILES, keep_in_memory  # noqa: E402
 from kdcore.data.registry import DATASETS, RawData, validate_raw
 from kdcore.data.sequences import prepare_sequences
 from kdcore.data.splits import SplitIndices, make_splits
-
-# the built-in loaders register themselves on import
-from kdcore.data import cifar, fashion_mnist, imagefolder, mnist5k, npz, sklearn_digits  # noqa: E402,F401
-from kdcore.data import audio_folder, chinese_reviews, japanese_vowels, rotten_tomatoes, text_csv  # noqa: E402,F401
-from kdcore.data import image_csv  # noqa: E402,F401
-from kdcore.data.image_files import IMAGE_FILES, keep_in_memory  # noqa: E402
 
 __all__ = ["DATASETS", "DataBundle", "RawData", "Split", "SplitIndices", "load_dataset", "make_splits"]
 

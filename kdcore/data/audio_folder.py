@@ -13,6 +13,7 @@ resampled with ``librosa`` when its rate differs, and turned into frames by libr
 ``data.options``: sample_rate (16000), features, n_mfcc (13), n_mels (40), win_ms (25),
 hop_ms (10), max_seconds (clips are cut to this length; none by default).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,8 +25,15 @@ from kdcore.config import DataConfig
 from kdcore.data.registry import DATASETS, RawData, check_options
 from kdcore.errors import DataError
 
-DEFAULTS: dict[str, Any] = {"sample_rate": 16000, "features": "mfcc", "n_mfcc": 13, "n_mels": 40, "win_ms": 25.0,
-                            "hop_ms": 10.0, "max_seconds": None}
+DEFAULTS: dict[str, Any] = {
+    "sample_rate": 16000,
+    "features": "mfcc",
+    "n_mfcc": 13,
+    "n_mels": 40,
+    "win_ms": 25.0,
+    "hop_ms": 10.0,
+    "max_seconds": None,
+}
 FEATURES = ("mfcc", "logmel")
 EXTENSIONS = (".wav",)
 
@@ -83,8 +91,9 @@ def audio_features(wave: np.ndarray, options: dict[str, Any]) -> np.ndarray:
     n_fft = 1 << (win - 1).bit_length()
     if len(wave) < win:  # a clip shorter than one window still gives one frame
         wave = np.pad(wave, (0, win - len(wave)))
-    mel = librosa.feature.melspectrogram(y=wave, sr=sr, n_fft=n_fft, hop_length=hop, win_length=win,
-                                         n_mels=opts["n_mels"], power=2.0)
+    mel = librosa.feature.melspectrogram(
+        y=wave, sr=sr, n_fft=n_fft, hop_length=hop, win_length=win, n_mels=opts["n_mels"], power=2.0
+    )
     log_mel = librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None)
     feats = librosa.feature.mfcc(S=log_mel, n_mfcc=opts["n_mfcc"]) if opts["features"] == "mfcc" else log_mel
     return np.ascontiguousarray(feats.T, dtype=np.float32)
@@ -93,8 +102,9 @@ def audio_features(wave: np.ndarray, options: dict[str, Any]) -> np.ndarray:
 def scan(root: Path) -> tuple[list[Path], list[int], list[str]]:
     classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
     if not classes:
-        raise DataError(f"dataset audio_folder: no class folders in {root}: put each class's WAV files in "
-                        f"{root}/<label>/*.wav")
+        raise DataError(
+            f"dataset audio_folder: no class folders in {root}: put each class's WAV files in {root}/<label>/*.wav"
+        )
     paths, labels = [], []
     for i, folder in enumerate(classes):
         files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
@@ -125,7 +135,17 @@ def load_audio_folder(cfg: DataConfig) -> RawData:
     x[:] = frames
     y = np.asarray(labels, dtype=np.int64)
     if is_test.any() and not is_test.all():
-        return RawData(train_x=x[~is_test], train_y=y[~is_test], test_x=x[is_test], test_y=y[is_test],
-                       class_names=classes, scale=1.0, source=str(root), modality="speech", options=opts)
-    return RawData(train_x=x, train_y=y, class_names=classes, scale=1.0, source=str(root), modality="speech",
-                   options=opts)
+        return RawData(
+            train_x=x[~is_test],
+            train_y=y[~is_test],
+            test_x=x[is_test],
+            test_y=y[is_test],
+            class_names=classes,
+            scale=1.0,
+            source=str(root),
+            modality="speech",
+            options=opts,
+        )
+    return RawData(
+        train_x=x, train_y=y, class_names=classes, scale=1.0, source=str(root), modality="speech", options=opts
+    )

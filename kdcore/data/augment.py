@@ -4,6 +4,7 @@ A view of sample ``i`` is a pure function of the image and one integer seed, so 
 cached output for (sample, view) can be replayed exactly for the student: the distillation loader
 recomputes the very same augmented image from the stored seed.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -50,8 +51,8 @@ def _shift(x: torch.Tensor, seeds: torch.Tensor, pad: int) -> tuple[torch.Tensor
     dy = (s % span).to(x.device)
     dx = ((s // span) % span).to(x.device)
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    rows = (dy[:, None] + torch.arange(h, device=x.device)[None, :])  # [N, H]
-    cols = (dx[:, None] + torch.arange(w, device=x.device)[None, :])  # [N, W]
+    rows = dy[:, None] + torch.arange(h, device=x.device)[None, :]  # [N, H]
+    cols = dx[:, None] + torch.arange(w, device=x.device)[None, :]  # [N, W]
     b = torch.arange(n, device=x.device)[:, None, None]
     out = padded.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]]  # [N, H, W, C]
     return out.permute(0, 3, 1, 2).contiguous(), s // (span * span)

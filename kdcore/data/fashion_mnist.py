@@ -7,6 +7,7 @@ package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``); and
 Only with ``data.download: true`` is anything downloaded (through torchvision).
 The official test split is t10k.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -3,6 +3,7 @@
 Layout: 2 zero bytes, a type code, the number of dimensions, then one big-endian uint32 per
 dimension, then the values (big-endian) in C order.
 """
+
 from __future__ import annotations
 
 import zlib
@@ -33,7 +34,9 @@ def _read_bytes(path: Path) -> bytes:
     try:
         data = dec.decompress(blob)
     except zlib.error as exc:
-        raise DataError(f"file {path} is corrupt: it is not a valid gzip stream ({exc}); delete it and get it again") from None
+        raise DataError(
+            f"file {path} is corrupt: it is not a valid gzip stream ({exc}); delete it and get it again"
+        ) from None
     if not dec.eof:
         # keep what was decompressed: the size check below says how much is missing
         _check_header_and_size(path, data, compressed_truncated=True)
@@ -45,7 +48,9 @@ def _what(ndim: int) -> str:
     return {1: "label data", 3: "image data"}.get(ndim, "data")
 
 
-def _check_header_and_size(path: Path, data: bytes, compressed_truncated: bool = False) -> tuple[np.dtype, tuple[int, ...], int]:
+def _check_header_and_size(
+    path: Path, data: bytes, compressed_truncated: bool = False
+) -> tuple[np.dtype, tuple[int, ...], int]:
     if len(data) < 4:
         raise DataError(f"file {path} is truncated: it has {len(data)} bytes, fewer than an IDX header")
     if data[0] != 0 or data[1] != 0 or data[2] not in IDX_TYPES or data[3] == 0:
@@ -67,7 +72,9 @@ def _check_header_and_size(path: Path, data: bytes, compressed_truncated: bool =
             "delete it and get it again"
         )
     if found > expected:
-        raise DataError(f"file {path} is corrupt: expected {expected} bytes of {_what(ndim)} after the header, found {found}")
+        raise DataError(
+            f"file {path} is corrupt: expected {expected} bytes of {_what(ndim)} after the header, found {found}"
+        )
     return dtype, shape, header
 
 

@@ -9,6 +9,7 @@ converted to RGB (grey with ``data.options.grayscale: true``); in memory they ar
 ``data.image_size`` like ``imagefolder``'s, streamed they are transformed as in
 :mod:`kdcore.data.stream`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,7 +41,8 @@ def read_csv(csv: Path, class_names: Optional[list[str]] = None) -> tuple[list[s
     missing = [c for c in COLUMNS if c not in columns]
     if unknown or missing:
         parts = ([f"unknown column(s) {', '.join(unknown)}"] if unknown else []) + (
-            [f"missing column(s) {', '.join(missing)}"] if missing else [])
+            [f"missing column(s) {', '.join(missing)}"] if missing else []
+        )
         raise DataError(f"image list {csv}: {'; '.join(parts)} (the columns are exactly: path,label)")
     table.columns = columns
     if table.empty:
@@ -60,15 +62,18 @@ def read_csv(csv: Path, class_names: Optional[list[str]] = None) -> tuple[list[s
         labels = np.asarray([int(s) for s in raw], dtype=np.int64)
         names = class_names or [str(i) for i in range(int(labels.max()) + 1)]
         if labels.min() < 0 or labels.max() >= len(names):
-            raise DataError(f"image list {csv}: integer labels must lie in [0, {len(names)}), "
-                            f"got {int(labels.min())}..{int(labels.max())}")
+            raise DataError(
+                f"image list {csv}: integer labels must lie in [0, {len(names)}), "
+                f"got {int(labels.min())}..{int(labels.max())}"
+            )
         return paths, labels, names
     names = class_names or sorted(set(raw))
     index = {n: i for i, n in enumerate(names)}
     unseen = sorted(set(raw) - set(index))
     if unseen:
-        raise DataError(f"image list {csv}: labels {', '.join(unseen[:5])} are not among the train classes "
-                        f"({', '.join(names)})")
+        raise DataError(
+            f"image list {csv}: labels {', '.join(unseen[:5])} are not among the train classes ({', '.join(names)})"
+        )
     return paths, np.asarray([index[s] for s in raw], dtype=np.int64), names
 
 

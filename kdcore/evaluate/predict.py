@@ -14,8 +14,7 @@ def _check_model_device(model: nn.Module, device: torch.device) -> None:
         first = next(model.buffers(), None)
     if first is not None and first.device.type != device.type:
         raise KdflowError(
-            f"predict: the model is on {first.device} but device={device}; "
-            f"move the model to {device} first."
+            f"predict: the model is on {first.device} but device={device}; move the model to {device} first."
         )
 
 

@@ -2,6 +2,7 @@
 whether a challenger replaces the champion. No MLflow here: the registry's facts arrive as
 :class:`Version` values (read by ``tasks.tracking.Tracker``) and the decisions leave as
 :class:`Decision` values (applied by ``tasks.promotion``)."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -63,8 +64,13 @@ def data_changed(champion: Optional[Version], data_fingerprint: str) -> bool:
     return champion is not None and champion.tags.get("kdflow.data_fingerprint") != data_fingerprint
 
 
-def retrain_reasons(champion: Optional[Version], data_fingerprint: str, max_age_days: Optional[float],
-                    force: bool, now: Optional[datetime] = None) -> list[str]:
+def retrain_reasons(
+    champion: Optional[Version],
+    data_fingerprint: str,
+    max_age_days: Optional[float],
+    force: bool,
+    now: Optional[datetime] = None,
+) -> list[str]:
     """Why a retrain is due; an empty list means it is not."""
     now = now or datetime.now(timezone.utc)
     reasons = []
@@ -75,8 +81,10 @@ def retrain_reasons(champion: Optional[Version], data_fingerprint: str, max_age_
         return reasons
     if data_changed(champion, data_fingerprint):
         theirs = champion.tags.get("kdflow.data_fingerprint")
-        reasons.append(f"data changed (champion v{champion.version} was trained on {str(theirs)[:12]}, "
-                       f"the data now is {data_fingerprint[:12]})")
+        reasons.append(
+            f"data changed (champion v{champion.version} was trained on {str(theirs)[:12]}, "
+            f"the data now is {data_fingerprint[:12]})"
+        )
     if max_age_days is not None:
         age_days = (now - champion.since).total_seconds() / 86400
         if age_days > max_age_days:
@@ -84,8 +92,9 @@ def retrain_reasons(champion: Optional[Version], data_fingerprint: str, max_age_
     return reasons
 
 
-def fresh_seed(reasons: list[str], reproduces_champion: bool, config_seed: int,
-               versions: Iterable[Version]) -> Optional[int]:
+def fresh_seed(
+    reasons: list[str], reproduces_champion: bool, config_seed: int, versions: Iterable[Version]
+) -> Optional[int]:
     """The ``trainer.seed`` a retrain must use to train afresh, or None to keep the configured one.
 
     A retrain that is due (forced, or the champion is old) while the pipeline would reproduce the
@@ -119,11 +128,15 @@ def decide(delta_top1: float, p_value: float, min_improvement: float, alpha: flo
 
 def decision_tags(decision: Decision, flow_run_id: str, now: str) -> dict[str, str]:
     """The tags a decision leaves on the challenger version."""
-    tags = {"kdflow.retrain.decision": decision.action, "kdflow.retrain.reason": decision.reason,
-            "kdflow.retrain.compared_with": decision.champion_before or "",
-            "kdflow.retrain.delta_top1": "" if decision.delta_top1 is None else f"{decision.delta_top1:.6f}",
-            "kdflow.retrain.p_value": "" if decision.p_value is None else f"{decision.p_value:.6g}",
-            "kdflow.retrain.prefect_flow_run_id": flow_run_id, "kdflow.retrain.at": now}
+    tags = {
+        "kdflow.retrain.decision": decision.action,
+        "kdflow.retrain.reason": decision.reason,
+        "kdflow.retrain.compared_with": decision.champion_before or "",
+        "kdflow.retrain.delta_top1": "" if decision.delta_top1 is None else f"{decision.delta_top1:.6f}",
+        "kdflow.retrain.p_value": "" if decision.p_value is None else f"{decision.p_value:.6g}",
+        "kdflow.retrain.prefect_flow_run_id": flow_run_id,
+        "kdflow.retrain.at": now,
+    }
     if decision.seed is not None:
         tags["kdflow.retrain.seed"] = str(decision.seed)
     if decision.action == "promote":

@@ -1,6 +1,7 @@
 """Did distillation pay? The distilled student against the plain-trained baseline on the same test
 samples, judged by McNemar's test on per-sample correctness, so the size of the test split counts:
 a one-point gain on 300 samples is noise, on 10,000 it is not."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -20,13 +21,13 @@ ALPHA = 0.05
 @dataclass(frozen=True)
 class Verdict:
     pays: bool
-    gain: float          # student top-1 minus baseline top-1 (a fraction)
-    margin: float        # half-width of the (1 - alpha) interval of that gain on this test split
-    p_value: float       # McNemar, student vs baseline
-    n: int               # test samples
+    gain: float  # student top-1 minus baseline top-1 (a fraction)
+    margin: float  # half-width of the (1 - alpha) interval of that gain on this test split
+    p_value: float  # McNemar, student vs baseline
+    n: int  # test samples
     alpha: float
     message: str
-    advice: str          # "" when distillation paid
+    advice: str  # "" when distillation paid
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -35,30 +36,38 @@ class Verdict:
 def paired_margin(only_a: int, only_b: int, n: int, alpha: float = ALPHA) -> float:
     """Half-width of the normal interval of the accuracy difference of two models scored on the
     same ``n`` samples (``only_a``/``only_b``: samples only one of them gets right)."""
-    var = ((only_a + only_b) - (only_a - only_b) ** 2 / n) / n ** 2
+    var = ((only_a + only_b) - (only_a - only_b) ** 2 / n) / n**2
     return NormalDist().inv_cdf(1 - alpha / 2) * float(np.sqrt(max(var, 0.0)))
 
 
 def advice(cfg: Optional["PipelineConfig"] = None) -> str:
     """What usually helps when the distilled student does not beat its baseline."""
-    tips = ["distil longer (more distill.train.max_epochs; the student needs time to match the teacher)",
-            "a lower learning rate (distill.train.lr)"]
+    tips = [
+        "distil longer (more distill.train.max_epochs; the student needs time to match the teacher)",
+        "a lower learning rate (distill.train.lr)",
+    ]
     if cfg is None or cfg.pretrain.method != "none":
         tips.append("no hint stage (pretrain.method: none): a hint-initialised student can start worse")
     tips.append("a closer teacher (a smaller or shallower one: a student too far below its teacher cannot follow it)")
     return "What usually helps: " + "; ".join(tips) + "."
 
 
-def distillation_verdict(student_correct: Sequence[bool] | np.ndarray, baseline_correct: Sequence[bool] | np.ndarray,
-                         alpha: float = ALPHA, cfg: Optional["PipelineConfig"] = None) -> Verdict:
+def distillation_verdict(
+    student_correct: Sequence[bool] | np.ndarray,
+    baseline_correct: Sequence[bool] | np.ndarray,
+    alpha: float = ALPHA,
+    cfg: Optional["PipelineConfig"] = None,
+) -> Verdict:
     """Pays when the student is better than the baseline AND significantly so (McNemar p < ``alpha``)."""
     test = mcnemar_test(student_correct, baseline_correct)  # a = student, b = baseline
     gain = test.accuracy_a - test.accuracy_b
     margin = paired_margin(test.only_a_correct, test.only_b_correct, test.n, alpha)
     pays = gain > 0 and test.p_value < alpha
-    figures = (f"student {100 * test.accuracy_a:.2f}% vs baseline {100 * test.accuracy_b:.2f}% "
-               f"({100 * gain:+.2f} points, margin ±{100 * margin:.2f} on {test.n} test samples, "
-               f"McNemar p = {test.p_value:.3g})")
+    figures = (
+        f"student {100 * test.accuracy_a:.2f}% vs baseline {100 * test.accuracy_b:.2f}% "
+        f"({100 * gain:+.2f} points, margin ±{100 * margin:.2f} on {test.n} test samples, "
+        f"McNemar p = {test.p_value:.3g})"
+    )
     if pays:
         message = f"distillation paid: {figures}"
     elif gain > 0:

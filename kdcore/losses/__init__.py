@@ -1,4 +1,5 @@
 """Distillation losses: each returns named unweighted terms; an Objective sums them with weights."""
+
 from kdcore.losses import at, ce, crd, dkd, fitnet, kd, pkt, rkd, sp  # noqa: F401  (registers the losses)
 from kdcore.losses.at import ATLoss
 from kdcore.losses.ce import CELoss

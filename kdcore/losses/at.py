@@ -6,6 +6,7 @@ batch; pairs are summed and halved (the paper's beta/2 * sum_j, beta being this 
 Channels may differ; when the spatial sizes differ, the student's attention map is resized to the
 teacher's (bilinear up-sampling, area averaging down) before normalisation.
 """
+
 from __future__ import annotations
 
 from torch import Tensor

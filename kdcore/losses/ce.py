@@ -1,4 +1,5 @@
 """``ce``: cross-entropy of the student's logits with the labels."""
+
 from __future__ import annotations
 
 from torch import Tensor

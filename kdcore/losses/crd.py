@@ -25,6 +25,7 @@ Negatives come from
 Outside training (no memory update) without indices, the other samples of the batch serve as
 negatives.
 """
+
 from __future__ import annotations
 
 import math
@@ -70,8 +71,17 @@ class CRDLoss(DistillLoss):
     needs_teacher = True
     draws_random = True  # negatives are sampled from torch's global generator every step (kdcore.train.rng)
 
-    def __init__(self, *, student: str, teacher: str, feat_dim: int = 128, num_negatives: int = 4096,
-                 temperature: float = 0.07, momentum: float = 0.5, memory: str = "bank") -> None:
+    def __init__(
+        self,
+        *,
+        student: str,
+        teacher: str,
+        feat_dim: int = 128,
+        num_negatives: int = 4096,
+        temperature: float = 0.07,
+        momentum: float = 0.5,
+        memory: str = "bank",
+    ) -> None:
         super().__init__()
         for key, path in (("student", student), ("teacher", teacher)):
             if not isinstance(path, str) or not path:
@@ -95,7 +105,9 @@ class CRDLoss(DistillLoss):
 
     def build(self, student_shapes: Shapes, teacher_shapes: Shapes) -> None:
         if self.student not in student_shapes or self.teacher not in teacher_shapes:
-            raise KdflowError(f"loss 'crd': no feature shape known for student {self.student!r} / teacher {self.teacher!r}")
+            raise KdflowError(
+                f"loss 'crd': no feature shape known for student {self.student!r} / teacher {self.teacher!r}"
+            )
         d_s = math.prod(student_shapes[self.student])
         d_t = math.prod(teacher_shapes[self.teacher])
         self.embed_s = nn.Linear(d_s, self.feat_dim)
@@ -160,8 +172,13 @@ class CRDLoss(DistillLoss):
         if not self._z_known:  # checked (one device sync) until Z is set, then never again
             if bool(torch.isnan(log_z).any()):
                 with torch.no_grad():  # estimated once, from the first batch: Z = M * mean(exp(logit))
-                    log_z = torch.stack([torch.logsumexp(torch.cat([p[:, None], n], 1).flatten(), 0)
-                                         - math.log(p.numel() + n.numel()) for p, n in logits])
+                    log_z = torch.stack(
+                        [
+                            torch.logsumexp(torch.cat([p[:, None], n], 1).flatten(), 0)
+                            - math.log(p.numel() + n.numel())
+                            for p, n in logits
+                        ]
+                    )
                 if self.training:
                     self.log_z.copy_(log_z)
                     self._z_known = True

@@ -10,6 +10,7 @@ The loss returns ``dkd_tckd = alpha * TCKD`` and ``dkd_nckd = beta * NCKD`` (bat
 scaled by a linear warm-up factor ``min(step / warmup, 1)`` over the first ``warmup`` training
 steps (the paper warms DKD up over its first epochs; 0 switches it off).
 """
+
 from __future__ import annotations
 
 import torch
@@ -48,7 +49,9 @@ class DKDLoss(DistillLoss):
         self.beta = check_number("dkd", "beta", beta, low=0.0, low_inclusive=True)
         self.temperature = check_number("dkd", "temperature", temperature, low=0.0, low_inclusive=False)
         if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-            raise KdflowError(f"loss 'dkd': parameter 'warmup' must be an integer >= 0 (training steps), got {warmup!r}")
+            raise KdflowError(
+                f"loss 'dkd': parameter 'warmup' must be an integer >= 0 (training steps), got {warmup!r}"
+            )
         self.warmup = warmup
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # checkpointed with the objective
 

@@ -1,4 +1,5 @@
 """``fitnet``: hint regression of student features onto teacher features through connectors."""
+
 from __future__ import annotations
 
 from typing import Optional

@@ -1,4 +1,5 @@
 """``KDInputs``: everything a distillation loss may look at for one batch."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

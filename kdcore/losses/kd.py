@@ -1,4 +1,5 @@
 """``kd``: Hinton et al.'s soft-target distillation, T^2 * KL(teacher_T || student_T)."""
+
 from __future__ import annotations
 
 from torch import Tensor

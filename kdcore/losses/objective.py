@@ -1,4 +1,5 @@
 """``Objective``: a weighted sum of named losses, built from a config mapping."""
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """Layer pairs named by module path (``{"student": PATH, "teacher": PATH}``), shared by the feature losses."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,7 +41,8 @@ def parse_pairs(loss: str, pairs: Any, *, allow_connector: bool = False) -> list
         if not ok:
             raise KdflowError(
                 f"loss {loss!r}: each entry of 'pairs' needs the keys {keys} (module paths), like {EXAMPLE}; "
-                f"got {pair!r}")
+                f"got {pair!r}"
+            )
         checked.append(Pair(pair["student"], pair["teacher"], pair.get("connector")))
     return checked
 
@@ -72,4 +74,5 @@ def require_rank(loss: str, pair: Pair, s_shape: tuple, t_shape: tuple, ranks: t
     """Fail early when a side of ``pair`` is not of a per-sample rank in ``ranks``."""
     if len(s_shape) not in ranks or len(t_shape) not in ranks:
         raise KdflowError(
-            f"loss {loss!r}, pair {pair}: needs {what}; got student shape {s_shape} and teacher shape {t_shape}")
+            f"loss {loss!r}, pair {pair}: needs {what}; got student shape {s_shape} and teacher shape {t_shape}"
+        )

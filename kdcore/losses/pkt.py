@@ -6,6 +6,7 @@ of the batch. The loss is the KL divergence sum_{j != i} p^t_{j|i} log(p^t_{j|i}
 the teacher's from the student's distribution, averaged over anchors i and summed over pairs.
 The dimensions of student and teacher features need not match.
 """
+
 from __future__ import annotations
 
 import torch

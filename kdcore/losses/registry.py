@@ -1,4 +1,5 @@
 """The loss registry, the ``DistillLoss`` base class and ``create_loss`` (validated construction)."""
+
 from __future__ import annotations
 
 import copy

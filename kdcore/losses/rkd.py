@@ -13,6 +13,7 @@ over pairs. The angle term holds b^2 x d unit vectors and b^3 cosines (as in the
 ``angle_anchors: a`` restricts the angle's vertex j to the batch's first a samples (the batch is
 already shuffled), cutting its cost b/a times; the default (null) uses every triplet, as the paper.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -62,16 +63,24 @@ class RKDLoss(DistillLoss):
     name = "rkd"
     needs_teacher = True
 
-    def __init__(self, *, pairs: list[dict[str, str]], distance_weight: float = 25.0,
-                 angle_weight: float = 50.0, angle_anchors: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        *,
+        pairs: list[dict[str, str]],
+        distance_weight: float = 25.0,
+        angle_weight: float = 50.0,
+        angle_anchors: Optional[int] = None,
+    ) -> None:
         super().__init__()
         self.pairs = parse_pairs("rkd", pairs)
         self.distance_weight = check_number("rkd", "distance_weight", distance_weight, low=0.0, low_inclusive=True)
         self.angle_weight = check_number("rkd", "angle_weight", angle_weight, low=0.0, low_inclusive=True)
-        if angle_anchors is not None and (isinstance(angle_anchors, bool) or not isinstance(angle_anchors, int)
-                                          or angle_anchors < 1):
-            raise KdflowError(f"loss 'rkd': parameter 'angle_anchors' must be a positive integer or null, "
-                              f"got {angle_anchors!r}")
+        if angle_anchors is not None and (
+            isinstance(angle_anchors, bool) or not isinstance(angle_anchors, int) or angle_anchors < 1
+        ):
+            raise KdflowError(
+                f"loss 'rkd': parameter 'angle_anchors' must be a positive integer or null, got {angle_anchors!r}"
+            )
         self.angle_anchors = angle_anchors
         self.student_paths = student_paths(self.pairs)
         self.teacher_paths = teacher_paths(self.pairs)

@@ -5,6 +5,7 @@ similarity matrix G = Q Q^T is L2-normalised row by row; the loss is
 1/b^2 * ||G~_t - G~_s||_F^2, summed over the pairs. Student and teacher features may have any
 (different) shapes: only the b x b matrices are compared.
 """
+
 from __future__ import annotations
 
 from torch import Tensor

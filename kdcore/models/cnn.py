@@ -1,4 +1,5 @@
 """A plain conv-BN-ReLU-pool CNN (``cnn``) and its size presets ``cnn_tiny`` ... ``cnn_large``."""
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -26,8 +27,10 @@ class CNN(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, channels: list[int], dropout: float = 0.0):
         super().__init__()
-        if not isinstance(channels, (list, tuple)) or not channels or not all(
-            isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in channels
+        if (
+            not isinstance(channels, (list, tuple))
+            or not channels
+            or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in channels)
         ):
             raise KdflowError(f"model 'cnn': channels must be a non-empty list of positive integers, got {channels!r}")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:

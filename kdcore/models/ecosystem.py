@@ -37,6 +37,7 @@ Each is built for the data (``num_classes``, ``in_channels``) and its ``kwargs``
     A factory that declares a ``load_weights`` parameter is told ``False`` when kdflow rebuilds the
     model only to load a checkpoint over it.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -68,12 +69,19 @@ def _load_weights(model: nn.Module, arch: str, tensors: dict[str, torch.Tensor],
 
     report = load_matching(model, tensors)
     if not report["loaded"]:
-        raise KdflowError(f"model {arch!r}: no tensor of the weights {source} fits the model (names or shapes "
-                          f"differ everywhere; the model has e.g. {', '.join(list(model.state_dict())[:3])}, the "
-                          f"weights {', '.join(list(tensors)[:3])})")
-    log.info("model %s: %d tensors loaded from %s; new: %s%s", arch, len(report["loaded"]), source,
-             ", ".join(report["new"]) or "none",
-             f"; not used: {', '.join(report['ignored'])}" if report["ignored"] else "")
+        raise KdflowError(
+            f"model {arch!r}: no tensor of the weights {source} fits the model (names or shapes "
+            f"differ everywhere; the model has e.g. {', '.join(list(model.state_dict())[:3])}, the "
+            f"weights {', '.join(list(tensors)[:3])})"
+        )
+    log.info(
+        "model %s: %d tensors loaded from %s; new: %s%s",
+        arch,
+        len(report["loaded"]),
+        source,
+        ", ".join(report["new"]) or "none",
+        f"; not used: {', '.join(report['ignored'])}" if report["ignored"] else "",
+    )
     return {"weights": source, **report}
 
 
@@ -81,8 +89,12 @@ def weights_summary(info: dict[str, Any] | None) -> dict[str, Any]:
     """The short form of a model's ``kdflow_weights`` for a stage's record (counts, new tensor names)."""
     if not info:
         return {}
-    return {"weights": info["weights"], "loaded_tensors": len(info["loaded"]), "new_tensors": info["new"],
-            "unused_tensors": info["ignored"]}
+    return {
+        "weights": info["weights"],
+        "loaded_tensors": len(info["loaded"]),
+        "new_tensors": info["new"],
+        "unused_tensors": info["ignored"],
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,8 +109,17 @@ def adapt_stem(model: nn.Module, arch: str, in_channels: int, pretrained: set[st
     for path, module in model.named_modules():
         if isinstance(module, nn.Conv2d) and module.in_channels == 3 and module.groups == 1:
             conv: Any = module  # its kernel_size/stride/padding/dilation are tuples of 2 for a Conv2d
-            new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                            conv.dilation, 1, conv.bias is not None, conv.padding_mode)
+            new = nn.Conv2d(
+                in_channels,
+                conv.out_channels,
+                conv.kernel_size,
+                conv.stride,
+                conv.padding,
+                conv.dilation,
+                1,
+                conv.bias is not None,
+                conv.padding_mode,
+            )
             if f"{path}.weight" in pretrained:
                 with torch.no_grad():
                     w = module.weight
@@ -143,19 +164,25 @@ def torchvision_weights(name: str, weights: str, download: bool) -> tuple[dict[s
         chosen = enum[member]
     except KeyError:
         names = ", ".join(["DEFAULT", *(w.name for w in enum)])
-        raise KdflowError(f"model 'torchvision:{name}': unknown weights {weights!r}; {enum.__name__} has {names} "
-                          f"(or give the path of a state_dict file)") from None
+        raise KdflowError(
+            f"model 'torchvision:{name}': unknown weights {weights!r}; {enum.__name__} has {names} "
+            f"(or give the path of a state_dict file)"
+        ) from None
     label = f"{enum.__name__}.{chosen.name}"
     cached = _hub_file(chosen.url)
     if not cached.is_file() and not download:
-        raise KdflowError(f"model 'torchvision:{name}': weights {label} are not in the local torch hub cache "
-                          f"(looked for {cached}); set kwargs.download: true to fetch them from {chosen.url}, or "
-                          f"give the path of a state_dict file as kwargs.weights")
+        raise KdflowError(
+            f"model 'torchvision:{name}': weights {label} are not in the local torch hub cache "
+            f"(looked for {cached}); set kwargs.download: true to fetch them from {chosen.url}, or "
+            f"give the path of a state_dict file as kwargs.weights"
+        )
     try:
         state = torch.hub.load_state_dict_from_url(chosen.url, progress=False, map_location="cpu", check_hash=True)
     except Exception as exc:  # noqa: BLE001 - network or a damaged cache file
-        raise KdflowError(f"model 'torchvision:{name}': weights {label} could not be read "
-                          f"({'downloaded' if not cached.is_file() else cached}): {type(exc).__name__}: {exc}") from None
+        raise KdflowError(
+            f"model 'torchvision:{name}': weights {label} could not be read "
+            f"({'downloaded' if not cached.is_file() else cached}): {type(exc).__name__}: {exc}"
+        ) from None
     return state, f"{label} ({cached})"
 
 
@@ -164,15 +191,23 @@ def _torchvision(name: str) -> ModelFactory:
     if name not in names:
         close = difflib.get_close_matches(name, names, n=6, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise KdflowError(f"unknown model 'torchvision:{name}': not a classification model of torchvision "
-                          f"{_tv_version()}{hint} (all {len(names)}: torchvision.models.list_models())")
+        raise KdflowError(
+            f"unknown model 'torchvision:{name}': not a classification model of torchvision "
+            f"{_tv_version()}{hint} (all {len(names)}: torchvision.models.list_models())"
+        )
     import torchvision.models as tvm
 
     builder = tvm.get_model_builder(name)
     arch = f"torchvision:{name}"
 
-    def factory(in_channels: int, num_classes: int, weights: str | None = None, download: bool = False,
-                load_weights: bool = True, **kwargs: Any) -> nn.Module:
+    def factory(
+        in_channels: int,
+        num_classes: int,
+        weights: str | None = None,
+        download: bool = False,
+        load_weights: bool = True,
+        **kwargs: Any,
+    ) -> nn.Module:
         if weights is not None and not isinstance(weights, str):
             raise KdflowError(f"model {arch!r}: weights must be null, a weights name or a file path, got {weights!r}")
         if not isinstance(download, bool):
@@ -190,7 +225,7 @@ def _torchvision(name: str) -> ModelFactory:
             if info:
                 info["stem"] = stem
         if info:
-            setattr(model, "kdflow_weights", info)
+            model.kdflow_weights = info
         return model
 
     factory.__name__ = name
@@ -211,28 +246,42 @@ def _timm(name: str) -> ModelFactory:
     try:
         import timm
     except ImportError:
-        raise KdflowError(f"model 'timm:{name}' needs the timm package, which is not installed: "
-                          f"pip install 'kdflow[timm]' (or pip install timm)") from None
+        raise KdflowError(
+            f"model 'timm:{name}' needs the timm package, which is not installed: "
+            f"pip install 'kdflow[timm]' (or pip install timm)"
+        ) from None
     if not timm.is_model(name):
         close = timm.list_models(f"*{name}*")[:8] or difflib.get_close_matches(name, timm.list_models(), n=6)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise KdflowError(f"unknown model 'timm:{name}': not a model of timm {timm.__version__}{hint} "
-                          f"(all: timm.list_models())")
+        raise KdflowError(
+            f"unknown model 'timm:{name}': not a model of timm {timm.__version__}{hint} (all: timm.list_models())"
+        )
     arch = f"timm:{name}"
 
-    def factory(in_channels: int, num_classes: int, weights: str | None = None, pretrained: bool = False,
-                load_weights: bool = True, **kwargs: Any) -> nn.Module:
+    def factory(
+        in_channels: int,
+        num_classes: int,
+        weights: str | None = None,
+        pretrained: bool = False,
+        load_weights: bool = True,
+        **kwargs: Any,
+    ) -> nn.Module:
         if weights is not None and not isinstance(weights, str):
             raise KdflowError(f"model {arch!r}: weights must be null or a file path, got {weights!r}")
         try:
-            model = timm.create_model(name, pretrained=bool(pretrained and load_weights), num_classes=num_classes,
-                                      in_chans=in_channels, **kwargs)
+            model = timm.create_model(
+                name,
+                pretrained=bool(pretrained and load_weights),
+                num_classes=num_classes,
+                in_chans=in_channels,
+                **kwargs,
+            )
         except Exception as exc:  # noqa: BLE001 - timm raises many kinds (bad kwargs, download failures)
             raise KdflowError(f"model {arch!r}: {type(exc).__name__}: {exc}") from None
         if weights and load_weights:
             from kdcore.train.checkpoint import read_state_dict
 
-            setattr(model, "kdflow_weights", _load_weights(model, arch, read_state_dict(weights), weights))
+            model.kdflow_weights = _load_weights(model, arch, read_state_dict(weights), weights)
         return model
 
     factory.__name__ = name
@@ -254,18 +303,25 @@ def _python(target: str) -> ModelFactory:
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            own = sorted(n for n, v in vars(module).items() if not n.startswith("_") and callable(v)
-                         and getattr(v, "__module__", None) == module.__name__)  # defined there, not imported
-            raise KdflowError(f"model {arch!r}: module {module_name!r} has no attribute {attr!r}; the functions and "
-                              f"classes it defines: {', '.join(own[:20]) or '(none)'}")
+            own = sorted(
+                n
+                for n, v in vars(module).items()
+                if not n.startswith("_") and callable(v) and getattr(v, "__module__", None) == module.__name__
+            )  # defined there, not imported
+            raise KdflowError(
+                f"model {arch!r}: module {module_name!r} has no attribute {attr!r}; the functions and "
+                f"classes it defines: {', '.join(own[:20]) or '(none)'}"
+            )
         obj = getattr(obj, part)
     if not callable(obj):
         raise KdflowError(f"model {arch!r}: {module_name}.{attr} is a {type(obj).__name__}, not a callable factory")
     takes = accepted_params(obj)
     lacking = [p for p in ("in_channels", "num_classes") if p not in takes]
     if lacking and not takes_any_kwargs(obj):
-        raise KdflowError(f"model {arch!r}: the factory must accept in_channels and num_classes (kdflow passes the "
-                          f"data's); it lacks {', '.join(lacking)}")
+        raise KdflowError(
+            f"model {arch!r}: the factory must accept in_channels and num_classes (kdflow passes the "
+            f"data's); it lacks {', '.join(lacking)}"
+        )
     return obj
 
 

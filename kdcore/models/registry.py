@@ -4,6 +4,7 @@ An arch is a registered name (``cnn_small``, ``resnet8x4``, ...) or ``SOURCE:NAM
 from elsewhere (:mod:`kdcore.models.ecosystem`): ``torchvision:resnet18``, ``timm:resnet10t``,
 ``python:my_pkg.models:make_net``.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,8 @@ from torch import nn
 
 from kdcore.errors import KdflowError
 from kdcore.registry import Registry
-from kdcore.signature import accepted_params as _accepted, check_kwargs
+from kdcore.signature import accepted_params as _accepted
+from kdcore.signature import check_kwargs
 
 ModelFactory = Callable[..., nn.Module]
 
@@ -31,8 +33,10 @@ def resolve_factory(arch: str) -> ModelFactory:
     if ":" in arch:
         source, _, name = arch.partition(":")
         if source not in MODEL_SOURCES:
-            raise KdflowError(f"unknown model source {source!r} in {arch!r}; sources: "
-                              f"{', '.join(f'{s}:NAME' for s in MODEL_SOURCES.names())}")
+            raise KdflowError(
+                f"unknown model source {source!r} in {arch!r}; sources: "
+                f"{', '.join(f'{s}:NAME' for s in MODEL_SOURCES.names())}"
+            )
         return MODEL_SOURCES.get(source)(name)
     return MODELS.get(arch)
 
@@ -48,8 +52,9 @@ def _positive_int(arch: str, name: str, value: Any) -> int:
     return value
 
 
-def create_model(arch: str, *, in_channels: int, num_classes: int, load_weights: bool = True,
-                 **kwargs: Any) -> nn.Module:
+def create_model(
+    arch: str, *, in_channels: int, num_classes: int, load_weights: bool = True, **kwargs: Any
+) -> nn.Module:
     """Build the model ``arch``; the result carries ``kdflow_spec`` to rebuild it later.
 
     ``load_weights=False`` tells a factory that declares a ``load_weights`` parameter (the
@@ -70,10 +75,5 @@ def create_model(arch: str, *, in_channels: int, num_classes: int, load_weights:
     model = factory(in_channels=in_channels, num_classes=num_classes, **extra, **kwargs)
     if not isinstance(model, nn.Module):
         raise KdflowError(f"model {arch!r}: the factory returned a {type(model).__name__}, not a torch.nn.Module")
-    setattr(model, "kdflow_spec", {
-        "arch": arch,
-        "in_channels": in_channels,
-        "num_classes": num_classes,
-        "kwargs": saved_kwargs,
-    })
+    model.kdflow_spec = {"arch": arch, "in_channels": in_channels, "num_classes": num_classes, "kwargs": saved_kwargs}
     return model

@@ -1,4 +1,5 @@
 """CIFAR-style ResNets (basic blocks, three stages): ``resnet`` and the usual presets."""
+
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -38,8 +39,10 @@ class ResNet(nn.Module):
         super().__init__()
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
             raise KdflowError(f"model 'resnet': depth must be 6n+2 with n >= 1 (8, 14, 20, 32, ...), got {depth!r}")
-        if not isinstance(widths, (list, tuple)) or len(widths) != 4 or not all(
-            isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths
+        if (
+            not isinstance(widths, (list, tuple))
+            or len(widths) != 4
+            or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths)
         ):
             raise KdflowError(
                 f"model 'resnet': widths must be 4 positive integers [stem, stage1, stage2, stage3], got {widths!r}"

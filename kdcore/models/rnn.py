@@ -14,6 +14,7 @@ of the last layer); ``rnn.K`` (layer K's output sequence); ``pool`` [N, H * dire
 (and ``rnn.K.bwd``), so ``pretrain.method: teacher_layers`` gives a 1-layer student a layer of a
 2-layer teacher with the same sizes (``pretrain.select``: first, last or spread).
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,8 +22,18 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from kdcore.models.registry import MODELS
-from kdcore.models.sequence import (INPUTS, POOLINGS, SequencePool, check_bool, check_choice, check_dropout,
-                                    check_int, front_end, length_mask, read_input)
+from kdcore.models.sequence import (
+    INPUTS,
+    POOLINGS,
+    SequencePool,
+    check_bool,
+    check_choice,
+    check_dropout,
+    check_int,
+    front_end,
+    length_mask,
+    read_input,
+)
 
 CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}
 
@@ -68,9 +79,21 @@ class RecurrentStack(nn.ModuleList):
 
 
 class RNNClassifier(nn.Module):
-    def __init__(self, in_channels: int, num_classes: int, *, inputs: str, cell: str = "gru", embed_dim: int = 64,
-                 hidden_size: int = 64, num_layers: int = 1, bidirectional: bool = False, pooling: str = "last",
-                 dropout: float = 0.0, arch: str = "rnn"):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        *,
+        inputs: str,
+        cell: str = "gru",
+        embed_dim: int = 64,
+        hidden_size: int = 64,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        pooling: str = "last",
+        dropout: float = 0.0,
+        arch: str = "rnn",
+    ):
         super().__init__()
         self.inputs = check_choice(arch, "inputs", inputs, INPUTS)
         check_choice(arch, "cell", cell, tuple(CELLS))
@@ -82,8 +105,13 @@ class RNNClassifier(nn.Module):
         self.arch = arch
         directions = 2 if bidirectional else 1
         self.embed = front_end(self.inputs, in_channels, embed_dim)
-        self.rnn = RecurrentStack([RecurrentLayer(cell, embed_dim if i == 0 else hidden_size * directions,
-                                                  hidden_size, bidirectional) for i in range(num_layers)], dropout)
+        self.rnn = RecurrentStack(
+            [
+                RecurrentLayer(cell, embed_dim if i == 0 else hidden_size * directions, hidden_size, bidirectional)
+                for i in range(num_layers)
+            ],
+            dropout,
+        )
         out_dim = hidden_size * directions
         self.pool = SequencePool(pooling, out_dim, backward_half=hidden_size if bidirectional else 0)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -96,12 +124,30 @@ class RNNClassifier(nn.Module):
 
 
 def _factory(arch: str, inputs: str, what: str):
-    def factory(in_channels: int, num_classes: int, cell: str = "gru", embed_dim: int = 64, hidden_size: int = 64,
-                num_layers: int = 1, bidirectional: bool = False, pooling: str = "last",
-                dropout: float = 0.0) -> RNNClassifier:
-        return RNNClassifier(in_channels, num_classes, inputs=inputs, cell=cell, embed_dim=embed_dim,
-                             hidden_size=hidden_size, num_layers=num_layers, bidirectional=bidirectional,
-                             pooling=pooling, dropout=dropout, arch=arch)
+    def factory(
+        in_channels: int,
+        num_classes: int,
+        cell: str = "gru",
+        embed_dim: int = 64,
+        hidden_size: int = 64,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        pooling: str = "last",
+        dropout: float = 0.0,
+    ) -> RNNClassifier:
+        return RNNClassifier(
+            in_channels,
+            num_classes,
+            inputs=inputs,
+            cell=cell,
+            embed_dim=embed_dim,
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            bidirectional=bidirectional,
+            pooling=pooling,
+            dropout=dropout,
+            arch=arch,
+        )
 
     factory.__name__ = arch
     factory.__doc__ = f"{what} -> GRU/LSTM layers -> pool (last, mean, attention) -> linear."

@@ -9,6 +9,7 @@ Inputs (one tensor, so every stage, hook and tracker handles them like images):
 
 A sample's length is its number of valid steps (at least 1), so padding never changes a prediction.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -65,7 +66,8 @@ def read_input(x: Tensor, inputs: str, arch: str) -> tuple[Tensor, Tensor]:
         if x.dim() != 3 or not x.is_floating_point() or x.shape[-1] < 2:
             raise KdflowError(
                 f"model {arch!r} takes float frames [N, T, F + 1] (last channel: validity mask), "
-                f"got {x.dtype} {tuple(x.shape)}")
+                f"got {x.dtype} {tuple(x.shape)}"
+            )
         valid = x[..., -1] > 0.5
         feats = x[..., :-1]
     lengths = valid.sum(1).clamp(min=1)

@@ -1,4 +1,5 @@
 """Initialise a student from a trained teacher of the same family by copying matching tensors."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -38,13 +39,20 @@ def _indexed_children(module: nn.Module) -> int | None:
 def _check_select(select: Select) -> None:
     if isinstance(select, dict):
         for stage, blocks in select.items():
-            if not isinstance(stage, str) or not isinstance(blocks, (list, tuple)) or not all(
-                    isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in blocks):
-                raise KdflowError(f"init_from_teacher: select maps a stage path to a list of teacher block indices, "
-                                  f"like {{'layer1': [0], 'layer2': [0]}}; got {stage!r}: {blocks!r}")
+            if (
+                not isinstance(stage, str)
+                or not isinstance(blocks, (list, tuple))
+                or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in blocks)
+            ):
+                raise KdflowError(
+                    f"init_from_teacher: select maps a stage path to a list of teacher block indices, "
+                    f"like {{'layer1': [0], 'layer2': [0]}}; got {stage!r}: {blocks!r}"
+                )
     elif select not in SELECT_RULES:
-        raise KdflowError(f"init_from_teacher: unknown select {select!r}; choose one of {', '.join(SELECT_RULES)} "
-                          "or a mapping {stage path: [teacher block indices]}")
+        raise KdflowError(
+            f"init_from_teacher: unknown select {select!r}; choose one of {', '.join(SELECT_RULES)} "
+            "or a mapping {stage path: [teacher block indices]}"
+        )
 
 
 def _pick(i: int, n: int, m: int, select: Select, stage: str = "") -> int:
@@ -54,8 +62,10 @@ def _pick(i: int, n: int, m: int, select: Select, stage: str = "") -> int:
             return i  # stages not listed take the first blocks
         blocks = list(select[stage])
         if len(blocks) != n or any(b >= m for b in blocks):
-            raise KdflowError(f"init_from_teacher: select[{stage!r}] = {blocks} must give one teacher block index "
-                              f"(0..{m - 1}) for each of the student's {n} blocks in that stage")
+            raise KdflowError(
+                f"init_from_teacher: select[{stage!r}] = {blocks} must give one teacher block index "
+                f"(0..{m - 1}) for each of the student's {n} blocks in that stage"
+            )
         return blocks[i]
     if select == "first":
         return i
@@ -87,8 +97,10 @@ def _module_map(student: nn.Module, teacher: nn.Module, select: Select) -> dict[
                 mapping[child] = t_child
     if isinstance(select, dict) and set(select) - used:
         stages = [p for p, mod in student.named_modules() if _indexed_children(mod)]
-        raise KdflowError(f"init_from_teacher: select names stage(s) {sorted(set(select) - used)} that the student "
-                          f"does not have (or the teacher has no counterpart of); student stages: {', '.join(stages)}")
+        raise KdflowError(
+            f"init_from_teacher: select names stage(s) {sorted(set(select) - used)} that the student "
+            f"does not have (or the teacher has no counterpart of); student stages: {', '.join(stages)}"
+        )
     return mapping
 
 
@@ -119,14 +131,16 @@ def _auto_pairs(student: nn.Module, teacher: nn.Module, select: Select, partial:
         if module_path not in modules:
             continue
         t_key = _join(modules[module_path], leaf)
-        if t_key in t_state and (t_state[t_key].shape == tensor.shape
-                                 or (partial and _fits_inside(tensor.shape, t_state[t_key].shape))):
+        if t_key in t_state and (
+            t_state[t_key].shape == tensor.shape or (partial and _fits_inside(tensor.shape, t_state[t_key].shape))
+        ):
             pairs.append((key, t_key))
     return pairs
 
 
-def _explicit_pairs(student: nn.Module, teacher: nn.Module, mapping: dict[str, str],
-                    partial: bool = False) -> list[tuple[str, str]]:
+def _explicit_pairs(
+    student: nn.Module, teacher: nn.Module, mapping: dict[str, str], partial: bool = False
+) -> list[tuple[str, str]]:
     s_modules, t_modules = dict(student.named_modules()), dict(teacher.named_modules())
     s_state, t_state = student.state_dict(), teacher.state_dict()
     pairs = []
@@ -142,8 +156,9 @@ def _explicit_pairs(student: nn.Module, teacher: nn.Module, mapping: dict[str, s
             t_key = _join(t_prefix, rest)
             if t_key not in t_state:
                 raise KdflowError(f"init_from_teacher: student {key!r} has no teacher counterpart {t_key!r}")
-            if t_state[t_key].shape != tensor.shape and not (partial and _fits_inside(tensor.shape,
-                                                                                    t_state[t_key].shape)):
+            if t_state[t_key].shape != tensor.shape and not (
+                partial and _fits_inside(tensor.shape, t_state[t_key].shape)
+            ):
                 raise KdflowError(
                     f"init_from_teacher: shape mismatch between student {key!r} {tuple(tensor.shape)} "
                     f"and teacher {t_key!r} {tuple(t_state[t_key].shape)}"

@@ -1,4 +1,5 @@
 """Stages `pretrain`, `distill` and `baseline`: the student's three ways of being trained."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,8 +25,9 @@ class TeacherSource:
     """Teacher logits/features for a batch of train indices at given views: read from the cache
     entries of each split, or computed online from the same augmented images."""
 
-    def __init__(self, env: StageEnv, entries: Optional[dict[str, CacheEntry]], teacher: Optional[nn.Module],
-                 paths: list[str]):
+    def __init__(
+        self, env: StageEnv, entries: Optional[dict[str, CacheEntry]], teacher: Optional[nn.Module], paths: list[str]
+    ):
         self.env, self.entries, self.teacher, self.paths = env, entries, teacher, paths
         if entries is None and teacher is None:
             raise ValueError("a TeacherSource needs cache entries or a teacher")
@@ -46,8 +48,9 @@ class TeacherSource:
         """The crops ``[N, V, 5]`` the teacher saw, when a streamed cache stored them (else None)."""
         return self.entries[split].view_crops() if self.entries is not None else None
 
-    def get(self, split: str, idx: torch.Tensor, views: torch.Tensor, x_view: torch.Tensor
-            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def get(
+        self, split: str, idx: torch.Tensor, views: torch.Tensor, x_view: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Teacher outputs for samples ``idx`` at ``views``; ``x_view`` is the student's input batch."""
         dev = self.env.device
         if self.entries is not None:
@@ -82,8 +85,15 @@ class _EpochViews(TrainCallbacks):
         self.inner.on_epoch_end(epoch, metrics)
 
 
-def _train_with_objective(env: StageEnv, student: nn.Module, spec_losses: dict[str, Any], train_spec,
-                          source: Optional[TeacherSource], stage: str, monitor_objective: bool = False):
+def _train_with_objective(
+    env: StageEnv,
+    student: nn.Module,
+    spec_losses: dict[str, Any],
+    train_spec,
+    source: Optional[TeacherSource],
+    stage: str,
+    monitor_objective: bool = False,
+):
     objective = build_objective(spec_losses)
     n = len(env.data.train)
     s_paths = objective.student_paths
@@ -94,19 +104,26 @@ def _train_with_objective(env: StageEnv, student: nn.Module, spec_losses: dict[s
         objective.build(s_shapes, t_shapes, num_samples=n)
     objective.to(env.device)
     vcfg = env.cfg.cache.views
-    train_seeds = torch.from_numpy(source.seeds("train", n) if source is not None
-                                   else view_seeds(n, vcfg.num_views, vcfg.seed))
+    train_seeds = torch.from_numpy(
+        source.seeds("train", n) if source is not None else view_seeds(n, vcfg.num_views, vcfg.seed)
+    )
     callbacks = _EpochViews(env.callbacks, n, vcfg.num_views, vcfg.seed)
 
     def run(split: str, idx: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, views: torch.Tensor):
         """The objective on one batch: ``xb`` the (augmented) inputs of samples ``idx`` at ``views``."""
-        t_logits, t_feats = (source.get(split, idx, views, xb) if source is not None and objective.needs_teacher
-                             else (None, {}))
+        t_logits, t_feats = (
+            source.get(split, idx, views, xb) if source is not None and objective.needs_teacher else (None, {})
+        )
         with FeatureTap(student, s_paths) as tap:
             logits = student(xb)
-            inp = KDInputs(student_logits=logits.float(), teacher_logits=t_logits, targets=yb,
-                           student_features={p: tap.features[p].float() for p in s_paths},
-                           teacher_features=t_feats, indices=idx if split == "train" else None)
+            inp = KDInputs(
+                student_logits=logits.float(),
+                teacher_logits=t_logits,
+                targets=yb,
+                student_features={p: tap.features[p].float() for p in s_paths},
+                teacher_features=t_feats,
+                indices=idx if split == "train" else None,
+            )
         return objective(inp)
 
     if env.streaming:  # the loader cuts each sample's view of the epoch: a stored crop, else from its seed
@@ -124,8 +141,9 @@ def _train_with_objective(env: StageEnv, student: nn.Module, spec_losses: dict[s
             return run("train", b.idx, b.x, b.y, callbacks.views[b.idx])
 
         def val_loss() -> float:
-            total = sum(float(run("val", b.idx, b.x, b.y, torch.zeros_like(b.idx))[0]) * len(b)
-                        for b in env.eval_batches("val"))
+            total = sum(
+                float(run("val", b.idx, b.x, b.y, torch.zeros_like(b.idx))[0]) * len(b) for b in env.eval_batches("val")
+            )
             return total / max(len(env.data.val), 1)
     else:
         x, y = env.split("train")
@@ -155,9 +173,20 @@ def _train_with_objective(env: StageEnv, student: nn.Module, spec_losses: dict[s
 
     if monitor_objective:
         train_spec = train_spec.model_copy(update={"monitor": "val_loss"})
-    result = fit({"model": student, "objective": objective}, step, batches, evaluate, train_spec,
-                 ckpt_dir=env.workdir / "checkpoints", seed=env.cfg.trainer.seed, device=env.device,
-                 amp_dtype=env.amp_dtype, callbacks=callbacks, run_key=str(env.workdir), stage=stage)
+    result = fit(
+        {"model": student, "objective": objective},
+        step,
+        batches,
+        evaluate,
+        train_spec,
+        ckpt_dir=env.workdir / "checkpoints",
+        seed=env.cfg.trainer.seed,
+        device=env.device,
+        amp_dtype=env.amp_dtype,
+        callbacks=callbacks,
+        run_key=str(env.workdir),
+        stage=stage,
+    )
     return result, objective
 
 
@@ -174,8 +203,13 @@ def pretrain_objective_spec(cfg) -> dict[str, dict[str, Any]]:
     return with_temperature(spec, cfg.distill.temperature)
 
 
-def _train_new_layers(env: StageEnv, student: nn.Module, report: TransplantReport, source: Optional[TeacherSource],
-                      teacher: Optional[nn.Module]):
+def _train_new_layers(
+    env: StageEnv,
+    student: nn.Module,
+    report: TransplantReport,
+    source: Optional[TeacherSource],
+    teacher: Optional[nn.Module],
+):
     """Train what did not come whole from the teacher (new and sliced tensors), the rest frozen."""
     cfg = env.cfg.pretrain
     params = dict(student.named_parameters())
@@ -213,16 +247,23 @@ def pretrain_student(env: StageEnv, source: Optional[TeacherSource], teacher: Op
     elif cfg.method == "hint":
         pairs = [p.model_dump() for p in cfg.pairs]
         fit_result, _ = _train_with_objective(
-            env, student, {"fitnet": {"weight": 1.0, "pairs": pairs, "connector": cfg.connector}}, cfg.train,
-            source, "pretrain", monitor_objective=True)
+            env,
+            student,
+            {"fitnet": {"weight": 1.0, "pairs": pairs, "connector": cfg.connector}},
+            cfg.train,
+            source,
+            "pretrain",
+            monitor_objective=True,
+        )
         info.update(fit_summary(fit_result))
     return _finish(env, student, "pretrain", info, fit_result)
 
 
 def distill_student(env: StageEnv, init_path: Path, source: TeacherSource) -> StageResult:
     student = load_model(init_path).to(env.device)
-    fit_result, objective = _train_with_objective(env, student, env.cfg.distill.objective_spec(),
-                                                  env.cfg.distill.train, source, "distill")
+    fit_result, objective = _train_with_objective(
+        env, student, env.cfg.distill.objective_spec(), env.cfg.distill.train, source, "distill"
+    )
     info = {"weights": objective.weights, **fit_summary(fit_result)}
     return _finish(env, student, "distill", info, fit_result)
 
@@ -230,6 +271,7 @@ def distill_student(env: StageEnv, init_path: Path, source: TeacherSource) -> St
 def train_baseline(env: StageEnv) -> StageResult:
     """The same student from the same initialisation, trained with cross-entropy alone."""
     student = env.new_student()
-    fit_result, _ = _train_with_objective(env, student, {"ce": {"weight": 1.0}}, env.cfg.baseline_train(),
-                                          None, "baseline")
+    fit_result, _ = _train_with_objective(
+        env, student, {"ce": {"weight": 1.0}}, env.cfg.baseline_train(), None, "baseline"
+    )
     return _finish(env, student, "baseline", fit_summary(fit_result), fit_result)

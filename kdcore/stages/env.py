@@ -1,4 +1,5 @@
 """What every stage function shares: config, data on the right device, a work directory."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -12,9 +13,9 @@ from torch import nn
 from kdcore.config import PipelineConfig
 from kdcore.data.bundle import DataBundle, Split
 from kdcore.data.stream import is_streamed
-from kdcore.train.batches import Batch, LoaderBatches
 from kdcore.models import create_model
 from kdcore.train import FitResult, TrainCallbacks, autocast_dtype, resolve_device, seed_everything
+from kdcore.train.batches import Batch, LoaderBatches
 from kdcore.train.rng import GLOBAL_RNG
 
 
@@ -64,8 +65,7 @@ class StageEnv:
         """A freshly initialised model, seeded with ``trainer.seed + seed_offset``."""
         with GLOBAL_RNG:  # seeding then drawing, never interleaved with another stage (kdcore.train.rng)
             self.seed(seed_offset)
-            model = create_model(arch, in_channels=self.data.in_channels, num_classes=self.data.num_classes,
-                                 **kwargs)
+            model = create_model(arch, in_channels=self.data.in_channels, num_classes=self.data.num_classes, **kwargs)
         return model.to(self.device)
 
     def save_model(self, model: nn.Module, path: Path, stage: str) -> tuple[str, list[Path]]:
@@ -74,8 +74,12 @@ class StageEnv:
         from kdcore.train.checkpoint import save_model
 
         files = self.data.model_files(Path(path).parent)
-        meta = {"stage": stage, "data_fingerprint": self.data.fingerprint, "modality": self.data.modality,
-                "files": [f.name for f in files]}
+        meta = {
+            "stage": stage,
+            "data_fingerprint": self.data.fingerprint,
+            "modality": self.data.modality,
+            "files": [f.name for f in files],
+        }
         return save_model(model, path, meta), files
 
     def __getstate__(self) -> dict[str, Any]:
@@ -131,8 +135,8 @@ def classifier_val(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
     model.eval()
     correct, loss = 0, 0.0
     for i in range(0, len(x), batch_size):
-        logits = model(x[i:i + batch_size]).float()
-        yb = y[i:i + batch_size]
+        logits = model(x[i : i + batch_size]).float()
+        yb = y[i : i + batch_size]
         loss += float(F.cross_entropy(logits, yb, reduction="sum"))
         correct += int((logits.argmax(1) == yb).sum())
     n = max(len(x), 1)
@@ -155,7 +159,11 @@ def classifier_val_batches(model: nn.Module, batches: Iterable[Batch], n: int) -
 def fit_summary(fit: FitResult) -> dict[str, Any]:
     last = fit.history[-1] if fit.history else {}
     return {
-        "epochs_run": fit.epochs_run, "best_epoch": fit.best_epoch + 1, "best_value": fit.best_value,
-        "stop_reason": fit.stop_reason, "resumed_from_epoch": fit.resumed_from,
-        "seconds": round(fit.seconds, 3), **{f"last_{k}": v for k, v in last.items() if k.startswith("val_")},
+        "epochs_run": fit.epochs_run,
+        "best_epoch": fit.best_epoch + 1,
+        "best_value": fit.best_value,
+        "stop_reason": fit.stop_reason,
+        "resumed_from_epoch": fit.resumed_from,
+        "seconds": round(fit.seconds, 3),
+        **{f"last_{k}": v for k, v in last.items() if k.startswith("val_")},
     }

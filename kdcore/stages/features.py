@@ -2,6 +2,7 @@
 
 The train split is stored for every augmented view (``cache.views``); val is stored as is.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,8 +40,9 @@ def split_views(cfg: PipelineConfig, split: str) -> dict[str, Any]:
     return cfg.cache.views.model_dump() if split == "train" else dict(NO_VIEWS)
 
 
-def build_features(env: StageEnv, teacher: nn.Module, teacher_sha256: str, cache_dir: Path,
-                   batch_size: int = 512) -> dict[str, tuple[CacheEntry, bool]]:
+def build_features(
+    env: StageEnv, teacher: nn.Module, teacher_sha256: str, cache_dir: Path, batch_size: int = 512
+) -> dict[str, tuple[CacheEntry, bool]]:
     """Build (or reuse) the cache entry of each split; returns {split: (entry, built)}.
 
     The teacher runs in float32 (no autocast): cached outputs are exact. Progress is reported as
@@ -71,9 +73,18 @@ def build_features(env: StageEnv, teacher: nn.Module, teacher_sha256: str, cache
                     env.callbacks.on_progress("cache", done, total)
                     yield batch
 
-        out[split] = build_entry(cache_dir, fields, paths, n, views["num_views"], seeds, produce,
-                                 rebuild=cfg.cache.rebuild, checksums=cfg.cache.verify == "sha256",
-                                 num_classes=env.data.num_classes)
+        out[split] = build_entry(
+            cache_dir,
+            fields,
+            paths,
+            n,
+            views["num_views"],
+            seeds,
+            produce,
+            rebuild=cfg.cache.rebuild,
+            checksums=cfg.cache.verify == "sha256",
+            num_classes=env.data.num_classes,
+        )
         if not out[split][1]:  # reused: nothing was computed, the split counts as done
             done += n
             env.callbacks.on_progress("cache", done, total)
@@ -87,9 +98,15 @@ def _tensor_views(env: StageEnv, split: str, seeds, views: dict[str, Any], batch
     """In-memory tensors: for each chunk of samples, its views (augmentation applied on tensors)."""
     x, _ = env.split(split)
     for i in range(0, len(x), batch_size):
-        yield [(apply_views(x[i:i + batch_size], torch.from_numpy(seeds[i:i + batch_size, v]), views["policy"],
-                            views["pad"]), {})
-               for v in range(views["num_views"])]
+        yield [
+            (
+                apply_views(
+                    x[i : i + batch_size], torch.from_numpy(seeds[i : i + batch_size, v]), views["policy"], views["pad"]
+                ),
+                {},
+            )
+            for v in range(views["num_views"])
+        ]
 
 
 def _streamed_views(env: StageEnv, split: str, seeds, views: dict[str, Any], batch_size: int) -> ViewBatches:

@@ -1,4 +1,5 @@
 """Stage `teacher`: train the teacher with cross-entropy, or load a given checkpoint."""
+
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -31,11 +32,25 @@ def train_teacher(env: StageEnv) -> StageResult:
             def step(idx):
                 return F.cross_entropy(model(x[idx]), y[idx]), {}
 
-        fit_result = fit({"model": model}, step, source, lambda: env.val_metrics(model), cfg.train,
-                         ckpt_dir=env.workdir / "checkpoints", seed=env.cfg.trainer.seed, device=env.device,
-                         amp_dtype=env.amp_dtype, callbacks=env.callbacks, run_key=str(env.workdir), stage="teacher")
-        info = {"source": "trained", **weights_summary(getattr(model, "kdflow_weights", None)),
-                **fit_summary(fit_result)}
+        fit_result = fit(
+            {"model": model},
+            step,
+            source,
+            lambda: env.val_metrics(model),
+            cfg.train,
+            ckpt_dir=env.workdir / "checkpoints",
+            seed=env.cfg.trainer.seed,
+            device=env.device,
+            amp_dtype=env.amp_dtype,
+            callbacks=env.callbacks,
+            run_key=str(env.workdir),
+            stage="teacher",
+        )
+        info = {
+            "source": "trained",
+            **weights_summary(getattr(model, "kdflow_weights", None)),
+            **fit_summary(fit_result),
+        }
     metrics = env.val_metrics(model)
     path = env.workdir / "teacher.safetensors"
     sha, files = env.save_model(model, path, "teacher")

@@ -1,4 +1,5 @@
 """Run a text classifier on raw strings: encode with the model's vocabulary, predict in batches."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -33,7 +34,7 @@ def text_logits(model: nn.Module, vocab: Vocabulary, texts: Sequence[str], batch
     try:
         with torch.inference_mode():
             for i in range(0, len(texts), batch_size):
-                out.append(model(vocab.encode(texts[i:i + batch_size]).to(device)).float().cpu())
+                out.append(model(vocab.encode(texts[i : i + batch_size]).to(device)).float().cpu())
     finally:
         _set_mode(model, was_training)
     return torch.cat(out) if out else torch.empty(0, len(vocab.class_names))

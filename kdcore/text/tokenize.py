@@ -3,6 +3,7 @@
 Both are pure functions of the string, so the same text always gives the same tokens at training
 and at inference time.
 """
+
 from __future__ import annotations
 
 import re

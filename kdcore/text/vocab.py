@@ -5,6 +5,7 @@ most frequent first (ties broken alphabetically, so the same texts give the same
 The JSON form holds everything needed to encode new text the way the training data was encoded:
 tokeniser, lowercasing, maximum length, the tokens and the class names.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -44,8 +45,17 @@ class Vocabulary:
 
     # ---- building ------------------------------------------------------------------------
     @classmethod
-    def build(cls, texts: Iterable[str], *, tokenizer: str = "word", lowercase: bool = True, max_len: int = 64,
-              min_freq: int = 1, max_size: Optional[int] = None, class_names: Sequence[str] = ()) -> "Vocabulary":
+    def build(
+        cls,
+        texts: Iterable[str],
+        *,
+        tokenizer: str = "word",
+        lowercase: bool = True,
+        max_len: int = 64,
+        min_freq: int = 1,
+        max_size: Optional[int] = None,
+        class_names: Sequence[str] = (),
+    ) -> "Vocabulary":
         """Count tokens over ``texts`` (the train split) and keep those seen ``min_freq`` times or
         more, the ``max_size`` most frequent at most (specials included)."""
         TOKENIZERS.get(tokenizer)
@@ -82,15 +92,22 @@ class Vocabulary:
 
     # ---- storage -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "tokenizer": self.tokenizer, "lowercase": self.lowercase,
-                "max_len": self.max_len, "class_names": list(self.class_names), "tokens": list(self.tokens)}
+        return {
+            "format": FORMAT,
+            "tokenizer": self.tokenizer,
+            "lowercase": self.lowercase,
+            "max_len": self.max_len,
+            "class_names": list(self.class_names),
+            "tokens": list(self.tokens),
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Vocabulary":
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise KdflowError(f"not a kdflow vocabulary (expected format {FORMAT!r})")
-        return cls(list(d["tokens"]), d["tokenizer"], bool(d["lowercase"]), int(d["max_len"]),
-                   list(d.get("class_names", [])))
+        return cls(
+            list(d["tokens"]), d["tokenizer"], bool(d["lowercase"]), int(d["max_len"]), list(d.get("class_names", []))
+        )
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False, sort_keys=True)

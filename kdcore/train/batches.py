@@ -9,6 +9,7 @@ the order an in-memory one does.
 - :class:`LoaderBatches` yields :class:`Batch` objects (sample indices, inputs, labels) read by a
   ``DataLoader`` whose workers decode files; the indices let a step look up cached teacher outputs.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -88,16 +89,28 @@ def worker_context():
     return ctx
 
 
-def make_loader(dataset: Any, batch_sampler: Any, num_workers: int, device: torch.device, *,
-                persistent: bool = False, prefetch_factor: int = 4):
+def make_loader(
+    dataset: Any,
+    batch_sampler: Any,
+    num_workers: int,
+    device: torch.device,
+    *,
+    persistent: bool = False,
+    prefetch_factor: int = 4,
+):
     """A DataLoader of the given batches: workers from :func:`worker_context`, pinned memory on CUDA."""
     from torch.utils.data import DataLoader
 
     workers = num_workers > 0
-    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers,
-                      pin_memory=device.type == "cuda", persistent_workers=persistent and workers,
-                      prefetch_factor=prefetch_factor if workers else None,
-                      multiprocessing_context=worker_context() if workers else None)
+    return DataLoader(
+        dataset,
+        batch_sampler=batch_sampler,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=persistent and workers,
+        prefetch_factor=prefetch_factor if workers else None,
+        multiprocessing_context=worker_context() if workers else None,
+    )
 
 
 class _EpochSampler:
@@ -122,13 +135,22 @@ class LoaderBatches:
     ``dataset[item]`` returns a dict with ``idx``, ``x``, ``y`` (and optionally more tensors, kept
     in ``Batch.extra``)."""
 
-    def __init__(self, dataset: Any, n: int, device: torch.device, *, num_workers: int = 0,
-                 items: Optional[Callable[[int, torch.Tensor], list[Any]]] = None, prefetch_factor: int = 4) -> None:
+    def __init__(
+        self,
+        dataset: Any,
+        n: int,
+        device: torch.device,
+        *,
+        num_workers: int = 0,
+        items: Optional[Callable[[int, torch.Tensor], list[Any]]] = None,
+        prefetch_factor: int = 4,
+    ) -> None:
         self.n, self.device = int(n), device
         self.items = items or (lambda epoch, idx: idx.tolist())
         self.sampler = _EpochSampler()
-        self.loader = make_loader(dataset, self.sampler, num_workers, device, persistent=True,
-                                  prefetch_factor=prefetch_factor)
+        self.loader = make_loader(
+            dataset, self.sampler, num_workers, device, persistent=True, prefetch_factor=prefetch_factor
+        )
 
     def __len__(self) -> int:
         return self.n
@@ -154,5 +176,6 @@ class _EpochBatches:
         dev = self.source.device
         for raw in self.source.loader:
             extra = {k: v for k, v in raw.items() if k not in ("idx", "x", "y")}
-            yield Batch(raw["idx"], raw["x"].to(dev, non_blocking=True), raw["y"].to(dev, non_blocking=True),
-                        extra or None)
+            yield Batch(
+                raw["idx"], raw["x"].to(dev, non_blocking=True), raw["y"].to(dev, non_blocking=True), extra or None
+            )

@@ -3,6 +3,7 @@
 Nothing in kdcore prints or reaches a tracker; the orchestration layer passes an object that
 forwards these calls where they belong (MLflow metrics, a Prefect progress artifact, the terminal).
 """
+
 from __future__ import annotations
 
 

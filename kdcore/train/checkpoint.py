@@ -3,6 +3,7 @@
 Every write goes to a temporary name first and is renamed into place, so a kill during a write
 never leaves a file that loads wrongly.
 """
+
 from __future__ import annotations
 
 import json
@@ -91,8 +92,9 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
 
 STATE_DICT_WRAPPERS = ("state_dict", "model_state_dict", "model", "net")  # {"state_dict": {...}, "epoch": 3}
 KEY_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel / DataParallel, torch.compile
-SAVE_HINT = ("save the weights alone with torch.save(model.state_dict(), path) (or safetensors' save_file) "
-             "and give that file")
+SAVE_HINT = (
+    "save the weights alone with torch.save(model.state_dict(), path) (or safetensors' save_file) and give that file"
+)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -115,18 +117,25 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if "Unsupported global" in str(exc):
             found = re.search(r"GLOBAL ([\w.]+)", str(exc))
             what = f" (it pickles {found.group(1)})" if found else ""
-            raise CheckpointError(f"checkpoint {path} is a pickled Python object, not a state_dict{what}; kdflow "
-                                  f"never unpickles code: {SAVE_HINT}") from None
+            raise CheckpointError(
+                f"checkpoint {path} is a pickled Python object, not a state_dict{what}; kdflow "
+                f"never unpickles code: {SAVE_HINT}"
+            ) from None
         raise CheckpointError(f"checkpoint {path} is corrupted or not a PyTorch/safetensors weights file") from None
     except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {path} is corrupted or not a PyTorch/safetensors weights file "
-                              f"({str(exc).splitlines()[0][:200]})") from None
+        raise CheckpointError(
+            f"checkpoint {path} is corrupted or not a PyTorch/safetensors weights file "
+            f"({str(exc).splitlines()[0][:200]})"
+        ) from None
     return _strip_prefixes(_unwrap(obj, path))
 
 
 def _is_tensor_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and bool(obj) and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    return (
+        isinstance(obj, Mapping)
+        and bool(obj)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -137,16 +146,18 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
             if _is_tensor_dict(obj.get(key)):
                 return dict(obj[key])
         keys = ", ".join(repr(k) for k in list(obj)[:8])
-        raise CheckpointError(f"checkpoint {path} is not a state_dict: a mapping with keys {keys} that holds no "
-                              f"mapping of tensor names to tensors (under {', '.join(STATE_DICT_WRAPPERS)}); "
-                              f"{SAVE_HINT}")
+        raise CheckpointError(
+            f"checkpoint {path} is not a state_dict: a mapping with keys {keys} that holds no "
+            f"mapping of tensor names to tensors (under {', '.join(STATE_DICT_WRAPPERS)}); "
+            f"{SAVE_HINT}"
+        )
     raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a state_dict; {SAVE_HINT}")
 
 
 def _strip_prefixes(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for prefix in KEY_PREFIXES:
         if tensors and all(k.startswith(prefix) for k in tensors):
-            tensors = {k[len(prefix):]: v for k, v in tensors.items()}
+            tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
     return tensors
 
 
@@ -157,8 +168,11 @@ def load_matching(model: nn.Module, tensors: Mapping[str, torch.Tensor]) -> dict
     own = model.state_dict()
     fits = {k: v for k, v in tensors.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
     model.load_state_dict(fits, strict=False)
-    return {"loaded": sorted(fits), "new": sorted(k for k in own if k not in fits),
-            "ignored": sorted(k for k in tensors if k not in fits)}
+    return {
+        "loaded": sorted(fits),
+        "new": sorted(k for k in own if k not in fits),
+        "ignored": sorted(k for k in tensors if k not in fits),
+    }
 
 
 def load_into(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
@@ -166,12 +180,16 @@ def load_into(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -
     own = model.state_dict()
     missing = sorted(set(own) - set(tensors))
     extra = sorted(set(tensors) - set(own))
-    shapes = [f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in tensors and tensors[k].shape != own[k].shape]
+    shapes = [
+        f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in tensors and tensors[k].shape != own[k].shape
+    ]
     if missing or extra or shapes:
         spec = getattr(model, "kdflow_spec", {}) or {}
         detail = "; ".join(
-            ([f"missing {missing[:3]}"] if missing else []) + ([f"unexpected {extra[:3]}"] if extra else [])
+            ([f"missing {missing[:3]}"] if missing else [])
+            + ([f"unexpected {extra[:3]}"] if extra else [])
             + ([f"shape mismatch {shapes[:2]}"] if shapes else [])
         )
         raise CheckpointError(
@@ -191,16 +209,18 @@ def load_model(path: str | Path, build: Any = None) -> nn.Module:
         from kdcore.models import create_model
 
         def build(s: dict) -> nn.Module:  # the checkpoint's tensors replace any pretrained weights: skip loading them
-            return create_model(s["arch"], in_channels=s["in_channels"], num_classes=s["num_classes"],
-                                load_weights=False, **s["kwargs"])
+            return create_model(
+                s["arch"], in_channels=s["in_channels"], num_classes=s["num_classes"], load_weights=False, **s["kwargs"]
+            )
 
     model = build(spec)
     load_into(model, read_tensors(path), str(path))
     return model
 
 
-def load_teacher(path: str | Path, arch: str, kwargs: Mapping[str, Any], in_channels: int,
-                 num_classes: int) -> nn.Module:
+def load_teacher(
+    path: str | Path, arch: str, kwargs: Mapping[str, Any], in_channels: int, num_classes: int
+) -> nn.Module:
     """The configured teacher with the weights of ``teacher.checkpoint``, on the CPU.
 
     A kdflow checkpoint (safetensors + JSON sidecar) is rebuilt from its sidecar and must be of the
@@ -213,11 +233,13 @@ def load_teacher(path: str | Path, arch: str, kwargs: Mapping[str, Any], in_chan
     if sidecar_path(path).is_file():
         model = load_model(path)
         spec = getattr(model, "kdflow_spec", {}) or {}
-        wrong = [f"{k}: checkpoint {spec.get(k)!r} vs config/data {v!r}" for k, v in expected.items()
-                 if spec.get(k) != v]
+        wrong = [
+            f"{k}: checkpoint {spec.get(k)!r} vs config/data {v!r}" for k, v in expected.items() if spec.get(k) != v
+        ]
         if wrong:
-            raise CheckpointError(f"teacher.checkpoint {path} does not match the configured teacher "
-                                  f"({'; '.join(wrong)})")
+            raise CheckpointError(
+                f"teacher.checkpoint {path} does not match the configured teacher ({'; '.join(wrong)})"
+            )
         return model
     from kdcore.models import create_model
 
@@ -226,8 +248,10 @@ def load_teacher(path: str | Path, arch: str, kwargs: Mapping[str, Any], in_chan
     try:
         load_into(model, tensors, str(path))
     except CheckpointError as exc:
-        raise CheckpointError(f"{exc} (teacher.arch {arch!r} with {in_channels} input channel(s) and "
-                              f"{num_classes} classes; the state_dict must be of that same network)") from None
+        raise CheckpointError(
+            f"{exc} (teacher.arch {arch!r} with {in_channels} input channel(s) and "
+            f"{num_classes} classes; the state_dict must be of that same network)"
+        ) from None
     return model
 
 
@@ -236,8 +260,14 @@ def load_teacher(path: str | Path, arch: str, kwargs: Mapping[str, Any], in_chan
 # renamed into place when complete.
 
 
-def save_training_checkpoint(ckpt_dir: Path, epoch: int, modules: dict[str, nn.Module], state: dict[str, Any],
-                             meta: dict[str, Any], keep: int = 1) -> Path:
+def save_training_checkpoint(
+    ckpt_dir: Path,
+    epoch: int,
+    modules: dict[str, nn.Module],
+    state: dict[str, Any],
+    meta: dict[str, Any],
+    keep: int = 1,
+) -> Path:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=ckpt_dir, prefix=".tmp-"))
     try:

@@ -1,4 +1,5 @@
 """The convergence criterion: max epochs, patience/min_delta on a validation metric, a target."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -36,8 +37,10 @@ class Convergence:
         if self.target is not None and (value >= self.target if self.maximize else value <= self.target):
             return f"target {self.monitor} {self.target} reached ({value:.4f}) at epoch {epoch}"
         if self.patience is not None and self.bad_epochs >= self.patience:
-            return (f"no {self.monitor} improvement > {self.min_delta} for {self.patience} epochs "
-                    f"(best {self.best:.4f} at epoch {self.best_epoch})")
+            return (
+                f"no {self.monitor} improvement > {self.min_delta} for {self.patience} epochs "
+                f"(best {self.best:.4f} at epoch {self.best_epoch})"
+            )
         if epoch + 1 >= self.max_epochs:
             return f"max_epochs {self.max_epochs} reached"
         return None

@@ -20,6 +20,7 @@ counted across processes by lock files under ``KDFLOW_HOME/locks`` (torch counts
 ``CUDA_VISIBLE_DEVICES``), so concurrent stages of one or several flow runs and workers spread over
 the GPUs.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -72,8 +73,8 @@ class DistContext:
         swapped = _to_sync_batchnorm(trainable) if self.device.type == "cuda" else []
         ddp = _StepModule(trainable, step)
         ddp = torch.nn.parallel.DistributedDataParallel(
-            ddp, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-            static_graph=True)  # the same parameters are used (or unused) at every step
+            ddp, device_ids=[self.device.index] if self.device.type == "cuda" else None, static_graph=True
+        )  # the same parameters are used (or unused) at every step
 
         def undo() -> None:
             nonlocal ddp
@@ -83,8 +84,9 @@ class DistContext:
 
         return (lambda idx: ddp(idx)), undo
 
-    def end_epoch(self, modules: dict[str, nn.Module], sums: dict[str, float], count: int
-                  ) -> tuple[dict[str, float], int]:
+    def end_epoch(
+        self, modules: dict[str, nn.Module], sums: dict[str, float], count: int
+    ) -> tuple[dict[str, float], int]:
         """Rank 0's buffers (BatchNorm statistics) everywhere, and the epoch's sums over all ranks."""
         for m in modules.values():
             for b in m.buffers():
@@ -308,8 +310,10 @@ def backend_for(device: torch.device, world_size: int) -> str:
         visible = torch.cuda.device_count()
         if world_size > visible:
             shown = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
-            raise ConfigError(f"trainer.devices = {world_size} but only {visible} CUDA device(s) are visible "
-                              f"(CUDA_VISIBLE_DEVICES={shown}); lower trainer.devices")
+            raise ConfigError(
+                f"trainer.devices = {world_size} but only {visible} CUDA device(s) are visible "
+                f"(CUDA_VISIBLE_DEVICES={shown}); lower trainer.devices"
+            )
         return "nccl"
     raise ConfigError(f"trainer.devices > 1 runs on cpu or cuda, not {device.type}")
 
@@ -377,8 +381,15 @@ class _Follower:
             raise self.error
 
 
-def run_distributed(fn: Callable[..., Any], *args: Any, world_size: int, device: torch.device,
-                    nnodes: Optional[int] = None, rdzv_endpoint: Optional[str] = None, **kwargs: Any) -> Any:
+def run_distributed(
+    fn: Callable[..., Any],
+    *args: Any,
+    world_size: int,
+    device: torch.device,
+    nnodes: Optional[int] = None,
+    rdzv_endpoint: Optional[str] = None,
+    **kwargs: Any,
+) -> Any:
     """Call ``fn(*args, **kwargs)`` in ``world_size`` DDP ranks per node, launched by torchrun's API
     (``torch.distributed.launcher.api.elastic_launch``); return rank 0's result.
 
@@ -394,25 +405,35 @@ def run_distributed(fn: Callable[..., Any], *args: Any, world_size: int, device:
     if world_size < 2 and nnodes < 2:
         return fn(*args, **kwargs)
     if nnodes > 1 and not rdzv_endpoint:
-        raise ConfigError(f"training on {nnodes} machines needs a rendezvous endpoint host:port that all of them "
-                          "reach (KDFLOW_RDZV_ENDPOINT)")
+        raise ConfigError(
+            f"training on {nnodes} machines needs a rendezvous endpoint host:port that all of them "
+            "reach (KDFLOW_RDZV_ENDPOINT)"
+        )
     backend = backend_for(device, world_size)
     devices = current_devices() or list(range(world_size))
     callbacks: list = []
     payload = _outbound((fn, args, kwargs), callbacks)
     threads = max(1, torch.get_num_threads() // world_size)
     config = LaunchConfig(
-        min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=world_size, rdzv_backend="c10d",
-        rdzv_endpoint=rdzv_endpoint or f"127.0.0.1:{_free_port()}", run_id=f"kdflow-{os.getpid()}-{id(payload)}",
-        max_restarts=0, monitor_interval=0.1, start_method=_start_method())
+        min_nodes=nnodes,
+        max_nodes=nnodes,
+        nproc_per_node=world_size,
+        rdzv_backend="c10d",
+        rdzv_endpoint=rdzv_endpoint or f"127.0.0.1:{_free_port()}",
+        run_id=f"kdflow-{os.getpid()}-{id(payload)}",
+        max_restarts=0,
+        monitor_interval=0.1,
+        start_method=_start_method(),
+    )
     handlers = _signal_handlers()
     with tempfile.TemporaryDirectory(prefix="kdflow-ddp-") as tmp:
         events, errors = Path(tmp) / "events.jsonl", Path(tmp) / "errors"
         errors.mkdir()
         try:
             with _Follower(events, callbacks):
-                results = elastic_launch(config, _rank_entry)(payload, backend, devices, threads, str(events),
-                                                              str(errors))
+                results = elastic_launch(config, _rank_entry)(
+                    payload, backend, devices, threads, str(events), str(errors)
+                )
         except ChildFailedError as exc:
             raised = [pickle.loads(p.read_bytes()) for p in sorted(errors.glob("rank-*.pkl"))]
             kdflow_errors = [e for e in raised if isinstance(e, KdflowError)]

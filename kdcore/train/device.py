@@ -5,6 +5,7 @@ see flows/pool_templates.py) must see them: with ``auto`` or ``cuda`` and fewer 
 than that, :func:`resolve_device` fails with a clear message instead of training on the CPU.
 ``trainer.device: cuda`` asks the same of any run. ``KDFLOW_GPUS=0`` (or unset) lifts the check.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -15,7 +16,6 @@ import numpy as np
 import torch
 
 from kdcore.errors import ConfigError
-
 
 GPUS_ENV = "KDFLOW_GPUS"
 
@@ -46,7 +46,8 @@ def check_required_gpus(name: str) -> None:
             f"this run needs {need} GPU(s) ({GPUS_ENV}={need}, the work pool's `gpus` job variable) but CUDA sees "
             f"{seen} (CUDA_VISIBLE_DEVICES={shown}); it will not train on the CPU instead. Check the worker's "
             f"NVIDIA driver (and for Docker the NVIDIA container toolkit), or run with {GPUS_ENV}=0 / "
-            "job variable gpus=0 to allow the CPU")
+            "job variable gpus=0 to allow the CPU"
+        )
 
 
 def resolve_device(name: str = "auto") -> torch.device:

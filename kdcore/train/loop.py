@@ -1,4 +1,5 @@
 """One training loop for every stage: checkpoint each epoch, resume, converge, report by callbacks."""
+
 from __future__ import annotations
 
 import math
@@ -13,6 +14,9 @@ from torch import nn
 
 from kdcore.config import TrainSpec
 from kdcore.errors import DivergenceError
+from kdcore.train import ddp
+from kdcore.train.batches import BatchLike, BatchSource, IndexBatches, shuffled_batches
+from kdcore.train.callbacks import TrainCallbacks
 from kdcore.train.checkpoint import (
     latest_training_checkpoint,
     load_into,
@@ -21,9 +25,6 @@ from kdcore.train.checkpoint import (
     save_training_checkpoint,
     state_tensors,
 )
-from kdcore.train import ddp
-from kdcore.train.batches import BatchLike, BatchSource, IndexBatches, shuffled_batches
-from kdcore.train.callbacks import TrainCallbacks
 from kdcore.train.convergence import Convergence
 from kdcore.train.device import autocast
 from kdcore.train.rng import draws_randomness, seeded_step
@@ -44,8 +45,9 @@ class FitResult:
 
 def make_optimizer(spec: TrainSpec, params: list[nn.Parameter]) -> torch.optim.Optimizer:
     if spec.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
-                               nesterov=spec.momentum > 0)
+        return torch.optim.SGD(
+            params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay, nesterov=spec.momentum > 0
+        )
     if spec.optimizer == "adam":
         return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
     return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
@@ -105,17 +107,33 @@ class _Trainer:
     convergence criterion, and the history so far. Built by :meth:`setup`, possibly advanced by
     :meth:`resume`, then driven epoch by epoch."""
 
-    def __init__(self, modules: dict[str, nn.Module], spec: TrainSpec, device: torch.device,
-                 amp_dtype: Optional[torch.dtype], ckpt_dir: Path, run_key: str, stage: str) -> None:
+    def __init__(
+        self,
+        modules: dict[str, nn.Module],
+        spec: TrainSpec,
+        device: torch.device,
+        amp_dtype: Optional[torch.dtype],
+        ckpt_dir: Path,
+        run_key: str,
+        stage: str,
+    ) -> None:
         self.modules, self.spec, self.device, self.amp_dtype = modules, spec, device, amp_dtype
         self.ckpt_dir, self.run_key, self.stage = Path(ckpt_dir), run_key, stage
         self.params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(spec, self.params)
-        self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=spec.max_epochs)
-                          if spec.scheduler == "cosine" else None)
+        self.scheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=spec.max_epochs)
+            if spec.scheduler == "cosine"
+            else None
+        )
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-        self.conv = Convergence(monitor=spec.monitor, max_epochs=spec.max_epochs, patience=spec.patience,
-                                min_delta=spec.min_delta, target=spec.target)
+        self.conv = Convergence(
+            monitor=spec.monitor,
+            max_epochs=spec.max_epochs,
+            patience=spec.patience,
+            min_delta=spec.min_delta,
+            target=spec.target,
+        )
         self.history: list[dict[str, float]] = []
         self.start, self.resumed_from, self.stop_reason = 0, None, None
         # On CPU a loss is checked before it is applied; on an accelerator the check (a host sync that
@@ -131,7 +149,9 @@ class _Trainer:
         latest = latest_training_checkpoint(self.ckpt_dir)
         if latest is None:
             return None
-        meta, state = load_training_checkpoint(latest, self.modules) if _same_run(latest, self.run_key) else (None, None)
+        meta, state = (
+            load_training_checkpoint(latest, self.modules) if _same_run(latest, self.run_key) else (None, None)
+        )
         if state is None:
             shutil.rmtree(self.ckpt_dir, ignore_errors=True)  # written for another configuration
             return None
@@ -149,8 +169,18 @@ class _Trainer:
 
     # -- one step --------------------------------------------------------------------------------
 
-    def step(self, step: StepFn, batch: BatchLike, i: int, last: bool, epoch: int, seed: int, stochastic: bool,
-             running: dict[str, Any], pending: list[tuple[int, torch.Tensor]]) -> int:
+    def step(
+        self,
+        step: StepFn,
+        batch: BatchLike,
+        i: int,
+        last: bool,
+        epoch: int,
+        seed: int,
+        stochastic: bool,
+        running: dict[str, Any],
+        pending: list[tuple[int, torch.Tensor]],
+    ) -> int:
         """Forward, finiteness check, backward and update for one batch; adds its loss terms to
         ``running``. Returns the number of samples this process trained on."""
         batch, share = self._shard(batch)
@@ -185,8 +215,9 @@ class _Trainer:
 
     # -- one epoch -------------------------------------------------------------------------------
 
-    def train_epoch(self, step: StepFn, source: BatchSource, epoch: int, seed: int, stochastic: bool
-                    ) -> tuple[dict[str, float], int]:
+    def train_epoch(
+        self, step: StepFn, source: BatchSource, epoch: int, seed: int, stochastic: bool
+    ) -> tuple[dict[str, float], int]:
         """One pass over the epoch's batches: (per-term sums, samples seen), summed over ranks."""
         for m in self.modules.values():
             m.train()
@@ -202,8 +233,9 @@ class _Trainer:
             sums, n_seen = self.group.end_epoch(self.modules, sums, n_seen)
         return sums, n_seen
 
-    def end_epoch(self, epoch: int, sums: dict[str, float], n_seen: int, evaluate: Callable[[], dict[str, float]],
-                  e0: float) -> dict[str, float]:
+    def end_epoch(
+        self, epoch: int, sums: dict[str, float], n_seen: int, evaluate: Callable[[], dict[str, float]], e0: float
+    ) -> dict[str, float]:
         """Step the schedule, validate, update the criterion; the epoch's metrics."""
         lr = self.optimizer.param_groups[0]["lr"]
         if self.scheduler is not None:
@@ -244,8 +276,9 @@ class _Trainer:
             "stop_reason": self.stop_reason,
         }
         if self.is_main:
-            save_training_checkpoint(self.ckpt_dir, epoch, self.modules, state,
-                                     {"run_key": self.run_key, "stage": self.stage})
+            save_training_checkpoint(
+                self.ckpt_dir, epoch, self.modules, state, {"run_key": self.run_key, "stage": self.stage}
+            )
         if self.group:
             self.group.barrier()
 
@@ -306,9 +339,13 @@ def fit(
         unwrap()
     trainer.load_best()
     return FitResult(
-        epochs_run=len(trainer.history), stop_reason=trainer.stop_reason or f"max_epochs {spec.max_epochs} reached",
-        best_epoch=trainer.conv.best_epoch, best_value=trainer.conv.best, history=trainer.history,
-        resumed_from=trainer.resumed_from, seconds=time.perf_counter() - t0,
+        epochs_run=len(trainer.history),
+        stop_reason=trainer.stop_reason or f"max_epochs {spec.max_epochs} reached",
+        best_epoch=trainer.conv.best_epoch,
+        best_value=trainer.conv.best,
+        history=trainer.history,
+        resumed_from=trainer.resumed_from,
+        seconds=time.perf_counter() - t0,
     )
 
 

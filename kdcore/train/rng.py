@@ -8,6 +8,7 @@ would differ. Instead, a training step that draws random numbers reseeds the gen
 too. The masks are then a function of the step alone: the same in every run, in any interleaving,
 and after a resume. Steps whose modules draw nothing take no lock and run fully in parallel.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -1,4 +1,5 @@
 """The user's plugin module: importing it registers a loss and a dataset with kdflow."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -46,5 +47,9 @@ def load_stripes(cfg) -> RawData:
             img = np.clip(img + rng.normal(0, 30, img.shape), 0, 255)
             images.append(img[None].astype(np.uint8))
             labels.append(label)
-    return RawData(train_x=np.stack(images), train_y=np.array(labels), class_names=["rows", "columns", "square"],
-                   source="plugins_pkg.kd_plugins (generated)")
+    return RawData(
+        train_x=np.stack(images),
+        train_y=np.array(labels),
+        class_names=["rows", "columns", "square"],
+        source="plugins_pkg.kd_plugins (generated)",
+    )

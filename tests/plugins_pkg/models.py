@@ -1,4 +1,5 @@
 """Model factories of the user's own code, named in a config as ``python:plugins_pkg.models:NAME``."""
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -8,9 +9,16 @@ from torch import nn
 
 def make_net(in_channels: int, num_classes: int, width: int = 8) -> nn.Module:
     """A small CNN whose feature paths are ``body``, ``body.conv2``, ``head``."""
-    body = nn.Sequential(OrderedDict(
-        conv1=nn.Conv2d(in_channels, width, 3, padding=1), relu1=nn.ReLU(), pool1=nn.MaxPool2d(2),
-        conv2=nn.Conv2d(width, 2 * width, 3, padding=1), relu2=nn.ReLU(), pool2=nn.AdaptiveAvgPool2d(1)))
+    body = nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(in_channels, width, 3, padding=1),
+            relu1=nn.ReLU(),
+            pool1=nn.MaxPool2d(2),
+            conv2=nn.Conv2d(width, 2 * width, 3, padding=1),
+            relu2=nn.ReLU(),
+            pool2=nn.AdaptiveAvgPool2d(1),
+        )
+    )
     return nn.Sequential(OrderedDict(body=body, flat=nn.Flatten(1), head=nn.Linear(2 * width, num_classes)))
 
 
