@@ -32,14 +32,25 @@ TINY = {
 # The slowest modules first: under `pytest -n 2 --dist loadfile` (the README's test command) a
 # long module that started last would leave the other worker idle at the end.
 SLOW_FIRST = (
+    "test_workers",
     "test_servers",
     "test_integration_servers",
+    "test_pipeline_defects",
+    "test_retrain",
+    "test_reproduce",
+    "test_pools",
     "test_sequence_pipeline",
     "test_reliability",
+    "test_engines",
+    "test_local_server",
+    "test_own_models",
     "test_pipeline",
+    "test_stage_spec",
     "test_methods_configs",
     "test_sweep",
-    "test_retrain",
+    "test_streaming",
+    "test_tracking_door",
+    "test_progress",
 )
 
 
