@@ -25,7 +25,8 @@ reruns the variants, in reversed order, for --timing-epochs more timed epochs, s
 machine's load drifts hit every variant alike.
 
 torchdistill lives only in the benchmark environment (see bench/README.md):
-  python3 -m venv .venv-bench && echo "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+  python3 -m venv .venv-bench &&
+    echo "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
       > .venv-bench/lib/python3.11/site-packages/kdflow-venv.pth && .venv-bench/bin/pip install torchdistill==1.1.5
 Usage:
   .venv/bin/python bench/vs_torchdistill.py [--epochs 5] [--limit-train 5000] [--rounds 2] [--threads 1] [--device cpu]
@@ -411,12 +412,10 @@ def report(results: dict[str, dict[str, Any]], prep: dict[str, Any], args) -> st
     lines.append("")
     seeded = {v: r["seed_top1"] for v, r in results.items() if "seed_top1" in r}
     if seeded:
+        pct = {v: [100 * a for a in s.values()] for v, s in seeded.items()}
         lines.append(
             f"test top-1 over seeds {', '.join(next(iter(seeded.values())))} (mean ± std): "
-            + "; ".join(
-                f"{v} {statistics.mean(100 * a for a in s.values()):.2f} ± {statistics.stdev(100 * a for a in s.values()):.2f}"
-                for v, s in seeded.items()
-            )
+            + "; ".join(f"{v} {statistics.mean(p):.2f} ± {statistics.stdev(p):.2f}" for v, p in pct.items())
         )
         lines.append("")
 

@@ -209,14 +209,14 @@ def deploy(
 def runner_deployments(names: Optional[list[str]] = None, prefect_file: Path = PREFECT_FILE) -> list:
     """The file's deployments as ``RunnerDeployment`` objects for ``prefect.serve`` (parameters,
     tags, description, concurrency limit and schedules as in the file; the pool is not used)."""
-    from prefect.flows import load_flow_from_entrypoint
+    from prefect.flows import Flow, load_flow_from_entrypoint
 
     out = []
     cwd = Path.cwd()
     os.chdir(REPO_ROOT)  # entrypoints are relative to the repository root
     try:
         for spec in read_specs(prefect_file, names):
-            flow = load_flow_from_entrypoint(spec["entrypoint"], use_placeholder_flow=False)
+            flow: Flow[..., Any] = load_flow_from_entrypoint(spec["entrypoint"], use_placeholder_flow=False)
             schedules = [_schedule(s) for s in spec.get("schedules") or []]
             out.append(
                 flow.to_deployment(

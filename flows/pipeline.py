@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.context import get_run_context
+from prefect.runtime import flow_run
 
 from kdcore.config import PipelineConfig
 from tasks import events
@@ -37,7 +37,7 @@ def pipeline_flow(
         events.emit(spec.name, "waiting")
     ctx = RunContext.open(cfg.name, home)
     tracker = ctx.tracker()
-    flow_run_id = str(get_run_context().flow_run.id)
+    flow_run_id = str(flow_run.id)
     with tracker.run(
         ctx.experiment_id,
         f"pipeline-{cfg.student.arch}",

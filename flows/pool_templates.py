@@ -22,9 +22,12 @@ The worker packages are imported only for the pool type asked for (``pip install
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kdcore.errors import ConfigError
+
+if TYPE_CHECKING:
+    from prefect.workers.base import BaseWorker
 
 POOL_TYPES = ("process", "docker", "kubernetes")
 POOL_NAMES = {"process": "kdflow-gpu", "docker": "kdflow-docker", "kubernetes": "kdflow-k8s"}
@@ -39,7 +42,7 @@ _PACKAGES = {
 }
 
 
-def worker_class(pool_type: str) -> type:
+def worker_class(pool_type: str) -> type[BaseWorker[Any, Any, Any]]:
     """The Prefect worker class of ``pool_type`` (its package imported now, and only now)."""
     import importlib
 

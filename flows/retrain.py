@@ -28,7 +28,7 @@ from typing import Any, Optional
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.context import get_run_context
+from prefect.runtime import flow_run
 
 from flows.params import ConfigParam, resolve_config
 from flows.pipeline import pipeline_flow
@@ -66,7 +66,7 @@ def retrain_flow(
     run_ctx = RunContext.open(cfg.name, home)
     tracker = run_ctx.tracker()
     name = cfg.register.student_name
-    flow_run_id = str(get_run_context().flow_run.id)
+    flow_run_id = str(flow_run.id)
     data = load_data(cfg.data)
     champion = tracker.version_by_alias(name, CHAMPION)
     reasons = retrain_reasons(champion, data.fingerprint, cfg.retrain.max_age_days, force)

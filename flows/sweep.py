@@ -33,7 +33,7 @@ from typing import Any, Optional
 import pandas as pd
 from prefect import allow_failure, flow, task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
-from prefect.context import get_run_context
+from prefect.runtime import flow_run
 
 from flows.params import ConfigParam, resolve_config
 from flows.pareto import pareto_mask, pareto_plot
@@ -163,7 +163,13 @@ def sweep_trials_flow(trials: list[dict], data_fp: str, ctx: dict, sweep: dict) 
             distill_fp = fingerprint("distill", cfg, data_fp, {**upstream, "pretrain": pre})
             wait_for = [allow_failure(first_with[distill_fp])] if distill_fp in first_with else []
             future = trial_task.submit(
-                t["index"], t["label"], t["config"], ctx["home"], ctx["parent_run_id"], wait_for=wait_for
+                t["index"],
+                t["label"],
+                t["config"],
+                ctx["home"],
+                ctx["parent_run_id"],
+                wait_for=wait_for,
+                return_state=False,
             )
             first_with.setdefault(distill_fp, future)
             futures.append(future)
@@ -213,7 +219,7 @@ def sweep_flow(
     shared = check_shared(trials, data.fingerprint)
     run_ctx = RunContext.open(cfg.name, home)
     tracker = run_ctx.tracker()
-    flow_run_id = str(get_run_context().flow_run.id)
+    flow_run_id = str(flow_run.id)
     with tracker.run(
         run_ctx.experiment_id,
         f"sweep-{len(trials)}-trials",

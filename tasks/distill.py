@@ -13,7 +13,7 @@ def body(call: StageCall) -> dict:
     if call.cfg.cache.mode == "cached":
         source = TeacherSource(call.env, open_entries(call), None, paths)
     else:
-        teacher = load_model(call.inputs["teacher"].path).to(call.env.device)
+        teacher = load_model(call.inputs["teacher"].required("path")).to(call.env.device)
         source = TeacherSource(call.env, None, teacher, paths)
     res = call.timed(distill_student, call.env, call.inputs["pretrain"].path, source)
     uri = call.tracker.log_torch_model(call.run_id, res.model, call.data.test.x[:2], extra_files=res.files)

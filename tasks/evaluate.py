@@ -13,7 +13,9 @@ LABELS = {"teacher": "teacher", "baseline": "baseline", "distill": "student"}
 
 
 def body(call: StageCall) -> dict:
-    models = {LABELS[s]: load_model(call.inputs[s].path).to(call.env.device) for s in MODELS if s in call.inputs}
+    models = {
+        LABELS[s]: load_model(call.inputs[s].required("path")).to(call.env.device) for s in MODELS if s in call.inputs
+    }
     results = call.timed(evaluate_models, call.env, models)
     metrics = {name: r["metrics"] for name, r in results.items()}
     table = comparison_table(metrics)

@@ -10,7 +10,7 @@ from tasks.stage import StageCall
 
 def body(call: StageCall) -> dict:
     teacher = call.inputs["teacher"]
-    model = load_model(teacher.path).to(call.env.device)
+    model = load_model(teacher.required("path")).to(call.env.device)
     t0 = time.perf_counter()
     entries = call.timed(build_features, call.env, model, teacher.sha256, cache_dir(call.home))
     seconds = time.perf_counter() - t0

@@ -16,7 +16,7 @@ def body(call: StageCall) -> dict:
         paths = [p.teacher for p in call.cfg.pretrain.pairs]
         source = TeacherSource(call.env, open_entries(call), None, paths)
     elif method == "teacher_layers":  # new / reshaped layers train on the teacher's outputs
-        teacher = load_model(call.inputs["teacher"].path)
+        teacher = load_model(call.inputs["teacher"].required("path"))
         paths = build_objective(pretrain_objective_spec(call.cfg)).teacher_paths
         if call.cfg.cache.mode == "cached":
             source = TeacherSource(call.env, open_entries(call), None, paths)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from pydantic import BaseModel, Field
 
@@ -25,6 +25,13 @@ class StageRecord(BaseModel):
     def artifact_ok(self) -> bool:
         """The artifact this record points to still exists (a cached record is only reused then)."""
         return self.path is None or Path(self.path).exists()
+
+    def required(self, name: Literal["path", "sha256", "mlflow_run_id", "model_uri"]) -> str:
+        """A field the stage always records (a model's path, its logged model URI...), as a ``str``."""
+        value = getattr(self, name)
+        if value is None:
+            raise RuntimeError(f"the {self.stage} stage recorded no {name}")
+        return value
 
 
 def record_fields(result: "StageResult", model_uri: Optional[str] = None) -> dict[str, Any]:

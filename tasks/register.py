@@ -46,7 +46,7 @@ def body(call: StageCall) -> dict:
         **code_tags(),
     }
     t_version, t_new = call.tracker.register(
-        teacher.model_uri,
+        teacher.required("model_uri"),
         cfg.teacher_name,
         {
             **lineage,
@@ -57,7 +57,7 @@ def body(call: StageCall) -> dict:
         },
     )
     s_version, s_new = call.tracker.register(
-        student.model_uri,
+        student.required("model_uri"),
         cfg.student_name,
         {
             **lineage,

@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, cast
+from uuid import UUID
 
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -42,13 +43,17 @@ class TrackingCallbacks(TrainCallbacks):
     def __init__(self, tracker: Tracker, run_id: str, stage: str) -> None:
         self.tracker, self.run_id, self.stage = tracker, run_id, stage
         self.max_epochs = 1
-        self.artifact_id = None
+        self.artifact_id: Optional[UUID] = None
 
     def on_fit_start(self, start_epoch: int, max_epochs: int) -> None:
         self.max_epochs = max_epochs
         try:
-            self.artifact_id = create_progress_artifact(
-                100.0 * start_epoch / max_epochs, description=f"{self.stage}: epoch {start_epoch}/{max_epochs}"
+            # a sync caller: async_dispatch runs it and returns the UUID, never a coroutine
+            self.artifact_id = cast(
+                UUID,
+                create_progress_artifact(
+                    100.0 * start_epoch / max_epochs, description=f"{self.stage}: epoch {start_epoch}/{max_epochs}"
+                ),
             )
         except Exception:  # noqa: BLE001 - progress display must never break training
             self.artifact_id = None
@@ -141,7 +146,6 @@ def stage_task(spec: "StageSpec"):
 
     run.__name__ = f"{spec.name}_task"
     return task(
-        run,
         name=spec.name,
         cache_key_fn=_key(spec),
         persist_result=True,
@@ -149,7 +153,7 @@ def stage_task(spec: "StageSpec"):
         retry_delay_seconds=1,
         retry_condition_fn=_no_retry_on_user_error,
         tags=["gpu"] if spec.training else None,
-    )
+    )(run)
 
 
 def _run_body(

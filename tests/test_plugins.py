@@ -95,7 +95,8 @@ def test_a_plugin_file_in_the_working_directory_is_found(tmp_path, monkeypatch):
     (tmp_path / "cwd_plugin_mod.py").write_text(
         "from kdcore.models import MODELS\nfrom torch import nn\n"
         "@MODELS.register('cwd_linear')\n"
-        "def cwd_linear(in_channels, num_classes):\n    return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))\n"
+        "def cwd_linear(in_channels, num_classes):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))\n"
     )
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])

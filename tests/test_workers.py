@@ -168,7 +168,7 @@ def test_two_workers_split_four_pipeline_runs_and_train_the_teacher_once(env, re
         for p in procs.values():
             stop(p)
     text = {name: log.read_text(errors="replace") for name, log in logs.items()}
-    for i, run in runs.items():
+    for run in runs.values():
         assert run["state"]["type"] == "COMPLETED", (
             f"{run['name']}: {run['state']}\n{text['w1'][-2000:]}\n{text['w2'][-2000:]}"
         )

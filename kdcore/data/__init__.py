@@ -58,8 +58,12 @@ def load_dataset(cfg: DataConfig) -> DataBundle:
 
 
 def _in_memory(cfg: DataConfig, raw: RawData) -> DataBundle:
-    idx = make_splits(cfg.name, raw.train_y, len(raw.test_y) if raw.has_test else None, cfg)
-    test_x, test_y = (raw.test_x, raw.test_y) if idx.test_is_official else (raw.train_x, raw.train_y)
+    # validate_raw: test_x and test_y are both set (has_test) or both None
+    idx = make_splits(cfg.name, raw.train_y, len(raw.test_y) if raw.test_y is not None else None, cfg)
+    test_x, test_y = raw.train_x, raw.train_y
+    if idx.test_is_official:
+        assert raw.test_x is not None and raw.test_y is not None
+        test_x, test_y = raw.test_x, raw.test_y
     parts = {
         "train": (raw.train_x[idx.train], raw.train_y[idx.train]),
         "val": (raw.train_x[idx.val], raw.train_y[idx.val]),

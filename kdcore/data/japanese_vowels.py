@@ -59,9 +59,9 @@ def read_ts(path: Path) -> tuple[list[np.ndarray], list[str], list[str]]:
     declared = header.get("classlabel", "").split()
     if not declared or declared[0].lower() != "true":
         raise DataError(f"{path}: the header declares no class labels (@classLabel true ...)")
-    dims = header.get("dimensions")
-    if dims is not None and cases and any(c.shape[1] != int(dims) for c in cases):
-        raise DataError(f"{path}: cases do not all have the {dims} dimensions the header declares")
+    n_dims = header.get("dimensions")
+    if n_dims is not None and cases and any(c.shape[1] != int(n_dims) for c in cases):
+        raise DataError(f"{path}: cases do not all have the {n_dims} dimensions the header declares")
     return cases, labels, declared[1:]
 
 

@@ -57,7 +57,7 @@ class RawData:
 
     def parts(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         out = {"train pool": (self.train_x, self.train_y)}
-        if self.test_x is not None:
+        if self.test_x is not None and self.test_y is not None:
             out["test set"] = (self.test_x, self.test_y)
         return out
 

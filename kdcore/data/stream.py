@@ -25,14 +25,14 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union, cast
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from kdcore.config import AugmentConfig, DataConfig
-from kdcore.data.bundle import DataBundle, channel_stats
+from kdcore.data.bundle import DataBundle, Split, channel_stats
 from kdcore.data.image_files import ImageFiles, decoded_bytes, default_workers
 from kdcore.data.splits import make_splits
 from kdcore.errors import DataError
@@ -130,6 +130,7 @@ class ImageFileDataset:
     def __getitem__(self, item: Item) -> dict[str, Tensor]:
         i, view = (item, None) if isinstance(item, (int, np.integer)) else item
         img = decode(self.paths[int(i)], self.grayscale)
+        crop: tuple[int, ...]
         if view is None:
             crop = NO_CROP
         elif isinstance(view, (int, np.integer)):
@@ -167,6 +168,7 @@ class LazyImages:
     def __getitem__(self, key: Any) -> Tensor:
         if isinstance(key, (int, np.integer)):
             return self.dataset[int(key) % len(self)]["x"]
+        rows: Sequence[int]
         if isinstance(key, slice):
             rows = range(*key.indices(len(self)))
         else:
@@ -261,9 +263,10 @@ def stream_bundle(cfg: DataConfig, files: ImageFiles) -> DataBundle:
     test_y = files.test_y
     idx = make_splits(cfg.name, files.train_y, len(test_y) if test_y is not None else None, cfg)
     pool = np.asarray(files.train_paths, dtype=object)
-    test_pool, test_labels = (
-        (np.asarray(files.test_paths, dtype=object), test_y) if idx.test_is_official else (pool, files.train_y)
-    )
+    test_pool, test_labels = pool, files.train_y
+    if idx.test_is_official:
+        assert test_y is not None  # make_splits has an official test set only when given its size
+        test_pool, test_labels = np.asarray(files.test_paths, dtype=object), test_y
     parts = {
         "train": (pool[idx.train], files.train_y[idx.train]),
         "val": (pool[idx.val], files.train_y[idx.val]),
@@ -305,11 +308,13 @@ def stream_bundle(cfg: DataConfig, files: ImageFiles) -> DataBundle:
         )
         for k, (paths, y) in parts.items()
     }
+    # an ImageFileSplit stands where a Split is expected (same len, y and an indexable x; see bundle.py)
+    train, val, test = (cast(Split, splits[k]) for k in ("train", "val", "test"))
     return DataBundle(
         name=cfg.name,
-        train=splits["train"],
-        val=splits["val"],
-        test=splits["test"],  # type: ignore[arg-type]
+        train=train,
+        val=val,
+        test=test,
         num_classes=len(files.class_names),
         class_names=list(files.class_names),
         input_shape=(files.channels, size, size),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor, nn
 
@@ -9,7 +11,7 @@ from kdcore.errors import KdflowError
 
 
 def _check_model_device(model: nn.Module, device: torch.device) -> None:
-    first = next(model.parameters(), None)
+    first: Optional[Tensor] = next(model.parameters(), None)
     if first is None:
         first = next(model.buffers(), None)
     if first is not None and first.device.type != device.type:

@@ -56,9 +56,10 @@ class ATLoss(DistillLoss):
         for pair in self.pairs:
             s, t = pair_features("at", pair, inp)
             q_t = attention_map(t, self.p)
-            q_s = resize_map(attention_map(s, self.p), tuple(q_t.shape[-2:]))
+            q_s = resize_map(attention_map(s, self.p), (q_t.shape[-2], q_t.shape[-1]))
             q_s = F.normalize(q_s.flatten(1), dim=1)
             q_t = F.normalize(q_t.flatten(1), dim=1)
             term = (q_s - q_t).norm(dim=1).mean()
             total = term if total is None else total + term
+        assert total is not None  # parse_pairs: at least one pair
         return {"at": 0.5 * total}

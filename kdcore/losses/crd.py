@@ -71,6 +71,12 @@ class CRDLoss(DistillLoss):
     needs_teacher = True
     draws_random = True  # negatives are sampled from torch's global generator every step (kdcore.train.rng)
 
+    # buffers, registered in __init__ / build()
+    log_z: Tensor
+    memory_s: Tensor
+    memory_t: Tensor
+    queue_ptr: Tensor
+
     def __init__(
         self,
         *,
@@ -186,10 +192,12 @@ class CRDLoss(DistillLoss):
                 self._z_known = True
         # with Z = M * mean(exp), log(K / M) - log Z = log K - log mean(exp): M cancels out
         log_noise = math.log(neg_s.shape[1])
-        loss = sum(nce_loss(p, n, log_z[i], log_noise) for i, (p, n) in enumerate(logits))
+        (p_s, n_s), (p_t, n_t) = logits
+        loss = nce_loss(p_s, n_s, log_z[0], log_noise) + nce_loss(p_t, n_t, log_z[1], log_noise)
         if self.training:
             with torch.no_grad():
                 if self.memory == "bank":
+                    assert idx is not None  # checked above: training with a bank needs indices
                     self._update_bank(idx, e_s, e_t)
                 else:
                     self._enqueue(e_s, e_t)

@@ -53,6 +53,7 @@ class DKDLoss(DistillLoss):
                 f"loss 'dkd': parameter 'warmup' must be an integer >= 0 (training steps), got {warmup!r}"
             )
         self.warmup = warmup
+        self.steps: Tensor
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # checkpointed with the objective
 
     def forward(self, inp: KDInputs) -> dict[str, Tensor]:

@@ -54,4 +54,5 @@ class FitNetLoss(DistillLoss):
             mapped = connector(s)
             term = F.mse_loss(mapped, target.to(mapped.dtype))
             total = term if total is None else total + term
+        assert total is not None  # parse_pairs: at least one pair
         return {"fitnet": total / len(self.pairs)}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 import torch
 from torch import Tensor, nn
@@ -27,23 +27,27 @@ class Objective(nn.Module):
         self.losses = nn.ModuleDict(dict(losses))
         self.weights: dict[str, float] = {name: float(weights.get(name, 1.0)) for name in losses}
 
+    def _losses(self) -> list[DistillLoss]:
+        # nn.ModuleDict types its values as nn.Module; __init__ only puts DistillLosses in it
+        return [cast(DistillLoss, loss) for loss in self.losses.values()]
+
     @property
     def student_paths(self) -> list[str]:
-        return _union([loss.student_paths for loss in self.losses.values()])
+        return _union([loss.student_paths for loss in self._losses()])
 
     @property
     def teacher_paths(self) -> list[str]:
-        return _union([loss.teacher_paths for loss in self.losses.values()])
+        return _union([loss.teacher_paths for loss in self._losses()])
 
     @property
     def needs_teacher(self) -> bool:
-        return any(loss.needs_teacher for loss in self.losses.values())
+        return any(loss.needs_teacher for loss in self._losses())
 
     def build(self, student_shapes: Shapes, teacher_shapes: Shapes, num_samples: int | None = None) -> None:
         """Let each loss create its connectors (call before moving to a device and making the optimiser).
 
         ``num_samples`` (the training set's size) goes to losses that keep per-sample memory."""
-        for loss in self.losses.values():
+        for loss in self._losses():
             if num_samples is not None:
                 loss.bind_dataset(num_samples)
             loss.build(student_shapes, teacher_shapes)

@@ -52,4 +52,5 @@ class PKTLoss(DistillLoss):
             p_s = conditional_probs(s, self.eps)
             kl = (p_t * torch.log((p_t + self.eps) / (p_s + self.eps))).sum(dim=1).mean()
             total = kl if total is None else total + kl
+        assert total is not None  # parse_pairs: at least one pair
         return {"pkt": total}

@@ -106,4 +106,5 @@ class RKDLoss(DistillLoss):
                 angle = F.smooth_l1_loss(angle_potential(s, a), t_a, reduction="sum") / (a * (b - 1) * (b - 2))
             dist_total = dist if dist_total is None else dist_total + dist
             angle_total = angle if angle_total is None else angle_total + angle
+        assert dist_total is not None and angle_total is not None  # parse_pairs: at least one pair
         return {"rkd_distance": self.distance_weight * dist_total, "rkd_angle": self.angle_weight * angle_total}

@@ -42,4 +42,5 @@ class SPLoss(DistillLoss):
             b = s.shape[0]
             term = (similarity(t) - similarity(s)).pow(2).sum() / (b * b)
             total = term if total is None else total + term
+        assert total is not None  # parse_pairs: at least one pair
         return {"sp": total}

@@ -281,7 +281,10 @@ def _timm(name: str) -> ModelFactory:
         if weights and load_weights:
             from kdcore.train.checkpoint import read_state_dict
 
-            model.kdflow_weights = _load_weights(model, arch, read_state_dict(weights), weights)
+            # a plain attribute; torch annotates Module.__setattr__'s value as Tensor | Module only
+            model.kdflow_weights = _load_weights(  # type: ignore[assignment]
+                model, arch, read_state_dict(weights), weights
+            )
         return model
 
     factory.__name__ = name

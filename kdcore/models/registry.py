@@ -75,5 +75,11 @@ def create_model(
     model = factory(in_channels=in_channels, num_classes=num_classes, **extra, **kwargs)
     if not isinstance(model, nn.Module):
         raise KdflowError(f"model {arch!r}: the factory returned a {type(model).__name__}, not a torch.nn.Module")
-    model.kdflow_spec = {"arch": arch, "in_channels": in_channels, "num_classes": num_classes, "kwargs": saved_kwargs}
+    # torch annotates Module.__setattr__'s value as Tensor | Module; any value is accepted (a plain attribute)
+    model.kdflow_spec = {  # type: ignore[assignment]
+        "arch": arch,
+        "in_channels": in_channels,
+        "num_classes": num_classes,
+        "kwargs": saved_kwargs,
+    }
     return model

@@ -107,6 +107,7 @@ class SequencePool(nn.Module):
         if self.mode == "mean":
             summed = (seq * mask.unsqueeze(-1).to(seq.dtype)).sum(1)
             return summed / lengths.unsqueeze(1).to(seq.dtype)
+        assert self.attn is not None  # mode == "attention"
         scores = self.attn(seq).squeeze(-1).masked_fill(~mask, float("-inf"))
         weights = torch.softmax(scores, dim=1)
         return torch.bmm(weights.unsqueeze(1), seq).squeeze(1)

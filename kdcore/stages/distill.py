@@ -35,6 +35,7 @@ class TeacherSource:
     def shapes(self) -> dict[str, tuple[int, ...]]:
         if self.entries is not None:
             return {p: self.entries["train"].shapes()[p] for p in self.paths}
+        assert self.teacher is not None  # __init__: entries or a teacher
         return probe_shapes(self.teacher, self.paths, self.env.example("train"))
 
     def seeds(self, split: str, n: int) -> np.ndarray:
@@ -57,6 +58,7 @@ class TeacherSource:
             entry = self.entries[split]
             logits = entry.read("logits", idx, views).to(dev, non_blocking=True)
             return logits, {p: entry.read(p, idx, views).to(dev, non_blocking=True) for p in self.paths}
+        assert self.teacher is not None  # __init__: entries or a teacher
         self.teacher.eval()
         # the teacher runs in float32 even inside an autocast training step: its outputs are exact
         with FeatureTap(self.teacher, self.paths) as tap, torch.no_grad(), fp32(dev):
@@ -238,6 +240,7 @@ def pretrain_student(env: StageEnv, source: Optional[TeacherSource], teacher: Op
     info: dict[str, Any] = {"method": cfg.method}
     fit_result = None
     if cfg.method == "teacher_layers":
+        assert teacher is not None, "pretrain.method teacher_layers needs the teacher model"
         report = transplant(student, teacher, mapping=cfg.mapping, select=cfg.select, partial=cfg.partial)
         info.update(copied_tensors=len(report.copied), sliced_tensors=len(report.sliced))
         fit_result = _train_new_layers(env, student, report, source, teacher)

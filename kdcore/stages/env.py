@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional, cast
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +12,7 @@ from torch import nn
 
 from kdcore.config import PipelineConfig
 from kdcore.data.bundle import DataBundle, Split
-from kdcore.data.stream import is_streamed
+from kdcore.data.stream import ImageFileSplit, is_streamed
 from kdcore.models import create_model
 from kdcore.train import FitResult, TrainCallbacks, autocast_dtype, resolve_device, seed_everything
 from kdcore.train.batches import Batch, LoaderBatches
@@ -110,7 +110,7 @@ class StageEnv:
     def train_source(self, items: Callable[[int, torch.Tensor], list[Any]]) -> LoaderBatches:
         """The streamed train split as a batch source for ``fit``; ``items(epoch, idx)`` says which
         view of each sample a batch shows (see :mod:`kdcore.data.stream`)."""
-        s = self.data.train
+        s = cast(ImageFileSplit, self.data.train)  # streaming: the bundle's splits are ImageFileSplits
         return LoaderBatches(s.dataset(), len(s), self.device, num_workers=s.num_workers, items=items)
 
     def val_metrics(self, model: nn.Module, split: str = "val") -> dict[str, float]:

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from kdcore.models import weights_summary
 from kdcore.stages.env import StageEnv, StageResult, fit_summary
 from kdcore.train import fit
+from kdcore.train.batches import BatchSource
 from kdcore.train.checkpoint import load_teacher
 from kdcore.train.rng import step_seed
 
@@ -19,6 +20,7 @@ def train_teacher(env: StageEnv) -> StageResult:
         info = {"source": "checkpoint", "checkpoint": cfg.checkpoint}
     else:
         model = env.build(cfg.arch, cfg.kwargs, seed_offset=0)
+        source: int | BatchSource
         if env.streaming:  # a fresh augmented view of every image each epoch, seeded by (seed, epoch, index)
             seed = env.cfg.trainer.seed
             source = env.train_source(lambda epoch, idx: [(i, step_seed(seed, epoch, i)) for i in idx.tolist()])
@@ -59,5 +61,6 @@ def train_teacher(env: StageEnv) -> StageResult:
 
 def _load_given(env: StageEnv):
     cfg = env.cfg.teacher
+    assert cfg.checkpoint is not None  # called only when the config names one
     model = load_teacher(cfg.checkpoint, cfg.arch, cfg.kwargs, env.data.in_channels, env.data.num_classes)
     return model.to(env.device)

@@ -13,7 +13,7 @@ the order an in-memory one does.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, Protocol, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Protocol, Union
 
 import torch
 
@@ -50,10 +50,18 @@ class Batch:
 BatchLike = Union[torch.Tensor, Batch]
 
 
+class EpochBatches(Protocol):
+    """One epoch's batches, as ``fit`` uses them: counted, then iterated once."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
 class BatchSource(Protocol):
     def __len__(self) -> int: ...
 
-    def epoch(self, seed: int, epoch: int, batch_size: int) -> Sequence[Any]: ...
+    def epoch(self, seed: int, epoch: int, batch_size: int) -> EpochBatches: ...
 
 
 class IndexBatches:

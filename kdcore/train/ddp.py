@@ -71,9 +71,10 @@ class DistContext:
         wrapped step and the undo."""
         trainable = {k: m for k, m in modules.items() if any(p.requires_grad for p in m.parameters())}
         swapped = _to_sync_batchnorm(trainable) if self.device.type == "cuda" else []
-        ddp = _StepModule(trainable, step)
-        ddp = torch.nn.parallel.DistributedDataParallel(
-            ddp, device_ids=[self.device.index] if self.device.type == "cuda" else None, static_graph=True
+        ddp: Optional[nn.Module] = torch.nn.parallel.DistributedDataParallel(
+            _StepModule(trainable, step),
+            device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            static_graph=True,
         )  # the same parameters are used (or unused) at every step
 
         def undo() -> None:
@@ -82,7 +83,11 @@ class DistContext:
             for parent, leaf, original in swapped:
                 setattr(parent, leaf, original)  # shares parameters and buffers with the SyncBatchNorm
 
-        return (lambda idx: ddp(idx)), undo
+        def wrapped(idx: Any) -> Any:
+            assert ddp is not None, "the wrapped step was called after its undo()"
+            return ddp(idx)
+
+        return wrapped, undo
 
     def end_epoch(
         self, modules: dict[str, nn.Module], sums: dict[str, float], count: int
@@ -126,7 +131,7 @@ class _StepModule(nn.Module):
 
 def _to_sync_batchnorm(modules: dict[str, nn.Module]) -> list[tuple[nn.Module, str, nn.Module]]:
     """Replace BatchNorm children by SyncBatchNorm (same tensors); returns what to put back."""
-    swapped = []
+    swapped: list[tuple[nn.Module, str, nn.Module]] = []
     for m in modules.values():
         for parent in list(m.modules()):
             for leaf, child in list(parent.named_children()):
@@ -400,7 +405,7 @@ def run_distributed(
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    nnodes = int(nnodes or os.environ.get("KDFLOW_NNODES", 1))
+    nnodes = int(nnodes or os.environ.get("KDFLOW_NNODES", "1"))
     rdzv_endpoint = rdzv_endpoint or os.environ.get("KDFLOW_RDZV_ENDPOINT")
     if world_size < 2 and nnodes < 2:
         return fn(*args, **kwargs)

@@ -57,6 +57,7 @@ _batches = shuffled_batches  # the name older code imports
 
 
 CHECK_EVERY = 50
+CPU = torch.device("cpu")  # fit()'s default device
 
 
 def _accumulate(running: dict[str, Any], name: str, value: torch.Tensor, k: int) -> None:
@@ -135,7 +136,9 @@ class _Trainer:
             target=spec.target,
         )
         self.history: list[dict[str, float]] = []
-        self.start, self.resumed_from, self.stop_reason = 0, None, None
+        self.start: int = 0
+        self.resumed_from: Optional[int] = None
+        self.stop_reason: Optional[str] = None
         # On CPU a loss is checked before it is applied; on an accelerator the check (a host sync that
         # stalls the device queue) runs once per CHECK_EVERY steps and still names the first bad step.
         self.check_every = 1 if device.type == "cpu" else CHECK_EVERY
@@ -152,7 +155,7 @@ class _Trainer:
         meta, state = (
             load_training_checkpoint(latest, self.modules) if _same_run(latest, self.run_key) else (None, None)
         )
-        if state is None:
+        if meta is None or state is None:  # both or neither
             shutil.rmtree(self.ckpt_dir, ignore_errors=True)  # written for another configuration
             return None
         self.optimizer.load_state_dict(state["optimizer"])
@@ -300,7 +303,7 @@ def fit(
     *,
     ckpt_dir: Path,
     seed: int = 0,
-    device: torch.device = torch.device("cpu"),
+    device: torch.device = CPU,
     amp_dtype: Optional[torch.dtype] = None,
     callbacks: Optional[TrainCallbacks] = None,
     run_key: str = "",
