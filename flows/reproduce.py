@@ -23,6 +23,8 @@ from rich.table import Table
 from flows.console import Overrides, quiet_prefect, user_errors
 from flows.console import out as console
 from kdcore.errors import KdflowError
+from kdcore.evaluate.promotion_rules import Version
+from tasks.tracking import Tracker
 
 QUALITY = ("top1", "top5", "agreement", "ece")  # timings differ run to run and are not compared
 
@@ -54,8 +56,8 @@ def _unflatten(params: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def _pipeline_run_of(client: Any, ref: str) -> tuple[str, dict[str, Any]]:
-    """The pipeline run id behind ``ref`` and the versions it names {name: ModelVersion}."""
+def _pipeline_run_of(tracker: Tracker, ref: str) -> tuple[str, dict[str, Version]]:
+    """The pipeline run id behind ``ref`` and the versions it names {name: Version}."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -63,10 +65,12 @@ def _pipeline_run_of(client: Any, ref: str) -> tuple[str, dict[str, Any]]:
             rest = ref[len("models:/") :]
             if "@" in rest:
                 name, alias = rest.split("@", 1)
-                mv = client.get_model_version_by_alias(name, alias)
+                mv = tracker.version_by_alias(name, alias)
+                if mv is None:
+                    raise KdflowError(f"{ref}: model {name!r} has no alias {alias!r}")
             elif "/" in rest:
                 name, version = rest.rsplit("/", 1)
-                mv = client.get_model_version(name, version)
+                mv = tracker.get_version(name, version)
             else:
                 raise KdflowError(f"{ref!r}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
             run_id = mv.tags.get("kdflow.pipeline_run_id")
@@ -75,49 +79,38 @@ def _pipeline_run_of(client: Any, ref: str) -> tuple[str, dict[str, Any]]:
                     f"{ref} has no kdflow.pipeline_run_id tag: it was not registered by a kdflow pipeline"
                 )
             return run_id, {mv.name: mv}
-        run = client.get_run(ref)
+        run = tracker.get_run(ref)
+        if run.tags.get("kdflow.kind") != "pipeline":
+            parent = run.tags.get("mlflow.parentRunId")
+            if not parent:
+                raise KdflowError(f"run {ref} is not a kdflow pipeline run nor one of its stages")
+            run = tracker.get_run(parent)
+        tagged = [run, *tracker.child_runs(run.experiment_id, run.run_id)]  # the register stage's run names them
+        versions = {
+            key[len("registered.") :]: tracker.get_version(key[len("registered.") :], version)
+            for r in tagged
+            for key, version in r.tags.items()
+            if key.startswith("registered.")
+        }
     except MlflowException as exc:
         raise KdflowError(f"{ref}: not found in the MLflow store ({exc.message.splitlines()[0]})") from None
-    if run.data.tags.get("kdflow.kind") != "pipeline":
-        parent = run.data.tags.get("mlflow.parentRunId")
-        if not parent:
-            raise KdflowError(f"run {ref} is not a kdflow pipeline run nor one of its stages")
-        run = client.get_run(parent)
-    run_id = run.info.run_id
-    versions = {}
-    for key, version in run.data.tags.items():
-        if key.startswith("registered."):
-            versions[key[len("registered.") :]] = client.get_model_version(key[len("registered.") :], version)
-    if not versions:  # the names are tagged on the register stage's run
-        for child in client.search_runs(
-            [run.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'"
-        ):
-            for key, version in child.data.tags.items():
-                if key.startswith("registered."):
-                    versions[key[len("registered.") :]] = client.get_model_version(key[len("registered.") :], version)
-    return run_id, versions
+    return run.run_id, versions
 
 
-def original(tracking_uri: str, ref: str) -> Original:
+def original(tracking_uri: str, ref: str, home: Path) -> Original:
     import yaml
-    from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri)
-    run_id, versions = _pipeline_run_of(client, ref)
-    run = client.get_run(run_id)
-    config, source = None, "params"
-    if any(f.path == "config.yaml" for f in client.list_artifacts(run_id)):  # absent in older runs
-        with tempfile.TemporaryDirectory() as tmp:
-            config = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml", tmp)).read_text())
-            source = "config.yaml"
+    tracker = Tracker(tracking_uri, home)
+    run_id, versions = _pipeline_run_of(tracker, ref)
+    run = tracker.get_run(run_id)
+    text = tracker.artifact_text(run_id, "config.yaml")  # absent in older runs
+    config, source = (yaml.safe_load(text), "config.yaml") if text is not None else (None, "params")
     if not isinstance(config, dict):
-        config, source = _unflatten(run.data.params), "params"
+        config, source = _unflatten(run.params), "params"
     if not config:
         raise KdflowError(f"pipeline run {run_id} logged neither config.yaml nor params: nothing to reproduce")
     weights = {name: mv.tags.get("kdflow.weights_sha256", "") for name, mv in versions.items()}
-    return Original(
-        run_id, config, source, dict(run.data.metrics), run.data.tags.get("kdflow.data_fingerprint", ""), weights
-    )
+    return Original(run_id, config, source, run.metrics, run.tags.get("kdflow.data_fingerprint", ""), weights)
 
 
 @contextlib.contextmanager
@@ -164,15 +157,14 @@ def compare(orig: Original, report: dict[str, Any], new_weights: dict[str, str])
 def reproduce_ref(
     ref: str, overrides: Optional[list[str]] = None, home: Optional[Path] = None, quiet: bool = False
 ) -> dict[str, Any]:
-    from mlflow import MlflowClient
-
     from flows.progress import live_progress, quiet_libraries
     from flows.runner import run_pipeline
     from kdcore.config import config_from_dict
     from tasks.home import kdflow_home
     from tasks.tracking import default_tracking_uri
 
-    orig = original(default_tracking_uri(kdflow_home()), ref)
+    orig_home = kdflow_home()
+    orig = original(default_tracking_uri(orig_home), ref, orig_home)
     cfg = config_from_dict(orig.config, list(overrides or []))
     fresh = Path(home) if home else Path(tempfile.mkdtemp(prefix="kdflow-reproduce-"))
     fresh.mkdir(parents=True, exist_ok=True)
@@ -180,9 +172,9 @@ def reproduce_ref(
         raise KdflowError(f"--home {fresh} is not empty: a reproduction needs a fresh home")
     with _store_in(fresh) as uri, quiet_libraries(quiet), live_progress(console, quiet):
         report = run_pipeline(cfg, home=fresh)
-        client = MlflowClient(uri)
+        tracker = Tracker(uri, fresh)
         new_weights = {
-            name: client.get_model_version(name, str(v)).tags.get("kdflow.weights_sha256", "")
+            name: tracker.get_version(name, str(v)).tags.get("kdflow.weights_sha256", "")
             for name, v in report["registered"].items()
         }
     rows = compare(orig, report, new_weights)

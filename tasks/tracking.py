@@ -10,6 +10,7 @@ import re
 import tempfile
 import threading
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -72,6 +73,17 @@ def process_uri(uri: str) -> Iterator[None]:
                 os.environ.pop("MLFLOW_TRACKING_URI", None)
             else:
                 os.environ["MLFLOW_TRACKING_URI"] = saved_env
+
+
+@dataclass(frozen=True)
+class RunView:
+    """What readers of a finished run need of it (no MLflow object leaves the tracker)."""
+
+    run_id: str
+    experiment_id: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
 
 
 class Tracker:
@@ -334,6 +346,30 @@ class Tracker:
                 return dict(self.client.get_run(run_id).data.metrics)
             except MlflowException:
                 return {}
+
+    def get_run(self, run_id: str) -> RunView:
+        """A run's experiment, params, metrics and tags (MLflow's errors pass through)."""
+        with _LOCK:
+            run = self.client.get_run(run_id)
+        return RunView(
+            run.info.run_id, run.info.experiment_id, dict(run.data.params), dict(run.data.metrics), dict(run.data.tags)
+        )
+
+    def child_runs(self, experiment_id: str, parent: str) -> list[RunView]:
+        with _LOCK:
+            found = self.client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+        return [
+            RunView(r.info.run_id, r.info.experiment_id, dict(r.data.params), dict(r.data.metrics), dict(r.data.tags))
+            for r in found
+        ]
+
+    def artifact_text(self, run_id: str, path: str) -> Optional[str]:
+        """The text of a run's artifact ``path``, or None when the run has no such artifact."""
+        with _LOCK:
+            if not any(f.path == path for f in self.client.list_artifacts(run_id)):
+                return None
+            with tempfile.TemporaryDirectory() as tmp:
+                return Path(self.client.download_artifacts(run_id, path, tmp)).read_text()
 
     def download(self, artifact_uri: str, dst: Path) -> Path:
         with _LOCK:

@@ -160,7 +160,7 @@ CASES: list[Case] = [
         "unknown-section",
         lambda t: ["--set", "optimiser.lr=1"],
         None,
-        ("optimiser: unknown key; valid keys here: name, data, teacher, student",),
+        ("optimiser: unknown key; valid keys here: imports, name, data, teacher, student",),
     ),
     (
         "wrong-type",

@@ -53,7 +53,7 @@ def test_fingerprints_keep_their_values(monkeypatch):
         "distill": "5c0be9207b73ffb65934fbabb88527c587b7b226d490b79be078ba4e6dc77c63",
         "baseline": "b3bdcc5f059019f333a25e51f6546e3ed7169f5d038528cd9eb101b06c9adfc1",
         "evaluate": "21f2645b2ba8537cf680061b45c500e2abb1fd9e5d12bdf0f5c59867c4daf937",
-        "register": "192200b00a0646085ac2c1cbcc9351dd795122d40bea691bd9ad5139d1e0551c",
+        "register": "cbb9f0f54f92bd32576e4eccbe264e222b4f7ce9bf78ac38e08d006a659aca4b",
     }
     cfg = config_from_dict(copy.deepcopy(TINY))
     records: dict[str, dict] = {}
