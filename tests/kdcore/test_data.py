@@ -176,7 +176,7 @@ def test_fingerprint_is_stable_across_processes():
         text=True,
         env=env,
         check=True,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
     )
     assert out.stdout.strip() == b.fingerprint
 

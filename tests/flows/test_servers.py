@@ -19,7 +19,7 @@ from servers import client_env
 
 pytestmark = pytest.mark.slow  # real Prefect/MLflow servers: `pytest -m 'not slow'` skips them
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TRAINING = ("teacher", "distill", "baseline")
 
 

@@ -16,7 +16,7 @@ from kdcore.models import create_model
 from kdcore.preflight import preflight, preflight_with_data
 from kdcore.stages import StageEnv, TeacherSource, distill_student, pretrain_student
 
-METHOD_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "methods").glob("*.yaml"))
+METHOD_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs" / "methods").glob("*.yaml"))
 MNIST = ((1, 28, 28), 10)
 
 

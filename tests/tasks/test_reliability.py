@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from conftest import TINY
 from kdcore.config import config_from_dict
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 SLOW_DISTILL = copy.deepcopy(TINY)
 SLOW_DISTILL["data"] = {"name": "digits", "limit_train": 600, "limit_test": 100}

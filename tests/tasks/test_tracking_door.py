@@ -18,7 +18,7 @@ from conftest import TINY, kdflow_home
 from kdcore.config import PipelineConfig, config_from_dict
 from tasks.tracking import EXPERIMENT_KIND, Tracker
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _tracker(home: Path) -> Tracker:

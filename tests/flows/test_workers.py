@@ -27,7 +27,7 @@ from mlflow import MlflowClient
 
 from conftest import TINY
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT = 900
 
 BASE = copy.deepcopy(TINY)

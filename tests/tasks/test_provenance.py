@@ -16,7 +16,7 @@ from kdcore.config import PipelineConfig
 from tasks import provenance
 from tasks.provenance import REDACTED, code_tags, config_yaml, redacted
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_secrets_are_redacted_and_everything_else_kept():

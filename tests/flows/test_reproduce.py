@@ -19,7 +19,7 @@ import yaml
 from conftest import TINY
 from servers import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from kdcore.errors import ConfigError, KdflowError
 from kdcore.losses import LOSSES, KDInputs, build_objective
 from kdcore.models import MODELS, create_model
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 ROOT = TESTS.parent
 
 

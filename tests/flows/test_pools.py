@@ -26,7 +26,7 @@ import yaml
 
 from conftest import TINY
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 POOLS = {"docker": "kdflow-docker", "kubernetes": "kdflow-k8s"}
 
 

@@ -16,7 +16,7 @@ from conftest import TINY
 from flows.progress import Board, live_progress
 from tasks.events import emit
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _feed(console: Console, quiet: bool = False) -> None:

@@ -31,7 +31,7 @@ from conftest import TINY
 
 pytestmark = pytest.mark.slow  # real Prefect/MLflow servers: `pytest -m 'not slow'` skips them
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 240
 RUN_TIMEOUT = 480
 

@@ -22,7 +22,7 @@ from conftest import TINY
 from flows.prefect_server import port_free as port_is_free  # as a server binds: SO_REUSEADDR
 from servers import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env(home: Path, **extra: str) -> dict[str, str]:

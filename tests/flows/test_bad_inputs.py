@@ -90,7 +90,7 @@ def unreadable(tmp: Path) -> Path:
     return path
 
 
-FITNET = Path(__file__).resolve().parents[1] / "configs" / "methods" / "fitnet.yaml"
+FITNET = Path(__file__).resolve().parents[2] / "configs" / "methods" / "fitnet.yaml"
 BLOCK2_TO_BLOCK3_NO_CONNECTOR = "pretrain.pairs=[{student: block2, teacher: block3, connector: none}]"
 
 # (id, CLI arguments builder, extra env, texts the message must hold: the field and the value, "{t}"
@@ -483,7 +483,7 @@ def test_bad_config_through_the_real_command_has_no_traceback(tmp_path):
         capture_output=True,
         text=True,
         env=env,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
         timeout=120,
     )
     assert out.returncode == 2

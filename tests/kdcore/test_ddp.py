@@ -232,7 +232,7 @@ def test_device_slots_hold_across_processes(tmp_path):
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     locks = str(tmp_path / "locks")
     procs = []
 

@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 from conftest import TINY, kdflow_home
 from kdcore.config import config_from_dict
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NO_BASELINE = {**copy.deepcopy(TINY), "baseline": {"enabled": False}}
 
 

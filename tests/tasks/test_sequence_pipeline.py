@@ -17,7 +17,7 @@ from kdcore.data import DATASETS, load_dataset, make_splits
 from kdcore.text import Vocabulary, classify_texts, text_logits
 from kdcore.train.checkpoint import load_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STAGES = {"teacher", "features", "pretrain", "distill", "baseline", "evaluate", "register"}
 SMALL = [
     "teacher.train.max_epochs=1",
