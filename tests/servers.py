@@ -154,3 +154,31 @@ def client_env(prefect: Server, mlflow_uri: str, home: Path) -> dict[str, str]:
 
 def which(name: str) -> str:
     return shutil.which(name, path=str(BIN)) or name
+
+
+class PrefectApi:
+    """The Prefect REST API over plain HTTP (no Prefect client settings involved).
+
+    A server on SQLite answers 503 while its database is busy (two test workers each drive a
+    server and its workers on two cores); such a call is repeated, anything else raises."""
+
+    RETRIES = 5
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+
+    def _call(self, method: str, path: str, body: dict | None = None):
+        import httpx
+
+        for attempt in range(self.RETRIES + 1):
+            r = httpx.request(method, f"{self.url}{path}", json=body, timeout=30)
+            if r.status_code != 503 or attempt == self.RETRIES:
+                r.raise_for_status()
+                return r.json()
+            time.sleep(1 + attempt)
+
+    def get(self, path: str):
+        return self._call("GET", path)
+
+    def post(self, path: str, body: dict):
+        return self._call("POST", path, body)

@@ -28,6 +28,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import TINY
+from servers import PrefectApi
 
 pytestmark = pytest.mark.slow  # real Prefect/MLflow servers: `pytest -m 'not slow'` skips them
 
@@ -191,14 +192,10 @@ class Stack:
 
     # -- the Prefect REST API, over plain HTTP (no Prefect client settings involved) --------------
     def get(self, path: str) -> Any:
-        r = httpx.get(f"{self.api}{path}", timeout=30)
-        r.raise_for_status()
-        return r.json()
+        return PrefectApi(self.api).get(path)
 
     def post(self, path: str, body: dict) -> Any:
-        r = httpx.post(f"{self.api}{path}", json=body, timeout=30)
-        r.raise_for_status()
-        return r.json()
+        return PrefectApi(self.api).post(path, body)
 
     def run_deployment(self, flow: str, deployment: str, parameters: dict) -> dict:
         dep = self.get(f"/deployments/name/{flow}/{deployment}")
