@@ -252,6 +252,10 @@ class TrainerConfig(Section):
     deterministic: bool = True
     retries: int = Field(1, ge=0, description="Prefect retries of a training stage (resumes from checkpoint)")
     devices: PositiveInt = Field(1, description="processes for DistributedDataParallel training (GPUs, or CPU)")
+    nnodes: PositiveInt = Field(1, description="machines a DDP stage spans (torchrun's nnodes; each runs the stage)")
+    rdzv_endpoint: Optional[str] = Field(
+        None, description="host:port of torchrun's c10d rendezvous that every machine reaches (nnodes > 1)"
+    )
 
     @model_validator(mode="after")
     def _device(self) -> "TrainerConfig":
@@ -260,6 +264,10 @@ class TrainerConfig(Section):
             raise ValueError(f"trainer.device {d!r} is not one of auto, cpu, cuda, cuda:N, mps")
         if self.devices > 1 and d not in ("auto", "cpu", "cuda"):
             raise ValueError(f"trainer.devices = {self.devices} needs trainer.device auto, cpu or cuda, not {d!r}")
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError(
+                f"trainer.nnodes = {self.nnodes} needs trainer.rdzv_endpoint (host:port every machine reaches)"
+            )
         return self
 
 

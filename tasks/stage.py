@@ -104,8 +104,17 @@ class StageCall:
         """Call a kdcore function, adding its wall time to ``compute_seconds``."""
         t0 = time.perf_counter()
         try:
-            if self.training and self.cfg.trainer.devices > 1:  # DDP, one process per device
-                return run_distributed(fn, *args, world_size=self.cfg.trainer.devices, device=self.env.device, **kwargs)
+            t = self.cfg.trainer
+            if self.training and (t.devices > 1 or t.nnodes > 1):  # DDP through torchrun, a process per device
+                return run_distributed(
+                    fn,
+                    *args,
+                    world_size=t.devices,
+                    device=self.env.device,
+                    nnodes=t.nnodes,
+                    rdzv_endpoint=t.rdzv_endpoint,
+                    **kwargs,
+                )
             return fn(*args, **kwargs)
         finally:
             self.compute_seconds += time.perf_counter() - t0
