@@ -64,19 +64,8 @@ def _in_memory(cfg: DataConfig, raw: RawData) -> DataBundle:
     if idx.test_is_official:
         assert raw.test_x is not None and raw.test_y is not None
         test_x, test_y = raw.test_x, raw.test_y
-    parts = {
-        "train": (raw.train_x[idx.train], raw.train_y[idx.train]),
-        "val": (raw.train_x[idx.val], raw.train_y[idx.val]),
-        "test": (test_x[idx.test], test_y[idx.test]),
-    }
-    params = {
-        "val_fraction": cfg.val_fraction,
-        "test_fraction": None if idx.test_is_official else cfg.test_fraction,
-        "split_seed": cfg.split_seed,
-        "limit_train": cfg.limit_train,
-        "limit_test": cfg.limit_test,
-        "official_test": idx.test_is_official,
-    }
+    parts = idx.take(raw.train_x, raw.train_y, test_x, test_y)
+    params = idx.params(cfg)
     if raw.modality != "image":  # speech / text: padding, masks, vocabulary (kdcore.data.sequences)
         return prepare_sequences(cfg.name, raw, parts, params)
     fingerprint = content_fingerprint(cfg.name, parts, params, raw.scale, raw.class_names)

@@ -6,6 +6,7 @@ Same config and same data -> the same indices in any process (numpy's PCG64 ``de
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +23,26 @@ class SplitIndices:
     val: np.ndarray
     test: np.ndarray
     test_is_official: bool
+
+    def take(self, pool_x: Any, pool_y: np.ndarray, test_x: Any, test_y: np.ndarray) -> dict[str, tuple[Any, Any]]:
+        """{split: (inputs, labels)}: train and val from the pool, test from ``test_x``/``test_y`` (the
+        official test set, or the pool again when the test split was carved from it)."""
+        return {
+            "train": (pool_x[self.train], pool_y[self.train]),
+            "val": (pool_x[self.val], pool_y[self.val]),
+            "test": (test_x[self.test], test_y[self.test]),
+        }
+
+    def params(self, cfg: DataConfig) -> dict[str, Any]:
+        """The split settings a data fingerprint covers."""
+        return {
+            "val_fraction": cfg.val_fraction,
+            "test_fraction": None if self.test_is_official else cfg.test_fraction,
+            "split_seed": cfg.split_seed,
+            "limit_train": cfg.limit_train,
+            "limit_test": cfg.limit_test,
+            "official_test": self.test_is_official,
+        }
 
 
 def carve(

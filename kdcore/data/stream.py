@@ -267,21 +267,12 @@ def stream_bundle(cfg: DataConfig, files: ImageFiles) -> DataBundle:
     if idx.test_is_official:
         assert test_y is not None  # make_splits has an official test set only when given its size
         test_pool, test_labels = np.asarray(files.test_paths, dtype=object), test_y
-    parts = {
-        "train": (pool[idx.train], files.train_y[idx.train]),
-        "val": (pool[idx.val], files.train_y[idx.val]),
-        "test": (test_pool[idx.test], test_labels[idx.test]),
-    }
+    parts = idx.take(pool, files.train_y, test_pool, test_labels)
     _, size = decoded_bytes(files, cfg.image_size)
     train_paths = [str(p) for p in parts["train"][0]]
     mean, std = _sample_stats(train_paths, size, files.grayscale, cfg.split_seed)
     params = {
-        "val_fraction": cfg.val_fraction,
-        "test_fraction": None if idx.test_is_official else cfg.test_fraction,
-        "split_seed": cfg.split_seed,
-        "limit_train": cfg.limit_train,
-        "limit_test": cfg.limit_test,
-        "official_test": idx.test_is_official,
+        **idx.params(cfg),
         "image_size": size,
         "grayscale": files.grayscale,
         "augment": cfg.augment.model_dump(mode="json"),
