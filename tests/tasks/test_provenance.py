@@ -56,6 +56,9 @@ def test_config_yaml_is_the_complete_resolved_config():
 
 @pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(), reason="not a git checkout")
 def test_code_version_names_the_package_and_the_commit():
+    from tasks.provenance import git_commit
+
+    git_commit.cache_clear()  # read once per process: a commit made while the session ran would not show
     head = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
     ).stdout.strip()
