@@ -241,7 +241,10 @@ def bare_loop(args: argparse.Namespace) -> list[dict[str, Any]]:
         from bare_loop import measure
     except ImportError:
         return []
-    return measure(args.config, list(args.set), args.bare_epochs, args.limit_train, None)
+    import inspect
+
+    extra = {"rounds": args.bare_rounds} if "rounds" in inspect.signature(measure).parameters else {}
+    return measure(args.config, list(args.set), args.bare_epochs, args.limit_train, None, **extra)
 
 
 # ----------------------------------------------------------------------------- the table
@@ -469,6 +472,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap.add_argument(
         "--bare-epochs", type=int, default=1, help="epochs per stage and round of bare_loop.py (default: 1)"
     )
+    ap.add_argument("--bare-rounds", type=int, default=2, help="alternated rounds of bare_loop.py (default: 2)")
     ap.add_argument("--out", type=Path, default=None, help="run reports and logs (default: HOME/full_fashion_bench)")
     ap.add_argument("--json", type=Path, default=None, help="also write everything collected here")
     args = ap.parse_args(argv)
