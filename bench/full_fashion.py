@@ -168,6 +168,8 @@ def summarise(report: dict[str, Any], wall: float) -> dict[str, Any]:
         "cached": {s: i["cached"] for s, i in stages.items()},
         "fingerprints": {s: i["fingerprint"] for s, i in stages.items()},
         "teacher_path": report["artifacts"].get("teacher"),
+        "features_path": report["artifacts"].get("features"),
+        "tracking_uri": report.get("tracking_uri"),
         "verdict": report.get("verdict"),
     }
 
@@ -175,13 +177,13 @@ def summarise(report: dict[str, Any], wall: float) -> dict[str, Any]:
 def run_variants(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     runs: dict[str, dict[int, dict]] = {}
     missing: dict[str, str] = {}
-    teacher_ckpt: Optional[str] = None
+    teacher_ckpt: Optional[str] = str(args.teacher_checkpoint) if args.teacher_checkpoint else None
     for i, seed in enumerate(args.seeds):
         for method in args.methods:
             if method_overrides(method) is None:
                 missing[method] = f"not run: missing configs/methods/{method}.yaml"
                 continue
-            sets = variant_overrides(args, method, seed, teacher_ckpt if i > 0 else None)
+            sets = variant_overrides(args, method, seed, teacher_ckpt if i > 0 or args.teacher_checkpoint else None)
             print(
                 f"{method} seed {seed}: kdflow run {args.config.name} " + " ".join(f"--set {s}" for s in sets),
                 flush=True,
@@ -200,7 +202,41 @@ def run_variants(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 + ", ".join(f"{k} {v:.1f}{' (cached)' if s['cached'][k] else ''}" for k, v in s["seconds"].items()),
                 flush=True,
             )
-    return {"runs": runs, "missing": missing, "teacher_checkpoint": teacher_ckpt}
+    builds = {
+        r["features_path"]: cache_build_seconds(r["tracking_uri"], r["features_path"])
+        for seeds in runs.values()
+        for r in seeds.values()
+        if not r.get("failed") and r.get("features_path")
+    }
+    return {"runs": runs, "missing": missing, "teacher_checkpoint": teacher_ckpt, "cache_build_s": builds}
+
+
+def cache_build_seconds(tracking_uri: Optional[str], entry: str) -> Optional[float]:
+    """Seconds of the features stage that built the cache entry ``entry`` (its folder), from MLflow.
+
+    A features stage that finds its entries already built (a later seed's teacher is the first one's
+    checkpoint, or a teacher given with --teacher-checkpoint that trained in this home) computes in
+    no time; the time to a distilled student counts the build. None: no such run found."""
+    if not tracking_uri:
+        return None
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=tracking_uri)
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        runs = client.search_runs(experiments, filter_string="tags.`kdflow.stage` = 'features'", max_results=5000)
+    except Exception as exc:  # noqa: BLE001  (a figure less, not a failed benchmark)
+        print(f"note: the cache build time could not be read from MLflow ({type(exc).__name__}: {exc})", flush=True)
+        return None
+    key = Path(entry).name
+    built = [
+        r
+        for r in runs
+        if (r.data.tags.get("kdflow.artifact_sha256") or "").startswith(key) and r.data.metrics.get("entries_built")
+    ]
+    if not built:
+        return None
+    return max(built, key=lambda r: r.info.start_time).data.metrics.get("build_seconds")
 
 
 # ----------------------------------------------------------------------------- torchdistill, bare loop
@@ -286,8 +322,13 @@ def report(args: argparse.Namespace, res: dict[str, Any], td: Optional[dict], ba
     p, f = first["params"], first["flops"]
     lines.append(
         f"teacher: test top-1 {100 * teacher:.2f} %, {p.get('teacher') or 0:,.0f} parameters, "
-        f"{(f.get('teacher') or 0) / 1e6:.1f} MFLOP/sample, trained in {first['seconds']['teacher']:.0f} s "
-        f"(the first seed's run{'; cached from an earlier run in this home' if first['cached']['teacher'] else ''})"
+        f"{(f.get('teacher') or 0) / 1e6:.1f} MFLOP/sample, "
+        + (
+            f"given as --teacher-checkpoint {args.teacher_checkpoint}"
+            if args.teacher_checkpoint
+            else f"trained in {first['seconds']['teacher']:.0f} s (the first seed's run"
+            f"{'; cached from an earlier run in this home' if first['cached']['teacher'] else ''})"
+        )
     )
     lines.append(
         f"student: {p.get('student') or 0:,.0f} parameters, {(f.get('student') or 0) / 1e6:.2f} MFLOP/sample "
@@ -322,8 +363,9 @@ def report(args: argparse.Namespace, res: dict[str, Any], td: Optional[dict], ba
         def sec(stage: str, rs: list[dict] = rs) -> float:
             return _mean([r["seconds"].get(stage) or 0.0 for r in rs])
 
-        # later seeds find the first seed's cache entries (same teacher weights): the build time is the largest
-        features_s = max(r["seconds"].get("features") or 0.0 for r in rs)
+        # later seeds find the first seed's cache entries (same teacher weights): the time of the build counts
+        builds = [res.get("cache_build_s", {}).get(r["features_path"]) for r in rs]
+        features_s = max([b for b in builds if b is not None] + [r["seconds"].get("features") or 0.0 for r in rs])
         ttd = features_s + sec("pretrain") + sec("distill")
         of_teacher = _mean(top) / teacher
         one = rs[0]  # the first seed that finished: the torchdistill comparison's seed
@@ -332,7 +374,7 @@ def report(args: argparse.Namespace, res: dict[str, Any], td: Optional[dict], ba
             "gain": _mean(gains) if gains else float("nan"),
             "ttd": ttd,
             "first_top1": one["top1"]["student"],
-            "first_ttd": sum(one["seconds"].get(k) or 0.0 for k in ("features", "pretrain", "distill")),
+            "first_ttd": features_s + sum(one["seconds"].get(k) or 0.0 for k in ("pretrain", "distill")),
         }
         gain_s = (
             (f"{_mean(gains):+.2f}" + (f" ± {statistics.stdev(gains):.2f}" if len(gains) > 1 else "")) if gains else "-"
@@ -356,7 +398,7 @@ def report(args: argparse.Namespace, res: dict[str, Any], td: Optional[dict], ba
     lines += [
         "",
         "features s / pretrain s / distill s: the stages' compute seconds (a cached stage: those of the run that "
-        "computed it; features: the largest over the seeds, the later seeds reusing the first one's cache entries), "
+        "computed it; features: the build of the cache entries the runs read, from MLflow), "
         "means over the seeds; time to distilled student = features + pretrain + distill; x baseline time: against the "
         "plain-trained baseline of the kd runs (same epochs, its training stage).",
     ]
@@ -458,6 +500,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap.add_argument(
         "--teacher-epochs", type=int, default=None, help="teacher epochs (smoke tests; default: the config's)"
     )
+    ap.add_argument(
+        "--teacher-checkpoint",
+        type=Path,
+        default=None,
+        help="the teacher of every run (teacher.checkpoint), e.g. HOME/runs/teacher/<fingerprint>/teacher.safetensors "
+        "of an earlier run: a cached teacher stage is reused only while kdcore's code is unchanged",
+    )
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a further override of every run")
     ap.add_argument(
         "--no-torchdistill", dest="torchdistill", action="store_false", help="skip the torchdistill comparison"
@@ -477,6 +526,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap.add_argument("--json", type=Path, default=None, help="also write everything collected here")
     args = ap.parse_args(argv)
     args.config, args.home = args.config.resolve(), args.home.expanduser().resolve()
+    if args.teacher_checkpoint:
+        args.teacher_checkpoint = args.teacher_checkpoint.expanduser().resolve()
+        if not args.teacher_checkpoint.is_file():
+            ap.error(f"--teacher-checkpoint {str(args.teacher_checkpoint)!r} is not a file")
     return args
 
 
@@ -491,6 +544,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KdflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    earlier = sorted((args.home / "runs" / "teacher").glob("*/teacher.safetensors"))
+    if earlier and not args.teacher_checkpoint:
+        print(
+            f"note: {len(earlier)} teacher(s) trained in this home; the config's is reused only while kdcore's code is "
+            f"the same as then (else --teacher-checkpoint PATH, e.g. {earlier[-1]})",
+            flush=True,
+        )
     out = args.out or args.home / "full_fashion_bench"
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
