@@ -89,7 +89,7 @@ def _apply(line: StageLine, ev: StageEvent, now: float) -> Optional[str]:
     took = f" in {_seconds(line.elapsed(now))}" if line.started is not None else ""
     if ev.kind == "failed":
         return f"failed{took}" + (f": {ev.message}" if ev.message else "")
-    return f"done{took}"
+    return f"done{took}" + (f": {ev.message}" if ev.message else "")
 
 
 def describe(line: StageLine, now: Optional[float] = None) -> str:
