@@ -19,9 +19,10 @@ from kdcore.fingerprint import file_sha256
 pytestmark = pytest.mark.slow  # three default-config runs as subprocesses (minutes on 2 cores)
 
 # Not yet true: the teacher trains while the baseline, finished beside it, is logged to MLflow, whose
-# pytorch flavour runs torch.export; that turns torch's process-wide oneDNN switch
-# (torch._C._get_mkldnn_enabled) off and on while it traces, so some of the teacher's steps run other
-# convolution kernels and its weights depend on the timing. Without the baseline (nothing beside the
+# pytorch flavour saves "pt2" by default, through torch.export; torch.export traces inside
+# torch/export/_trace.py's _ignore_backend_decomps, which sets torch.backends.mkldnn (and cudnn)
+# off process-wide, so some of the teacher's steps run other convolution kernels and its weights
+# depend on the timing. Without the baseline (nothing beside the
 # teacher) two runs are bit-identical. strict: the day model logging no longer overlaps training,
 # these pass and the marker must go.
 OVERLAP = pytest.mark.xfail(
