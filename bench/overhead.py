@@ -44,6 +44,7 @@ def _print(title: str, wall: float, report: dict[str, Any]) -> None:
     compute = {s: st[s]["compute_seconds"] for s in st}
     branch = sum(compute.get(s, 0.0) for s in ("teacher", "features", "pretrain", "distill"))
     critical = max(branch, compute.get("baseline", 0.0)) + compute["evaluate"] + compute["register"]
+    critical += compute.get("export", 0.0)  # a stage since the export is cached like the others
     print(f"\n== {title}")
     print(f"{'stage':<10} {'compute s':>10} {'task s':>8} {'cached':>7}")
     for s in st:

@@ -14,6 +14,7 @@ from flows.console import Overrides, ReportPath, Verbose, check_writable, out, q
 app = typer.Typer()
 
 Names = Annotated[Optional[list[str]], typer.Option("--name", "-n", help="only these (pipeline, sweep, retrain)")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress display: print only the result")]
 Gpus = Annotated[
     Optional[int],
     typer.Option(
@@ -87,11 +88,13 @@ def serve(
         do_serve(name or None, limit, gpus, prefect_file.resolve() if prefect_file else PREFECT_FILE)
 
 
-def _run_flow(flow: str, config: Path, set_: Optional[list[str]], **params: Any) -> Any:
-    """Run the sweep or retrain flow in this process, its task results under KDFLOW_HOME. The config
-    is checked first, so a bad one fails with its message before Prefect starts."""
+def _run_flow(flow: str, config: Path, set_: Optional[list[str]], quiet: bool, **params: Any) -> Any:
+    """Run the sweep or retrain flow in this process, its task results under KDFLOW_HOME, with the
+    live progress display (flows/progress.py) unless ``quiet``. The config is checked first, so a
+    bad one fails with its message before Prefect starts."""
     with user_errors():
         from flows.params import resolve_config, run_locally
+        from flows.progress import live_progress, quiet_libraries
         from flows.retrain import retrain_flow
         from flows.sweep import sweep_flow
         from tasks.home import kdflow_home
@@ -99,7 +102,8 @@ def _run_flow(flow: str, config: Path, set_: Optional[list[str]], **params: Any)
         resolve_config(str(config), list(set_ or []))
         flow_fn: Any = {"sweep": sweep_flow, "retrain": retrain_flow}[flow]
         home = kdflow_home()
-        return run_locally(flow_fn, home, config=str(config), overrides=list(set_ or []), home=str(home), **params)
+        with quiet_libraries(quiet), live_progress(out, quiet):
+            return run_locally(flow_fn, home, config=str(config), overrides=list(set_ or []), home=str(home), **params)
 
 
 @app.command()
@@ -122,6 +126,7 @@ def sweep(
             help="an existing Ray or Dask cluster (sets sweep.address, e.g. tcp://scheduler:8786 or ray://head:10001)",
         ),
     ] = None,
+    quiet: Quiet = False,
 ) -> None:
     """Run a sweep locally: trials sharing one teacher, results table and Pareto plot."""
     quiet_prefect(verbose)
@@ -132,7 +137,7 @@ def sweep(
     )
     if report:
         check_writable(report, "--report")
-    result = _run_flow("sweep", config, set_)
+    result = _run_flow("sweep", config, set_, quiet)
     import pandas as pd
 
     table = pd.DataFrame(result["table"])
@@ -159,10 +164,11 @@ def retrain(
         bool, typer.Option("--force", help="retrain even if nothing changed: a fresh training with a new trainer.seed")
     ] = False,
     verbose: Verbose = False,
+    quiet: Quiet = False,
 ) -> None:
     """Retrain if due and promote the challenger only if significantly better than the champion."""
     quiet_prefect(verbose)
-    result = _run_flow("retrain", config, set_, force=force)
+    result = _run_flow("retrain", config, set_, quiet, force=force)
     d = result["decision"]
     out.print(f"decision: {d['action']} — {d['reason']}")
     out.print(

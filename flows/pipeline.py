@@ -19,7 +19,6 @@ from kdcore.config import PipelineConfig
 from tasks import events
 from tasks.context import RunContext
 from tasks.data import load_data
-from tasks.export import export_task
 from tasks.provenance import log_provenance
 from tasks.spec import StageSpec, enabled_stages
 from tasks.stage import SubmittedStage, finish_stage, submit_stage
@@ -56,10 +55,7 @@ def pipeline_flow(
 
         records, outcomes = run_stages(stages, cfgd, data.fingerprint, ctx)
 
-        exported = None
-        if cfg.export.format != "none" and cfg.register.enabled:  # the registered student, also for serving
-            version = records["register"]["info"].get("registered", {}).get(cfg.register.student_name)
-            exported = export_task(cfgd, ctx.as_dict(), records["distill"], version)
+        exported = records["export"]["info"] if "export" in records else None  # the registered student, for serving
 
         models = records["evaluate"]["info"]["models"]
         report = {

@@ -57,6 +57,41 @@ def _seconds(s: float) -> str:
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
+def _apply(line: StageLine, ev: StageEvent, now: float) -> Optional[str]:
+    """Apply ``ev`` to ``line``; returns what a plain line says about it (None: not worth a line)."""
+    if ev.kind == "waiting":
+        line.status, line.message = "waiting", ev.message or line.message
+        return None
+    if ev.kind == "running":
+        line.status, line.started, line.finished = "running", now, None
+        if ev.message:
+            line.message = ev.message
+        return "running" + (f" ({ev.message})" if ev.message else "")
+    if ev.kind == "epoch":
+        if line.started is None:
+            line.status, line.started = "running", now
+        line.epoch, line.max_epochs, line.metrics = ev.epoch, ev.max_epochs, dict(ev.metrics)
+        return describe(line, now)
+    if ev.kind == "progress":
+        if line.started is None:
+            line.status, line.started = "running", now
+        first = line.what != ev.what or not line.total
+        before = 4 * line.done // line.total if line.total else -1
+        line.what, line.done, line.total = ev.what, ev.done, ev.total
+        quarter = 4 * ev.done // ev.total if ev.total else 0
+        if first or quarter != before:  # plain output: a line per quarter, not per batch
+            return f"{ev.what} {ev.done}/{ev.total}"
+        return None
+    line.status, line.message = ev.kind, ev.message
+    if ev.kind == "cached":
+        return "cached (skipped)"
+    line.finished = now
+    took = f" in {_seconds(line.elapsed(now))}" if line.started is not None else ""
+    if ev.kind == "failed":
+        return f"failed{took}" + (f": {ev.message}" if ev.message else "")
+    return f"done{took}" + (f": {ev.message}" if ev.message else "")
+
+
 def describe(line: StageLine, now: Optional[float] = None) -> str:
     """What a stage is doing, in a few words (the detail column, and the plain lines' text)."""
     parts: list[str] = []
@@ -80,46 +115,38 @@ def describe(line: StageLine, now: Optional[float] = None) -> str:
 
 
 class Board:
-    """The state of every stage, updated from events (from any thread)."""
+    """The state of every stage, updated from events (from any thread).
+
+    An event with a ``scope`` (a sweep's ``trial 3``) updates the scope's line, not a line of its
+    own: the line shows the scope's current stage and what it is doing (``distill: epoch 3/10,
+    ...``); the scope's own events (``emit("trial 3", ...)``, no scope) say when it starts and ends."""
 
     def __init__(self, stages: Sequence[str] = ()) -> None:
         self.lines: dict[str, StageLine] = {s: StageLine(s) for s in stages}
+        self.current: dict[str, StageLine] = {}  # a scope's line -> the line of its latest stage
+        self._stages: dict[tuple[str, str], StageLine] = {}
         self._lock = threading.Lock()
 
     def update(self, ev: StageEvent) -> Optional[str]:
         """Apply ``ev``; returns the plain-text line to print for it, or None when it is not worth a line."""
         now = time.monotonic()
         with self._lock:
-            line = self.lines.setdefault(ev.stage, StageLine(ev.stage))
+            if not ev.scope:
+                text = _apply(self.lines.setdefault(ev.stage, StageLine(ev.stage)), ev, now)
+                return None if text is None else f"[{ev.stage}] {text}"
+            outer = self.lines.setdefault(ev.scope, StageLine(ev.scope))
+            inner = self._stages.setdefault((ev.scope, ev.stage), StageLine(ev.stage))
+            text = _apply(inner, ev, now)
             if ev.kind == "waiting":
-                line.status = "waiting"
                 return None
-            if ev.kind == "running":
-                line.status, line.started, line.finished = "running", now, None
-                return f"[{ev.stage}] running"
-            if ev.kind == "epoch":
-                if line.started is None:
-                    line.status, line.started = "running", now
-                line.epoch, line.max_epochs, line.metrics = ev.epoch, ev.max_epochs, dict(ev.metrics)
-                return f"[{ev.stage}] {describe(line, now)}"
-            if ev.kind == "progress":
-                if line.started is None:
-                    line.status, line.started = "running", now
-                first = line.what != ev.what or not line.total
-                before = 4 * line.done // line.total if line.total else -1
-                line.what, line.done, line.total = ev.what, ev.done, ev.total
-                quarter = 4 * ev.done // ev.total if ev.total else 0
-                if first or quarter != before:  # plain output: a line per quarter, not per batch
-                    return f"[{ev.stage}] {ev.what} {ev.done}/{ev.total}"
-                return None
-            line.status, line.message = ev.kind, ev.message
-            if ev.kind == "cached":
-                return f"[{ev.stage}] cached (skipped)"
-            line.finished = now
-            took = f" in {_seconds(line.elapsed(now))}" if line.started is not None else ""
+            self.current[ev.scope] = inner
             if ev.kind == "failed":
-                return f"[{ev.stage}] failed{took}" + (f": {ev.message}" if ev.message else "")
-            return f"[{ev.stage}] done{took}"
+                outer.status, outer.finished, outer.message = "failed", now, f"{ev.stage}: {ev.message}"
+            elif outer.status in ("waiting", "cached", "done"):  # one of its stages is at work
+                outer.status, outer.finished = "running", None
+                if outer.started is None:
+                    outer.started = now
+            return None if text is None else f"[{ev.scope} {ev.stage}] {text}"
 
     def __call__(self, ev: StageEvent) -> None:
         """A listener for tasks.events (the live display renders the state, not the returned line)."""
@@ -135,7 +162,11 @@ class Board:
         with self._lock:
             for line in self.lines.values():
                 spent = _seconds(line.elapsed(now)) if line.started is not None else ""
-                t.add_row(line.stage, Text(line.status, style=STYLES.get(line.status, "")), spent, describe(line, now))
+                detail = describe(line, now)
+                inner = self.current.get(line.stage)
+                if inner is not None and line.status == "running":
+                    detail = f"{inner.stage}: {inner.status}" + (f", {d}" if (d := describe(inner, now)) else "")
+                t.add_row(line.stage, Text(line.status, style=STYLES.get(line.status, "")), spent, detail)
         return t
 
     def __rich__(self) -> Table:

@@ -34,6 +34,7 @@ from flows.params import ConfigParam, resolve_config
 from flows.pipeline import pipeline_flow
 from kdcore.config import PipelineConfig
 from kdcore.errors import ConfigError, KdflowError
+from tasks import events
 from tasks.context import RunContext
 from tasks.data import load_data
 from tasks.fingerprints import fingerprint
@@ -150,9 +151,15 @@ def _judge(
             version,
         ), None
     correct = json.loads((Path(evaluated).parent / "per_sample_correct.json").read_text())["student"]
-    comparison = compare_task(
-        cfg.model_dump(mode="json"), ctx.as_dict(), champion.as_dict(), challenger.as_dict(), correct
-    )
+    events.emit("compare", "running", message=f"champion v{champion.version} vs challenger v{version}")
+    try:
+        comparison = compare_task(
+            cfg.model_dump(mode="json"), ctx.as_dict(), champion.as_dict(), challenger.as_dict(), correct
+        )
+    except BaseException as exc:
+        events.emit("compare", "failed", message=f"{type(exc).__name__}: {exc}")
+        raise
+    events.emit("compare", "done", message=f"top-1 {100 * comparison['delta_top1']:+.2f} points")
     promote, why = decide(
         comparison["delta_top1"], comparison["mcnemar"]["p_value"], cfg.retrain.min_improvement, cfg.retrain.alpha
     )

@@ -42,6 +42,7 @@ from flows.task_runners import gpus_per_trial, make_task_runner, trial_resources
 from kdcore.config import PipelineConfig, SweepConfig, config_from_dict
 from kdcore.errors import ConfigError
 from kdcore.stages import teacher_paths
+from tasks import events
 from tasks.context import RunContext
 from tasks.data import load_data
 from tasks.fingerprints import fingerprint
@@ -120,11 +121,26 @@ def check_shared(trials: list[Trial], data_fp: str) -> dict[str, str]:
     return {"teacher": fps[0][0], "features": fps[0][1]}
 
 
+def trial_scope(index: int) -> str:
+    """The scope of a trial's stage events (tasks.events)."""
+    return f"trial {index}"
+
+
 @task(name="trial", task_run_name="trial-{index}")
 def trial_task(index: int, label: str, config: dict, home: str, parent_run_id: str) -> dict[str, Any]:
-    """One trial: the whole pipeline flow (a subflow of this task run)."""
+    """One trial: the whole pipeline flow (a subflow of this task run). Its stages' events carry the
+    scope ``trial N`` (a progress display shows a line per trial)."""
     t0 = time.perf_counter()
-    report = pipeline_flow(config, home, parent_run_id=parent_run_id)
+    scope = trial_scope(index)
+    events.emit(scope, "running", message=label)
+    try:
+        with events.scoped(scope):
+            report = pipeline_flow(config, home, parent_run_id=parent_run_id)
+    except BaseException as exc:
+        events.emit(scope, "failed", message=f"{type(exc).__name__}: {exc}")
+        raise
+    student = report["models"].get("student", {})
+    events.emit(scope, "done", message=f"student top-1 {100 * student['top1']:.2f}%" if "top1" in student else "")
     return {
         "index": index,
         "label": label,
@@ -139,20 +155,24 @@ def sweep_trials_flow(trials: list[dict], data_fp: str, ctx: dict, sweep: dict) 
     """Shared stages once, then every trial; returns the shared stages' records and the trials' outcomes."""
     spec = SweepConfig.model_validate(sweep)
     configs = [t["config"] for t in trials]
+    for t in trials:
+        events.emit(trial_scope(t["index"]), "waiting", message=t["label"])
     with trial_resources(spec, spec.gpus_per_trial):
         teacher, teacher_cached = run_stage("teacher", configs[0], data_fp, ctx, {})
         features, features_cached = run_stage("features", configs[0], data_fp, ctx, {"teacher": teacher})
         upstream = {"teacher": teacher, "features": features}
         distinct: dict[tuple[str, str], Any] = {}
-        for cfgd in configs:
+        for t in trials:
+            cfgd = t["config"]
             cfg = PipelineConfig.model_validate(cfgd)
-            if cfg.baseline.enabled:
-                key = ("baseline", fingerprint("baseline", cfg, data_fp, {}))
+            with events.scoped(trial_scope(t["index"])):  # shown on the line of the first trial that needs it
+                if cfg.baseline.enabled:
+                    key = ("baseline", fingerprint("baseline", cfg, data_fp, {}))
+                    if key not in distinct:
+                        distinct[key] = submit_stage("baseline", cfgd, data_fp, ctx, {}).future
+                key = ("pretrain", fingerprint("pretrain", cfg, data_fp, upstream))
                 if key not in distinct:
-                    distinct[key] = submit_stage("baseline", cfgd, data_fp, ctx, {}).future
-            key = ("pretrain", fingerprint("pretrain", cfg, data_fp, upstream))
-            if key not in distinct:
-                distinct[key] = submit_stage("pretrain", cfgd, data_fp, ctx, upstream).future
+                    distinct[key] = submit_stage("pretrain", cfgd, data_fp, ctx, upstream).future
         for future in distinct.values():
             future.wait()
         first_with: dict[str, Any] = {}

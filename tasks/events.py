@@ -2,13 +2,15 @@
 
 Stage tasks publish here from the same callbacks that feed MLflow (never by parsing logs); the
 CLI subscribes for the length of a run. Publishing with no subscriber costs nothing, and a
-listener that raises never breaks a stage.
+listener that raises never breaks a stage. A flow that runs several pipelines at once (a sweep's
+trials) names each one's part with :func:`scoped`; its events then carry that ``scope``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Literal, Optional
 
@@ -18,7 +20,8 @@ Kind = Literal["waiting", "running", "epoch", "progress", "cached", "done", "fai
 @dataclass(frozen=True)
 class StageEvent:
     """``stage`` changed state (``kind``); an ``epoch`` event carries the finished epoch (0-based),
-    ``max_epochs`` and its metrics; a ``progress`` event carries ``done`` of ``total`` units of ``what``."""
+    ``max_epochs`` and its metrics; a ``progress`` event carries ``done`` of ``total`` units of ``what``.
+    ``scope``: the part of a larger run the stage belongs to (``trial 3`` of a sweep), or empty."""
 
     stage: str
     kind: Kind
@@ -29,11 +32,13 @@ class StageEvent:
     done: int = 0
     total: int = 0
     message: str = ""
+    scope: str = ""
 
 
 Listener = Callable[[StageEvent], None]
 _LISTENERS: list[Listener] = []
 _LOCK = threading.Lock()
+_SCOPE: ContextVar[str] = ContextVar("kdflow_event_scope", default="")
 
 
 def publish(event: StageEvent) -> None:
@@ -58,5 +63,16 @@ def subscribed(fn: Listener) -> Iterator[None]:
             _LISTENERS.remove(fn)
 
 
+@contextlib.contextmanager
+def scoped(scope: str) -> Iterator[None]:
+    """Events emitted inside the block carry ``scope``, also those of the tasks submitted from it
+    (Prefect's task runners run a task in a copy of the submitter's context)."""
+    token = _SCOPE.set(scope)
+    try:
+        yield
+    finally:
+        _SCOPE.reset(token)
+
+
 def emit(stage: str, kind: Kind, **fields: Any) -> None:
-    publish(StageEvent(stage, kind, **fields))
+    publish(StageEvent(stage, kind, scope=_SCOPE.get(), **fields))

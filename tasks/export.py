@@ -1,46 +1,52 @@
-"""Task `export`: the registered student as TorchScript, with an output parity check.
+"""Stage `export`: the registered student as TorchScript, with an output parity check.
 
-The file goes into the distill run that produced the registered version (``export/``), its largest
-difference from the PyTorch model is logged there as ``export_max_abs_diff``, and the model
-version is tagged with where the export is (``kdflow.export_uri``), so a version can be served
-and evaluated without unpickling Python objects.
+A stage like the others (declared in tasks/spec.py): fingerprinted from the ``export`` config and
+the distill and register records, skipped on an unchanged rerun while its file exists. The file
+lies in the stage's work directory and also goes into the distill run that produced the registered
+version (``export/``), its largest difference from the PyTorch model is logged there as
+``export_max_abs_diff``, and the model version is tagged with where the export is
+(``kdflow.export_uri``), so a version can be served and evaluated without unpickling Python objects.
 """
 
 from __future__ import annotations
 
-import time
-from typing import Any, Optional
-
-from prefect import task
+from typing import Any
 
 from kdcore.config import PipelineConfig
 from kdcore.export import export_torchscript
+from kdcore.fingerprint import file_sha256
 from kdcore.train.checkpoint import load_model
-from tasks.context import RunContext
-from tasks.data import load_data
-from tasks.home import stage_dir
+from tasks.stage import StageCall
 
 EXPORT_NAME = "student.torchscript.pt"
 PARITY_SAMPLES = 512
 
 
-@task(name="export")
-def export_task(cfg: dict, ctx: dict, distill: dict, version: Optional[str]) -> dict[str, Any]:
-    """Export the distilled student of ``distill`` (a stage record); tag registered ``version``."""
-    t0 = time.perf_counter()
-    config = PipelineConfig.model_validate(cfg)
-    run_ctx = RunContext.from_dict(ctx)
-    home = run_ctx.home
-    data = load_data(config.data)
-    model = load_model(distill["path"])
-    out = stage_dir(home, "export", distill["fingerprint"]) / EXPORT_NAME
-    result = export_torchscript(model, data.test.x[:PARITY_SAMPLES], out, config.export.atol)
-    tracker = run_ctx.tracker()
-    run_id = distill["mlflow_run_id"]
-    tracker.log_artifact(run_id, result.path, "export")
-    tracker.log_metrics(run_id, {"export_max_abs_diff": result.max_abs_diff})
-    tracker.set_tags(run_id, {"kdflow.export_method": result.method})
+def enabled(cfg: PipelineConfig) -> bool:
+    """Export the registered student (a format is configured and registration is on)."""
+    return cfg.export.format != "none" and cfg.register.enabled
+
+
+def body(call: StageCall) -> dict[str, Any]:
+    """Export the distilled student of the ``distill`` record; tag its registered version."""
+    config = call.cfg
+    distill, register = call.inputs["distill"], call.inputs["register"]
+    version = register.info.get("registered", {}).get(config.register.student_name)
+    model = load_model(distill.required("path"))
+    out = call.env.workdir / EXPORT_NAME
+    result = call.timed(export_torchscript, model, call.data.test.x[:PARITY_SAMPLES], out, config.export.atol)
+    run_id = distill.required("mlflow_run_id")
+    call.tracker.log_artifact(run_id, result.path, "export")
+    call.tracker.log_metrics(run_id, {"export_max_abs_diff": result.max_abs_diff})
+    call.tracker.set_tags(run_id, {"kdflow.export_method": result.method})
     uri = f"runs:/{run_id}/export/{EXPORT_NAME}"
+    if version is not None:
+        tags = {
+            "kdflow.export_format": config.export.format,
+            "kdflow.export_uri": uri,
+            "kdflow.export_max_abs_diff": f"{result.max_abs_diff:.3g}",
+        }
+        call.tracker.set_version_tags(config.register.student_name, version, tags)
     info = {
         "format": config.export.format,
         "method": result.method,
@@ -49,13 +55,10 @@ def export_task(cfg: dict, ctx: dict, distill: dict, version: Optional[str]) -> 
         "max_abs_diff": result.max_abs_diff,
         "samples": result.samples,
         "version": version,
-        "seconds": round(time.perf_counter() - t0, 3),
     }
-    if version is not None:
-        tags = {
-            "kdflow.export_format": config.export.format,
-            "kdflow.export_uri": uri,
-            "kdflow.export_max_abs_diff": f"{result.max_abs_diff:.3g}",
-        }
-        tracker.set_version_tags(config.register.student_name, version, tags)
-    return info
+    return {
+        "path": str(result.path),
+        "sha256": file_sha256(result.path),
+        "metrics": {"export_max_abs_diff": result.max_abs_diff},
+        "info": info,
+    }

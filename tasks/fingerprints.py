@@ -107,6 +107,10 @@ def register_reads(cfg: PipelineConfig) -> dict[str, Any]:
     return {"register": cfg.section("register"), "experiment": cfg.name}
 
 
+def export_reads(cfg: PipelineConfig) -> dict[str, Any]:
+    return {"export": cfg.section("export")}
+
+
 def fingerprint(stage: Union[str, "StageSpec"], cfg: PipelineConfig, data_fp: str, inputs: dict[str, dict]) -> str:
     """The fingerprint of ``stage`` (a name or its spec) given its inputs' records (or just their
     ``{"fingerprint": ...}``)."""

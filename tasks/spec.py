@@ -7,7 +7,7 @@ retries from ``trainer.retries``, the ``gpu`` concurrency tag, DDP, ``final_`` m
 ``body``. The fingerprint, the Prefect task, the pipeline's order and its report all read this
 table; the order of the table is an order the DAG can run in::
 
-    teacher ──► features ──► pretrain ──► distill ──► evaluate ──► register
+    teacher ──► features ──► pretrain ──► distill ──► evaluate ──► register ──► export
         (baseline, beside: no inputs; evaluate reads it when enabled)
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from kdcore.config import PipelineConfig
-from tasks import baseline, distill, evaluate, features, pretrain, register, teacher
+from tasks import baseline, distill, evaluate, export, features, pretrain, register, teacher
 from tasks import fingerprints as fp
 from tasks.cache_entries import entries_intact
 from tasks.records import StageRecord
@@ -89,6 +89,13 @@ STAGES: dict[str, StageSpec] = {
         ),
         StageSpec("evaluate", inputs=("teacher", "baseline", "distill"), reads=fp.evaluate_reads, body=evaluate.body),
         StageSpec("register", inputs=("teacher", "distill", "evaluate"), reads=fp.register_reads, body=register.body),
+        StageSpec(
+            "export",
+            inputs=("distill", "register"),
+            reads=fp.export_reads,
+            body=export.body,
+            enabled=export.enabled,  # intact: the exported file still exists
+        ),
     )
 }
 

@@ -8,6 +8,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, cast
 
 import torch
 import torch.nn.functional as F
+import torch.utils.deterministic
 from torch import nn
 
 from kdcore.config import PipelineConfig
@@ -17,6 +18,34 @@ from kdcore.models import create_model
 from kdcore.train import FitResult, TrainCallbacks, autocast_dtype, resolve_device, seed_everything
 from kdcore.train.batches import Batch, LoaderBatches
 from kdcore.train.rng import GLOBAL_RNG
+
+# torch's intra-op thread count when kdcore was imported: torch's own start-up default
+# (OMP_NUM_THREADS, else the machine's physical cores) unless the host process chose one before
+_START_THREADS = torch.get_num_threads()
+
+
+def stage_threads(configured: Optional[int]) -> int:
+    """The intra-op threads a stage computes with: ``trainer.num_threads``, else the process's count
+    at start-up. Never whatever another stage of the process set meanwhile."""
+    return configured or _START_THREADS
+
+
+def pin_compute(num_threads: Optional[int], deterministic: bool) -> None:
+    """Fix what makes a CPU stage's numbers depend on its surroundings, in the calling thread.
+
+    A convolution's or matmul's float sums are split over the intra-op threads, so the weights a
+    stage trains differ bit for bit with the thread count. ``torch.set_num_threads`` sets the
+    calling thread's OpenMP count (and the default of threads that have not computed yet), so each
+    stage pins its own count in the thread that runs it, and a stage beside it cannot change it.
+    ``deterministic``: torch's deterministic kernels where an op has several (CUDA's scatter and
+    index adds; a warning, not a failure, where an op has none), process-wide; not the filling of
+    new tensors with NaN that comes with them (a cost on every allocation, and kdcore reads no
+    memory it did not write).
+    """
+    torch.set_num_threads(stage_threads(num_threads))
+    if deterministic and not torch.are_deterministic_algorithms_enabled():
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 @dataclass
@@ -46,8 +75,7 @@ class StageEnv:
     def __post_init__(self) -> None:
         self.device = resolve_device(self.cfg.trainer.device)
         self.amp_dtype = autocast_dtype(self.device, self.cfg.trainer.amp)
-        if self.cfg.trainer.num_threads:
-            torch.set_num_threads(self.cfg.trainer.num_threads)
+        pin_compute(self.cfg.trainer.num_threads, self.cfg.trainer.deterministic)
         self.workdir = Path(self.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
 

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from conftest import TINY
 from flows.progress import Board, live_progress
-from tasks.events import emit
+from tasks.events import StageEvent, emit, scoped
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -115,7 +115,7 @@ def piped_run(tmp_path_factory):
 def test_progress_lines_for_each_stage_and_epoch_when_piped(piped_run):
     out = piped_run.stdout
     assert piped_run.returncode == 0, piped_run.stderr[-3000:]
-    for stage in ("teacher", "features", "pretrain", "distill", "baseline", "evaluate", "register"):
+    for stage in ("teacher", "features", "pretrain", "distill", "baseline", "evaluate", "register", "export"):
         assert f"[{stage}] running" in out or f"[{stage}] cached" in out, (stage, out)
         assert f"[{stage}] done" in out or f"[{stage}] cached" in out, (stage, out)
     for stage in ("teacher", "distill", "baseline"):  # TINY: two epochs each
@@ -134,3 +134,111 @@ def test_quiet_prints_only_the_result(tmp_path):
     assert not any(line.startswith("[") for line in lines), first.stdout  # no progress
     assert "stages" not in first.stdout and "MLflow:" not in first.stdout and "Prefect" not in first.stdout
     assert [line.split()[0] for line in lines[3:6]] == ["teacher", "baseline", "student"], first.stdout
+
+
+def _feed_trials(console: Console) -> None:
+    """A sweep's events: shared stages unscoped; each trial's own start and end, and its stages
+    scoped to it (as flows/sweep.py emits them)."""
+    with live_progress(console):
+        emit("teacher", "running")
+        emit("teacher", "done")
+        for i in (0, 1):
+            emit(f"trial {i}", "waiting", message=f"distill.temperature={i + 2}")
+        for i in (0, 1):
+            emit(f"trial {i}", "running", message=f"distill.temperature={i + 2}")
+            with scoped(f"trial {i}"):
+                emit("distill", "waiting")
+                emit("teacher", "cached")
+                emit("distill", "running")
+                emit("distill", "epoch", epoch=0, max_epochs=2, metrics={"train_loss": 0.5, "val_top1": 0.8})
+        with scoped("trial 1"):
+            emit("distill", "failed", message="diverged")
+        emit("trial 1", "failed", message="DivergenceError: diverged")
+        with scoped("trial 0"):
+            emit("distill", "done")
+        emit("trial 0", "done", message="student top-1 81.00%")
+
+
+def test_a_sweep_s_plain_lines_name_the_trial_and_its_stage():
+    console = Console(record=True, force_terminal=False, width=120)
+    _feed_trials(console)
+    lines = console.export_text().splitlines()
+    assert lines[:2] == ["[teacher] running", lines[1]] and lines[1].startswith("[teacher] done")
+    assert "[trial 0] running (distill.temperature=2)" in lines
+    assert "[trial 0 teacher] cached (skipped)" in lines
+    assert any(line.startswith("[trial 1 distill] epoch 1/2, loss 0.5000, val_top1 80.00%") for line in lines)
+    assert any(line.startswith("[trial 1 distill] failed") and line.endswith("diverged") for line in lines)
+    assert lines[-1].startswith("[trial 0] done") and lines[-1].endswith("student top-1 81.00%")
+    assert not any(line.startswith("[distill]") for line in lines), "a trial's stage has no line of its own"
+
+
+def test_a_sweep_s_terminal_display_has_a_line_per_trial_with_its_current_stage():
+    board = Board()
+    board.update(StageEvent("teacher", "done"))
+    board.update(StageEvent("trial 0", "waiting", message="distill.temperature=2"))
+    board.update(StageEvent("trial 1", "waiting", message="distill.temperature=3"))
+    board.update(StageEvent("trial 0", "running"))
+    board.update(StageEvent("distill", "running", scope="trial 0"))
+    board.update(StageEvent("distill", "epoch", epoch=2, max_epochs=10, metrics={"train_loss": 0.25}, scope="trial 0"))
+    console = Console(record=True, width=100, force_terminal=True)
+    console.print(board)
+    rows = [line for line in console.export_text().splitlines() if line.strip()]
+    assert [r.split()[0] for r in rows] == ["teacher", "trial", "trial"]
+    assert "running" in rows[1] and "distill: running, epoch 3/10, loss 0.2500" in rows[1]
+    assert "waiting" in rows[2] and "distill.temperature=3" in rows[2]
+
+
+@pytest.fixture(scope="module")
+def ops_runs(prefect_server, tmp_path_factory):
+    """`kdflow sweep` (2 trials), the same again with --quiet (every stage cached), and
+    `kdflow retrain` in another home, in this process with stdout captured (not a terminal)."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    tmp = tmp_path_factory.mktemp("ops-progress")
+    raw = {**TINY, "distill": {"train": {"max_epochs": 1, "batch_size": 64}}, "baseline": {"enabled": False}}
+    raw["evaluate"] = {**TINY["evaluate"], "latency": False}
+    sweep = tmp / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({**raw, "sweep": {"grid": {"distill.temperature": [2.0, 4.0]}, "profile": False}}))
+    retrain = tmp / "retrain.yaml"
+    retrain.write_text(yaml.safe_dump(raw))
+    runner = CliRunner()
+
+    def kdflow(home: str, *args: str):
+        return runner.invoke(app, list(args), env={"KDFLOW_HOME": str(tmp / home), "COLUMNS": "120"})
+
+    return (
+        kdflow("s", "sweep", str(sweep)),
+        kdflow("s", "sweep", str(sweep), "--quiet"),
+        kdflow("r", "retrain", str(retrain)),
+    )
+
+
+def test_sweep_shows_a_line_per_trial_and_stage(ops_runs):
+    first, _, _ = ops_runs
+    assert first.exit_code == 0, first.output[-3000:]
+    out = first.output
+    assert "[teacher] done" in out and "[features] done" in out
+    for i in (0, 1):
+        assert f"[trial {i}] running" in out and f"[trial {i}] done" in out, out
+        assert f"[trial {i} distill] epoch 1/1" in out, out
+        assert f"[trial {i} evaluate] done" in out, out
+    assert out.index("[trial 0] done") < out.index("results:")
+
+
+def test_sweep_quiet_prints_only_the_result(ops_runs):
+    _, quiet, _ = ops_runs
+    assert quiet.exit_code == 0, quiet.output[-3000:]
+    assert not [line for line in quiet.output.splitlines() if line.startswith("[")], quiet.output
+    assert "results:" in quiet.output
+
+
+def test_retrain_shows_the_pipeline_s_stages(ops_runs):
+    _, _, retrain = ops_runs
+    assert retrain.exit_code == 0, retrain.output[-3000:]
+    out = retrain.output
+    for stage in ("teacher", "distill", "evaluate", "register"):
+        assert f"[{stage}] done" in out, (stage, out)
+    assert "[distill] epoch 1/1" in out
+    assert out.index("[register] done") < out.index("decision:")

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from conftest import TINY, kdflow_home
 from kdcore.config import config_from_dict
 
-STAGES = {"teacher", "features", "pretrain", "distill", "baseline", "evaluate", "register"}
+STAGES = {"teacher", "features", "pretrain", "distill", "baseline", "evaluate", "register", "export"}
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +123,51 @@ def test_a_cached_stage_whose_artifact_vanished_is_recomputed(runs):
     assert Path(first["artifacts"]["pretrain"]).exists()
     assert all(st[s]["cached"] for s in ("teacher", "features", "baseline"))
     assert st["distill"]["fingerprint"] == first["stages"]["distill"]["fingerprint"]
+
+
+@pytest.fixture(scope="module")
+def export_reruns(runs):
+    """In the same home: an unchanged rerun (its stage events and the exported file's mtime seen),
+    then a rerun after the exported file was deleted."""
+    from flows.runner import run_pipeline
+    from tasks import events
+
+    home = runs[0]
+    cfg = config_from_dict(copy.deepcopy(TINY))
+    with kdflow_home(home):
+        before = run_pipeline(cfg)
+        exported = Path(before["export"]["path"])
+        mtime = exported.stat().st_mtime_ns
+        seen: list = []
+        with events.subscribed(seen.append):
+            unchanged = run_pipeline(cfg)
+        mtime_after = exported.stat().st_mtime_ns
+        exported.unlink()
+        rebuilt = run_pipeline(cfg)
+    return home, unchanged, seen, (mtime, mtime_after), rebuilt
+
+
+def test_an_unchanged_rerun_runs_nothing_not_even_the_export(export_reruns):
+    home, unchanged, seen, (mtime, mtime_after), _ = export_reruns
+    assert set(unchanged["stages"]) == STAGES
+    assert all(s["cached"] for s in unchanged["stages"].values()), unchanged["stages"]
+    assert not [e for e in seen if e.kind in ("running", "epoch", "done")], "a task ran again"
+    assert {e.stage for e in seen if e.kind == "cached"} == STAGES
+    assert mtime_after == mtime, "the exported file was written again"
+    assert unchanged["export"]["max_abs_diff"] <= 1e-4 and Path(unchanged["export"]["path"]).is_file()
+    c = client(home)
+    parent = c.get_run(unchanged["mlflow_parent_run_id"])
+    children = c.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert children == [], "a cached rerun opens no stage run"
+
+
+def test_a_deleted_export_is_rebuilt_and_nothing_else(export_reruns):
+    home, unchanged, _, _, rebuilt = export_reruns
+    st = rebuilt["stages"]
+    assert {s for s, i in st.items() if not i["cached"]} == {"export"}
+    assert st["export"]["fingerprint"] == unchanged["stages"]["export"]["fingerprint"]
+    assert Path(rebuilt["export"]["path"]).is_file()
+    student = client(home).get_model_version("tiny-student", rebuilt["registered"]["tiny-student"])
+    assert student.tags["kdflow.export_uri"] == rebuilt["export"]["artifact_uri"]

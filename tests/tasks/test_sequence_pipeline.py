@@ -18,7 +18,7 @@ from kdcore.text import Vocabulary, classify_texts, text_logits
 from kdcore.train.checkpoint import load_model
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = {"teacher", "features", "pretrain", "distill", "baseline", "evaluate", "register"}
+STAGES = {"teacher", "features", "pretrain", "distill", "baseline", "evaluate", "register", "export"}
 SMALL = [
     "teacher.train.max_epochs=1",
     "distill.train.max_epochs=1",

@@ -10,7 +10,7 @@ import pytest
 from conftest import TINY, kdflow_home
 from kdcore.config import config_from_dict
 
-ORDER = ["teacher", "features", "pretrain", "distill", "baseline", "evaluate", "register"]
+ORDER = ["teacher", "features", "pretrain", "distill", "baseline", "evaluate", "register", "export"]
 
 
 def test_the_declarations_form_a_dag_in_declaration_order():
@@ -54,6 +54,7 @@ def test_fingerprints_keep_their_values(monkeypatch):
         "baseline": "b3bdcc5f059019f333a25e51f6546e3ed7169f5d038528cd9eb101b06c9adfc1",
         "evaluate": "21f2645b2ba8537cf680061b45c500e2abb1fd9e5d12bdf0f5c59867c4daf937",
         "register": "cbb9f0f54f92bd32576e4eccbe264e222b4f7ce9bf78ac38e08d006a659aca4b",
+        "export": "3b1f48fb0d5cb8e2ad0d3a8dacd2f64b74048c6bee7d06465de90a1d4b4483aa",
     }
     cfg = config_from_dict(copy.deepcopy(TINY))
     records: dict[str, dict] = {}
@@ -105,7 +106,7 @@ def test_a_pipeline_publishes_each_stage_s_events(prefect_server, tmp_path):
         assert _kinds(first, stage) == ["waiting", "running", "epoch", "epoch", "done"], stage
         epochs = [e for e in first if e.stage == stage and e.kind == "epoch"]
         assert [(e.epoch, e.max_epochs) for e in epochs] == [(0, 2), (1, 2)] and "train_loss" in epochs[0].metrics
-    for stage in ("features", "evaluate", "register"):
+    for stage in ("features", "evaluate", "register", "export"):
         assert [k for k in _kinds(first, stage) if k != "progress"] == ["waiting", "running", "done"], stage
     done = [e.stage for e in first if e.kind == "done"]
     for stage, upstream in (
@@ -115,6 +116,7 @@ def test_a_pipeline_publishes_each_stage_s_events(prefect_server, tmp_path):
         ("evaluate", "distill"),
         ("evaluate", "baseline"),
         ("register", "evaluate"),
+        ("export", "register"),
     ):
         assert done.index(upstream) < done.index(stage)
 

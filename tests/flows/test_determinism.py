@@ -1,0 +1,106 @@
+"""The same numbers every time: the shipped default config, its epochs cut, run by `kdflow run` in
+fresh homes, gives bit-identical weights and metrics whatever else runs on the machine (another run
+beside it, processes spinning on every core) and whatever thread count the environment suggests
+(``OMP_NUM_THREADS``): the config pins ``trainer.num_threads`` and every stage pins its own count
+(kdcore/stages/env.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kdcore.fingerprint import file_sha256
+
+pytestmark = pytest.mark.slow  # three default-config runs as subprocesses (minutes on 2 cores)
+
+# Not yet true: the teacher trains while the baseline, finished beside it, is logged to MLflow, whose
+# pytorch flavour saves "pt2" by default, through torch.export; torch.export traces inside
+# torch/export/_trace.py's _ignore_backend_decomps, which sets torch.backends.mkldnn (and cudnn)
+# off process-wide, so some of the teacher's steps run other convolution kernels and its weights
+# depend on the timing. Without the baseline (nothing beside the
+# teacher) two runs are bit-identical. strict: the day model logging no longer overlaps training,
+# these pass and the marker must go.
+OVERLAP = pytest.mark.xfail(
+    strict=True, reason="MLflow's torch.export of one stage's model flips the oneDNN switch under a stage beside it"
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+SHORT = [
+    "teacher.train.max_epochs=1",
+    "distill.train.max_epochs=1",
+    "evaluate.latency=false",  # wall-clock figures differ run to run by nature; everything else must not
+]
+TIMED = ("latency", "throughput", "seconds")
+HOG = "import os\nwhile True:\n    sum(i * i for i in range(10_000))\n"
+
+
+def _start(tmp: Path, name: str, **env: str) -> tuple[subprocess.Popen, Path]:
+    home, report = tmp / name, tmp / f"{name}.json"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API") and k != "MLFLOW_TRACKING_URI"}
+    base.pop("OMP_NUM_THREADS", None)
+    base.update(KDFLOW_HOME=str(home), PYTHONPATH=str(ROOT), KDFLOW_PREFECT="ephemeral", **env)
+    base.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")  # a loaded machine is the point
+    sets = [arg for s in SHORT for arg in ("--set", s)]
+    cmd = [sys.executable, "-m", "flows.cli", "run", str(ROOT / "configs" / "default.yaml"), *sets]
+    proc = subprocess.Popen(
+        [*cmd, "--quiet", "--report", str(report)], env=base, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    return proc, report
+
+
+def _finish(started: tuple[subprocess.Popen, Path]) -> dict:
+    proc, report = started
+    _, stderr = proc.communicate(timeout=1500)
+    assert proc.returncode == 0, stderr.decode()[-3000:]
+    return json.loads(report.read_text())
+
+
+def _outcome(report: dict) -> dict:
+    """What must repeat: every model's weights (sha256) and every metric that is not a timing."""
+    weights = {
+        stage: file_sha256(path)
+        for stage, path in report["artifacts"].items()
+        if path and str(path).endswith(".safetensors") and Path(path).is_file()
+    }
+    metrics = {
+        model: {k: v for k, v in m.items() if not any(t in k for t in TIMED)} for model, m in report["models"].items()
+    }
+    return {"weights": weights, "metrics": metrics}
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("determinism")
+    # two runs at once, each the other's background load; one where the environment says 1 thread
+    plain, one_thread = _start(tmp, "plain"), _start(tmp, "omp1", OMP_NUM_THREADS="1")
+    reports = {"plain": _finish(plain), "omp1": _finish(one_thread)}
+    hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(os.cpu_count() or 2)]
+    try:
+        reports["hogged"] = _finish(_start(tmp, "hogged"))
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    return {name: _outcome(r) for name, r in reports.items()}
+
+
+def test_the_runs_trained_every_model(outcomes):
+    plain = outcomes["plain"]
+    assert {"teacher", "distill", "baseline"} <= set(plain["weights"]), plain["weights"]
+    assert {"teacher", "student", "baseline"} <= set(plain["metrics"])
+    assert plain["metrics"]["teacher"]["top1"] > 0.5  # one epoch of MNIST digits: far above chance
+
+
+@OVERLAP
+def test_a_run_under_a_cpu_hog_repeats_bit_for_bit(outcomes):
+    assert outcomes["hogged"] == outcomes["plain"]
+
+
+@OVERLAP
+def test_the_environment_s_thread_count_changes_nothing(outcomes):
+    assert outcomes["omp1"] == outcomes["plain"]
