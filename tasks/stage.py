@@ -17,7 +17,7 @@ from uuid import UUID
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from kdcore.config import PipelineConfig
+from kdcore.config import PipelineConfig, TrainerConfig
 from kdcore.data.bundle import DataBundle
 from kdcore.errors import KdflowError
 from kdcore.stages import StageEnv
@@ -223,6 +223,25 @@ def _failed_attempt(tracker: Tracker, ctx: RunContext, stage: str, fp: str) -> O
 
 
 # ---- running a stage from a flow -------------------------------------------------------------
+
+# the widest point of the pipeline's DAG: the distillation branch and the baseline student
+BRANCHES = 2
+
+
+def runs_concurrently(trainer: TrainerConfig, branches: int = BRANCHES) -> bool:
+    """Whether a flow runs independent stages side by side (``trainer.concurrent_stages``).
+
+    ``auto``: only when each of the ``branches`` gets GPUs of its own (``auto``/``cuda`` with at least
+    ``branches * trainer.devices`` visible GPUs, which :func:`device_slot` hands out distinct). On the
+    CPU, on MPS or on one named GPU side-by-side stages share the same cores or device, each slows the
+    other and the run takes longer than one after the other (bench/schedule.py measures both)."""
+    if trainer.concurrent_stages != "auto":
+        return bool(trainer.concurrent_stages)
+    if trainer.device not in ("auto", "cuda"):
+        return False
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.device_count() >= branches * trainer.devices
 
 
 @dataclass
