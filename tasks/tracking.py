@@ -222,6 +222,24 @@ class Tracker:
             for i in range(0, len(items), 500):
                 self.client.log_batch(run_id, metrics=items[i : i + 500])
 
+    def log_metric_steps(
+        self, run_id: str, steps: list[tuple[int, dict[str, Any]]], timestamps: Optional[list[int]] = None
+    ) -> None:
+        """Several steps' metrics (``[(step, {name: value})]``, each at its own timestamp in ms) in as few
+        writes as the store takes."""
+        import time
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(k, float(v), timestamps[i] if timestamps else now, step)
+            for i, (step, metrics) in enumerate(steps)
+            for k, v in flatten(metrics).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+        ]
+        with _LOCK:
+            for i in range(0, len(items), 500):
+                self.client.log_batch(run_id, metrics=items[i : i + 500])
+
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         with _LOCK:
             self.client.log_batch(run_id, tags=[RunTag(k, redact(str(v))[:5000]) for k, v in tags.items()])
@@ -275,6 +293,9 @@ class Tracker:
                 pip_requirements=[torch_req, f"numpy=={np.__version__}"],
                 code_paths=[str(Path(kdcore.__file__).parent)],
                 extra_files=[str(p) for p in extra_files] if extra_files else None,
+                # MLflow would load the model it just wrote back and predict on the input example (a
+                # third of log_model's time); the stage's own weights are what was checked
+                validate_serving_input=False,
             )
         return info.model_uri
 
