@@ -232,9 +232,10 @@ def _run_body(
             stage=spec.name, fingerprint=fp, mlflow_run_id=run_id, seconds=round(time.perf_counter() - t0, 3), **fields
         )
         tracker.log_metrics(
-            run_id, {**{spec.metric_name(k): v for k, v in record.metrics.items()}, "stage_seconds": record.seconds}
+            run_id,
+            {**{spec.metric_name(k): v for k, v in record.metrics.items()}, "stage_seconds": record.seconds},
+            tags={"kdflow.artifact_sha256": record.sha256 or ""},
         )
-        tracker.set_tags(run_id, {"kdflow.artifact_sha256": record.sha256 or ""})
     return record
 
 

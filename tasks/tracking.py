@@ -209,7 +209,10 @@ class Tracker:
             for i in range(0, len(items), 100):
                 self.client.log_batch(run_id, params=items[i : i + 100])
 
-    def log_metrics(self, run_id: str, metrics: dict[str, Any], step: Optional[int] = None) -> None:
+    def log_metrics(
+        self, run_id: str, metrics: dict[str, Any], step: Optional[int] = None, tags: Optional[dict[str, Any]] = None
+    ) -> None:
+        """Metrics (finite numbers; others are skipped) and, in the same write, ``tags``."""
         import time
 
         ts = int(time.time() * 1000)
@@ -218,9 +221,12 @@ class Tracker:
             for k, v in flatten(metrics).items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
         ]
+        run_tags = [RunTag(k, redact(str(v))[:5000]) for k, v in (tags or {}).items()]
         with _LOCK:
-            for i in range(0, len(items), 500):
-                self.client.log_batch(run_id, metrics=items[i : i + 500])
+            for i in range(0, max(len(items), 1), 500):
+                batch = items[i : i + 500]
+                if batch or (i == 0 and run_tags):
+                    self.client.log_batch(run_id, metrics=batch, tags=run_tags if i == 0 else [])
 
     def log_metric_steps(
         self, run_id: str, steps: list[tuple[int, dict[str, Any]]], timestamps: Optional[list[int]] = None
