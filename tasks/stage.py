@@ -8,7 +8,6 @@ vanished or is damaged computed again.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,22 +37,16 @@ if TYPE_CHECKING:
     from tasks.spec import StageSpec
 
 
-# per-epoch metrics and the progress artifact go out at most this often (and when the stage ends):
-# one MLflow write and one Prefect request per window instead of per epoch
-FLUSH_SECONDS = 10.0
-
-
 class TrackingCallbacks(TrainCallbacks):
-    """Per-epoch metrics to the MLflow run and a Prefect progress artifact (batched: at most every
-    ``FLUSH_SECONDS``, and by :meth:`flush` when the stage ends, also when it fails), and to the stage
-    events as they happen (the live display)."""
+    """Per-epoch metrics to the MLflow run, a Prefect progress artifact and the stage events.
+
+    Each epoch's metrics are written when it ends (a killed process loses none that its checkpoint
+    holds); the epochs a resumed attempt copies from its checkpoint go in one write."""
 
     def __init__(self, tracker: Tracker, run_id: str, stage: str) -> None:
         self.tracker, self.run_id, self.stage = tracker, run_id, stage
         self.max_epochs = 1
         self.artifact_id: Optional[UUID] = None
-        self._pending: list[tuple[int, dict[str, float], int]] = []  # (epoch, metrics, timestamp ms)
-        self._flushed = time.monotonic()
 
     def on_fit_start(self, start_epoch: int, max_epochs: int) -> None:
         self.max_epochs = max_epochs
@@ -71,32 +64,20 @@ class TrackingCallbacks(TrainCallbacks):
     def on_resume(self, history: list[dict[str, float]]) -> None:
         """Log the trained epochs this run does not hold yet: a retried attempt whose predecessor
         checkpointed an epoch but failed while logging it loses no metric."""
-        self.flush()
         logged = self.tracker.logged_steps(self.run_id, "train_loss")
         missing = [(epoch, metrics) for epoch, metrics in enumerate(history) if epoch not in logged]
         if missing:
             self.tracker.log_metric_steps(self.run_id, missing)
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        self._pending.append((epoch, dict(metrics), int(time.time() * 1000)))
+        self.tracker.log_metrics(self.run_id, metrics, step=epoch)
         events.emit(self.stage, "epoch", epoch=epoch, max_epochs=self.max_epochs, metrics=dict(metrics))
-        if time.monotonic() - self._flushed >= FLUSH_SECONDS:
-            self.flush()
-
-    def flush(self) -> None:
-        """Write the epochs not logged yet (one MLflow batch) and move the progress artifact to the last."""
-        self._flushed = time.monotonic()
-        if not self._pending:
-            return
-        pending, self._pending = self._pending, []
-        self.tracker.log_metric_steps(self.run_id, [(e, m) for e, m, _ in pending], [ts for _, _, ts in pending])
         if self.artifact_id is not None:
-            done = pending[-1][0] + 1
             try:
                 update_progress_artifact(
                     self.artifact_id,
-                    100.0 * done / self.max_epochs,
-                    description=f"{self.stage}: epoch {done}/{self.max_epochs}",
+                    100.0 * (epoch + 1) / self.max_epochs,
+                    description=f"{self.stage}: epoch {epoch + 1}/{self.max_epochs}",
                 )
             except Exception:  # noqa: BLE001
                 pass
@@ -201,8 +182,7 @@ def _run_body(
     with tracker.run(ctx.experiment_id, spec.name, parent=ctx.parent_run_id, tags=tags, run_id=retried) as run_id:
         tracker.log_params(run_id, {"stage": spec.name, "data": config.section("data"), **spec.reads(config)})
         data = load_data(config.data)
-        callbacks = TrackingCallbacks(tracker, run_id, spec.name)
-        env = StageEnv(config, data, stage_dir(ctx.home, spec.name, fp), callbacks)
+        env = StageEnv(config, data, stage_dir(ctx.home, spec.name, fp), TrackingCallbacks(tracker, run_id, spec.name))
         call = StageCall(
             spec.name,
             config,
@@ -217,16 +197,8 @@ def _run_body(
             training=spec.training,
         )
         # concurrent stages spread over the visible GPUs, across processes and workers
-        try:
-            with device_slot(
-                config.trainer.device, count=config.trainer.devices, lock_dir=ctx.home / "locks" / "devices"
-            ):
-                fields = spec.body(call)
-        except BaseException:
-            with contextlib.suppress(Exception):  # the epochs of a failed attempt too: its retry resumes after them
-                callbacks.flush()
-            raise
-        callbacks.flush()
+        with device_slot(config.trainer.device, count=config.trainer.devices, lock_dir=ctx.home / "locks" / "devices"):
+            fields = spec.body(call)
         fields.setdefault("info", {})["compute_seconds"] = round(call.compute_seconds, 3)
         record = StageRecord(
             stage=spec.name, fingerprint=fp, mlflow_run_id=run_id, seconds=round(time.perf_counter() - t0, 3), **fields

@@ -231,7 +231,7 @@ class Tracker:
     def log_metric_steps(
         self, run_id: str, steps: list[tuple[int, dict[str, Any]]], timestamps: Optional[list[int]] = None
     ) -> None:
-        """Several steps' metrics (``[(step, {name: value})]``, each at its own timestamp in ms) in as few
+        """Several steps' metrics (``[(step, {name: value})]``, at ``timestamps`` in ms or now) in as few
         writes as the store takes."""
         import time
 
