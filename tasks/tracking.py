@@ -228,17 +228,14 @@ class Tracker:
                 if batch or (i == 0 and run_tags):
                     self.client.log_batch(run_id, metrics=batch, tags=run_tags if i == 0 else [])
 
-    def log_metric_steps(
-        self, run_id: str, steps: list[tuple[int, dict[str, Any]]], timestamps: Optional[list[int]] = None
-    ) -> None:
-        """Several steps' metrics (``[(step, {name: value})]``, at ``timestamps`` in ms or now) in as few
-        writes as the store takes."""
+    def log_metric_steps(self, run_id: str, steps: list[tuple[int, dict[str, Any]]]) -> None:
+        """Several steps' metrics (``[(step, {name: value})]``) in as few writes as the store takes."""
         import time
 
         now = int(time.time() * 1000)
         items = [
-            Metric(k, float(v), timestamps[i] if timestamps else now, step)
-            for i, (step, metrics) in enumerate(steps)
+            Metric(k, float(v), now, step)
+            for step, metrics in steps
             for k, v in flatten(metrics).items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
         ]
