@@ -27,12 +27,19 @@ def resolve_config(config: ConfigParam, overrides: Optional[list[str]] = None) -
 
 @contextlib.contextmanager
 def local_results(home: Path) -> Iterator[None]:
-    """Prefect task results of a local run under KDFLOW_HOME (as ``kdflow run`` keeps them)."""
-    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+    """Prefect task results of a local run under KDFLOW_HOME (as ``kdflow run`` keeps them).
 
-    from flows.prefect_server import prefect_for_run
+    On kdflow's own server (local or temporary) flow runs send no heartbeats: no automation there reads
+    them, and the engine's heartbeat thread, which sleeps in one-second steps, holds up the end of every
+    flow run by up to a second. On a server of the user's (PREFECT_API_URL) they stay as configured."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
-    with prefect_for_run(), temporary_settings(updates={PREFECT_LOCAL_STORAGE_PATH: str(home / "prefect-results")}):
+    from flows.prefect_server import mode, prefect_for_run
+
+    updates: dict[Any, Any] = {PREFECT_LOCAL_STORAGE_PATH: str(home / "prefect-results")}
+    if mode() != "external":
+        updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
+    with prefect_for_run(), temporary_settings(updates=updates):
         yield
 
 

@@ -3,8 +3,10 @@
     teacher ──► features ──► pretrain ──► distill ──► evaluate ──► register
           └──────────────── baseline student ───────────────┘
 
-Every stage is submitted as soon as the records it consumes exist, so the baseline student trains
-beside the distillation branch."""
+Where stages run side by side (``trainer.concurrent_stages``; ``auto``: when each branch gets GPUs of
+its own) every stage is submitted as soon as the records it consumes exist, so the baseline student
+trains beside the distillation branch; otherwise (the CPU, one device) they run one after the other in
+the declared order, and a stage waiting its turn shows as waiting."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from tasks.context import RunContext
 from tasks.data import load_data
 from tasks.provenance import log_provenance
 from tasks.spec import StageSpec, enabled_stages
-from tasks.stage import SubmittedStage, finish_stage, submit_stage
+from tasks.stage import SubmittedStage, finish_stage, runs_concurrently, submit_stage
 from tasks.tracking import redact
 
 
@@ -32,6 +34,7 @@ def pipeline_flow(
     cfg = PipelineConfig.model_validate(config)
     cfgd = cfg.model_dump(mode="json")
     stages = enabled_stages(cfg)
+    concurrent = runs_concurrently(cfg.trainer)
     for spec in stages:
         events.emit(spec.name, "waiting")
     ctx = RunContext.open(cfg.name, home)
@@ -45,6 +48,7 @@ def pipeline_flow(
             "kdflow.kind": "pipeline",
             "kdflow.prefect_flow_run_id": flow_run_id,
             "kdflow.config_hash": cfg.config_hash(),
+            "kdflow.schedule": _schedule(concurrent),
         },
     ) as parent:
         ctx = ctx.under(parent)
@@ -53,7 +57,7 @@ def pipeline_flow(
         data = load_data(cfg.data)
         tracker.set_tags(parent, {"kdflow.data_fingerprint": data.fingerprint})
 
-        records, outcomes = run_stages(stages, cfgd, data.fingerprint, ctx)
+        records, outcomes = run_stages(stages, cfgd, data.fingerprint, ctx, concurrent=concurrent)
 
         exported = records["export"]["info"] if "export" in records else None  # the registered student, for serving
 
@@ -68,6 +72,7 @@ def pipeline_flow(
             "data_fingerprint": data.fingerprint,
             "models": models,
             "stages": outcomes,
+            "schedule": _schedule(concurrent),
             "registered": records["register"]["info"].get("registered", {}),
             "registered_new": [] if outcomes["register"]["cached"] else records["register"]["info"].get("created", []),
             "export": exported,
@@ -83,19 +88,27 @@ def pipeline_flow(
     return report
 
 
+def _schedule(concurrent: bool) -> str:
+    return "concurrent" if concurrent else "sequential"
+
+
 def run_stages(
-    stages: list[StageSpec], cfgd: dict, data_fp: str, ctx: RunContext
+    stages: list[StageSpec], cfgd: dict, data_fp: str, ctx: RunContext, concurrent: bool = True
 ) -> tuple[dict[str, dict], dict[str, dict]]:
-    """Run ``stages`` (in declaration order, which respects their inputs): each is submitted once
-    every enabled stage it consumes has its record; the first stage to fail stops the flow.
-    Returns the records and, per stage, what the report shows (in declaration order)."""
+    """Run ``stages`` (in declaration order, which respects their inputs): ``concurrent``, each is
+    submitted once every enabled stage it consumes has its record; otherwise one at a time, in
+    declaration order (fixed, so the order is the same run after run). The first stage to fail stops
+    the flow. Returns the records and, per stage, what the report shows (in declaration order)."""
     enabled = {s.name for s in stages}
     records: dict[str, dict] = {}
     outcomes: dict[str, dict] = {}
     running: dict[str, SubmittedStage] = {}
     todo = list(stages)
     while todo or running:
-        for spec in [s for s in todo if all(i in records for i in s.inputs if i in enabled)]:
+        ready = [s for s in todo if all(i in records for i in s.inputs if i in enabled)]
+        if not concurrent:
+            ready = [] if running else ready[:1]
+        for spec in ready:
             todo.remove(spec)
             running[spec.name] = submit_stage(spec, cfgd, data_fp, ctx, records)
         name = next(s.name for s in stages if s.name in running)  # the earliest declared first

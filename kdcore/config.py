@@ -256,6 +256,12 @@ class TrainerConfig(Section):
     rdzv_endpoint: Optional[str] = Field(
         None, description="host:port of torchrun's c10d rendezvous that every machine reaches (nnodes > 1)"
     )
+    concurrent_stages: Union[Literal["auto"], bool] = Field(
+        "auto",
+        description="train independent stages side by side (true) or one after the other in the declared "
+        "order (false); auto: side by side only when each gets GPUs of its own, one after the other when "
+        "they would share the CPU cores or one device",
+    )
 
     @model_validator(mode="after")
     def _device(self) -> "TrainerConfig":

@@ -17,7 +17,7 @@ from uuid import UUID
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from kdcore.config import PipelineConfig
+from kdcore.config import PipelineConfig, TrainerConfig
 from kdcore.data.bundle import DataBundle
 from kdcore.errors import KdflowError
 from kdcore.stages import StageEnv
@@ -38,7 +38,10 @@ if TYPE_CHECKING:
 
 
 class TrackingCallbacks(TrainCallbacks):
-    """Per-epoch metrics to the MLflow run, a Prefect progress artifact and the stage events."""
+    """Per-epoch metrics to the MLflow run, a Prefect progress artifact and the stage events.
+
+    Each epoch's metrics are written when it ends (a killed process loses none that its checkpoint
+    holds); the epochs a resumed attempt copies from its checkpoint go in one write."""
 
     def __init__(self, tracker: Tracker, run_id: str, stage: str) -> None:
         self.tracker, self.run_id, self.stage = tracker, run_id, stage
@@ -62,9 +65,9 @@ class TrackingCallbacks(TrainCallbacks):
         """Log the trained epochs this run does not hold yet: a retried attempt whose predecessor
         checkpointed an epoch but failed while logging it loses no metric."""
         logged = self.tracker.logged_steps(self.run_id, "train_loss")
-        for epoch, metrics in enumerate(history):
-            if epoch not in logged:
-                self.tracker.log_metrics(self.run_id, metrics, step=epoch)
+        missing = [(epoch, metrics) for epoch, metrics in enumerate(history) if epoch not in logged]
+        if missing:
+            self.tracker.log_metric_steps(self.run_id, missing)
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         self.tracker.log_metrics(self.run_id, metrics, step=epoch)
@@ -201,9 +204,10 @@ def _run_body(
             stage=spec.name, fingerprint=fp, mlflow_run_id=run_id, seconds=round(time.perf_counter() - t0, 3), **fields
         )
         tracker.log_metrics(
-            run_id, {**{spec.metric_name(k): v for k, v in record.metrics.items()}, "stage_seconds": record.seconds}
+            run_id,
+            {**{spec.metric_name(k): v for k, v in record.metrics.items()}, "stage_seconds": record.seconds},
+            tags={"kdflow.artifact_sha256": record.sha256 or ""},
         )
-        tracker.set_tags(run_id, {"kdflow.artifact_sha256": record.sha256 or ""})
     return record
 
 
@@ -223,6 +227,25 @@ def _failed_attempt(tracker: Tracker, ctx: RunContext, stage: str, fp: str) -> O
 
 
 # ---- running a stage from a flow -------------------------------------------------------------
+
+# the widest point of the pipeline's DAG: the distillation branch and the baseline student
+BRANCHES = 2
+
+
+def runs_concurrently(trainer: TrainerConfig, branches: int = BRANCHES) -> bool:
+    """Whether a flow runs independent stages side by side (``trainer.concurrent_stages``).
+
+    ``auto``: only when each of the ``branches`` gets GPUs of its own (``auto``/``cuda`` with at least
+    ``branches * trainer.devices`` visible GPUs, which :func:`device_slot` hands out distinct). On the
+    CPU, on MPS or on one named GPU side-by-side stages share the same cores or device, each slows the
+    other and the run takes longer than one after the other (bench/schedule.py measures both)."""
+    if trainer.concurrent_stages != "auto":
+        return bool(trainer.concurrent_stages)
+    if trainer.device not in ("auto", "cuda"):
+        return False
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.device_count() >= branches * trainer.devices
 
 
 @dataclass

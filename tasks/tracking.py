@@ -209,12 +209,33 @@ class Tracker:
             for i in range(0, len(items), 100):
                 self.client.log_batch(run_id, params=items[i : i + 100])
 
-    def log_metrics(self, run_id: str, metrics: dict[str, Any], step: Optional[int] = None) -> None:
+    def log_metrics(
+        self, run_id: str, metrics: dict[str, Any], step: Optional[int] = None, tags: Optional[dict[str, Any]] = None
+    ) -> None:
+        """Metrics (finite numbers; others are skipped) and, in the same write, ``tags``."""
         import time
 
         ts = int(time.time() * 1000)
         items = [
             Metric(k, float(v), ts, step or 0)
+            for k, v in flatten(metrics).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+        ]
+        run_tags = [RunTag(k, redact(str(v))[:5000]) for k, v in (tags or {}).items()]
+        with _LOCK:
+            for i in range(0, max(len(items), 1), 500):
+                batch = items[i : i + 500]
+                if batch or (i == 0 and run_tags):
+                    self.client.log_batch(run_id, metrics=batch, tags=run_tags if i == 0 else [])
+
+    def log_metric_steps(self, run_id: str, steps: list[tuple[int, dict[str, Any]]]) -> None:
+        """Several steps' metrics (``[(step, {name: value})]``) in as few writes as the store takes."""
+        import time
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(k, float(v), now, step)
+            for step, metrics in steps
             for k, v in flatten(metrics).items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
         ]
@@ -275,6 +296,9 @@ class Tracker:
                 pip_requirements=[torch_req, f"numpy=={np.__version__}"],
                 code_paths=[str(Path(kdcore.__file__).parent)],
                 extra_files=[str(p) for p in extra_files] if extra_files else None,
+                # MLflow would load the model it just wrote back and predict on the input example (a
+                # third of log_model's time); the stage's own weights are what was checked
+                validate_serving_input=False,
             )
         return info.model_uri
 

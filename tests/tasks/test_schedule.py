@@ -1,0 +1,129 @@
+"""The stages' schedule (``trainer.concurrent_stages``): on the CPU, ``auto`` runs them one after the
+other in the declared order (a stage waiting its turn shows as waiting); ``true`` runs the baseline
+beside the distillation branch; the setting is in no fingerprint.
+
+Two tiny pipelines in fresh homes, one per mode, under Prefect's test server."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from conftest import TINY, kdflow_home
+from kdcore.config import TrainerConfig, config_from_dict
+from tasks import events
+from tasks.spec import STAGES
+from tasks.stage import runs_concurrently
+
+TRAINING = [s for s, spec in STAGES.items() if spec.training]
+
+
+@pytest.fixture(scope="module")
+def runs(prefect_server, tmp_path_factory):
+    from flows.runner import run_pipeline
+
+    out = {}
+    for mode in ("auto", "true"):
+        home = tmp_path_factory.mktemp(f"schedule-{mode}")
+        seen: list[events.StageEvent] = []
+        with kdflow_home(home), events.subscribed(seen.append):
+            overrides = ["trainer.device=cpu", f"trainer.concurrent_stages={mode}"]
+            cfg = config_from_dict(copy.deepcopy(TINY), overrides)
+            report = run_pipeline(cfg)
+        out[mode] = (home, report, seen)
+    return out
+
+
+def stage_runs(home: Path, report: dict) -> dict[str, tuple[int, int]]:
+    """(start, end) in ms of each stage's MLflow run."""
+    c = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    parent = c.get_run(report["mlflow_parent_run_id"])
+    children = c.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    return {r.info.run_name: (r.info.start_time, r.info.end_time) for r in children}
+
+
+def overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    return a[0] < b[1] and b[0] < a[1]
+
+
+def test_auto_on_the_cpu_runs_the_stages_one_after_another_in_declared_order(runs):
+    home, report, _ = runs["auto"]
+    assert report["schedule"] == "sequential"
+    times = stage_runs(home, report)
+    assert set(times) == set(report["stages"])
+    for i, a in enumerate(TRAINING):
+        for b in TRAINING[i + 1 :]:
+            assert not overlap(times[a], times[b]), f"{a} {times[a]} and {b} {times[b]} ran at the same time"
+    assert sorted(times, key=lambda s: times[s][0]) == list(report["stages"])  # the declared order, every time
+    parent = MlflowClient(f"sqlite:///{home / 'mlflow.db'}").get_run(report["mlflow_parent_run_id"])
+    assert parent.data.tags["kdflow.schedule"] == "sequential"
+
+
+def test_a_stage_waiting_its_turn_shows_as_waiting(runs):
+    from flows.progress import Board
+
+    _, report, seen = runs["auto"]
+    board = Board()
+    states_when_running: dict[str, dict[str, str]] = {}
+    for ev in seen:
+        board.update(ev)
+        if ev.kind == "running":
+            states_when_running[ev.stage] = {s: line.status for s, line in board.lines.items()}
+    stages = list(report["stages"])
+    assert list(states_when_running) == stages
+    for i, stage in enumerate(stages):
+        states = states_when_running[stage]
+        assert all(states[s] == "done" for s in stages[:i]), states
+        assert all(states[s] == "waiting" for s in stages[i + 1 :]), states
+
+
+def test_true_trains_the_baseline_beside_the_distillation_branch(runs):
+    home, report, _ = runs["true"]
+    assert report["schedule"] == "concurrent"
+    times = stage_runs(home, report)
+    assert overlap(times["baseline"], times["teacher"]), times
+
+
+def test_the_schedule_is_not_part_of_any_fingerprint(runs):
+    """Switching ``concurrent_stages`` reuses every cached stage. (The weights themselves can differ
+    between the schedules: side by side, one stage's MLflow log_model runs torch.export while another
+    trains, and that changes the other's numerics, see bench/export_race.py; one after the other, the
+    CPU default, nothing overlaps.)"""
+    (_, seq, _), (_, con, _) = runs["auto"], runs["true"]
+    assert report_stages(seq) == report_stages(con)
+    for stage in report_stages(seq):
+        assert seq["stages"][stage]["fingerprint"] == con["stages"][stage]["fingerprint"], stage
+    assert seq["config_hash"] != con["config_hash"]  # the setting is in the config all the same
+
+
+def report_stages(report: dict) -> list[str]:
+    return list(report["stages"])
+
+
+@pytest.mark.parametrize(
+    ("device", "devices", "gpus", "expected"),
+    [
+        ("cpu", 1, 0, False),
+        ("auto", 1, 0, False),  # the CPU: side by side they share its cores
+        ("mps", 1, 0, False),
+        ("cuda", 1, 1, False),  # one GPU for both
+        ("cuda:0", 1, 4, False),  # one named GPU
+        ("auto", 1, 2, True),  # a GPU per branch
+        ("cuda", 1, 2, True),
+        ("cuda", 2, 3, False),  # a 2-GPU DDP stage per branch needs 4
+        ("cuda", 2, 4, True),
+    ],
+)
+def test_auto_runs_side_by_side_only_where_each_branch_gets_its_own_gpus(monkeypatch, device, devices, gpus, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    trainer = TrainerConfig(device=device, devices=devices)
+    assert runs_concurrently(trainer) is expected
+    assert runs_concurrently(trainer.model_copy(update={"concurrent_stages": True})) is True
+    assert runs_concurrently(trainer.model_copy(update={"concurrent_stages": False})) is False
