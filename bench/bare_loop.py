@@ -304,7 +304,9 @@ def measure(
             for v in order:
                 out = work / f"{v}-{rnd}.json"
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--variant", v, "--config", str(config_path)]
-                cmd += ["--work", str(work / v), "--out", str(out), "--stages", *stages]
+                run_dir = work / f"{v}-{rnd}"  # fresh: a stage would resume from an earlier round's checkpoints
+                shutil.rmtree(run_dir, ignore_errors=True)
+                cmd += ["--work", str(run_dir), "--out", str(out), "--stages", *stages]
                 for o in ovr:
                     cmd += ["--set", o]
                 t0 = time.perf_counter()
