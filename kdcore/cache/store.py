@@ -1,7 +1,8 @@
 """The teacher feature cache: one content-addressed directory per (teacher, data, split, views...).
 
 An entry holds the teacher's logits and captured intermediate features for every (sample, view)
-as ``.npy`` arrays shaped ``[N, V, ...]`` (memory-mapped on read), the seed of every view
+as ``.npy`` arrays shaped ``[N, V, ...]`` (read into memory once when small, memory-mapped when
+large: :func:`memory_limit`), the seed of every view
 (``view_seeds.npy``, so the student replays exactly the image the teacher saw), and
 ``manifest.json``: key fields, shapes, dtypes, sample count, per-file size and sha256, creation
 time, kdflow version. Entries are built in a temporary directory renamed into place when
@@ -15,7 +16,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -72,10 +73,40 @@ def _fname(name: str) -> str:
     return f"{name.replace('/', '_')}.npy"
 
 
+MEMORY_LIMIT_ENV = "KDFLOW_CACHE_IN_MEMORY_BYTES"
+
+
+def memory_limit() -> int:
+    """The largest stored array (bytes) an entry reads into memory, once, rather than memory-mapping:
+    ``$KDFLOW_CACHE_IN_MEMORY_BYTES`` if set, else 1/16 of the machine's RAM, at most 2 GiB. A training
+    step then gathers its rows from memory instead of touching (and faulting in) pages of a map."""
+    value = os.environ.get(MEMORY_LIMIT_ENV)
+    if value:
+        try:
+            return max(int(value), 0)
+        except ValueError:
+            raise CacheError(f"{MEMORY_LIMIT_ENV} must be a number of bytes, got {value!r}") from None
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # no sysconf: keep to the maps
+        return 0
+    return min(ram // 16, 2 << 30)
+
+
 @dataclass
 class CacheEntry:
+    """An entry on disk. ``memory_limit``: arrays of at most this many bytes are read into memory on
+    first use, larger ones memory-mapped (None: :func:`memory_limit`; 0: always mapped). Either way
+    each array is opened once per entry object and the values read are the same."""
+
     root: Path
     manifest: dict[str, Any]
+    memory_limit: Optional[int] = None
+    _arrays: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (e.g. to DDP ranks) without the opened arrays: each process opens its own."""
+        return {**self.__dict__, "_arrays": {}}
 
     @property
     def key(self) -> str:
@@ -97,7 +128,18 @@ class CacheEntry:
         return {k: tuple(v) for k, v in self.manifest["shapes"].items()}
 
     def _array(self, name: str) -> np.ndarray:
-        return np.load(self.root / _fname(name), mmap_mode="r")
+        """A stored array, opened on first use: in memory when small enough, else memory-mapped."""
+        arr = self._arrays.get(name)
+        if arr is None:
+            path = self.root / _fname(name)
+            limit = memory_limit() if self.memory_limit is None else self.memory_limit
+            arr = np.load(path) if path.stat().st_size <= limit else np.load(path, mmap_mode="r")
+            self._arrays[name] = arr
+        return arr
+
+    def held_in_memory(self, name: str) -> bool:
+        """Whether the stored array ``name`` is read from memory (False: from a memory map)."""
+        return not isinstance(self._array(name), np.memmap)
 
     def _as_float(self, rows: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(rows))

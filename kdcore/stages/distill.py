@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Optional
 
@@ -116,7 +117,8 @@ def _train_with_objective(
         t_logits, t_feats = (
             source.get(split, idx, views, xb) if source is not None and objective.needs_teacher else (None, {})
         )
-        with FeatureTap(student, s_paths) as tap:
+        # no student features wanted: no tap (its hooks would put every forward on torch's slow path)
+        with FeatureTap(student, s_paths) if s_paths else contextlib.nullcontext() as tap:
             logits = student(xb)
             inp = KDInputs(
                 student_logits=logits.float(),
