@@ -2,7 +2,8 @@
 fresh homes, gives bit-identical weights and metrics whatever else runs on the machine (another run
 beside it, processes spinning on every core) and whatever thread count the environment suggests
 (``OMP_NUM_THREADS``): the config pins ``trainer.num_threads`` and every stage pins its own count
-(kdcore/stages/env.py)."""
+(kdcore/stages/env.py), and the
+stages run one after the other in their declared order."""
 
 from __future__ import annotations
 
@@ -18,16 +19,10 @@ from kdcore.fingerprint import file_sha256
 
 pytestmark = pytest.mark.slow  # three default-config runs as subprocesses (minutes on 2 cores)
 
-# Not yet true: the teacher trains while the baseline, finished beside it, is logged to MLflow, whose
-# pytorch flavour saves "pt2" by default, through torch.export; torch.export traces inside
-# torch/export/_trace.py's _ignore_backend_decomps, which sets torch.backends.mkldnn (and cudnn)
-# off process-wide, so some of the teacher's steps run other convolution kernels and its weights
-# depend on the timing. Without the baseline (nothing beside the
-# teacher) two runs are bit-identical. strict: the day model logging no longer overlaps training,
-# these pass and the marker must go.
-OVERLAP = pytest.mark.xfail(
-    strict=True, reason="MLflow's torch.export of one stage's model flips the oneDNN switch under a stage beside it"
-)
+# What made this fail before the stages ran one at a time on the CPU (trainer.concurrent_stages):
+# MLflow logs models in its "pt2" format through torch.export, which switches oneDNN off
+# process-wide while it traces, so a model logged beside a training stage changed that stage's
+# kernels and its weights depended on timing (bench/export_race.py shows it).
 
 ROOT = Path(__file__).resolve().parents[2]
 SHORT = [
@@ -96,11 +91,9 @@ def test_the_runs_trained_every_model(outcomes):
     assert plain["metrics"]["teacher"]["top1"] > 0.5  # one epoch of MNIST digits: far above chance
 
 
-@OVERLAP
 def test_a_run_under_a_cpu_hog_repeats_bit_for_bit(outcomes):
     assert outcomes["hogged"] == outcomes["plain"]
 
 
-@OVERLAP
 def test_the_environment_s_thread_count_changes_nothing(outcomes):
     assert outcomes["omp1"] == outcomes["plain"]
