@@ -52,8 +52,8 @@ def split_mixing(env: StageEnv, split: str, n: int, views: dict[str, Any]) -> Op
         return None
     if env.streaming:
         raise ConfigError(MIX_STREAMED)
-    hw = tuple(env.example(split, 1).shape[-2:])
-    return mix_params(n, views["num_views"], views["seed"], views["mix"], views.get("mix_alpha", 1.0), hw)
+    h, w = env.example(split, 1).shape[-2:]
+    return mix_params(n, views["num_views"], views["seed"], views["mix"], views.get("mix_alpha", 1.0), (h, w))
 
 
 def build_features(
