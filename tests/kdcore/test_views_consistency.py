@@ -243,3 +243,22 @@ def test_mixing_is_refused_for_non_images():
     cfg = config_from_dict({"cache": {"views": {"mix": "mixup", "num_views": 2}}})
     with pytest.raises(ConfigError, match="cache.views.mix = 'mixup' mixes images"):
         preflight_with_data(cfg, (20,), 2)
+
+
+def test_mixing_streamed_images_is_refused_before_any_work(tmp_path):
+    from images import write_image_folder
+
+    from kdcore.preflight import preflight_data
+    from kdcore.stages.features import build_features
+
+    folder = write_image_folder(tmp_path / "imgs")
+    cfg = tiny_config(
+        data={"name": "imagefolder", "root": str(folder), "image_size": 16, "in_memory": False, "num_workers": 0},
+        cache={"views": {"mix": "cutmix", "num_views": 2}},
+    )
+    data = load_dataset(cfg.data)
+    with pytest.raises(ConfigError, match="cache.views.mix needs the images in memory"):
+        preflight_data(cfg, data)
+    with pytest.raises(ConfigError, match="cache.views.mix needs the images in memory"):  # the stage refuses too
+        build_features(StageEnv(cfg, data, tmp_path / "work"), _teacher(data), "sha", tmp_path / "cache")
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
