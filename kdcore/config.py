@@ -120,16 +120,42 @@ class StudentConfig(Section):
 class ViewsConfig(Section):
     """Augmented views of the training images: the teacher's output on each is cached and replayed."""
 
-    policy: Literal["none", "shift", "crop_flip"] = "none"
+    policy: Literal["none", "shift", "crop_flip", "random_resized_crop"] = "none"
     num_views: PositiveInt = 1
     pad: int = Field(2, ge=0, le=16, description="maximum shift in pixels")
     seed: int = 0
+    scale: tuple[float, float] = Field(
+        (0.35, 1.0), description="random_resized_crop: range of the crop's area fraction"
+    )
+    ratio: tuple[float, float] = Field(
+        (3 / 4, 4 / 3), description="random_resized_crop: range of the crop's aspect ratio (width / height)"
+    )
+    flip: bool = Field(True, description="random_resized_crop: mirror half of the views")
+    mix: Literal["none", "mixup", "cutmix"] = Field(
+        "none", description="mix every view with another sample (partners and coefficients stored in the cache)"
+    )
+    mix_alpha: PositiveFloat = Field(1.0, description="mixing coefficients drawn from Beta(mix_alpha, mix_alpha)")
 
     @model_validator(mode="after")
     def _one_view_without_augmentation(self) -> "ViewsConfig":
-        if self.policy == "none" and self.num_views != 1:
-            raise ValueError("cache.views.num_views must be 1 when cache.views.policy is 'none'")
+        if self.policy == "none" and self.mix == "none" and self.num_views != 1:
+            raise ValueError("cache.views.num_views must be 1 when cache.views.policy and cache.views.mix are 'none'")
+        if not (0 < self.scale[0] <= self.scale[1] <= 1):
+            raise ValueError(f"cache.views.scale must satisfy 0 < low <= high <= 1, got {list(self.scale)}")
+        if not (0 < self.ratio[0] <= self.ratio[1]):
+            raise ValueError(f"cache.views.ratio must satisfy 0 < low <= high, got {list(self.ratio)}")
         return self
+
+    def spec(self) -> dict[str, Any]:
+        """The view specification that keys cache entries: every field, except that the fields added
+        after the first four are left out while at their defaults (so entries built before them keep
+        their keys)."""
+        out = self.model_dump(mode="json")
+        defaults = ViewsConfig.model_construct().model_dump(mode="json")
+        for name in ("scale", "ratio", "flip", "mix", "mix_alpha"):
+            if out[name] == defaults[name]:
+                del out[name]
+        return out
 
 
 class CacheConfig(Section):

@@ -85,6 +85,11 @@ def preflight_with_data(
             f"cache.views.policy = {cfg.cache.views.policy!r} augments images, but this dataset's "
             f"samples have shape {tuple(input_shape)}; use policy 'none'"
         )
+    if cfg.cache.views.mix != "none" and len(input_shape) != 3:
+        raise ConfigError(
+            f"cache.views.mix = {cfg.cache.views.mix!r} mixes images, but this dataset's "
+            f"samples have shape {tuple(input_shape)}; use mix 'none'"
+        )
     if cfg.teacher.checkpoint:
         try:
             load_teacher(cfg.teacher.checkpoint, cfg.teacher.arch, cfg.teacher.kwargs, channels, num_classes)
@@ -141,6 +146,11 @@ def preflight_with_data(
 def preflight_data(cfg: PipelineConfig, data) -> None:
     """``preflight_with_data`` on a loaded dataset (a ``DataBundle``): the checks `kdflow run` makes
     after loading the data and `kdflow validate` makes too."""
+    from kdcore.data.stream import is_streamed
+    from kdcore.stages.features import MIX_STREAMED
+
+    if cfg.cache.views.mix != "none" and is_streamed(data.train):
+        raise ConfigError(MIX_STREAMED)
     preflight_with_data(
         cfg, tuple(data.input_shape), data.num_classes, example=data.train.x[:2], in_channels=data.in_channels
     )

@@ -2,8 +2,9 @@
 
 An entry holds the teacher's logits and captured intermediate features for every (sample, view)
 as ``.npy`` arrays shaped ``[N, V, ...]`` (read into memory once when small, memory-mapped when
-large: :func:`memory_limit`), the seed of every view
-(``view_seeds.npy``, so the student replays exactly the image the teacher saw), and
+large: :func:`memory_limit`), the seed of every view (``view_seeds.npy``, so the student replays
+exactly the image the teacher saw), for mixed views the partner, coefficient and box of every view
+(``mix_partner``, ``mix_lam``, ``mix_box``), and
 ``manifest.json``: key fields, shapes, dtypes, sample count, per-file size and sha256, creation
 time, kdflow version. Entries are built in a temporary directory renamed into place when
 complete; a file lock makes concurrent builders of one key produce one entry.
@@ -36,6 +37,7 @@ STORAGE = {
 MISSING_LOGIT = -1e4  # logits outside the stored top-k: softmax gives them exactly 0 in float32
 SEEDS = "view_seeds"
 CROPS = "view_crops"  # streamed images: the (top, left, h, w, flip) each view was cut with, int32 [N, V, 5]
+MIXING = ("mix_partner", "mix_lam", "mix_box")  # mixed views: kdcore.data.augment.mix_params's arrays
 
 
 class CacheError(KdflowError):
@@ -169,6 +171,11 @@ class CacheEntry:
     def seeds(self) -> np.ndarray:
         return np.load(self.root / _fname(SEEDS))
 
+    def mixing(self) -> Optional[dict[str, np.ndarray]]:
+        """The stored mixing arrays of the views (partner, coefficient, cutmix box), None unmixed."""
+        out = {name: np.load(self.root / _fname(name)) for name in MIXING if _fname(name) in self.manifest["files"]}
+        return out or None
+
     def view_crops(self) -> Optional[np.ndarray]:
         """The crop of every (sample, view) when the teacher saw streamed images, else None."""
         if _fname(CROPS) not in self.manifest["files"]:
@@ -269,13 +276,15 @@ def build_entry(
     rebuild: bool = True,
     checksums: bool = False,
     num_classes: Optional[int] = None,
+    arrays: Optional[dict[str, np.ndarray]] = None,
 ) -> tuple[CacheEntry, bool]:
     """Return (entry, built): reuse an intact entry covering ``fields``/``paths`` or build one.
 
     ``produce()`` yields batches ``{"logits": [B, V, K], path: [B, V, ...]}`` (and, for streamed
     images, ``view_crops`` [B, V, 5]) in sample order; they are written into memory maps as they
-    come, so at most one batch is held in memory beyond the maps. A damaged entry for this exact key is
-    rebuilt when ``rebuild``, else reported.
+    come, so at most one batch is held in memory beyond the maps. ``arrays`` (e.g. the views' mixing)
+    are stored as they are, next to the seeds. A damaged entry for this exact key is rebuilt when
+    ``rebuild``, else reported.
     """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -298,8 +307,10 @@ def build_entry(
         tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".build-{entry_id(key)}-"))
         try:
             files, shapes = _write_arrays(tmp, fields["dtype"], fields.get("topk"), count, num_views, produce)
-            np.save(tmp / _fname(SEEDS), seeds)
-            for fname in (_fname(SEEDS),):
+            extra = {SEEDS: seeds, **(arrays or {})}
+            for name, arr in extra.items():
+                np.save(tmp / _fname(name), arr)
+            for fname in map(_fname, extra):
                 files[fname] = {"bytes": (tmp / fname).stat().st_size, "sha256": file_sha256(tmp / fname)}
             manifest = {
                 "key": key,

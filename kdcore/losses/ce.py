@@ -11,7 +11,8 @@ from kdcore.losses.registry import LOSSES, DistillLoss, check_number
 
 @LOSSES.register("ce")
 class CELoss(DistillLoss):
-    """Cross-entropy with optional label smoothing; logits (N, ..., C) pair with labels (N, ...)."""
+    """Cross-entropy with optional label smoothing; logits (N, ..., C) pair with labels (N, ...).
+    On mixed inputs, the mixed target: ``lam * CE(targets) + (1 - lam) * CE(mix_targets)``."""
 
     name = "ce"
     needs_teacher = False
@@ -24,7 +25,14 @@ class CELoss(DistillLoss):
 
     def forward(self, inp: KDInputs) -> dict[str, Tensor]:
         logits = inp.student_logits
-        loss = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), inp.targets.reshape(-1), label_smoothing=self.label_smoothing
-        )
+        flat = logits.reshape(-1, logits.shape[-1])
+        if inp.mix_targets is not None and inp.mix_lam is not None:
+            own = F.cross_entropy(flat, inp.targets.reshape(-1), reduction="none", label_smoothing=self.label_smoothing)
+            other = F.cross_entropy(
+                flat, inp.mix_targets.reshape(-1), reduction="none", label_smoothing=self.label_smoothing
+            )
+            lam = inp.mix_lam.to(own.device, own.dtype)
+            lam = lam.reshape(-1, *([1] * (inp.targets.dim() - 1))).expand_as(inp.targets).reshape(-1)
+            return {"ce": (lam * own + (1 - lam) * other).mean()}
+        loss = F.cross_entropy(flat, inp.targets.reshape(-1), label_smoothing=self.label_smoothing)
         return {"ce": loss}

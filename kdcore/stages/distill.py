@@ -11,12 +11,12 @@ import torch
 from torch import nn
 
 from kdcore.cache import CacheEntry
-from kdcore.data.augment import apply_views, epoch_views, view_seeds
+from kdcore.data.augment import epoch_views, replay_views, view_seeds
 from kdcore.hooks import FeatureTap, probe_shapes
 from kdcore.losses import KDInputs, build_objective, with_temperature
 from kdcore.models.transplant import TransplantReport, transplant
 from kdcore.stages.env import StageEnv, StageResult, fit_summary, fp32
-from kdcore.stages.features import split_views
+from kdcore.stages.features import split_mixing, split_views
 from kdcore.train import TrainCallbacks, fit
 from kdcore.train.checkpoint import load_model
 from kdcore.train.rng import GLOBAL_RNG
@@ -45,6 +45,12 @@ class TeacherSource:
             return self.entries[split].seeds()
         views = split_views(self.env.cfg, split)
         return view_seeds(n, views["num_views"], views["seed"])
+
+    def mixing(self, split: str, n: int) -> Optional[dict[str, np.ndarray]]:
+        """The mixing arrays of a split's views: those stored with the entry, else drawn identically."""
+        if self.entries is not None:
+            return self.entries[split].mixing()
+        return split_mixing(self.env, split, n, split_views(self.env.cfg, split))
 
     def crops(self, split: str) -> Optional[np.ndarray]:
         """The crops ``[N, V, 5]`` the teacher saw, when a streamed cache stored them (else None)."""
@@ -110,10 +116,20 @@ def _train_with_objective(
     train_seeds = torch.from_numpy(
         source.seeds("train", n) if source is not None else view_seeds(n, vcfg.num_views, vcfg.seed)
     )
+    train_spec_views = split_views(env.cfg, "train")
+    train_mixing = source.mixing("train", n) if source is not None else split_mixing(env, "train", n, train_spec_views)
     callbacks = _EpochViews(env.callbacks, n, vcfg.num_views, vcfg.seed)
 
-    def run(split: str, idx: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, views: torch.Tensor):
-        """The objective on one batch: ``xb`` the (augmented) inputs of samples ``idx`` at ``views``."""
+    def run(
+        split: str,
+        idx: torch.Tensor,
+        xb: torch.Tensor,
+        yb: torch.Tensor,
+        views: torch.Tensor,
+        mix: tuple[Optional[torch.Tensor], Optional[torch.Tensor]] = (None, None),
+    ):
+        """The objective on one batch: ``xb`` the (augmented) inputs of samples ``idx`` at ``views``;
+        ``mix`` the partners' labels and own weights of mixed inputs."""
         t_logits, t_feats = (
             source.get(split, idx, views, xb) if source is not None and objective.needs_teacher else (None, {})
         )
@@ -127,6 +143,8 @@ def _train_with_objective(
                 student_features={p: tap.features[p].float() for p in s_paths},
                 teacher_features=t_feats,
                 indices=idx if split == "train" else None,
+                mix_targets=mix[0],
+                mix_lam=mix[1],
             )
         return objective(inp)
 
@@ -155,10 +173,11 @@ def _train_with_objective(
         batches = len(x)
 
         def gather(split: str, idx: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, views: torch.Tensor):
-            xb = xs[idx.to(xs.device)]
-            if split == "train" and vcfg.policy != "none":
-                xb = apply_views(xb, train_seeds[idx.cpu(), views.cpu()], vcfg.policy, vcfg.pad)
-            return run(split, idx, xb, ys[idx.to(ys.device)], views)
+            if split != "train" or (vcfg.policy == "none" and train_mixing is None):
+                return run(split, idx, xs[idx.to(xs.device)], ys[idx.to(ys.device)], views)
+            r = replay_views(xs, idx, views, train_seeds, train_mixing, train_spec_views)
+            mix = (None, None) if r.partner is None else (ys[r.partner.to(ys.device)], r.lam)
+            return run(split, idx, r.x, ys[idx.to(ys.device)], views, mix)
 
         def step(idx):
             return gather("train", idx, x, y, callbacks.views[idx])

@@ -6,20 +6,26 @@ The train split is stored for every augmented view (``cache.views``); val is sto
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
 from kdcore.cache import CacheEntry, build_entry, key_fields
 from kdcore.cache.store import CROPS
 from kdcore.config import PipelineConfig
-from kdcore.data.augment import apply_views, view_seeds
+from kdcore.data.augment import mix_params, replay_views, view_seeds
+from kdcore.errors import ConfigError
 from kdcore.hooks import FeatureTap
 from kdcore.stages.env import StageEnv, fp32
 
 CACHED_SPLITS = ("train", "val")
 NO_VIEWS = {"policy": "none", "num_views": 1, "pad": 0, "seed": 0}
+MIX_STREAMED = (
+    "cache.views.mix needs the images in memory: streamed image data (data.in_memory false, or auto over "
+    "data.memory_budget) cannot be mixed; set cache.views.mix: none or data.in_memory: true"
+)
 
 
 def teacher_paths(cfg: PipelineConfig) -> list[str]:
@@ -37,7 +43,17 @@ def teacher_paths(cfg: PipelineConfig) -> list[str]:
 
 def split_views(cfg: PipelineConfig, split: str) -> dict[str, Any]:
     """The view specification of a split: the configured augmentation for train, none elsewhere."""
-    return cfg.cache.views.model_dump() if split == "train" else dict(NO_VIEWS)
+    return cfg.cache.views.spec() if split == "train" else dict(NO_VIEWS)
+
+
+def split_mixing(env: StageEnv, split: str, n: int, views: dict[str, Any]) -> Optional[dict[str, np.ndarray]]:
+    """The mixing arrays of a split's views (:func:`kdcore.data.augment.mix_params`), None unmixed."""
+    if views.get("mix", "none") == "none":
+        return None
+    if env.streaming:
+        raise ConfigError(MIX_STREAMED)
+    h, w = env.example(split, 1).shape[-2:]
+    return mix_params(n, views["num_views"], views["seed"], views["mix"], views.get("mix_alpha", 1.0), (h, w))
 
 
 def build_features(
@@ -57,13 +73,16 @@ def build_features(
         views = split_views(cfg, split)
         n = len(getattr(env.data, split))
         seeds = view_seeds(n, views["num_views"], views["seed"])
+        mixing = split_mixing(env, split, n, views)
         fields = key_fields(teacher_sha256, env.data.fingerprint, split, views, cfg.cache.dtype, cfg.cache.topk)
         batches = _streamed_views if env.streaming else _tensor_views
 
-        def produce(split=split, seeds=seeds, views=views, batches=batches) -> Iterator[dict[str, torch.Tensor]]:
+        def produce(
+            split=split, seeds=seeds, views=views, batches=batches, mixing=mixing
+        ) -> Iterator[dict[str, torch.Tensor]]:
             nonlocal done
             with FeatureTap(teacher, paths) as tap, torch.inference_mode(), fp32(env.device):
-                for per_view in batches(env, split, seeds, views, batch_size):
+                for per_view in batches(env, split, seeds, views, batch_size, mixing):
                     outs = []
                     for xb, extra in per_view:
                         logits = teacher(xb)
@@ -84,6 +103,7 @@ def build_features(
             rebuild=cfg.cache.rebuild,
             checksums=cfg.cache.verify == "sha256",
             num_classes=env.data.num_classes,
+            arrays=mixing,
         )
         if not out[split][1]:  # reused: nothing was computed, the split counts as done
             done += n
@@ -94,24 +114,26 @@ def build_features(
 ViewBatches = Iterator[list[tuple[torch.Tensor, dict[str, torch.Tensor]]]]
 
 
-def _tensor_views(env: StageEnv, split: str, seeds, views: dict[str, Any], batch_size: int) -> ViewBatches:
-    """In-memory tensors: for each chunk of samples, its views (augmentation applied on tensors)."""
+def _tensor_views(env: StageEnv, split: str, seeds, views: dict[str, Any], batch_size: int, mixing=None) -> ViewBatches:
+    """In-memory tensors: for each chunk of samples, its views (mixing and augmentation applied on
+    tensors by :func:`replay_views`, as the student's loader does)."""
     x, _ = env.split(split)
+    seeds_t = torch.from_numpy(seeds)
     for i in range(0, len(x), batch_size):
+        idx = torch.arange(i, min(i + batch_size, len(x)))
         yield [
-            (
-                apply_views(
-                    x[i : i + batch_size], torch.from_numpy(seeds[i : i + batch_size, v]), views["policy"], views["pad"]
-                ),
-                {},
-            )
+            (replay_views(x, idx, torch.full_like(idx, v), seeds_t, mixing, views).x, {})
             for v in range(views["num_views"])
         ]
 
 
-def _streamed_views(env: StageEnv, split: str, seeds, views: dict[str, Any], batch_size: int) -> ViewBatches:
+def _streamed_views(
+    env: StageEnv, split: str, seeds, views: dict[str, Any], batch_size: int, mixing=None
+) -> ViewBatches:
     """Streamed files: the loader decodes each chunk once per view and cuts the view drawn from its
     seed (train) or the eval view (val); the crops come back and are stored with the outputs."""
+    if mixing is not None:
+        raise ConfigError(MIX_STREAMED)
     s = getattr(env.data, split)
     n, num_views = len(s), views["num_views"]
     chunks = [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
