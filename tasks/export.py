@@ -34,7 +34,7 @@ def body(call: StageCall) -> dict[str, Any]:
     version = register.info.get("registered", {}).get(config.register.student_name)
     model = load_model(distill.required("path"))
     out = call.env.workdir / EXPORT_NAME
-    result = call.timed(export_torchscript, model, call.data.test.x[:PARITY_SAMPLES], out, config.export.atol)
+    result = call.timed_alone(export_torchscript, model, call.data.test.x[:PARITY_SAMPLES], out, config.export.atol)
     run_id = distill.required("mlflow_run_id")
     call.tracker.log_artifact(run_id, result.path, "export")
     call.tracker.log_metrics(run_id, {"export_max_abs_diff": result.max_abs_diff})

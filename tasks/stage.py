@@ -24,6 +24,7 @@ from kdcore.stages import StageEnv
 from kdcore.train import TrainCallbacks
 from kdcore.train.ddp import device_slot, run_distributed
 from tasks import events
+from tasks.compute_gate import GATE
 from tasks.context import RunContext
 from tasks.data import load_data
 from tasks.fingerprints import fingerprint
@@ -104,7 +105,18 @@ class StageCall:
     compute_seconds: float = 0.0
 
     def timed(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Call a kdcore function, adding its wall time to ``compute_seconds``."""
+        """Call a kdcore function, adding its wall time to ``compute_seconds``; other stages may
+        compute beside it, no trace may (:mod:`tasks.compute_gate`)."""
+        with GATE.computing():
+            return self._timed(fn, *args, **kwargs)
+
+    def timed_alone(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """:meth:`timed` for a function that traces the model (``torch.jit``/``torch.export``): it
+        runs while no other stage computes."""
+        with GATE.tracing():
+            return self._timed(fn, *args, **kwargs)
+
+    def _timed(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         t0 = time.perf_counter()
         try:
             t = self.cfg.trainer

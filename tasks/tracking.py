@@ -25,6 +25,7 @@ from mlflow.exceptions import MlflowException
 import kdcore
 from kdcore.errors import KdflowError
 from kdcore.evaluate.promotion_rules import Version
+from tasks.compute_gate import GATE
 
 _LOCK = threading.RLock()  # one writer at a time from this process (SQLite stores dislike concurrency)
 _CRED = re.compile(r"(//)([^/@:]+)(:[^/@]*)?@")
@@ -268,6 +269,12 @@ class Tracker:
         """Log ``model`` with the pytorch flavour (kdcore shipped as code) and return its model URI.
 
         ``extra_files`` (e.g. the text vocabulary) are stored in the model under ``extra_files/``."""
+        with GATE.tracing():  # torch.export: never beside another stage's compute (tasks/compute_gate.py)
+            return self._log_torch_model(run_id, model, example, name, extra_files)
+
+    def _log_torch_model(
+        self, run_id: str, model: torch.nn.Module, example: torch.Tensor, name: str, extra_files: Optional[list[Path]]
+    ) -> str:
         from mlflow.models import infer_signature
 
         model = model.cpu().eval()
