@@ -285,8 +285,8 @@ class TrainerConfig(Section):
     concurrent_stages: Union[Literal["auto"], bool] = Field(
         "auto",
         description="train independent stages side by side (true) or one after the other in the declared "
-        "order (false); auto: side by side only when each gets GPUs of its own, one after the other when "
-        "they would share the CPU cores or one device",
+        "order (false); auto: side by side on the CPU (measured faster: bench/schedule.py) and where each "
+        "branch gets GPUs of its own, one after the other on MPS or one shared GPU",
     )
 
     @model_validator(mode="after")

@@ -2,8 +2,8 @@
 fresh homes, gives bit-identical weights and metrics whatever else runs on the machine (another run
 beside it, processes spinning on every core) and whatever thread count the environment suggests
 (``OMP_NUM_THREADS``): the config pins ``trainer.num_threads`` and every stage pins its own count
-(kdcore/stages/env.py), and the
-stages run one after the other in their declared order."""
+(kdcore/stages/env.py), and no model
+trace runs beside a stage's compute."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from kdcore.fingerprint import file_sha256
 
 pytestmark = pytest.mark.slow  # three default-config runs as subprocesses (minutes on 2 cores)
 
-# What made this fail before the stages ran one at a time on the CPU (trainer.concurrent_stages):
-# MLflow logs models in its "pt2" format through torch.export, which switches oneDNN off
-# process-wide while it traces, so a model logged beside a training stage changed that stage's
-# kernels and its weights depended on timing (bench/export_race.py shows it).
+# What made this fail before the compute gate (tasks/compute_gate.py): MLflow logs models in its
+# "pt2" format through torch.export, which switches oneDNN off process-wide while it traces, so a
+# model logged beside a training stage changed that stage's kernels and its weights depended on
+# timing (bench/export_race.py shows it). The default config runs its stages side by side on the CPU.
 
 ROOT = Path(__file__).resolve().parents[2]
 SHORT = [
