@@ -87,6 +87,10 @@ class TrackingCallbacks(TrainCallbacks):
         events.emit(self.stage, "progress", what=what, done=done, total=total)
 
 
+# stages whose model logging the rest of the flow waits on: their trace goes before a side branch's
+CRITICAL_TRACES = ("teacher", "distill")
+
+
 @dataclass
 class StageCall:
     """Everything a stage body needs."""
@@ -103,11 +107,12 @@ class StageCall:
     parent_run_id: Optional[str]
     training: bool = False
     compute_seconds: float = 0.0
+    reserve_trace: bool = False  # the stage logs its model next and the flow waits on it (compute_gate)
 
     def timed(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Call a kdcore function, adding its wall time to ``compute_seconds``; other stages may
         compute beside it, no trace may (:mod:`tasks.compute_gate`)."""
-        with GATE.computing():
+        with GATE.computing(reserve=self.reserve_trace):
             return self._timed(fn, *args, **kwargs)
 
     def timed_alone(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -207,10 +212,14 @@ def _run_body(
             ctx.home,
             ctx.parent_run_id,
             training=spec.training,
+            reserve_trace=spec.name in CRITICAL_TRACES,
         )
         # concurrent stages spread over the visible GPUs, across processes and workers
         with device_slot(config.trainer.device, count=config.trainer.devices, lock_dir=ctx.home / "locks" / "devices"):
-            fields = spec.body(call)
+            try:
+                fields = spec.body(call)
+            finally:
+                GATE.release()
         fields.setdefault("info", {})["compute_seconds"] = round(call.compute_seconds, 3)
         record = StageRecord(
             stage=spec.name, fingerprint=fp, mlflow_run_id=run_id, seconds=round(time.perf_counter() - t0, 3), **fields

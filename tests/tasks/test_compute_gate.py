@@ -30,7 +30,7 @@ def _train() -> str:
     return hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()
 
 
-def test_a_trace_waits_for_running_compute_and_new_compute_waits_for_a_waiting_trace():
+def test_a_trace_waits_until_nothing_computes():
     gate, order = ComputeGate(), []
     computing, tracing_waits = threading.Event(), threading.Event()
 
@@ -46,18 +46,72 @@ def test_a_trace_waits_for_running_compute_and_new_compute_waits_for_a_waiting_t
         with gate.tracing():
             order.append("trace")
 
-    first = threading.Thread(target=compute, args=("a", 0.5))
+    first = threading.Thread(target=compute, args=("a", 0.6))
     first.start()
     computing.wait()
     tracer = threading.Thread(target=trace)
     tracer.start()
     tracing_waits.wait()
-    time.sleep(0.1)  # the trace is waiting now; a compute arriving after it goes after it
-    second = threading.Thread(target=compute, args=("b", 0.0))
+    time.sleep(0.1)
+    second = threading.Thread(target=compute, args=("b", 0.0))  # compute beside compute: no wait
     second.start()
     for t in (first, tracer, second):
         t.join(10)
-    assert order == ["a start", "a end", "trace", "b start", "b end"]
+    assert order == ["a start", "b start", "b end", "a end", "trace"]
+
+
+def test_a_stage_the_flow_waits_on_traces_before_a_side_branch_and_before_new_compute():
+    """The teacher (reserve=True) ends its compute while the baseline's trace waits: the teacher's
+    trace goes first, and the features stage, arriving in between, computes only after it."""
+    gate, order = ComputeGate(), []
+    teacher_computes, baseline_waits = threading.Event(), threading.Event()
+
+    def teacher() -> None:
+        with gate.computing(reserve=True):
+            teacher_computes.set()
+            baseline_waits.wait(10)
+            time.sleep(0.2)
+        time.sleep(0.2)  # between its compute and its trace (the task's other work)
+        with gate.tracing():
+            order.append("teacher trace")
+        gate.release()
+
+    def baseline_trace() -> None:
+        baseline_waits.set()
+        with gate.tracing():
+            order.append("baseline trace")
+
+    def features() -> None:
+        with gate.computing():
+            order.append("features compute")
+
+    t = threading.Thread(target=teacher)
+    t.start()
+    teacher_computes.wait(10)
+    b = threading.Thread(target=baseline_trace)
+    b.start()
+    time.sleep(0.3)  # the teacher's compute has ended; its trace is reserved, not yet started
+    f = threading.Thread(target=features)
+    f.start()
+    for th in (t, b, f):
+        th.join(10)
+    assert order[0] == "teacher trace", order
+    assert set(order) == {"teacher trace", "baseline trace", "features compute"}
+
+
+def test_a_stage_that_fails_between_compute_and_trace_releases_its_reservation():
+    gate = ComputeGate()
+    with gate.computing(reserve=True):
+        pass
+    gate.release()  # what the stage wrapper does when the body ends
+    done = threading.Event()
+
+    def other_trace() -> None:
+        with gate.tracing():
+            done.set()
+
+    threading.Thread(target=other_trace).start()
+    assert done.wait(5)
 
 
 def test_training_beside_gated_torch_export_gives_the_weights_of_training_alone():
