@@ -66,7 +66,7 @@ def features_reads(cfg: PipelineConfig) -> dict[str, Any]:
     return {
         "dtype": cfg.cache.dtype,
         "paths": teacher_paths(cfg),
-        "views": cfg.cache.views.model_dump(),
+        "views": cfg.cache.views.spec(),
         "topk": cfg.cache.topk,
     }
 
@@ -83,7 +83,7 @@ def distill_reads(cfg: PipelineConfig) -> dict[str, Any]:
         {
             "distill": cfg.section("distill"),
             "mode": cfg.cache.mode,
-            "views": cfg.cache.views.model_dump(),
+            "views": cfg.cache.views.spec(),
             "trainer": _trainer(cfg),
         },
     )
@@ -95,7 +95,7 @@ def baseline_reads(cfg: PipelineConfig) -> dict[str, Any]:
         {
             "train": cfg.baseline_train().model_dump(mode="json"),
             "student": _model(cfg.section("student")),
-            "views": cfg.cache.views.model_dump(),
+            "views": cfg.cache.views.spec(),
             "trainer": _trainer(cfg),
         },
     )

@@ -140,7 +140,7 @@ def _train_with_objective(
                 student_logits=logits.float(),
                 teacher_logits=t_logits,
                 targets=yb,
-                student_features={p: tap.features[p].float() for p in s_paths},
+                student_features={p: tap.features[p].float() for p in s_paths} if tap is not None else {},
                 teacher_features=t_feats,
                 indices=idx if split == "train" else None,
                 mix_targets=mix[0],

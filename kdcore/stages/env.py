@@ -45,7 +45,7 @@ def pin_compute(num_threads: Optional[int], deterministic: bool) -> None:
     torch.set_num_threads(stage_threads(num_threads))
     if deterministic and not torch.are_deterministic_algorithms_enabled():
         torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.utils.deterministic.fill_uninitialized_memory = False
+        torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]  # read by torch
 
 
 @dataclass
