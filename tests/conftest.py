@@ -32,7 +32,9 @@ TINY = {
 # The slowest modules first: under `pytest -n 2 --dist loadfile` (the README's test command) a
 # long module that started last would leave the other worker idle at the end.
 SLOW_FIRST = (
+    "test_progress",
     "test_workers",
+    "test_determinism",
     "test_servers",
     "test_integration_servers",
     "test_pipeline_defects",
@@ -50,7 +52,9 @@ SLOW_FIRST = (
     "test_sweep",
     "test_streaming",
     "test_tracking_door",
-    "test_progress",
+    "test_views_consistency",
+    "test_train_speed_paths",
+    "test_schedule",
 )
 
 
