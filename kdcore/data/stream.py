@@ -3,7 +3,9 @@
 A streamed split (:class:`ImageFileSplit`) stands where an in-memory :class:`~kdcore.data.bundle.Split`
 stands: ``len(split)``, ``split.y`` (labels, small), and ``split.x`` — a lazy sequence whose
 ``x[i]`` / ``x[a:b]`` decode just those images (eval transform). Stages batch it through
-:meth:`ImageFileSplit.dataset` in a ``DataLoader`` with workers.
+:meth:`ImageFileSplit.dataset` in a ``DataLoader`` with workers: the workers build whole batches of
+uint8 images (``__getitems__``) and the stage normalises them after the copy to the device
+(``dataset.to_input``, see :func:`kdcore.train.batches.as_input`).
 
 Transforms (``torchvision.io.decode_image`` + ``torchvision.transforms.v2.functional``):
 
@@ -127,7 +129,8 @@ class ImageFileDataset:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, item: Item) -> dict[str, Tensor]:
+    def view(self, item: Item) -> tuple[int, Tensor, tuple[int, ...]]:
+        """(index, the uint8 view [C, S, S], the crop it was cut with) of one item."""
         i, view = (item, None) if isinstance(item, (int, np.integer)) else item
         img = decode(self.paths[int(i)], self.grayscale)
         crop: tuple[int, ...]
@@ -137,13 +140,36 @@ class ImageFileDataset:
             crop = crop_params(int(view), int(img.shape[-2]), int(img.shape[-1]), self.augment)
         else:
             crop = tuple(int(c) for c in view)
-        x = normalise(apply_crop(img, crop, self.size), self._mean, self._std)
+        return int(i), apply_crop(img, crop, self.size), crop
+
+    def __getitem__(self, item: Item) -> dict[str, Tensor]:
+        i, img, crop = self.view(item)
         return {
-            "idx": torch.tensor(int(i)),
-            "x": x,
-            "y": torch.tensor(int(self.labels[int(i)])),
+            "idx": torch.tensor(i),
+            "x": normalise(img, self._mean, self._std),
+            "y": torch.tensor(int(self.labels[i])),
             "crop": torch.tensor(crop, dtype=torch.int64),
         }
+
+    def __getitems__(self, items: Sequence[Item]) -> dict[str, Tensor]:
+        """A whole batch, as a DataLoader with a batch sampler asks for it (no per-sample collation):
+        ``x`` stays uint8 [B, C, S, S] — a quarter of the bytes through the workers' shared memory —
+        and :meth:`to_input` normalises it where it is used (on the device)."""
+        views = [self.view(item) for item in items]
+        idx = [v[0] for v in views]
+        return {
+            "idx": torch.tensor(idx, dtype=torch.int64),
+            "x": torch.stack([v[1] for v in views]),
+            "y": torch.as_tensor(self.labels[idx], dtype=torch.int64),
+            "crop": torch.tensor([v[2] for v in views], dtype=torch.int64),
+        }
+
+    def to_input(self, x: Tensor) -> Tensor:
+        """A uint8 batch from :meth:`__getitems__` as the model's input, normalised with the
+        arithmetic of a single item's (bit for bit the same values), on ``x``'s device."""
+        if x.dtype != torch.uint8:
+            return x
+        return normalise(x, self._mean.to(x.device), self._std.to(x.device))
 
 
 class LazyImages:
@@ -200,17 +226,6 @@ class ImageFileSplit:
     @property
     def x(self) -> LazyImages:
         return LazyImages(self.dataset(), self.num_workers)
-
-    def loader(self, batch_size: int, device: torch.device, items: Optional[list[list[Item]]] = None):
-        """A DataLoader over this split in order (eval transform), or over the given item batches."""
-        from kdcore.train.batches import make_loader
-
-        batches = (
-            items
-            if items is not None
-            else [list(range(i, min(i + batch_size, len(self)))) for i in range(0, len(self), batch_size)]
-        )
-        return make_loader(self.dataset(), batches, self.num_workers, device)
 
 
 def is_streamed(split: Any) -> bool:

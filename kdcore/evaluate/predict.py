@@ -58,7 +58,7 @@ def predict(
 def _predict_streamed(model: nn.Module, images, *, batch_size: int, device: torch.device) -> Tensor:
     """:func:`predict` over ``split.x`` of a streamed split (:class:`kdcore.data.stream.LazyImages`):
     a DataLoader with the split's workers decodes the images in order."""
-    from kdcore.train.batches import make_loader
+    from kdcore.train.batches import as_input, make_loader
 
     if batch_size < 1:
         raise KdflowError(f"predict: batch_size must be >= 1, got {batch_size}.")
@@ -73,7 +73,7 @@ def _predict_streamed(model: nn.Module, images, *, batch_size: int, device: torc
         outputs = []
         with torch.inference_mode():
             for raw in loader:
-                outputs.append(model(raw["x"].to(device, non_blocking=True)).float().cpu())
+                outputs.append(model(as_input(images.dataset, raw["x"], device)).float().cpu())
         return torch.cat(outputs)
     finally:
         model.train(was_training)

@@ -19,6 +19,7 @@ from kdcore.data.augment import mix_params, replay_views, view_seeds
 from kdcore.errors import ConfigError
 from kdcore.hooks import FeatureTap
 from kdcore.stages.env import StageEnv, fp32
+from kdcore.train.batches import as_input, make_loader
 
 CACHED_SPLITS = ("train", "val")
 NO_VIEWS = {"policy": "none", "num_views": 1, "pad": 0, "seed": 0}
@@ -139,11 +140,12 @@ def _streamed_views(
     chunks = [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
     train = split == "train"
     items = [[(i, int(seeds[i, v])) if train else i for i in chunk] for chunk in chunks for v in range(num_views)]
-    loader = iter(s.loader(batch_size, env.device, items))
+    dataset = s.dataset()
+    loader = iter(make_loader(dataset, items, s.num_workers, env.device))
     for _ in chunks:
         per_view = []
         for _v in range(num_views):
             raw = next(loader)
             extra = {CROPS: raw["crop"]} if train else {}
-            per_view.append((raw["x"].to(env.device, non_blocking=True), extra))
+            per_view.append((as_input(dataset, raw["x"], env.device), extra))
         yield per_view

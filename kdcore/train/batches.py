@@ -97,6 +97,19 @@ def worker_context():
     return ctx
 
 
+def _batched(batch: Any) -> Any:
+    """The collate function of datasets that build whole batches (``__getitems__``): nothing to do."""
+    return batch
+
+
+def as_input(dataset: Any, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A loader's ``x`` on ``device`` as the model's input: a dataset that ships compact batches
+    (e.g. uint8 images) turns them into inputs with its ``to_input`` after the copy."""
+    x = x.to(device, non_blocking=True)
+    to_input = getattr(dataset, "to_input", None)
+    return to_input(x) if to_input is not None else x
+
+
 def make_loader(
     dataset: Any,
     batch_sampler: Any,
@@ -106,7 +119,8 @@ def make_loader(
     persistent: bool = False,
     prefetch_factor: int = 4,
 ):
-    """A DataLoader of the given batches: workers from :func:`worker_context`, pinned memory on CUDA."""
+    """A DataLoader of the given batches: workers from :func:`worker_context`, pinned memory on CUDA;
+    a dataset with ``__getitems__`` builds each batch itself (no per-sample collation)."""
     from torch.utils.data import DataLoader
 
     workers = num_workers > 0
@@ -118,6 +132,7 @@ def make_loader(
         persistent_workers=persistent and workers,
         prefetch_factor=prefetch_factor if workers else None,
         multiprocessing_context=worker_context() if workers else None,
+        collate_fn=_batched if callable(getattr(dataset, "__getitems__", None)) else None,
     )
 
 
@@ -153,7 +168,7 @@ class LoaderBatches:
         items: Optional[Callable[[int, torch.Tensor], list[Any]]] = None,
         prefetch_factor: int = 4,
     ) -> None:
-        self.n, self.device = int(n), device
+        self.n, self.device, self.dataset = int(n), device, dataset
         self.items = items or (lambda epoch, idx: idx.tolist())
         self.sampler = _EpochSampler()
         self.loader = make_loader(
@@ -181,9 +196,7 @@ class _EpochBatches:
         return len(self.source.sampler)
 
     def __iter__(self) -> Iterator[Batch]:
-        dev = self.source.device
+        dev, ds = self.source.device, self.source.dataset
         for raw in self.source.loader:
             extra = {k: v for k, v in raw.items() if k not in ("idx", "x", "y")}
-            yield Batch(
-                raw["idx"], raw["x"].to(dev, non_blocking=True), raw["y"].to(dev, non_blocking=True), extra or None
-            )
+            yield Batch(raw["idx"], as_input(ds, raw["x"], dev), raw["y"].to(dev, non_blocking=True), extra or None)

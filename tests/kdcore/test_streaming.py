@@ -47,6 +47,30 @@ def test_streamed_evaluation_equals_in_memory(folder):
     assert torch.equal(a, b)
 
 
+def test_workers_ship_uint8_batches_that_normalise_to_the_items_values(folder):
+    """A loader batch (``__getitems__``: uint8, a quarter of the bytes) normalised on arrival equals,
+    bit for bit, the stacked single items (float, normalised in the worker)."""
+    from kdcore.train.batches import LoaderBatches
+
+    data = load_dataset(data_cfg(folder, in_memory=False, num_workers=1, augment={"scale": [0.5, 1.0]}))
+    ds = data.train.dataset()
+    items = [(i, 1000 + i) for i in range(12)] + [3, 5]  # train views drawn from seeds, and eval views
+    raw = ds.__getitems__(items)
+    assert raw["x"].dtype == torch.uint8 and raw["x"].shape == (14, 3, 32, 32)
+    singles = [ds[item] for item in items]
+    assert torch.equal(ds.to_input(raw["x"]), torch.stack([s["x"] for s in singles]))
+    assert torch.equal(raw["crop"], torch.stack([s["crop"] for s in singles]))
+    assert torch.equal(raw["y"], torch.stack([s["y"] for s in singles]))
+    # through a DataLoader worker process, as a training epoch reads it
+    source = LoaderBatches(
+        ds, len(ds), torch.device("cpu"), num_workers=1, items=lambda e, idx: [(i, 7 * i + e) for i in idx.tolist()]
+    )
+    batch = next(iter(source.epoch(0, 0, 8)))
+    assert batch.x.dtype == torch.float32
+    expected = torch.stack([ds[(int(i), 7 * int(i))]["x"] for i in batch.idx])
+    assert torch.equal(batch.x, expected)
+
+
 def test_fingerprint_follows_file_stats_or_contents(folder, tmp_path):
     import shutil
 
