@@ -29,6 +29,7 @@ import yaml
 
 from flows.pool_templates import DEFAULT_IMAGE, POOL_NAMES, POOL_TYPES, base_job_template
 from kdcore.errors import ConfigError, KdflowError
+from tasks import tag_limits
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PREFECT_FILE = REPO_ROOT / "deployments" / "prefect.yaml"
@@ -104,6 +105,7 @@ def ensure_gpu_limit(slots: int, tag: str = GPU_TAG) -> int:
 
     with get_client(sync_client=True) as client:
         client.create_concurrency_limit(tag=tag, concurrency_limit=slots)  # creates or updates
+        tag_limits.forget()
         return client.read_concurrency_limit_by_tag(tag).concurrency_limit
 
 

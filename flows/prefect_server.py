@@ -36,6 +36,13 @@ MODE_ENV, PORT_ENV, IDLE_ENV = "KDFLOW_PREFECT", "KDFLOW_PREFECT_PORT", "KDFLOW_
 DEFAULT_IDLE_MINUTES = 120.0
 STARTUP_TIMEOUT = 240.0
 WATCHDOG = "flows.prefect_server"
+# How long the server keeps an idle HTTP connection open. Prefect's client keeps its idle connections
+# for 25 s; with the server's default of 5 s the server closes them first, the client's next request
+# on such a connection fails and Prefect retries it after a ~2 s backoff: two such stalls (2.0-2.3 s
+# each, on acquiring the training tasks' `gpu` tag slots) in every default run. Longer than 25 s, the
+# client always closes first. Prefect's temporary server is uvicorn run from the command line, which
+# reads the same setting from UVICORN_TIMEOUT_KEEP_ALIVE.
+KEEPALIVE_SECONDS = 75
 
 Echo = Callable[[str], None]
 
@@ -261,6 +268,7 @@ def start(
         env.update(
             PREFECT_HOME=str(d / "prefect-home"),
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            PREFECT_SERVER_API_KEEPALIVE_TIMEOUT=str(KEEPALIVE_SECONDS),
             PREFECT_SERVER_LOGGING_LEVEL=os.environ.get("PREFECT_SERVER_LOGGING_LEVEL", "WARNING"),
             PYTHONPATH=os.pathsep.join(
                 filter(None, [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")])
@@ -392,6 +400,7 @@ def prefect_for_run(echo: Echo = _stderr) -> Iterator[Optional[LocalServer]]:
     the one of ``KDFLOW_HOME``, whichever home the run's artifacts go to (``kdflow reproduce`` runs in a
     fresh home on the user's server)."""
     if mode() != "local":
+        os.environ.setdefault("UVICORN_TIMEOUT_KEEP_ALIVE", str(KEEPALIVE_SECONDS))  # a temporary server
         yield None
         return
     from prefect.settings import PREFECT_API_URL, temporary_settings

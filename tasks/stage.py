@@ -23,7 +23,7 @@ from kdcore.errors import KdflowError
 from kdcore.stages import StageEnv
 from kdcore.train import TrainCallbacks
 from kdcore.train.ddp import device_slot, run_distributed
-from tasks import events
+from tasks import events, tag_limits
 from tasks.compute_gate import GATE
 from tasks.context import RunContext
 from tasks.data import load_data
@@ -307,6 +307,8 @@ def submit_stage(
     ctx_d = RunContext.from_dict(ctx).as_dict()
     inputs = spec.upstream(inputs)
     task_ = spec.task_for(PipelineConfig.model_validate(cfg))
+    if task_.tags and (kept := tag_limits.needed(task_.tags)) != set(task_.tags):
+        task_ = task_.with_options(tags=kept)  # a tag without a limit only costs slot requests
     if refresh:
         task_ = task_.with_options(refresh_cache=True)
     sub = SubmittedStage(spec, cfg, data_fp, ctx_d, inputs, task_.submit(cfg, data_fp, ctx_d, inputs))

@@ -12,6 +12,9 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # a `kdflow` started by a test (in process or as a subprocess) uses Prefect's temporary server, not the local
 # server that outlives it; tests/test_local_server.py opts in with KDFLOW_PREFECT=local
 os.environ.setdefault("KDFLOW_PREFECT", "ephemeral")
+# the test session's temporary Prefect server keeps idle connections longer than the client does
+# (flows/prefect_server.py KEEPALIVE_SECONDS says why)
+os.environ.setdefault("UVICORN_TIMEOUT_KEEP_ALIVE", "75")
 
 from pathlib import Path  # noqa: E402
 from typing import Iterator  # noqa: E402
@@ -29,32 +32,36 @@ TINY = {
 }
 
 
-# The slowest modules first: under `pytest -n 2 --dist loadfile` (the README's test command) a
-# long module that started last would leave the other worker idle at the end.
+# The slowest modules first, longest first (seconds per module of a whole run, 2026-12-01, in the
+# comments): under `pytest -n 2 --dist loadfile` (the README's test command) a long module that
+# started last would leave the other worker idle at the end. pytest_configure below turns off
+# xdist's own reordering (by the number of tests in a module), which would undo this order.
 SLOW_FIRST = (
-    "test_progress",
-    "test_workers",
-    "test_determinism",
-    "test_servers",
-    "test_integration_servers",
-    "test_pipeline_defects",
-    "test_retrain",
-    "test_reproduce",
-    "test_pools",
-    "test_sequence_pipeline",
-    "test_reliability",
-    "test_engines",
-    "test_local_server",
-    "test_own_models",
-    "test_pipeline",
-    "test_stage_spec",
-    "test_methods_configs",
-    "test_sweep",
-    "test_streaming",
-    "test_tracking_door",
-    "test_views_consistency",
-    "test_train_speed_paths",
-    "test_schedule",
+    "test_servers",  # 145
+    "test_local_server",  # 142
+    "test_reproduce",  # 110
+    "test_determinism",  # 110
+    "test_integration_servers",  # 107
+    "test_engines",  # 105
+    "test_workers",  # 99
+    "test_pools",  # 95
+    "test_progress",  # 71
+    "test_reliability",  # 55
+    "test_pipeline_defects",  # 46
+    "test_own_models",  # 40
+    "test_streaming",  # 33
+    "test_sequence_pipeline",  # 31
+    "test_retrain",  # 29
+    "test_methods_configs",  # 22
+    "test_ddp",  # 22
+    "test_tracking",  # 22
+    "test_pipeline",  # 21
+    "test_sweep",  # 18
+    "test_schedule",  # 13
+    "test_bad_inputs",  # 12
+    "test_tracking_door",  # 11
+    "test_cache",  # 11
+    "test_stage_spec",  # 8
 )
 
 
@@ -67,6 +74,8 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):  # xdist: keep SLOW_FIRST's order of modules
+        config.option.loadscopereorder = False
     if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: one torch thread each
         import torch
 

@@ -88,18 +88,27 @@ def _kinds(seen, stage: str) -> list[str]:
 def test_a_pipeline_publishes_each_stage_s_events(prefect_server, tmp_path):
     """First run: every stage waits, runs (training stages report each epoch) and is done; an
     unchanged rerun: every stage waits and is cached, none runs."""
+    from flows.deploy import ensure_gpu_limit
     from flows.runner import run_pipeline
-    from tasks import events
+    from tasks import events, tag_limits
 
     cfg = config_from_dict(copy.deepcopy(TINY))
     first: list = []
     again: list = []
     with kdflow_home(tmp_path):
         with events.subscribed(first.append):
-            run_pipeline(cfg)
-        with events.subscribed(again.append):
-            report = run_pipeline(cfg)
+            untagged = run_pipeline(cfg)
+        ensure_gpu_limit(4)  # what `kdflow deploy` sets up: now the training stages carry the tag
+        try:
+            with events.subscribed(again.append):
+                report = run_pipeline(cfg)
+        finally:
+            _delete_gpu_limit()
+            tag_limits.forget()
     assert all(s["cached"] for s in report["stages"].values())
+    # the `gpu` tag goes with the training stages only where the server limits it (tasks/tag_limits.py)
+    assert _task_tags(untagged) == {s: set() for s in ORDER}
+    assert _task_tags(report) == {s: {"gpu"} if s in TRAINING else set() for s in ORDER}
 
     assert [e.stage for e in first[: len(ORDER)]] == ORDER and {e.kind for e in first[: len(ORDER)]} == {"waiting"}
     for stage in ("teacher", "distill", "baseline"):
@@ -122,6 +131,28 @@ def test_a_pipeline_publishes_each_stage_s_events(prefect_server, tmp_path):
 
     for stage in ORDER:
         assert _kinds(again, stage) == ["waiting", "cached"], stage
+
+
+TRAINING = {"teacher", "pretrain", "distill", "baseline"}
+
+
+def _task_tags(report: dict) -> dict[str, set[str]]:
+    """Each stage's task run tags, read back from the Prefect server."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[report["prefect_flow_run_id"]]))
+        )
+    return {r.name.rsplit("-", 1)[0]: set(r.tags) for r in runs}
+
+
+def _delete_gpu_limit() -> None:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.delete_concurrency_limit_by_tag("gpu")
 
 
 @pytest.mark.parametrize("name", ["nope"])
