@@ -38,10 +38,10 @@ STARTUP_TIMEOUT = 240.0
 WATCHDOG = "flows.prefect_server"
 # How long the server keeps an idle HTTP connection open. Prefect's client keeps its idle connections
 # for 25 s; with the server's default of 5 s the server closes them first, the client's next request
-# on such a connection fails and Prefect retries it after a ~2 s backoff: two such stalls (2.0-2.3 s
-# each, on acquiring the training tasks' `gpu` tag slots) in every default run. Longer than 25 s, the
-# client always closes first. Prefect's temporary server is uvicorn run from the command line, which
-# reads the same setting from UVICORN_TIMEOUT_KEEP_ALIVE.
+# on such a connection fails and Prefect retries it after a ~2 s back-off (seen as a 2.1 s stall before
+# a training task of the default run started). Longer than 25 s, the client always closes first.
+# Prefect's temporary server is uvicorn run from the command line, which reads the same setting from
+# UVICORN_TIMEOUT_KEEP_ALIVE.
 KEEPALIVE_SECONDS = 75
 
 Echo = Callable[[str], None]
