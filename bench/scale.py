@@ -64,7 +64,7 @@ def write_folder(out: Path, n: int) -> Path:
     return out
 
 
-def config(folder: Path, in_memory: bool, workers: int, epochs: int = 1):
+def config(folder: Path, in_memory: bool, workers: int, epochs: int = 1, store: bool = True):
     from kdcore.config import config_from_dict
 
     train = {"max_epochs": epochs, "batch_size": 128, "scheduler": "none"}
@@ -78,6 +78,7 @@ def config(folder: Path, in_memory: bool, workers: int, epochs: int = 1):
                 "in_memory": in_memory,
                 "num_workers": workers,
                 "augment": {"scale": [0.5, 1.0]},
+                "decoded_store": store,
             },
             "teacher": {"arch": "cnn_small", "train": train},
             "student": {"arch": "cnn_tiny"},
@@ -89,7 +90,9 @@ def config(folder: Path, in_memory: bool, workers: int, epochs: int = 1):
     )
 
 
-def run_stage(stage: str, folder: Path, work: Path, in_memory: bool, workers: int, epochs: int = 1) -> dict:
+def run_stage(
+    stage: str, folder: Path, work: Path, in_memory: bool, workers: int, epochs: int = 1, store: bool = True
+) -> dict:
     """One stage in this process (called in a fresh child by :func:`child`)."""
     import torch
 
@@ -105,11 +108,12 @@ def run_stage(stage: str, folder: Path, work: Path, in_memory: bool, workers: in
     )
     from kdcore.train.checkpoint import load_model, save_model
 
-    cfg = config(folder, in_memory, workers, epochs)
+    cfg = config(folder, in_memory, workers, epochs, store)
     t0 = time.perf_counter()
     data = load_dataset(cfg.data)
-    out: dict = {"load_seconds": time.perf_counter() - t0}
-    env = StageEnv(cfg, data, work / f"{stage}-{'mem' if in_memory else 'stream'}-{epochs}")
+    out: dict = {"load_seconds": time.perf_counter() - t0, "decoded_store": data.extras.get("decoded_store")}
+    kind = "mem" if in_memory else ("stream" if store else "decode")
+    env = StageEnv(cfg, data, work / f"{stage}-{kind}-{epochs}")
     t0 = time.perf_counter()
     if stage == "teacher":
         res = train_teacher(env)
@@ -155,21 +159,27 @@ def run_stage(stage: str, folder: Path, work: Path, in_memory: bool, workers: in
     return out
 
 
-def child(stage: str, folder: Path, work: Path, in_memory: bool, workers: int, epochs: int = 1) -> dict:
-    cmd = [
-        sys.executable,
-        __file__,
-        "--stage",
-        stage,
-        "--folder",
-        str(folder),
-        "--work",
-        str(work),
-        "--workers",
-        str(workers),
-        "--epochs",
-        str(epochs),
-    ] + (["--in-memory"] if in_memory else [])
+def child(
+    stage: str, folder: Path, work: Path, in_memory: bool, workers: int, epochs: int = 1, store: bool = True
+) -> dict:
+    cmd = (
+        [
+            sys.executable,
+            __file__,
+            "--stage",
+            stage,
+            "--folder",
+            str(folder),
+            "--work",
+            str(work),
+            "--workers",
+            str(workers),
+            "--epochs",
+            str(epochs),
+        ]
+        + (["--in-memory"] if in_memory else [])
+        + ([] if store else ["--no-store"])
+    )
     env = {
         **os.environ,
         "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
@@ -198,13 +208,17 @@ def main() -> None:
     p.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--in-memory", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--no-store", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--epochs", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument(
         "--compare-epochs", type=int, default=2, help="distillation epochs of the streamed vs in-memory runs"
     )
     args = p.parse_args()
     if args.stage:
-        print(json.dumps(run_stage(args.stage, args.folder, args.work, args.in_memory, args.workers, args.epochs)))
+        out = run_stage(
+            args.stage, args.folder, args.work, args.in_memory, args.workers, args.epochs, not args.no_store
+        )
+        print(json.dumps(out))
         return
 
     results = {}
@@ -223,7 +237,7 @@ def main() -> None:
             extra = {
                 k: (round(v, 3) if isinstance(v, float) else v)
                 for k, v in r.items()
-                if k not in ("rss_mb", "worker_rss_mb", "load_seconds")
+                if k not in ("rss_mb", "worker_rss_mb", "load_seconds", "decoded_store")
             }
             print(
                 f"{stage:9s} peak RSS {r['rss_mb']:7.1f} MB (largest worker {r['worker_rss_mb']:6.1f} MB)  "
@@ -233,16 +247,20 @@ def main() -> None:
         results[n] = rows
         if n == min(args.sizes) and "distill" in args.stages:
             k = args.compare_epochs
-            streamed = child("distill", folder, work, False, args.workers, k)
-            mem = child("distill", folder, work, True, args.workers, k)
-            s_e, m_e = streamed["epochs_seconds"], mem["epochs_seconds"]
-            print(
-                f"distill epochs ({k}): streamed {', '.join(f'{e:.2f}' for e in s_e)} s; in memory "
-                f"{', '.join(f'{e:.2f}' for e in m_e)} s  ->  last epoch {s_e[-1] / m_e[-1]:.2f}x (target <= 1.5x), "
-                f"first epoch (with the workers' start) {s_e[0] / m_e[0]:.2f}x; "
-                f"in-memory peak RSS {mem['rss_mb']:.0f} MB",
-                flush=True,
-            )
+            runs = {
+                "streamed, decoded store": child("distill", folder, work, False, args.workers, k),
+                "streamed, decoding files": child("distill", folder, work, False, args.workers, k, store=False),
+                "in memory": child("distill", folder, work, True, args.workers, k),
+            }
+            m_e = runs["in memory"]["epochs_seconds"]
+            print(f"distill epochs ({k} each, fresh processes; ratios against in memory, target <= 1.5x):")
+            for name, r in runs.items():
+                e = r["epochs_seconds"]
+                print(
+                    f"  {name:25s} {', '.join(f'{v:.2f}' for v in e)} s  last epoch {e[-1] / m_e[-1]:.2f}x, first "
+                    f"(with the workers' start) {e[0] / m_e[0]:.2f}x; peak RSS {r['rss_mb']:.0f} MB",
+                    flush=True,
+                )
     if len(results) > 1:
         lo, hi = min(results), max(results)
         print()

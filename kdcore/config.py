@@ -86,6 +86,18 @@ class DataConfig(Section):
     fingerprint: Literal["stat", "content"] = Field(
         "stat", description="streaming: fingerprint the file list with sizes and mtimes (stat) or content hashes"
     )
+    decoded_store: Union[Literal["auto"], bool] = Field(
+        "auto",
+        description="streaming: decode every image once into a store on disk and read the pixels back from it "
+        "(true), decode the files at every read (false), or decide by the store's estimated size against "
+        "decoded_store_budget and the free disk (auto); the same pixels either way",
+    )
+    decoded_store_budget: ByteSize = Field(
+        ByteSize(16 * 1000**3), description="decoded_store auto: the largest store to write, e.g. 16GB"
+    )
+    decoded_store_dir: Optional[str] = Field(
+        None, description="where decoded stores go (default: $KDFLOW_HOME/data/decoded)"
+    )
 
 
 class TrainSpec(Section):

@@ -15,6 +15,15 @@ os.environ.setdefault("KDFLOW_PREFECT", "ephemeral")
 # the test session's temporary Prefect server keeps idle connections longer than the client does
 # (flows/prefect_server.py KEEPALIVE_SECONDS says why)
 os.environ.setdefault("UVICORN_TIMEOUT_KEEP_ALIVE", "75")
+# what a test writes under KDFLOW_HOME without choosing one (e.g. decoded image stores) goes to a
+# temporary folder of this test process, not to ./.kdflow in the checkout
+if "KDFLOW_HOME" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["KDFLOW_HOME"] = tempfile.mkdtemp(prefix="kdflow-tests-home-")
+    atexit.register(shutil.rmtree, os.environ["KDFLOW_HOME"], True)
 
 from pathlib import Path  # noqa: E402
 from typing import Iterator  # noqa: E402

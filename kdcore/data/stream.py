@@ -26,7 +26,9 @@ import hashlib
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional, Sequence, Union, cast
 
 import numpy as np
@@ -35,7 +37,8 @@ from torch import Tensor
 
 from kdcore.config import AugmentConfig, DataConfig
 from kdcore.data.bundle import DataBundle, Split, channel_stats
-from kdcore.data.image_files import ImageFiles, decoded_bytes, default_workers
+from kdcore.data.decoded_store import DecodedImages, build_store, open_store
+from kdcore.data.image_files import ImageFiles, decoded_bytes, default_workers, first_image_size
 from kdcore.data.splits import make_splits
 from kdcore.errors import DataError
 
@@ -121,6 +124,7 @@ class ImageFileDataset:
     mean: list[float]
     std: list[float]
     augment: AugmentConfig
+    store: Optional[DecodedImages] = None  # the split's decoded pixels (data.decoded_store), else decode files
 
     def __post_init__(self) -> None:
         self._mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
@@ -132,7 +136,7 @@ class ImageFileDataset:
     def view(self, item: Item) -> tuple[int, Tensor, tuple[int, ...]]:
         """(index, the uint8 view [C, S, S], the crop it was cut with) of one item."""
         i, view = (item, None) if isinstance(item, (int, np.integer)) else item
-        img = decode(self.paths[int(i)], self.grayscale)
+        img = self.store.read(int(i)) if self.store is not None else decode(self.paths[int(i)], self.grayscale)
         crop: tuple[int, ...]
         if view is None:
             crop = NO_CROP
@@ -214,13 +218,14 @@ class ImageFileSplit:
     std: list[float] = field(default_factory=list)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     num_workers: int = 0
+    store: Optional[DecodedImages] = None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def dataset(self) -> ImageFileDataset:
         return ImageFileDataset(
-            self.paths, self.y.numpy(), self.size, self.grayscale, self.mean, self.std, self.augment
+            self.paths, self.y.numpy(), self.size, self.grayscale, self.mean, self.std, self.augment, self.store
         )
 
     @property
@@ -272,6 +277,57 @@ def files_fingerprint(
     return h.hexdigest()
 
 
+def store_root(cfg: DataConfig) -> Path:
+    from kdcore.data.registry import data_home
+
+    return Path(cfg.decoded_store_dir).expanduser() if cfg.decoded_store_dir else data_home() / "decoded"
+
+
+def use_decoded_store(cfg: DataConfig, files: ImageFiles, count: int) -> bool:
+    """``data.decoded_store`` resolved: auto writes the store when its size, estimated from the first
+    image, is within ``data.decoded_store_budget`` and half the free disk where it goes."""
+    if cfg.decoded_store != "auto":
+        return bool(cfg.decoded_store)
+    h, w = first_image_size(files.train_paths[0])
+    size = count * files.channels * h * w
+    root = store_root(cfg)
+    probe = next((p for p in (root, *root.parents) if p.exists()), Path("."))
+    return size <= int(cfg.decoded_store_budget) and size <= shutil.disk_usage(probe).free // 2
+
+
+class _DecodeFiles:
+    """The decoded files, a batch of them per DataLoader request (for the workers that build the store)."""
+
+    def __init__(self, paths: list[str], grayscale: bool) -> None:
+        self.paths, self.grayscale = paths, grayscale
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitems__(self, rows: Sequence[int]) -> list[Union[Tensor, str]]:
+        """The images; a file that cannot be read comes back as its message (raised by the main
+        process as it is, not wrapped in the worker's traceback)."""
+        out: list[Union[Tensor, str]] = []
+        for i in rows:
+            try:
+                out.append(decode(self.paths[i], self.grayscale))
+            except DataError as exc:
+                out.append(str(exc))
+        return out
+
+
+def _decoded(paths: list[str], grayscale: bool, workers: int):
+    """The images of ``paths`` decoded, in order, by ``workers`` DataLoader processes."""
+    from kdcore.train.batches import make_loader
+
+    chunks = [range(a, min(a + 64, len(paths))) for a in range(0, len(paths), 64)]
+    for batch in make_loader(_DecodeFiles(paths, grayscale), chunks, workers, torch.device("cpu")):
+        for img in batch:
+            if isinstance(img, str):
+                raise DataError(img)
+            yield img
+
+
 def stream_bundle(cfg: DataConfig, files: ImageFiles) -> DataBundle:
     """Split ``files`` like the in-memory path does, estimate the normalisation, fingerprint the
     file list; nothing is decoded beyond the statistics sample."""
@@ -301,6 +357,16 @@ def stream_bundle(cfg: DataConfig, files: ImageFiles) -> DataBundle:
         params,
     )
     workers = cfg.num_workers if cfg.num_workers is not None else default_workers()
+    paths = {k: [str(p) for p in v[0]] for k, v in parts.items()}
+    stores: dict[str, Optional[DecodedImages]] = dict.fromkeys(parts)
+    if use_decoded_store(cfg, files, sum(len(v) for v in paths.values())):
+        folder = build_store(
+            store_root(cfg),
+            fingerprint,
+            {k: len(v) for k, v in paths.items()},
+            lambda split: _decoded(paths[split], files.grayscale, workers),
+        )
+        stores = {k: open_store(folder, k) for k in parts}
     splits = {
         k: ImageFileSplit(
             [str(p) for p in paths],
@@ -311,6 +377,7 @@ def stream_bundle(cfg: DataConfig, files: ImageFiles) -> DataBundle:
             [float(s) for s in std],
             cfg.augment,
             workers,
+            stores[k],
         )
         for k, (paths, y) in parts.items()
     }
@@ -328,5 +395,10 @@ def stream_bundle(cfg: DataConfig, files: ImageFiles) -> DataBundle:
         fingerprint=fingerprint,
         mean=[float(m) for m in mean],
         std=[float(s) for s in std],
-        extras={"streaming": True, "num_workers": workers, "source": files.source},
+        extras={
+            "streaming": True,
+            "num_workers": workers,
+            "source": files.source,
+            "decoded_store": str(stores["train"].pixels.parent) if stores["train"] is not None else None,
+        },
     )

@@ -1,0 +1,122 @@
+"""Decode image files once: a store of decoded uint8 pixels on disk, read back with ``pread``.
+
+A streamed split decodes every image it reads (``torchvision.io.decode_image``), every epoch, in
+every stage: for small images the decoding is most of a worker's time. With ``data.decoded_store``
+on, the first load of a dataset decodes each split's files once into two files under
+``<data.decoded_store_dir, default $KDFLOW_HOME/data/decoded>/<data fingerprint>/``:
+
+- ``<split>.u8``: the images' pixels as decoded (uint8, [C, H, W] each, at the file's own size),
+  one after the other;
+- ``<split>.index.npy``: per image, (byte offset, C, H, W).
+
+Later reads take the bytes of one image with ``os.pread`` (no memory map: the pages stay in the
+kernel's page cache, not in the process's resident memory) and give the same tensor the decoder
+gives, bit for bit — so the store changes no result and stays out of every stage's fingerprint.
+It is keyed by the data fingerprint (file list, sizes and mtimes or contents): edited files make a
+new store. Building writes into a temporary folder renamed into place once complete, under a lock
+file, so processes that load the dataset at the same time build it once and never read a half-written one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+FORMAT = "kdflow-decoded-v1"
+
+
+class DecodedImages:
+    """The decoded images of one split, read one at a time (picklable: DataLoader workers open
+    their own file handle)."""
+
+    def __init__(self, pixels: Path, index: np.ndarray) -> None:
+        self.pixels, self.index = Path(pixels), index
+        self._fd: Optional[int] = None
+        self._pid = -1
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getstate__(self) -> dict:
+        return {"pixels": self.pixels, "index": self.index}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["pixels"], state["index"])  # type: ignore[misc]
+
+    def _handle(self) -> int:
+        if self._fd is None or self._pid != os.getpid():
+            self._fd, self._pid = os.open(self.pixels, os.O_RDONLY), os.getpid()
+        return self._fd
+
+    def read(self, i: int) -> Tensor:
+        """Image ``i`` as uint8 [C, H, W], exactly as decoded."""
+        offset, c, h, w = (int(v) for v in self.index[i])
+        n = c * h * w
+        buf = os.pread(self._handle(), n, offset)
+        if len(buf) != n:
+            raise OSError(f"{self.pixels}: short read of image {i} ({len(buf)} of {n} bytes)")
+        return torch.frombuffer(bytearray(buf), dtype=torch.uint8).view(c, h, w)
+
+    def __del__(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+
+
+def open_store(folder: Path, split: str) -> DecodedImages:
+    return DecodedImages(folder / f"{split}.u8", np.load(folder / f"{split}.index.npy"))
+
+
+def _write_split(folder: Path, split: str, count: int, images: Iterable[Tensor]) -> None:
+    index = np.zeros((count, 4), dtype=np.int64)
+    offset, n = 0, 0
+    with open(folder / f"{split}.u8", "wb") as fh:
+        for img in images:
+            c, h, w = img.shape
+            index[n] = (offset, c, h, w)
+            fh.write(img.contiguous().numpy().tobytes())
+            offset += c * h * w
+            n += 1
+    if n != count:
+        raise OSError(f"decoded store: {split} gave {n} images, expected {count}")
+    np.save(folder / f"{split}.index.npy", index)
+
+
+def build_store(
+    root: Path,
+    fingerprint: str,
+    splits: dict[str, int],
+    images: Callable[[str], Iterable[Tensor]],
+) -> Path:
+    """The store of ``fingerprint`` (built now if missing): ``splits`` maps each split to its number
+    of images, ``images(split)`` yields them decoded, in order. Safe against concurrent builders."""
+    folder = Path(root) / fingerprint
+    if (folder / "complete").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f"{fingerprint}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second builder waits here, then finds the store complete
+        if (folder / "complete").is_file():
+            return folder
+        tmp = Path(tempfile.mkdtemp(prefix=f".{fingerprint}-", dir=folder.parent))
+        try:
+            for split, count in splits.items():
+                _write_split(tmp, split, count, images(split))
+            (tmp / "complete").write_text(FORMAT)
+            if folder.exists():  # an incomplete leftover of a killed build
+                shutil.rmtree(folder)
+            os.replace(tmp, folder)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return folder
