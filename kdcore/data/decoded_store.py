@@ -59,11 +59,11 @@ class DecodedImages:
     def read(self, i: int) -> Tensor:
         """Image ``i`` as uint8 [C, H, W], exactly as decoded."""
         offset, c, h, w = (int(v) for v in self.index[i])
-        n = c * h * w
-        buf = os.pread(self._handle(), n, offset)
-        if len(buf) != n:
-            raise OSError(f"{self.pixels}: short read of image {i} ({len(buf)} of {n} bytes)")
-        return torch.frombuffer(bytearray(buf), dtype=torch.uint8).view(c, h, w)
+        out = torch.empty((c, h, w), dtype=torch.uint8)
+        got = os.preadv(self._handle(), [out.numpy()], offset)  # straight into the tensor
+        if got != out.numel():
+            raise OSError(f"{self.pixels}: short read of image {i} ({got} of {out.numel()} bytes)")
+        return out
 
     def __del__(self) -> None:
         if self._fd is not None and self._pid == os.getpid():
@@ -104,7 +104,7 @@ def build_store(
     if (folder / "complete").is_file():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f"{fingerprint}.lock", "w") as lock:
+    with open(folder.parent / f".{fingerprint}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second builder waits here, then finds the store complete
         if (folder / "complete").is_file():
             return folder

@@ -99,18 +99,29 @@ def crop_params(seed: int, height: int, width: int, aug: AugmentConfig) -> tuple
     return (*(box or NO_CROP[:4]), flip)
 
 
+def resized_crop(img: Tensor, top: int, left: int, h: int, w: int, size: int) -> Tensor:
+    """``torchvision.transforms.v2.functional.resized_crop(img, top, left, h, w, [size, size],
+    antialias=True)`` of a uint8 [C, H, W] image, the same pixels (tests/kdcore/test_streaming.py
+    checks it), with the one torch call it comes down to on the CPU: bilinear, antialiased, on the
+    cut in channels-last layout (a third less time per image than through the transforms' dispatch)."""
+    cut = img[None, :, top : top + h, left : left + w].contiguous(memory_format=torch.channels_last)
+    if (h, w) == (size, size):
+        return cut[0].contiguous()
+    out = torch.nn.functional.interpolate(cut, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out[0].contiguous()
+
+
 def apply_crop(img: Tensor, crop: Sequence[int], size: int) -> Tensor:
     """The view of ``img`` given by ``crop`` = (top, left, h, w, flip) (top -1: the eval view)."""
-    from torchvision.transforms.v2 import functional as F
-
     top, left, h, w, flip = (int(c) for c in crop)
-    out = eval_view(img, size) if top < 0 else F.resized_crop(img, top, left, h, w, [size, size], antialias=True)
-    return F.horizontal_flip(out) if flip else out
+    out = eval_view(img, size) if top < 0 else resized_crop(img, top, left, h, w, size)
+    return out.flip(-1) if flip else out
 
 
 def normalise(img: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    """uint8 [C, H, W] -> float32 scaled to [0, 1] and normalised (the in-memory arithmetic)."""
-    return (img.float() / 255.0 - mean) / std
+    """uint8 [C, H, W] (or a batch) -> float32 scaled to [0, 1] and normalised: the in-memory
+    arithmetic ``(x / 255 - mean) / std``, in place on the one new float tensor."""
+    return img.float().div_(255.0).sub_(mean).div_(std)
 
 
 @dataclass

@@ -135,7 +135,7 @@ def test_a_failed_build_leaves_nothing_to_read(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         build_store(tmp_path, "fp", {"train": 10}, _images(10, calls, fail_at=6))
     assert not (tmp_path / "fp").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["fp.lock"]  # no half-written folder left behind
+    assert [p.name for p in tmp_path.iterdir()] == [".fp.lock"]  # no half-written folder left behind
     folder = build_store(tmp_path, "fp", {"train": 10}, _images(10, calls))
     assert (folder / "complete").is_file() and len(open_store(folder, "train")) == 10
 

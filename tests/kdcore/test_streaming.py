@@ -173,3 +173,25 @@ def test_streaming_pipeline_trains_evaluates_registers(prefect_server, folder, t
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
     assert client.search_model_versions("name='stream-student'")
     assert client.search_model_versions("name='stream-teacher'")
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_resized_crop_gives_torchvisions_pixels(channels):
+    """kdcore's crop (one interpolate call) equals torchvision.transforms.v2's resized_crop, bit for
+    bit, shrinking and enlarging, square and not, at the output size itself."""
+    from torchvision.transforms.v2 import functional as F
+
+    from kdcore.data.stream import resized_crop
+
+    g = torch.Generator().manual_seed(channels)
+    for height, width, size in [(64, 64, 64), (40, 56, 32), (97, 75, 48), (20, 24, 32)]:
+        img = torch.randint(0, 256, (channels, height, width), dtype=torch.uint8, generator=g)
+        for _ in range(25):
+            h = int(torch.randint(1, height + 1, (1,), generator=g))
+            w = int(torch.randint(1, width + 1, (1,), generator=g))
+            top = int(torch.randint(0, height - h + 1, (1,), generator=g))
+            left = int(torch.randint(0, width - w + 1, (1,), generator=g))
+            expected = F.resized_crop(img, top, left, h, w, [size, size], antialias=True)
+            assert torch.equal(resized_crop(img, top, left, h, w, size), expected), (height, width, size, h, w)
+        if size <= min(height, width):  # a cut of the output size is the cut itself
+            assert torch.equal(resized_crop(img, 0, 0, size, size, size), img[:, :size, :size])
