@@ -35,7 +35,6 @@ sys.path.insert(0, str(ROOT))
 
 SIDE = 64
 STAGES = ("loader", "teacher", "features", "distill", "evaluate")
-THREADS: dict[str, int] = {}  # trainer.num_threads of streamed / in-memory runs (--threads); unset: kdflow's default
 
 
 def write_folder(out: Path, n: int) -> Path:
@@ -86,7 +85,7 @@ def config(folder: Path, in_memory: bool, workers: int, epochs: int = 1, store: 
             "cache": {"views": {"policy": "crop_flip", "num_views": 2}, "dtype": "float16", "topk": 5},
             "distill": {"train": train},
             "evaluate": {"latency": False, "min_run_time": 0.01, "throughput_batch": 32},
-            "trainer": {"device": "cpu", "num_threads": THREADS.get("in_memory" if in_memory else "streamed")},
+            "trainer": {"device": "cpu"},
         }
     )
 

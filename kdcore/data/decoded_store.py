@@ -60,7 +60,7 @@ class DecodedImages:
         """Image ``i`` as uint8 [C, H, W], exactly as decoded."""
         offset, c, h, w = (int(v) for v in self.index[i])
         out = torch.empty((c, h, w), dtype=torch.uint8)
-        got = os.preadv(self._handle(), [out.numpy()], offset)  # straight into the tensor
+        got = os.preadv(self._handle(), [memoryview(out.numpy())], offset)  # straight into the tensor
         if got != out.numel():
             raise OSError(f"{self.pixels}: short read of image {i} ({got} of {out.numel()} bytes)")
         return out
