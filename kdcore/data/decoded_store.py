@@ -24,7 +24,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, cast
 
 import numpy as np
 import torch
@@ -60,7 +60,7 @@ class DecodedImages:
         """Image ``i`` as uint8 [C, H, W], exactly as decoded."""
         offset, c, h, w = (int(v) for v in self.index[i])
         out = torch.empty((c, h, w), dtype=torch.uint8)
-        got = os.preadv(self._handle(), [memoryview(out.numpy())], offset)  # straight into the tensor
+        got = os.preadv(self._handle(), [cast(Any, out.numpy())], offset)  # straight into the tensor (a numpy buffer)
         if got != out.numel():
             raise OSError(f"{self.pixels}: short read of image {i} ({got} of {out.numel()} bytes)")
         return out
