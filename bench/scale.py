@@ -6,16 +6,20 @@ then runs the pipeline's stages on it with ``data.in_memory: false`` — teacher
 teacher cache, 2 views, top-k fp16), distill, evaluate — each stage in a fresh process so that its
 peak RSS is its own. It prints, per size: peak RSS per stage (the stage process, and its largest
 DataLoader worker), the loader's images/s (one pass over the train split with augmentation, no
-model), and for the smallest size the distillation epoch time streamed vs in memory: two epochs
-each (``--compare-epochs``), in fresh processes; the first epoch of a streamed run also starts the
-DataLoader's worker processes (once per process: the fork server imports torch), so the ratio is
-taken on the last epoch and the first epoch's is printed beside it.
+model), and for the smallest size the distillation epoch time of three variants: streamed from the
+decoded-image store (``data.decoded_store``, the default), streamed decoding every file at every
+read, and in memory; two epochs per run (``--compare-epochs``), each run in a fresh process, the
+three alternated over ``--compare-rounds`` rounds (medians; this machine's speed drifts by tens of
+percent within minutes). The first epoch of a streamed run also starts the DataLoader's worker
+processes (once per process), so the ratio is taken on the last epoch and the first epoch's is
+printed beside it. The stage processes run with ``KDFLOW_HOME`` under ``--out``: the first one that
+loads the data writes the decoded store (its ``load`` seconds).
 
 The stages are kdcore's own functions (no Prefect/MLflow), so the figures are the data path's.
 Targets (issue 11): peak RSS at 70,000 images within 1.25x of 7,000; the streamed distillation
 epoch within 1.5x of the in-memory one.
 
-    python bench/scale.py --sizes 7000            # about 4 minutes on two busy cores
+    python bench/scale.py --sizes 7000            # about 7 minutes on two cores
     python bench/scale.py --sizes 7000 70000      # + writing and running 70,000 images
 """
 
@@ -25,6 +29,8 @@ import argparse
 import json
 import os
 import resource
+import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -113,7 +119,9 @@ def run_stage(
     data = load_dataset(cfg.data)
     out: dict = {"load_seconds": time.perf_counter() - t0, "decoded_store": data.extras.get("decoded_store")}
     kind = "mem" if in_memory else ("stream" if store else "decode")
-    env = StageEnv(cfg, data, work / f"{stage}-{kind}-{epochs}")
+    stage_dir = work / f"{stage}-{kind}-{epochs}"
+    shutil.rmtree(stage_dir, ignore_errors=True)  # a fresh run: a stage would resume from the checkpoints there
+    env = StageEnv(cfg, data, stage_dir)
     t0 = time.perf_counter()
     if stage == "teacher":
         res = train_teacher(env)
@@ -213,6 +221,7 @@ def main() -> None:
     p.add_argument(
         "--compare-epochs", type=int, default=2, help="distillation epochs of the streamed vs in-memory runs"
     )
+    p.add_argument("--compare-rounds", type=int, default=3, help="rounds of the three alternated distillation runs")
     args = p.parse_args()
     if args.stage:
         out = run_stage(
@@ -227,8 +236,6 @@ def main() -> None:
         folder = write_folder(args.out / f"fmnist-{n}" / "images", n)
         print(f"\n== {n} images ({SIDE}-px RGB PNG, written in {time.perf_counter() - t0:.0f} s) ==", flush=True)
         work = args.out / f"fmnist-{n}" / "work"
-        import shutil
-
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         rows = {}
@@ -247,18 +254,32 @@ def main() -> None:
         results[n] = rows
         if n == min(args.sizes) and "distill" in args.stages:
             k = args.compare_epochs
-            runs = {
-                "streamed, decoded store": child("distill", folder, work, False, args.workers, k),
-                "streamed, decoding files": child("distill", folder, work, False, args.workers, k, store=False),
-                "in memory": child("distill", folder, work, True, args.workers, k),
+            variants = {
+                "streamed, decoded store": dict(in_memory=False, store=True),
+                "streamed, decoding files": dict(in_memory=False, store=False),
+                "in memory": dict(in_memory=True, store=True),
             }
-            m_e = runs["in memory"]["epochs_seconds"]
-            print(f"distill epochs ({k} each, fresh processes; ratios against in memory, target <= 1.5x):")
-            for name, r in runs.items():
-                e = r["epochs_seconds"]
+            epochs: dict[str, list[list[float]]] = {name: [] for name in variants}
+            rss: dict[str, float] = {}
+            for r in range(args.compare_rounds):  # alternated: the machine's speed drifts between rounds
+                order = list(variants) if r % 2 == 0 else list(reversed(variants))
+                for name in order:
+                    v = variants[name]
+                    out = child("distill", folder, work, v["in_memory"], args.workers, k, store=v["store"])
+                    epochs[name].append(out["epochs_seconds"])
+                    rss[name] = max(rss.get(name, 0.0), out["rss_mb"])
+            last = {name: statistics.median(e[-1] for e in runs) for name, runs in epochs.items()}
+            first = {name: statistics.median(e[0] for e in runs) for name, runs in epochs.items()}
+            print(
+                f"distill epochs ({k} per run, {args.compare_rounds} rounds alternated, fresh processes; medians; "
+                "ratios against in memory, target <= 1.5x):"
+            )
+            for name, runs in epochs.items():
+                shown = "; ".join(", ".join(f"{v:.2f}" for v in e) for e in runs)
                 print(
-                    f"  {name:25s} {', '.join(f'{v:.2f}' for v in e)} s  last epoch {e[-1] / m_e[-1]:.2f}x, first "
-                    f"(with the workers' start) {e[0] / m_e[0]:.2f}x; peak RSS {r['rss_mb']:.0f} MB",
+                    f"  {name:25s} last epoch {last[name]:.2f} s = {last[name] / last['in memory']:.2f}x, first "
+                    f"(with the workers' start) {first[name]:.2f} s = {first[name] / first['in memory']:.2f}x; "
+                    f"peak RSS {rss[name]:.0f} MB  [{shown}]",
                     flush=True,
                 )
     if len(results) > 1:
