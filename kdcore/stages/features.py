@@ -57,14 +57,27 @@ def split_mixing(env: StageEnv, split: str, n: int, views: dict[str, Any]) -> Op
     return mix_params(n, views["num_views"], views["seed"], views["mix"], views.get("mix_alpha", 1.0), (h, w))
 
 
+def build_batch_size(input_shape: tuple[int, ...], largest: int = 512) -> int:
+    """Samples per teacher forward while building the cache: ``largest`` for inputs up to 32 x 32
+    pixels, fewer for larger images (at least 32) so that a batch's activations stay about the size
+    of a 512 x 32 x 32 batch: a 512-image batch of 64-px images alone took several hundred MB, and
+    the peak resident memory of the build then moved by that much from run to run."""
+    pixels = int(input_shape[-1]) * int(input_shape[-2]) if len(input_shape) >= 3 else 0
+    if pixels <= 32 * 32:
+        return largest
+    return max(32, min(largest, largest * 32 * 32 // pixels))
+
+
 def build_features(
-    env: StageEnv, teacher: nn.Module, teacher_sha256: str, cache_dir: Path, batch_size: int = 512
+    env: StageEnv, teacher: nn.Module, teacher_sha256: str, cache_dir: Path, batch_size: Optional[int] = None
 ) -> dict[str, tuple[CacheEntry, bool]]:
     """Build (or reuse) the cache entry of each split; returns {split: (entry, built)}.
 
     The teacher runs in float32 (no autocast): cached outputs are exact. Progress is reported as
-    ``callbacks.on_progress("cache", samples done, samples of both splits)``."""
+    ``callbacks.on_progress("cache", samples done, samples of both splits)``. ``batch_size``:
+    samples per teacher forward (default :func:`build_batch_size` of the data's input shape)."""
     cfg = env.cfg
+    batch_size = batch_size or build_batch_size(tuple(env.data.input_shape))
     paths = teacher_paths(cfg)
     teacher.eval()
     total = sum(len(getattr(env.data, split)) for split in CACHED_SPLITS)

@@ -195,3 +195,12 @@ def test_resized_crop_gives_torchvisions_pixels(channels):
             assert torch.equal(resized_crop(img, top, left, h, w, size), expected), (height, width, size, h, w)
         if size <= min(height, width):  # a cut of the output size is the cut itself
             assert torch.equal(resized_crop(img, 0, 0, size, size, size), img[:, :size, :size])
+
+
+def test_cache_build_batches_shrink_with_the_image_size():
+    from kdcore.stages.features import build_batch_size
+
+    assert build_batch_size((1, 28, 28)) == 512 and build_batch_size((3, 32, 32)) == 512
+    assert build_batch_size((3, 64, 64)) == 128  # the same pixels per batch as 512 x 32 x 32
+    assert build_batch_size((3, 224, 224)) == 32  # never below 32
+    assert build_batch_size((40, 12)) == 512  # sequences: not images
