@@ -34,7 +34,7 @@ demo: install
 	$(BIN)/kdflow run
 
 test: install
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 # ruff (lint + format) and mypy, configured in pyproject.toml
 lint: install

@@ -9,6 +9,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from kdcore.evaluate.promotion_rules import Version
 from tasks.compute_gate import GATE
 
 _LOCK = threading.RLock()  # one writer at a time from this process (SQLite stores dislike concurrency)
+ALIAS_ATTEMPTS = 5  # set_alias: tries against a concurrent first promotion of the same model
 _CRED = re.compile(r"(//)([^/@:]+)(:[^/@]*)?@")
 # MLflow 3's UI opens an experiment on its GenAI overview unless the experiment says it holds
 # model training ("Machine learning" in the UI's experiment-type switch; the tag its JS sets)
@@ -359,8 +361,21 @@ class Tracker:
                 self.client.set_registered_model_tag(name, key, redact(str(value))[:5000])
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
+        """Point ``alias`` of model ``name`` at ``version``. MLflow's SQL store sets an alias by
+        reading, then inserting or updating its row: two pipelines promoting the same model at the
+        same moment can both read "none" and the second insert then fails on the unique key. The
+        row exists by then, so the call is made again (it updates it): the last promotion wins."""
         with _LOCK:
-            self.client.set_registered_model_alias(name, alias, version)
+            for attempt in range(ALIAS_ATTEMPTS):
+                try:
+                    self.client.set_registered_model_alias(name, alias, version)
+                    return
+                except MlflowException as exc:
+                    if "UNIQUE constraint" not in str(exc) and "IntegrityError" not in str(exc):
+                        raise
+                    if attempt == ALIAS_ATTEMPTS - 1:
+                        raise
+                    time.sleep(0.2 * (attempt + 1))
 
     def delete_alias(self, name: str, alias: str) -> None:
         """Remove ``alias`` from model ``name``; nothing happens when it is not set."""

@@ -62,7 +62,7 @@ def test_a_student_trains_to_the_same_weights_with_and_without_the_store(folder,
     models = {}
     for store in (True, False):
         cfg = tiny_config(
-            baseline={"enabled": True, "train": {"max_epochs": 2, "batch_size": 16, "lr": 0.05}},
+            baseline={"enabled": True, "train": {"max_epochs": 1, "batch_size": 16, "lr": 0.05}},
             trainer={"num_threads": 1, "seed": 3},
         ).model_copy(update={"data": data_cfg(folder, tmp_path / "stores", decoded_store=store)})
         data = load_dataset(cfg.data)

@@ -30,3 +30,40 @@ def test_logging_a_model_leaves_the_process_tracking_uri_alone(tmp_path, monkeyp
     for name, tracker in stores.items():
         names = sorted(m.name for m in tracker.client.search_registered_models())
         assert names == [f"model-{name}"], f"store {name} holds {names}"
+
+
+def test_an_alias_set_by_a_concurrent_promotion_is_set_again(tmp_path, monkeypatch):
+    """MLflow's SQL store reads, then inserts an alias row: a pipeline promoting the same model at
+    the same moment makes the insert fail on the unique key (seen with four pipelines on one server).
+    The tracker tries again, and the alias points at its version; other errors still fail."""
+    import pytest
+    from mlflow.exceptions import MlflowException
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path)
+    run = tracker.start_run(tracker.experiment_id("exp"), "run")
+    uri = tracker.log_torch_model(run, torch.nn.Linear(3, 2), torch.zeros(4, 3))
+    version, _ = tracker.register(uri, "m", {"kdflow.fingerprint": "x"})
+    tracker.end_run(run)
+    real = tracker.client.set_registered_model_alias
+    calls = []
+
+    def racing(name, alias, v):
+        calls.append(v)
+        if len(calls) == 1:  # the other pipeline's row went in between our read and our insert
+            real(name, alias, v)
+            raise MlflowException(
+                "(sqlite3.IntegrityError) UNIQUE constraint failed: registered_model_aliases.name", "BAD_REQUEST"
+            )
+        return real(name, alias, v)
+
+    monkeypatch.setattr(tracker.client, "set_registered_model_alias", racing)
+    tracker.set_alias("m", "champion", version)
+    assert len(calls) == 2 and tracker.version_by_alias("m", "champion").version == version
+
+    def broken(name, alias, v):
+        raise MlflowException("registered model m not found", "RESOURCE_DOES_NOT_EXIST")
+
+    monkeypatch.setattr(tracker.client, "set_registered_model_alias", broken)
+    with pytest.raises(MlflowException, match="not found"):
+        tracker.set_alias("m", "champion", version)
