@@ -402,7 +402,13 @@ def report(args: argparse.Namespace, res: dict[str, Any], td: Optional[dict], ba
         "means over the seeds; time to distilled student = features + pretrain + distill; x baseline time: against the "
         "plain-trained baseline of the kd runs (same epochs, its training stage).",
     ]
-    if first["cached"].get("baseline") is False and not first["cached"].get("teacher"):
+    side_by_side = not any(item.replace(" ", "") == "trainer.concurrent_stages=false" for item in args.set)
+    if (
+        side_by_side
+        and not args.teacher_checkpoint
+        and first["cached"].get("baseline") is False
+        and not first["cached"].get("teacher")
+    ):
         lines.append("note: the first run's baseline trained beside the teacher (both slowed by the sharing).")
     lines += ["", "Targets (issue 12):", *("  " + c for c in checks)]
     every = [
