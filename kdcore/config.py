@@ -13,7 +13,7 @@ import re
 import typing
 import warnings
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, ClassVar, Literal, Optional, Union
 
 import yaml
 from pydantic import (
@@ -117,25 +117,12 @@ class TrainSpec(Section):
     grad_clip: Optional[PositiveFloat] = None
 
 
-class TeacherConfig(Section):
-    arch: str = "cnn_medium"
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    checkpoint: Optional[str] = Field(None, description="load these weights instead of training")
-    train: TrainSpec = Field(default_factory=TrainSpec)
+class ViewPolicy(Section):
+    """A seeded augmentation policy of in-memory images (kdcore.data.augment)."""
 
-
-class StudentConfig(Section):
-    arch: str = "cnn_tiny"
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-
-
-class ViewsConfig(Section):
-    """Augmented views of the training images: the teacher's output on each is cached and replayed."""
-
+    where: ClassVar[str] = "views"
     policy: Literal["none", "shift", "crop_flip", "random_resized_crop"] = "none"
-    num_views: PositiveInt = 1
     pad: int = Field(2, ge=0, le=16, description="maximum shift in pixels")
-    seed: int = 0
     scale: tuple[float, float] = Field(
         (0.35, 1.0), description="random_resized_crop: range of the crop's area fraction"
     )
@@ -143,6 +130,44 @@ class ViewsConfig(Section):
         (3 / 4, 4 / 3), description="random_resized_crop: range of the crop's aspect ratio (width / height)"
     )
     flip: bool = Field(True, description="random_resized_crop: mirror half of the views")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "ViewPolicy":
+        if not (0 < self.scale[0] <= self.scale[1] <= 1):
+            raise ValueError(f"{self.where}.scale must satisfy 0 < low <= high <= 1, got {list(self.scale)}")
+        if not (0 < self.ratio[0] <= self.ratio[1]):
+            raise ValueError(f"{self.where}.ratio must satisfy 0 < low <= high, got {list(self.ratio)}")
+        return self
+
+
+class TeacherAugment(ViewPolicy):
+    """In-memory data: the teacher trains on a fresh augmented view of every image each epoch, drawn
+    from (trainer.seed, epoch, sample). Streamed images are augmented by data.augment instead."""
+
+    where: ClassVar[str] = "teacher.augment"
+
+
+class TeacherConfig(Section):
+    arch: str = "cnn_medium"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: Optional[str] = Field(None, description="load these weights instead of training")
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    augment: TeacherAugment = Field(
+        default_factory=lambda: TeacherAugment(), description="in-memory data: augmentation of the teacher's training"
+    )
+
+
+class StudentConfig(Section):
+    arch: str = "cnn_tiny"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class ViewsConfig(ViewPolicy):
+    """Augmented views of the training images: the teacher's output on each is cached and replayed."""
+
+    where: ClassVar[str] = "cache.views"
+    num_views: PositiveInt = 1
+    seed: int = 0
     mix: Literal["none", "mixup", "cutmix"] = Field(
         "none", description="mix every view with another sample (partners and coefficients stored in the cache)"
     )
@@ -152,10 +177,6 @@ class ViewsConfig(Section):
     def _one_view_without_augmentation(self) -> "ViewsConfig":
         if self.policy == "none" and self.mix == "none" and self.num_views != 1:
             raise ValueError("cache.views.num_views must be 1 when cache.views.policy and cache.views.mix are 'none'")
-        if not (0 < self.scale[0] <= self.scale[1] <= 1):
-            raise ValueError(f"cache.views.scale must satisfy 0 < low <= high <= 1, got {list(self.scale)}")
-        if not (0 < self.ratio[0] <= self.ratio[1]):
-            raise ValueError(f"cache.views.ratio must satisfy 0 < low <= high, got {list(self.ratio)}")
         return self
 
     def spec(self) -> dict[str, Any]:

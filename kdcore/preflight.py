@@ -148,9 +148,12 @@ def preflight_data(cfg: PipelineConfig, data) -> None:
     after loading the data and `kdflow validate` makes too."""
     from kdcore.data.stream import is_streamed
     from kdcore.stages.features import MIX_STREAMED
+    from kdcore.stages.teacher import AUGMENT_STREAMED
 
     if cfg.cache.views.mix != "none" and is_streamed(data.train):
         raise ConfigError(MIX_STREAMED)
+    if cfg.teacher.augment.policy != "none" and not cfg.teacher.checkpoint and is_streamed(data.train):
+        raise ConfigError(AUGMENT_STREAMED)
     preflight_with_data(
         cfg, tuple(data.input_shape), data.num_classes, example=data.train.x[:2], in_channels=data.in_channels
     )

@@ -56,9 +56,12 @@ def _trainer(cfg: PipelineConfig) -> dict[str, Any]:
 
 def teacher_reads(cfg: PipelineConfig) -> dict[str, Any]:
     section = _model(cfg.section("teacher"))
+    if cfg.teacher.augment.policy == "none":  # as before the setting existed (cached homes stay valid)
+        section.pop("augment", None)
     if cfg.teacher.checkpoint:  # the weights' content matters, not where they lie
         section["checkpoint"] = file_sha256(cfg.teacher.checkpoint)
         section.pop("train")
+        section.pop("augment", None)
     return _with_user_code(cfg, {"teacher": section, "trainer": _trainer(cfg)})
 
 

@@ -17,7 +17,8 @@ from kdcore.losses import KDInputs, build_objective, with_temperature
 from kdcore.models.transplant import TransplantReport, transplant
 from kdcore.stages.env import StageEnv, StageResult, fit_summary, fp32
 from kdcore.stages.features import split_mixing, split_views
-from kdcore.train import TrainCallbacks, fit
+from kdcore.train import fit
+from kdcore.train.callbacks import BeforeEachEpoch
 from kdcore.train.checkpoint import load_model
 from kdcore.train.rng import GLOBAL_RNG
 
@@ -73,25 +74,15 @@ class TeacherSource:
             return logits, {p: tap.features[p].float() for p in self.paths}
 
 
-class _EpochViews(TrainCallbacks):
-    """Chooses, at the start of each epoch, which stored view every training sample shows."""
+class _EpochViews:
+    """Which stored view every training sample shows this epoch (drawn at each epoch's start)."""
 
-    def __init__(self, inner: TrainCallbacks, n: int, num_views: int, seed: int) -> None:
-        self.inner, self.n, self.num_views, self.seed = inner, n, num_views, seed
+    def __init__(self, n: int, num_views: int, seed: int) -> None:
+        self.n, self.num_views, self.seed = n, num_views, seed
         self.views = torch.zeros(n, dtype=torch.long)
 
-    def on_fit_start(self, start_epoch: int, max_epochs: int) -> None:
-        self.inner.on_fit_start(start_epoch, max_epochs)
-
-    def on_resume(self, history: list[dict[str, float]]) -> None:
-        self.inner.on_resume(history)
-
-    def on_epoch_start(self, epoch: int) -> None:
+    def __call__(self, epoch: int) -> None:
         self.views = epoch_views(self.n, self.num_views, self.seed, epoch)
-        self.inner.on_epoch_start(epoch)
-
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        self.inner.on_epoch_end(epoch, metrics)
 
 
 def _train_with_objective(
@@ -118,7 +109,8 @@ def _train_with_objective(
     )
     train_spec_views = split_views(env.cfg, "train")
     train_mixing = source.mixing("train", n) if source is not None else split_mixing(env, "train", n, train_spec_views)
-    callbacks = _EpochViews(env.callbacks, n, vcfg.num_views, vcfg.seed)
+    chosen = _EpochViews(n, vcfg.num_views, vcfg.seed)
+    callbacks = BeforeEachEpoch(env.callbacks, chosen)
 
     def run(
         split: str,
@@ -152,7 +144,7 @@ def _train_with_objective(
         crops = source.crops("train") if source is not None else None
 
         def items(epoch: int, idx: torch.Tensor) -> list[Any]:
-            views = callbacks.views[idx].tolist()  # set for this epoch by on_epoch_start
+            views = chosen.views[idx].tolist()  # set for this epoch by on_epoch_start
             if crops is not None:
                 return [(i, crops[i, v].tolist()) for i, v in zip(idx.tolist(), views)]
             return [(i, int(train_seeds[i, v])) for i, v in zip(idx.tolist(), views)]
@@ -160,7 +152,7 @@ def _train_with_objective(
         batches: Any = env.train_source(items)
 
         def step(b):
-            return run("train", b.idx, b.x, b.y, callbacks.views[b.idx])
+            return run("train", b.idx, b.x, b.y, chosen.views[b.idx])
 
         def val_loss() -> float:
             total = sum(
@@ -180,7 +172,7 @@ def _train_with_objective(
             return run(split, idx, r.x, ys[idx.to(ys.device)], views, mix)
 
         def step(idx):
-            return gather("train", idx, x, y, callbacks.views[idx])
+            return gather("train", idx, x, y, chosen.views[idx])
 
         def val_loss() -> float:
             idx = torch.arange(len(xv))

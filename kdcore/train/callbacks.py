@@ -21,3 +21,27 @@ class TrainCallbacks:
 
     def on_progress(self, what: str, done: int, total: int) -> None:
         """Work that is not epochs (a cache build, an evaluation pass): ``done`` of ``total`` units."""
+
+
+class BeforeEachEpoch(TrainCallbacks):
+    """Forwards every hook to ``inner`` and first calls ``prepare(epoch)`` at each epoch's start (what
+    a stage draws per epoch, e.g. which augmented view every sample shows)."""
+
+    def __init__(self, inner: TrainCallbacks, prepare) -> None:
+        self.inner, self.prepare = inner, prepare
+
+    def on_fit_start(self, start_epoch: int, max_epochs: int) -> None:
+        self.inner.on_fit_start(start_epoch, max_epochs)
+
+    def on_resume(self, history: list[dict[str, float]]) -> None:
+        self.inner.on_resume(history)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.prepare(epoch)
+        self.inner.on_epoch_start(epoch)
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.inner.on_epoch_end(epoch, metrics)
+
+    def on_progress(self, what: str, done: int, total: int) -> None:
+        self.inner.on_progress(what, done, total)

@@ -60,7 +60,13 @@ def two_runs(tmp_path_factory):
     home, port = tmp / "home", free_port()
     env = _env(home, KDFLOW_PREFECT_PORT=str(port), KDFLOW_PREFECT_IDLE_MINUTES="0")
     cfg = tmp / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(TINY))
+    short = {  # what is under test is the server, not the training: one epoch each, no latency timing
+        **TINY,
+        "teacher": {**TINY["teacher"], "train": {**TINY["teacher"]["train"], "max_epochs": 1}},
+        "distill": {"train": {**TINY["distill"]["train"], "max_epochs": 1}},
+        "evaluate": {**TINY["evaluate"], "latency": False},
+    }
+    cfg.write_text(yaml.safe_dump(short))
     out = {"home": home, "port": port, "env": env, "tmp": tmp, "runs": [], "pids": []}
     try:
         for i in range(2):
