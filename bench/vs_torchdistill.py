@@ -15,6 +15,8 @@ torch.set_num_threads fixed):
   torchdistill    torchdistill 1.1.5's DistillationBox (public API), teacher run online
   bare            a minimal PyTorch loop, teacher run online
   kdflow-cached   kdcore's distill stage reading the teacher's logits from the features cache
+  kdflow-cached-bf16  the same with `trainer.amp: bf16` and `cache.precision: amp` (bfloat16
+                  autocast on the CPU for the cache build and the training steps; not run by default)
   bare-cached     the minimal loop reading precomputed teacher logits from a tensor
 
 torchdistill has no teacher-output cache, so the online variants are the like-for-like
@@ -49,7 +51,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
-VARIANTS = ("kdflow", "torchdistill", "bare", "kdflow-cached", "bare-cached")
+VARIANTS = ("kdflow", "torchdistill", "bare", "kdflow-cached", "bare-cached", "kdflow-cached-bf16")
+DEFAULT_VARIANTS = VARIANTS[:5]
 ACCURACY_VARIANTS = ("kdflow-cached", "torchdistill", "bare-cached")  # the online twins train identically
 # glibc's dynamic mmap threshold moves epoch times by up to 30 % between identical runs: pin it
 ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": "16777216", "MALLOC_TRIM_THRESHOLD_": "67108864"}
@@ -190,7 +193,7 @@ class BestKeeper:
             self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def run_kdflow(args, prep, cached: bool) -> dict[str, Any]:
+def run_kdflow(args, prep, cached: bool, bf16: bool = False) -> dict[str, Any]:
     from kdcore.config import config_from_dict
     from kdcore.fingerprint import file_sha256
     from kdcore.stages import StageEnv, TeacherSource, build_features, distill_student
@@ -199,9 +202,12 @@ def run_kdflow(args, prep, cached: bool) -> dict[str, Any]:
     raw = workload(args)
     raw["teacher"]["checkpoint"] = prep["teacher"]
     raw["cache"] = {"mode": "cached" if cached else "online"}
+    if bf16:  # bfloat16 autocast for the training steps and the cache build's teacher forward
+        raw["trainer"]["amp"] = "bf16"
+        raw["cache"]["precision"] = "amp"
     cfg = config_from_dict(raw)
     data = _data(args)
-    work = Path(args.workdir) / ("kdflow-cached" if cached else "kdflow")
+    work = Path(args.workdir) / (("kdflow-cached" if cached else "kdflow") + ("-bf16" if bf16 else ""))
     shutil.rmtree(work, ignore_errors=True)  # a fresh run every time: no resuming from an earlier round
     env = StageEnv(cfg, data, work)
     teacher = load_model(prep["teacher"]).to(env.device)
@@ -392,6 +398,7 @@ def run_variant(args) -> None:
     runner = {
         "kdflow": lambda: run_kdflow(args, prep, cached=False),
         "kdflow-cached": lambda: run_kdflow(args, prep, cached=True),
+        "kdflow-cached-bf16": lambda: run_kdflow(args, prep, cached=True, bf16=True),
         "bare": lambda: run_bare(args, prep, cached=False),
         "bare-cached": lambda: run_bare(args, prep, cached=True),
         "torchdistill": lambda: run_torchdistill(args, prep),
@@ -454,12 +461,15 @@ def report(results: dict[str, dict[str, Any]], prep: dict[str, Any], args) -> st
     ratio("torchdistill", "bare")
     ratio("kdflow-cached", "bare-cached")
     ratio("kdflow-cached", "torchdistill")
-    if "kdflow-cached" in results and "torchdistill" in results:  # round 1: the --epochs that gave the accuracy
-        k, td = results["kdflow-cached"], results["torchdistill"]
+    ratio("kdflow-cached-bf16", "kdflow-cached")
+    for ours_v in ("kdflow-cached", "kdflow-cached-bf16"):
+        if ours_v not in results or "torchdistill" not in results:
+            continue
+        k, td = results[ours_v], results["torchdistill"]  # round 1: the --epochs that gave the accuracy
         ours = k["cache_build_s"] + k["distill_s"]
         theirs = sum(td["epoch_seconds"][: args.epochs])
         lines.append(
-            f"time to a distilled student ({args.epochs} epochs): kdflow-cached {ours:.1f} s (cache build "
+            f"time to a distilled student ({args.epochs} epochs): {ours_v} {ours:.1f} s (cache build "
             f"{k['cache_build_s']:.1f} + distill {k['distill_s']:.1f}, validation included) vs torchdistill "
             f"{theirs:.1f} s (training epochs only): x{ours / theirs:.3f}"
         )
@@ -468,7 +478,7 @@ def report(results: dict[str, dict[str, Any]], prep: dict[str, Any], args) -> st
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=VARIANTS)
     ap.add_argument("--epochs", type=int, default=5, help="training epochs (accuracy is measured after them)")
     ap.add_argument("--rounds", type=int, default=3, help="timing rounds (the first also measures accuracy)")
     ap.add_argument("--timing-epochs", type=int, default=3, help="epochs of each later timing round")

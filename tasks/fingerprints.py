@@ -66,12 +66,15 @@ def teacher_reads(cfg: PipelineConfig) -> dict[str, Any]:
 
 
 def features_reads(cfg: PipelineConfig) -> dict[str, Any]:
-    return {
+    reads = {
         "dtype": cfg.cache.dtype,
         "paths": teacher_paths(cfg),
         "views": cfg.cache.views.spec(),
         "topk": cfg.cache.topk,
     }
+    if cfg.cache.precision != "float32":  # the outputs then depend on the autocast dtype, hence amp and device
+        reads["precision"] = {"cache": cfg.cache.precision, "amp": cfg.trainer.amp, "device": cfg.trainer.device}
+    return reads
 
 
 def pretrain_reads(cfg: PipelineConfig) -> dict[str, Any]:

@@ -51,9 +51,12 @@ def key_fields(
     views: dict[str, Any],
     dtype: str,
     topk: Optional[int] = None,
+    precision: str = "float32",
 ) -> dict[str, Any]:
-    """Everything but the captured paths that determines an entry."""
-    return {
+    """Everything but the captured paths that determines an entry. ``precision``: the teacher's
+    forward while building (float32, or bfloat16 / float16 under autocast); keyed only when not
+    float32, so entries built before the setting keep their keys."""
+    fields = {
         "teacher_sha256": teacher_sha256,
         "data_fingerprint": data_fingerprint,
         "split": split,
@@ -61,6 +64,9 @@ def key_fields(
         "dtype": dtype,
         "topk": topk,
     }
+    if precision != "float32":
+        fields["precision"] = precision
+    return fields
 
 
 def cache_key(fields: dict[str, Any], paths: list[str]) -> str:

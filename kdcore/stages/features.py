@@ -20,6 +20,7 @@ from kdcore.errors import ConfigError
 from kdcore.hooks import FeatureTap
 from kdcore.stages.env import StageEnv, fp32
 from kdcore.train.batches import as_input, make_loader
+from kdcore.train.device import autocast as device_autocast
 
 CACHED_SPLITS = ("train", "val")
 NO_VIEWS = {"policy": "none", "num_views": 1, "pad": 0, "seed": 0}
@@ -73,13 +74,20 @@ def build_features(
 ) -> dict[str, tuple[CacheEntry, bool]]:
     """Build (or reuse) the cache entry of each split; returns {split: (entry, built)}.
 
-    The teacher runs in float32 (no autocast): cached outputs are exact. Progress is reported as
+    The teacher runs in float32 (no autocast): cached outputs are exact; with ``cache.precision: amp``
+    under trainer.amp's autocast (faster, outputs rounded; keyed apart). Progress is reported as
     ``callbacks.on_progress("cache", samples done, samples of both splits)``. ``batch_size``:
     samples per teacher forward (default :func:`build_batch_size` of the data's input shape)."""
     cfg = env.cfg
     batch_size = batch_size or build_batch_size(tuple(env.data.input_shape))
     paths = teacher_paths(cfg)
     teacher.eval()
+    amp = env.amp_dtype if cfg.cache.precision == "amp" else None
+    precision = "float32" if amp is None else str(amp).removeprefix("torch.")
+
+    def forward_precision_block():
+        return device_autocast(env.device, amp) if amp is not None else fp32(env.device)
+
     total = sum(len(getattr(env.data, split)) for split in CACHED_SPLITS)
     done = 0
     out = {}
@@ -88,14 +96,16 @@ def build_features(
         n = len(getattr(env.data, split))
         seeds = view_seeds(n, views["num_views"], views["seed"])
         mixing = split_mixing(env, split, n, views)
-        fields = key_fields(teacher_sha256, env.data.fingerprint, split, views, cfg.cache.dtype, cfg.cache.topk)
+        fields = key_fields(
+            teacher_sha256, env.data.fingerprint, split, views, cfg.cache.dtype, cfg.cache.topk, precision
+        )
         batches = _streamed_views if env.streaming else _tensor_views
 
         def produce(
             split=split, seeds=seeds, views=views, batches=batches, mixing=mixing
         ) -> Iterator[dict[str, torch.Tensor]]:
             nonlocal done
-            with FeatureTap(teacher, paths) as tap, torch.inference_mode(), fp32(env.device):
+            with FeatureTap(teacher, paths) as tap, torch.inference_mode(), forward_precision_block():
                 for per_view in batches(env, split, seeds, views, batch_size, mixing):
                     outs = []
                     for xb, extra in per_view:
