@@ -67,8 +67,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def autocast_dtype(device: torch.device, amp: str = "auto") -> torch.dtype | None:
     """The autocast dtype for this device, or None for full precision. The CPU runs in fp32 unless
-    bf16 is asked for (``amp: bf16``: on CPUs with AMX or AVX512-BF16 a small CNN's training step
-    took 1.4x and a resnet's forward 2.2x less time; bench/cpu_bf16.py); fp16 is for GPUs only."""
+    bf16 is asked for (``amp: bf16``: on a CPU with AMX a small CNN's training step ran 1.2x and a
+    resnet's forward 2.1x faster, bench/cpu_bf16.py); fp16 is for GPUs only."""
     if amp == "off":
         return None
     if device.type == "cpu":
