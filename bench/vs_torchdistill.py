@@ -17,6 +17,7 @@ torch.set_num_threads fixed):
   kdflow-cached   kdcore's distill stage reading the teacher's logits from the features cache
   kdflow-cached-bf16  the same with `trainer.amp: bf16` and `cache.precision: amp` (bfloat16
                   autocast on the CPU for the cache build and the training steps; not run by default)
+  kdflow-cached-fast  kdflow-cached-bf16 plus `trainer.channels_last: true` (not run by default)
   bare-cached     the minimal loop reading precomputed teacher logits from a tensor
 
 torchdistill has no teacher-output cache, so the online variants are the like-for-like
@@ -51,7 +52,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
-VARIANTS = ("kdflow", "torchdistill", "bare", "kdflow-cached", "bare-cached", "kdflow-cached-bf16")
+VARIANTS = (
+    *("kdflow", "torchdistill", "bare", "kdflow-cached", "bare-cached"),
+    *("kdflow-cached-bf16", "kdflow-cached-fast"),  # kdflow's CPU speed settings: run when asked
+)
 DEFAULT_VARIANTS = VARIANTS[:5]
 ACCURACY_VARIANTS = ("kdflow-cached", "torchdistill", "bare-cached")  # the online twins train identically
 # glibc's dynamic mmap threshold moves epoch times by up to 30 % between identical runs: pin it
@@ -193,7 +197,7 @@ class BestKeeper:
             self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def run_kdflow(args, prep, cached: bool, bf16: bool = False) -> dict[str, Any]:
+def run_kdflow(args, prep, cached: bool, bf16: bool = False, channels_last: bool = False) -> dict[str, Any]:
     from kdcore.config import config_from_dict
     from kdcore.fingerprint import file_sha256
     from kdcore.stages import StageEnv, TeacherSource, build_features, distill_student
@@ -205,9 +209,12 @@ def run_kdflow(args, prep, cached: bool, bf16: bool = False) -> dict[str, Any]:
     if bf16:  # bfloat16 autocast for the training steps and the cache build's teacher forward
         raw["trainer"]["amp"] = "bf16"
         raw["cache"]["precision"] = "amp"
+    if channels_last:
+        raw["trainer"]["channels_last"] = True
     cfg = config_from_dict(raw)
     data = _data(args)
-    work = Path(args.workdir) / (("kdflow-cached" if cached else "kdflow") + ("-bf16" if bf16 else ""))
+    suffix = ("-bf16" if bf16 else "") + ("-nhwc" if channels_last else "")
+    work = Path(args.workdir) / (("kdflow-cached" if cached else "kdflow") + suffix)
     shutil.rmtree(work, ignore_errors=True)  # a fresh run every time: no resuming from an earlier round
     env = StageEnv(cfg, data, work)
     teacher = load_model(prep["teacher"]).to(env.device)
@@ -399,6 +406,7 @@ def run_variant(args) -> None:
         "kdflow": lambda: run_kdflow(args, prep, cached=False),
         "kdflow-cached": lambda: run_kdflow(args, prep, cached=True),
         "kdflow-cached-bf16": lambda: run_kdflow(args, prep, cached=True, bf16=True),
+        "kdflow-cached-fast": lambda: run_kdflow(args, prep, cached=True, bf16=True, channels_last=True),
         "bare": lambda: run_bare(args, prep, cached=False),
         "bare-cached": lambda: run_bare(args, prep, cached=True),
         "torchdistill": lambda: run_torchdistill(args, prep),
@@ -462,7 +470,8 @@ def report(results: dict[str, dict[str, Any]], prep: dict[str, Any], args) -> st
     ratio("kdflow-cached", "bare-cached")
     ratio("kdflow-cached", "torchdistill")
     ratio("kdflow-cached-bf16", "kdflow-cached")
-    for ours_v in ("kdflow-cached", "kdflow-cached-bf16"):
+    ratio("kdflow-cached-fast", "kdflow-cached")
+    for ours_v in ("kdflow-cached", "kdflow-cached-bf16", "kdflow-cached-fast"):
         if ours_v not in results or "torchdistill" not in results:
             continue
         k, td = results[ours_v], results["torchdistill"]  # round 1: the --epochs that gave the accuracy

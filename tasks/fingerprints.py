@@ -51,6 +51,8 @@ def _trainer(cfg: PipelineConfig) -> dict[str, Any]:
     )
     if trainer["nnodes"] == 1:  # one machine: as before the setting existed (cached homes stay valid)
         trainer.pop("nnodes")
+    if not trainer["channels_last"]:  # likewise
+        trainer.pop("channels_last")
     return trainer
 
 

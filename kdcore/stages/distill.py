@@ -276,7 +276,7 @@ def pretrain_student(env: StageEnv, source: Optional[TeacherSource], teacher: Op
 
 
 def distill_student(env: StageEnv, init_path: Path, source: TeacherSource) -> StageResult:
-    student = load_model(init_path).to(env.device)
+    student = env.place(load_model(init_path))
     fit_result, objective = _train_with_objective(
         env, student, env.cfg.distill.objective_spec(), env.cfg.distill.train, source, "distill"
     )

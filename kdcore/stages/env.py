@@ -94,7 +94,15 @@ class StageEnv:
         with GLOBAL_RNG:  # seeding then drawing, never interleaved with another stage (kdcore.train.rng)
             self.seed(seed_offset)
             model = create_model(arch, in_channels=self.data.in_channels, num_classes=self.data.num_classes, **kwargs)
-        return model.to(self.device)
+        return self.place(model)
+
+    def place(self, model: nn.Module) -> nn.Module:
+        """The model on this stage's device, in channels-last memory format when
+        ``trainer.channels_last`` is set and the inputs are images."""
+        model = model.to(self.device)
+        if self.cfg.trainer.channels_last and len(self.data.input_shape) == 3:
+            model = model.to(memory_format=torch.channels_last)
+        return model
 
     def save_model(self, model: nn.Module, path: Path, stage: str) -> tuple[str, list[Path]]:
         """Write the weights (+ JSON sidecar) and, beside them, the files the data needs at inference
@@ -163,9 +171,14 @@ def fp32(device: torch.device):
 
 
 @torch.no_grad()
-def classifier_val(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> dict[str, float]:
-    """Validation top-1 and cross-entropy of ``model`` on (x, y)."""
+def classifier_val(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: Optional[int] = None
+) -> dict[str, float]:
+    """Validation top-1 and cross-entropy of ``model`` on (x, y), ``batch_size`` samples a forward
+    (default: 256 on the CPU, where a small CNN's activations then stay in the caches: twice as fast
+    as 1,024 on 28-px images; 1,024 elsewhere)."""
     model.eval()
+    batch_size = batch_size or (256 if x.device.type == "cpu" else 1024)
     correct, loss = 0, 0.0
     for i in range(0, len(x), batch_size):
         logits = model(x[i : i + batch_size]).float()

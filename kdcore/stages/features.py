@@ -81,7 +81,7 @@ def build_features(
     cfg = env.cfg
     batch_size = batch_size or build_batch_size(tuple(env.data.input_shape))
     paths = teacher_paths(cfg)
-    teacher.eval()
+    teacher = env.place(teacher).eval()
     amp = env.amp_dtype if cfg.cache.precision == "amp" else None
     precision = "float32" if amp is None else str(amp).removeprefix("torch.")
 

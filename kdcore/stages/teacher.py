@@ -97,4 +97,4 @@ def _load_given(env: StageEnv):
     cfg = env.cfg.teacher
     assert cfg.checkpoint is not None  # called only when the config names one
     model = load_teacher(cfg.checkpoint, cfg.arch, cfg.kwargs, env.data.in_channels, env.data.num_classes)
-    return model.to(env.device)
+    return env.place(model)

@@ -1,6 +1,7 @@
-"""bf16 on the CPU, asked for: `trainer.amp: bf16` trains under bfloat16 autocast on the CPU (auto
-stays float32 there), and `cache.precision: amp` builds the teacher cache under it, keyed apart
-from the exact float32 entries. The speed is bench/cpu_bf16.py's (never asserted here)."""
+"""bf16 and channels-last on the CPU, asked for: `trainer.amp: bf16` trains under bfloat16 autocast
+on the CPU (auto stays float32 there), `cache.precision: amp` builds the teacher cache under it,
+keyed apart from the exact float32 entries, and `trainer.channels_last` trains NHWC models. The
+speed is bench/cpu_bf16.py's (never asserted here)."""
 
 from __future__ import annotations
 
@@ -72,3 +73,19 @@ def test_the_setting_keys_the_features_stage_only_when_set():
 
     assert features_fp(precision="float32") == features_fp()
     assert features_fp(precision="amp") != features_fp()
+
+
+def test_channels_last_trains_nhwc_models_and_keys_only_when_set(tmp_path):
+    cfg = tiny_config(trainer={"channels_last": True, "device": "cpu"}, teacher={"arch": "cnn_tiny"})
+    data = load_dataset(cfg.data)
+    result = train_teacher(StageEnv(cfg, data, tmp_path / "t"))
+    convs = [m for m in result.model.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    assert result.metrics["val_top1"] > 0.5
+
+    def teacher_fp(**trainer):
+        raw = {"data": {"name": "digits"}, "trainer": trainer}
+        return fingerprint("teacher", config_from_dict(raw), "data", {})
+
+    assert teacher_fp(channels_last=False) == teacher_fp()  # homes from before the setting stay valid
+    assert teacher_fp(channels_last=True) != teacher_fp()
