@@ -76,6 +76,8 @@ def features_reads(cfg: PipelineConfig) -> dict[str, Any]:
     }
     if cfg.cache.precision != "float32":  # the outputs then depend on the autocast dtype, hence amp and device
         reads["precision"] = {"cache": cfg.cache.precision, "amp": cfg.trainer.amp, "device": cfg.trainer.device}
+    if cfg.trainer.channels_last:  # and on the teacher's memory format (its kernels round differently)
+        reads["channels_last"] = True
     return reads
 
 

@@ -54,8 +54,8 @@ def key_fields(
     precision: str = "float32",
 ) -> dict[str, Any]:
     """Everything but the captured paths that determines an entry. ``precision``: the teacher's
-    forward while building (float32, or bfloat16 / float16 under autocast); keyed only when not
-    float32, so entries built before the setting keep their keys."""
+    forward while building (float32, or bfloat16 / float16 under autocast, "+channels_last" for an
+    NHWC teacher); keyed only when not float32, so entries built before the setting keep their keys."""
     fields = {
         "teacher_sha256": teacher_sha256,
         "data_fingerprint": data_fingerprint,

@@ -89,3 +89,16 @@ def test_channels_last_trains_nhwc_models_and_keys_only_when_set(tmp_path):
 
     assert teacher_fp(channels_last=False) == teacher_fp()  # homes from before the setting stay valid
     assert teacher_fp(channels_last=True) != teacher_fp()
+
+
+def test_a_channels_last_teacher_builds_its_own_cache_entry(tmp_path):
+    nchw = tiny_config(data={"limit_train": 200})
+    nhwc = tiny_config(data={"limit_train": 200}, trainer={"channels_last": True})
+    data = load_dataset(nchw.data)
+    torch.manual_seed(0)
+    teacher = create_model("cnn_small", in_channels=data.in_channels, num_classes=data.num_classes)
+    a = build_features(StageEnv(nchw, data, tmp_path / "a"), teacher, "sha", tmp_path / "cache")
+    b = build_features(StageEnv(nhwc, data, tmp_path / "b"), teacher, "sha", tmp_path / "cache")
+    assert b["train"][1] and a["train"][0].key != b["train"][0].key  # built, not reused
+    la, lb = a["train"][0].read_all("logits"), b["train"][0].read_all("logits")
+    assert torch.allclose(la, lb, rtol=1e-4, atol=1e-4)  # the same function, rounded another way
