@@ -279,7 +279,9 @@ class Tracker:
     ) -> str:
         from mlflow.models import infer_signature
 
-        model = model.cpu().eval()
+        # the standard memory format: a model trained channels-last (trainer.channels_last) is served
+        # like any other (torch.export would otherwise save its NHWC-strided weights as they are)
+        model = model.cpu().eval().to(memory_format=torch.contiguous_format)
         x = example.cpu().numpy()
         with torch.no_grad():
             y = model(example.cpu()).numpy()

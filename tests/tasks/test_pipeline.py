@@ -9,6 +9,7 @@ import copy
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from conftest import TINY, kdflow_home
@@ -171,3 +172,61 @@ def test_a_deleted_export_is_rebuilt_and_nothing_else(export_reruns):
     assert Path(rebuilt["export"]["path"]).is_file()
     student = client(home).get_model_version("tiny-student", rebuilt["registered"]["tiny-student"])
     assert student.tags["kdflow.export_uri"] == rebuilt["export"]["artifact_uri"]
+
+
+FAST = ["trainer.amp=bf16", "trainer.channels_last=true", "cache.precision=amp"]
+
+
+@pytest.fixture(scope="module")
+def fast_runs(runs):
+    """In the same home: the CPU speed settings (bf16 autocast, NHWC, a cache built under the
+    autocast) through the whole pipeline, then the same run again."""
+    from flows.runner import run_pipeline
+
+    home = runs[0]
+    manifests = {p: p.stat().st_mtime_ns for p in (home / "cache").glob("*/manifest.json")}
+    with kdflow_home(home):
+        fast = run_pipeline(config_from_dict(copy.deepcopy(TINY), FAST))
+        again = run_pipeline(config_from_dict(copy.deepcopy(TINY), FAST))
+    return home, fast, again, manifests
+
+
+def test_the_cpu_speed_settings_run_end_to_end_keyed_apart_and_cached(runs, fast_runs):
+    _, first, _, _, _ = runs
+    home, fast, again, manifests = fast_runs
+    st = fast["stages"]
+    assert not any(st[s]["cached"] for s in ("teacher", "features", "distill", "baseline")), st
+    assert st["features"]["fingerprint"] != first["stages"]["features"]["fingerprint"]
+    c = client(home)
+    features = c.get_run(st["features"]["mlflow_run_id"]).data.params
+    assert features["precision.cache"] == "amp" and features["precision.amp"] == "bf16"
+    assert features["channels_last"] == "true"
+    distill = c.get_run(st["distill"]["mlflow_run_id"]).data.params
+    assert distill["trainer.amp"] == "bf16" and distill["trainer.channels_last"] == "true"
+    after = {p: p.stat().st_mtime_ns for p in (home / "cache").glob("*/manifest.json")}
+    assert manifests and all(after[p] == t for p, t in manifests.items()), "a float32 entry was rewritten"
+    assert len(after) > len(manifests), "the bf16 entries were built beside them"
+    m = fast["models"]
+    assert m["teacher"]["top1"] > 0.8 and m["student"]["top1"] > 0.3, m
+    assert "tiny-student" in fast["registered_new"]
+    assert all(s["cached"] for s in again["stages"].values()), again["stages"]
+    assert again["registered_new"] == []
+
+
+def test_a_channels_last_student_is_registered_in_the_standard_memory_format(fast_runs, tmp_path):
+    import mlflow
+
+    from kdcore.data import load_dataset
+    from kdcore.train.checkpoint import load_model
+    from tasks.tracking import process_uri
+
+    home, fast, _, _ = fast_runs
+    with process_uri(f"sqlite:///{home / 'mlflow.db'}"):
+        uri = f"models:/tiny-student/{fast['registered']['tiny-student']}"
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp_path))
+    registered = mlflow.pytorch.load_model(local)
+    assert all(p.is_contiguous() for p in registered.parameters()), "NHWC-strided weights were logged"
+    x = load_dataset(config_from_dict(copy.deepcopy(TINY)).data).test.x[:16]
+    trained = load_model(Path(fast["artifacts"]["distill"])).eval()
+    with torch.no_grad():
+        assert torch.allclose(registered(x), trained(x), atol=1e-4)
