@@ -23,6 +23,7 @@ from kdcore.errors import KdflowError
 from kdcore.stages import StageEnv
 from kdcore.train import TrainCallbacks
 from kdcore.train.ddp import device_slot, run_distributed
+from kdcore.train.openmp import release_thread_pool
 from tasks import events, tag_limits
 from tasks.compute_gate import GATE
 from tasks.context import RunContext
@@ -170,6 +171,8 @@ def stage_task(spec: "StageSpec"):
         except BaseException as exc:
             events.emit(spec.name, "failed", message=f"{type(exc).__name__}: {exc}")
             raise
+        finally:  # this worker thread's OpenMP pool would idle beside the next stage's (kdcore/train/openmp.py)
+            release_thread_pool()
         events.emit(spec.name, "done", metrics=dict(record.metrics))
         return record.model_dump(mode="json")
 
@@ -320,6 +323,7 @@ def finish_stage(sub: SubmittedStage) -> tuple[dict, bool]:
     """Wait for a submitted stage: (its record, whether it was a cache hit). A failed stage raises
     its exception. A cached record whose artifact has vanished or is damaged (the stage spec says
     what "intact" means) is computed again."""
+    release_thread_pool()  # the waiting thread's pool (e.g. the flow's, from loading data) would slow the stage
     sub.future.wait()
     record = sub.future.result()  # raises the stage's exception if it failed
     cached = sub.future.state.name == "Cached"

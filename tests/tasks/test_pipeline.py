@@ -6,6 +6,7 @@ changed."""
 from __future__ import annotations
 
 import copy
+import threading
 from pathlib import Path
 
 import pytest
@@ -181,19 +182,28 @@ FAST = ["trainer.amp=bf16", "trainer.channels_last=true", "cache.precision=amp"]
 def fast_runs(runs):
     """In the same home: the CPU speed settings (bf16 autocast, NHWC, a cache built under the
     autocast) through the whole pipeline, then the same run again."""
+    import tasks.stage
     from flows.runner import run_pipeline
 
     home = runs[0]
     manifests = {p: p.stat().st_mtime_ns for p in (home / "cache").glob("*/manifest.json")}
-    with kdflow_home(home):
+    released: list[tuple[int, bool]] = []  # (thread, taken) of every OpenMP pool handed back
+    real = tasks.stage.release_thread_pool
+
+    def recording() -> bool:
+        released.append((threading.get_ident(), real()))
+        return released[-1][1]
+
+    with kdflow_home(home), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tasks.stage, "release_thread_pool", recording)
         fast = run_pipeline(config_from_dict(copy.deepcopy(TINY), FAST))
         again = run_pipeline(config_from_dict(copy.deepcopy(TINY), FAST))
-    return home, fast, again, manifests
+    return home, fast, again, manifests, (threading.get_ident(), released)
 
 
 def test_the_cpu_speed_settings_run_end_to_end_keyed_apart_and_cached(runs, fast_runs):
     _, first, _, _, _ = runs
-    home, fast, again, manifests = fast_runs
+    home, fast, again, manifests, _ = fast_runs
     st = fast["stages"]
     assert not any(st[s]["cached"] for s in ("teacher", "features", "distill", "baseline")), st
     assert st["features"]["fingerprint"] != first["stages"]["features"]["fingerprint"]
@@ -220,7 +230,7 @@ def test_a_channels_last_student_is_registered_in_the_standard_memory_format(fas
     from kdcore.train.checkpoint import load_model
     from tasks.tracking import process_uri
 
-    home, fast, _, _ = fast_runs
+    home, fast, _, _, _ = fast_runs
     with process_uri(f"sqlite:///{home / 'mlflow.db'}"):
         uri = f"models:/tiny-student/{fast['registered']['tiny-student']}"
         local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp_path))
@@ -230,3 +240,14 @@ def test_a_channels_last_student_is_registered_in_the_standard_memory_format(fas
     trained = load_model(Path(fast["artifacts"]["distill"])).eval()
     with torch.no_grad():
         assert torch.allclose(registered(x), trained(x), atol=1e-4)
+
+
+def test_the_flow_and_every_stage_thread_hand_back_their_openmp_pools(fast_runs):
+    """An idle pool beside the training thread slows it (kdcore/train/openmp.py): the flow's thread
+    hands its pool back before it waits for a stage, and each stage's worker thread when it ends."""
+    _, fast, _, _, (flow_thread, released) = fast_runs
+    assert released and all(taken for _, taken in released), released
+    assert any(t == flow_thread for t, _ in released), "the waiting flow thread kept its pool"
+    ran = [s for s, info in fast["stages"].items() if not info["cached"]]
+    in_stages = [t for t, _ in released if t != flow_thread]
+    assert len(in_stages) >= len(ran), (len(in_stages), ran)

@@ -1,0 +1,49 @@
+"""Idle OpenMP thread pools, handed back so that they do not slow down the thread that trains.
+
+Every thread that runs a parallel torch op on the CPU gets an OpenMP pool of its own (its intra-op
+threads minus one workers), kept for as long as the thread lives. libgomp counts the workers of all
+pools; once the process holds more of them than the machine has cores, every pool's threads stop
+spinning at a barrier after a hundred rounds and sleep on a futex instead, and each wake-up then
+costs the training loop time. On the 2-core machine a stage trained in a worker thread (as Prefect
+runs tasks) at 0.78x the speed of the same loop in the main thread, only because the main thread's
+pool, left over from loading the data, sat idle beside it (bench/README.md "bare_loop.py").
+
+``omp_pause_resource_all`` (OpenMP 5.0) ends the calling thread's pool; its next parallel op starts
+a new one with the same thread count, so nothing computed changes. Where the runtime is not found
+(no ``/proc``, or a runtime without the call) this does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import re
+from pathlib import Path
+from typing import Callable, Optional
+
+_OMP_PAUSE_SOFT = 1  # omp_pause_resource_t: soft pause, the threads end and the runtime stays usable
+# libgomp (GCC, torch's Linux wheels), libomp (LLVM), libiomp5 (Intel)
+_RUNTIME = re.compile(r"/lib(gomp|omp|iomp5)[^/]*\.so[.0-9]*$")
+
+
+@functools.cache
+def _pause_all() -> Optional[Callable[[int], int]]:
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return None
+    paths = {line.split()[-1] for line in maps.splitlines() if _RUNTIME.search(line)}
+    for path in sorted(paths):
+        try:
+            fn = ctypes.CDLL(path).omp_pause_resource_all  # the copy already loaded: the same runtime
+        except (OSError, AttributeError):
+            continue
+        fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+        return fn
+    return None
+
+
+def release_thread_pool() -> bool:
+    """End the calling thread's idle OpenMP pool (if any); True when the runtime took the call."""
+    pause = _pause_all()
+    return pause is not None and pause(_OMP_PAUSE_SOFT) == 0
