@@ -27,23 +27,27 @@ _RUNTIME = re.compile(r"/lib(gomp|omp|iomp5)[^/]*\.so[.0-9]*$")
 
 
 @functools.cache
-def _pause_all() -> Optional[Callable[[int], int]]:
+def _pause_calls() -> tuple[Callable[[int], int], ...]:
+    """``omp_pause_resource_all`` of every OpenMP runtime loaded: torch's and any other library's
+    own copy (scikit-learn's wheels bring a libgomp of their own, each copy with its own pools)."""
     try:
         maps = Path("/proc/self/maps").read_text()
     except OSError:
-        return None
-    paths = {line.split()[-1] for line in maps.splitlines() if _RUNTIME.search(line)}
-    for path in sorted(paths):
+        return ()
+    calls = []
+    for path in sorted({line.split()[-1] for line in maps.splitlines() if _RUNTIME.search(line)}):
         try:
             fn = ctypes.CDLL(path).omp_pause_resource_all  # the copy already loaded: the same runtime
         except (OSError, AttributeError):
             continue
         fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
-        return fn
-    return None
+        calls.append(fn)
+    return tuple(calls)
 
 
 def release_thread_pool() -> bool:
-    """End the calling thread's idle OpenMP pool (if any); True when the runtime took the call."""
-    pause = _pause_all()
-    return pause is not None and pause(_OMP_PAUSE_SOFT) == 0
+    """End the calling thread's idle OpenMP pools (if any); True when every runtime found took the call.
+
+    The runtimes are looked up on the first call, so call it after torch is imported."""
+    calls = _pause_calls()
+    return bool(calls) and all([pause(_OMP_PAUSE_SOFT) == 0 for pause in calls])
