@@ -19,8 +19,13 @@ teacher's output on 10 crop/flip views of every training image, every epoch show
 it has not shown in the current cycle of 10 epochs, and the student matches the teacher's output on
 that very view (KD alone); their baselines train with cross-entropy on the same views.
 
+The ``tl_*`` variants start the student from a same-family teacher's layers (configs/methods/
+recommended.yaml's pretrain section, 1 epoch, then 9 epochs of KD); they need a ``cnn_medium``
+teacher (``--teacher-arch cnn_medium``), whose filters the ``cnn`` student's layers slice.
+
 Usage:
-  python bench/recipes.py [--teacher-checkpoint PATH] [--variants base_lr05 kd_t1_lr05 ...] [--threads 2]
+  python bench/recipes.py [--teacher-checkpoint PATH | --teacher-arch ARCH --teacher-epochs N]
+      [--variants base_lr05 kd_t1_lr05 ...] [--threads 2] [--seed 0]
 """
 
 from __future__ import annotations
@@ -39,8 +44,29 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 KD_T4 = {"temperature": 4.0, "losses": {"kd": {"weight": 0.9}, "ce": {"weight": 0.1}}}
 KD_T1 = {"temperature": 1.0, "losses": {"kd": {"weight": 1.0}}}
+KD_T2 = {"temperature": 2.0, "losses": {"kd": {"weight": 1.0}}}
+KD_T3 = {"temperature": 3.0, "losses": {"kd": {"weight": 1.0}}}
+KD_T4_ALONE = {"temperature": 4.0, "losses": {"kd": {"weight": 1.0}}}
+# configs/methods/dkd.yaml's losses (CE + DKD, alpha 1, beta 8, T 4, 70 warm-up steps)
+DKD = {
+    "losses": {
+        "ce": {"weight": 1.0},
+        "dkd": {"weight": 1.0, "alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup": 70},
+    }
+}
 
 CROP_FLIP = {"policy": "crop_flip", "pad": 2}  # a shift of up to 2 px and a mirror, per view
+
+# configs/methods/recommended.yaml's start: the student takes the leading slices of a same-family
+# teacher's layers (cnn_medium -> cnn) and trains them 1 epoch on soft targets; 9 epochs of KD follow
+TEACHER_LAYERS = {
+    "method": "teacher_layers",
+    "select": "first",
+    "partial": True,
+    "freeze_copied": True,
+    "losses": {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "temperature": 4.0}},
+    "train": {"max_epochs": 1, "batch_size": 128, "lr": 0.05},
+}
 
 # name -> (baseline?, distill section laid over the base's, cache.views or None)
 # A baseline with views trains with cross-entropy on the very views its distilled pair sees.
@@ -49,8 +75,20 @@ VARIANTS: dict[str, tuple[bool, dict[str, Any], Any]] = {
     "base_lr05": (True, {"train": {"lr": 0.05}}, None),
     "kd_t4_lr05": (False, {**KD_T4, "train": {"lr": 0.05}}, None),
     "kd_t1_lr05": (False, {**KD_T1, "train": {"lr": 0.05}}, None),
+    "kd_t4_lr01": (False, {**KD_T4}, None),  # the issue's KD row: its workload as stated
+    "kd_t1_lr01": (False, {**KD_T1}, None),
+    "dkd_lr01": (False, {**DKD}, None),
+    "dkd_lr05": (False, {**DKD, "train": {"lr": 0.05}}, None),
+    "kd_t2_lr05": (False, {**KD_T2, "train": {"lr": 0.05}}, None),
+    "kd_t3_lr05": (False, {**KD_T3, "train": {"lr": 0.05}}, None),
+    "kd_t4alone_lr05": (False, {**KD_T4_ALONE, "train": {"lr": 0.05}}, None),
+    "kd_t2_lr01": (False, {**KD_T2}, None),
+    "kd_t2_lr10": (False, {**KD_T2, "train": {"lr": 0.1}}, None),
+    "base_lr10": (True, {"train": {"lr": 0.1}}, None),
+    "kd_t1_lr10": (False, {**KD_T1, "train": {"lr": 0.1}}, None),
     "base_lr05_e30": (True, {"train": {"lr": 0.05, "max_epochs": 30}}, None),
     "kd_t1_lr05_e30": (False, {**KD_T1, "train": {"lr": 0.05, "max_epochs": 30}}, None),
+    "kd_t2_lr05_e30": (False, {**KD_T2, "train": {"lr": 0.05, "max_epochs": 30}}, None),
     # patient and consistent: a new crop/flip view of every image each epoch, the teacher's output on it cached
     "base_cf10_lr05": (True, {"train": {"lr": 0.05}}, {**CROP_FLIP, "num_views": 10}),
     "fm_cf10_t1_lr05": (False, {**KD_T1, "train": {"lr": 0.05}}, {**CROP_FLIP, "num_views": 10}),
@@ -58,16 +96,21 @@ VARIANTS: dict[str, tuple[bool, dict[str, Any], Any]] = {
     "base_cf10_lr05_e30": (True, {"train": {"lr": 0.05, "max_epochs": 30}}, {**CROP_FLIP, "num_views": 10}),
     "fm_cf10_t1_lr05_e30": (False, {**KD_T1, "train": {"lr": 0.05, "max_epochs": 30}}, {**CROP_FLIP, "num_views": 10}),
 }
+# name -> pretrain section (the variants that start from the teacher's layers: --teacher-arch cnn_medium)
+PRETRAIN: dict[str, dict[str, Any]] = {}
+for _name, _distill in (("tl_kd_t4_lr05", KD_T4), ("tl_kd_t2_lr05", KD_T2)):
+    VARIANTS[_name] = (False, {**_distill, "train": {"lr": 0.05, "max_epochs": 9}}, None)
+    PRETRAIN[_name] = TEACHER_LAYERS
 
 
-def base_config(teacher: Path, threads: int) -> dict[str, Any]:
+def base_config(teacher: Path, threads: int, seed: int = 0, arch: str = "resnet14") -> dict[str, Any]:
     return {
         "name": "recipes",
         "data": {"name": "fashion_mnist", "val_fraction": 0.1},
-        "teacher": {"arch": "resnet14", "kwargs": {}, "checkpoint": str(teacher)},
+        "teacher": {"arch": arch, "kwargs": {}, "checkpoint": str(teacher)},
         "student": {"arch": "cnn", "kwargs": {"channels": [16, 24, 24]}},
         "distill": {"train": {"max_epochs": 10, "batch_size": 128, "lr": 0.01}},
-        "trainer": {"device": "cpu", "seed": 0, "num_threads": threads},
+        "trainer": {"device": "cpu", "seed": seed, "num_threads": threads},
     }
 
 
@@ -83,6 +126,7 @@ def _lay(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher-checkpoint", type=Path, help="a trained teacher (else one is trained, see below)")
+    p.add_argument("--teacher-arch", default="resnet14", help="without a checkpoint: the teacher trained here")
     p.add_argument("--teacher-epochs", type=int, default=20, help="without a checkpoint: the teacher's epochs")
     p.add_argument("--teacher-lr", type=float, default=0.05, help="without a checkpoint: its learning rate")
     p.add_argument(
@@ -90,6 +134,7 @@ def main() -> None:
     )
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--threads", type=int, default=2, help="torch threads (the weights depend on it, bit for bit)")
+    p.add_argument("--seed", type=int, default=0, help="trainer.seed of the students (the teacher is trained with 0)")
     p.add_argument("--home", type=Path, default=Path("/tmp/kdflow-recipes"), help="cache entries and stage folders")
     args = p.parse_args()
 
@@ -105,12 +150,13 @@ def main() -> None:
     if args.teacher_checkpoint is None:  # trained once per setting, kept under HOME/bench/methods/
         raw = base_config(Path("unused"), args.threads)
         raw["teacher"] = {
-            "arch": "resnet14",
+            "arch": args.teacher_arch,
             "kwargs": {},
             "train": {"max_epochs": args.teacher_epochs, "batch_size": 128, "lr": args.teacher_lr},
         }
         args.teacher_checkpoint, _ = M.get_teacher(args.home, raw, data, args.teacher_augment)
     teacher = load_model(args.teacher_checkpoint)
+    teacher_arch = json.loads(Path(str(args.teacher_checkpoint) + ".json").read_text())["spec"]["arch"]
     teacher_test = classifier_val(teacher, data.test.x, data.test.y)["val_top1"]
     tag = file_sha256(args.teacher_checkpoint)  # the cache entries are keyed by the teacher's weights
     built_s: dict[str, float] = {}
@@ -123,15 +169,20 @@ def main() -> None:
         built_s.setdefault(key, time.perf_counter() - t0)
         return {split: entry for split, (entry, _) in built.items()}
 
+    wrong = [n for n in args.variants if n in PRETRAIN and teacher_arch != "cnn_medium"]
+    if wrong:
+        p.error(f"{', '.join(wrong)} copy a cnn_medium teacher's layers; the teacher is a {teacher_arch}")
     for name in args.variants:
         is_baseline, distill, views = VARIANTS[name]
-        raw = base_config(args.teacher_checkpoint, args.threads)
+        raw = base_config(args.teacher_checkpoint, args.threads, args.seed, teacher_arch)
         _lay(raw["distill"], copy.deepcopy(distill))
+        if name in PRETRAIN:
+            raw["pretrain"] = copy.deepcopy(PRETRAIN[name])
         raw["baseline"] = {"train": raw["distill"]["train"]}
         if views is not None:
             raw["cache"] = {"views": dict(views)}
         cfg = config_from_dict(raw)
-        work = args.home / "runs" / name
+        work = args.home / "runs" / (name if args.seed == 0 else f"{name}-seed{args.seed}")
         r = M.run_one(raw, "baseline" if is_baseline else name, data, teacher, work, entries_for)
         test, seconds = r["test_top1"], r["seconds"]
         views_key = json.dumps(cfg.cache.views.spec(), sort_keys=True)
@@ -142,13 +193,15 @@ def main() -> None:
                     "test_top1": round(100 * test, 2),
                     "teacher_test_top1": round(100 * teacher_test, 2),
                     "of_teacher_pct": round(100 * test / teacher_test, 1),
-                    "epochs": cfg.distill.train.max_epochs,
+                    "epochs": cfg.distill.train.max_epochs + (cfg.pretrain.train.max_epochs if name in PRETRAIN else 0),
+                    "teacher": teacher_arch,
                     "lr": cfg.distill.train.lr,
                     "views": cfg.cache.views.num_views,
                     # this run's cache build (a reused entry: its lookup time)
                     "cache_build_s": None if is_baseline else round(built_s[views_key], 1),
                     "seconds": round(seconds, 1),
                     "threads": args.threads,
+                    "seed": args.seed,
                 }
             ),
             flush=True,
