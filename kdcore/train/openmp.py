@@ -19,7 +19,7 @@ import ctypes
 import functools
 import re
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 _OMP_PAUSE_SOFT = 1  # omp_pause_resource_t: soft pause, the threads end and the runtime stays usable
 # libgomp (GCC, torch's Linux wheels), libomp (LLVM), libiomp5 (Intel)
