@@ -330,8 +330,8 @@ class TrainerConfig(Section):
     concurrent_stages: Union[Literal["auto"], bool] = Field(
         "auto",
         description="train independent stages side by side (true) or one after the other in the declared "
-        "order (false); auto: side by side on the CPU (measured faster: bench/schedule.py) and where each "
-        "branch gets GPUs of its own, one after the other on MPS or one shared GPU",
+        "order (false); auto: side by side only where each branch gets GPUs of its own, one after the other "
+        "on the CPU (measured faster: bench/schedule.py), MPS or one shared GPU",
     )
 
     @model_validator(mode="after")

@@ -259,9 +259,10 @@ BRANCHES = 2
 def runs_concurrently(trainer: TrainerConfig, branches: int = BRANCHES) -> bool:
     """Whether a flow runs independent stages side by side (``trainer.concurrent_stages``).
 
-    ``auto``: on the CPU, side by side (measured by bench/schedule.py on the 2-core development
-    machine, default config: 39.7 s against 44.2 s one after the other; the stages' small kernels
-    leave cores idle that the other branch fills); on GPUs, only when each of the ``branches`` gets
+    ``auto``: on the CPU, one after the other (measured by bench/schedule.py on the 2-core
+    development machine, default config: 33.9 s against 36.7 s side by side, once idle OpenMP pools
+    stopped slowing each stage (kdcore/train/openmp.py; before that, side by side won, 39.7 s
+    against 44.2 s): two stages that each use every core only contend); on GPUs, only when each of the ``branches`` gets
     GPUs of its own (``auto``/``cuda`` with at least ``branches * trainer.devices`` visible GPUs,
     which :func:`device_slot` hands out distinct), one after the other on MPS or one shared GPU.
     Either way the weights are the same (:mod:`tasks.compute_gate`)."""
@@ -269,12 +270,10 @@ def runs_concurrently(trainer: TrainerConfig, branches: int = BRANCHES) -> bool:
         return bool(trainer.concurrent_stages)
     import torch
 
-    if trainer.device == "cpu":
-        return True
-    if trainer.device not in ("auto", "cuda"):
+    if trainer.device not in ("auto", "cuda"):  # the CPU, MPS, one named GPU
         return False
     if trainer.device == "auto" and not torch.cuda.is_available():
-        return not torch.backends.mps.is_available()  # auto resolves to the CPU
+        return False  # auto resolves to the CPU or MPS
     return torch.cuda.is_available() and torch.cuda.device_count() >= branches * trainer.devices
 
 
