@@ -130,9 +130,7 @@ def report_stages(report: dict) -> list[str]:
         ("cuda", 2, 4, True),
     ],
 )
-def test_auto_runs_side_by_side_only_where_each_branch_gets_its_own_gpus(
-    monkeypatch, device, devices, gpus, expected
-):
+def test_auto_runs_side_by_side_only_where_each_branch_gets_its_own_gpus(monkeypatch, device, devices, gpus, expected):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: device == "mps")
