@@ -9,8 +9,11 @@ runs tasks) at 0.78x the speed of the same loop in the main thread, only because
 pool, left over from loading the data, sat idle beside it (bench/README.md "bare_loop.py").
 
 ``omp_pause_resource_all`` (OpenMP 5.0) ends the calling thread's pool; its next parallel op starts
-a new one with the same thread count, so nothing computed changes. Where the runtime is not found
-(no ``/proc``, or a runtime without the call) this does nothing.
+a new one with the same thread count, so nothing computed changes. Only GNU libgomp (torch's Linux
+wheels) is handled: there the call ends the calling thread's pool and no other. LLVM's and Intel's
+runtimes pause every thread of the runtime on that call, which must not happen while another
+thread trains, and they spin by a time limit rather than by a count of pool workers. Where libgomp
+is not found (no ``/proc``, another runtime) this does nothing.
 """
 
 from __future__ import annotations
@@ -22,14 +25,13 @@ from pathlib import Path
 from typing import Callable
 
 _OMP_PAUSE_SOFT = 1  # omp_pause_resource_t: soft pause, the threads end and the runtime stays usable
-# libgomp (GCC, torch's Linux wheels), libomp (LLVM), libiomp5 (Intel)
-_RUNTIME = re.compile(r"/lib(gomp|omp|iomp5)[^/]*\.so[.0-9]*$")
+_RUNTIME = re.compile(r"/libgomp[^/]*\.so[.0-9]*$")  # GNU's, e.g. torch/lib/libgomp.so.1
 
 
 @functools.cache
 def _pause_calls() -> tuple[Callable[[int], int], ...]:
-    """``omp_pause_resource_all`` of every OpenMP runtime loaded: torch's and any other library's
-    own copy (scikit-learn's wheels bring a libgomp of their own, each copy with its own pools)."""
+    """``omp_pause_resource_all`` of every libgomp loaded: torch's and any other library's own copy
+    (scikit-learn's wheels bring a libgomp of their own, each copy with its own pools)."""
     try:
         maps = Path("/proc/self/maps").read_text()
     except OSError:
@@ -46,7 +48,7 @@ def _pause_calls() -> tuple[Callable[[int], int], ...]:
 
 
 def release_thread_pool() -> bool:
-    """End the calling thread's idle OpenMP pools (if any); True when every runtime found took the call.
+    """End the calling thread's idle OpenMP pools (if any); True when every libgomp found took the call.
 
     The runtimes are looked up on the first call, so call it after torch is imported."""
     calls = _pause_calls()
