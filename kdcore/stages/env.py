@@ -100,9 +100,12 @@ class StageEnv:
         """The model on this stage's device, in channels-last memory format when
         ``trainer.channels_last`` is set and the inputs are images."""
         model = model.to(self.device)
-        if self.cfg.trainer.channels_last and len(self.data.input_shape) == 3:
-            model = model.to(memory_format=torch.channels_last)
-        return model
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether this stage's models run NHWC: ``trainer.channels_last`` and image inputs."""
+        return self.cfg.trainer.channels_last and len(self.data.input_shape) == 3
 
     def save_model(self, model: nn.Module, path: Path, stage: str) -> tuple[str, list[Path]]:
         """Write the weights (+ JSON sidecar) and, beside them, the files the data needs at inference

@@ -84,7 +84,7 @@ def build_features(
     teacher = env.place(teacher).eval()
     amp = env.amp_dtype if cfg.cache.precision == "amp" else None
     precision = "float32" if amp is None else str(amp).removeprefix("torch.")
-    if cfg.trainer.channels_last and len(env.data.input_shape) == 3:  # NHWC kernels round differently
+    if env.channels_last:  # NHWC kernels round differently
         precision += "+channels_last"
 
     def forward_precision_block():
