@@ -402,9 +402,8 @@ def report(args: argparse.Namespace, res: dict[str, Any], td: Optional[dict], ba
         "means over the seeds; time to distilled student = features + pretrain + distill; x baseline time: against the "
         "plain-trained baseline of the kd runs (same epochs, its training stage).",
     ]
-    side_by_side = not any(item.replace(" ", "") == "trainer.concurrent_stages=false" for item in args.set)
     if (
-        side_by_side
+        stages_side_by_side(args)
         and not args.teacher_checkpoint
         and first["cached"].get("baseline") is False
         and not first["cached"].get("teacher")
@@ -422,6 +421,15 @@ def report(args: argparse.Namespace, res: dict[str, Any], td: Optional[dict], ba
     lines += ["", *td_lines(td, rows, args)]
     lines += ["", *bare_lines(bare)]
     return "\n".join(lines)
+
+
+def stages_side_by_side(args: argparse.Namespace) -> bool:
+    """Whether the runs trained the teacher and the baseline at once (``trainer.concurrent_stages``;
+    ``auto`` is one after the other on the CPU)."""
+    from kdcore.config import load_config
+    from tasks.stage import runs_concurrently
+
+    return runs_concurrently(load_config(args.config, list(args.set)).trainer)
 
 
 def td_lines(td: Optional[dict], rows: dict[str, dict[str, float]], args: argparse.Namespace) -> list[str]:
