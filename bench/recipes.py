@@ -19,6 +19,9 @@ teacher's output on 10 crop/flip views of every training image, every epoch show
 it has not shown in the current cycle of 10 epochs, and the student matches the teacher's output on
 that very view (KD alone); their baselines train with cross-entropy on the same views.
 
+The ``kd_ls_*`` variants distil with logit standardization (``kd`` with ``standardize: true``: the
+student matches the z-scored teacher logits at T 2), alone or as CE 0.1 + KD 9 (Sun et al.'s weights).
+
 The ``tl_*`` variants start the student from a same-family teacher's layers (configs/methods/
 recommended.yaml's pretrain section, 1 epoch, then 9 epochs of KD); they need a ``cnn_medium``
 teacher (``--teacher-arch cnn_medium``), whose filters the ``cnn`` student's layers slice.
@@ -47,6 +50,9 @@ KD_T1 = {"temperature": 1.0, "losses": {"kd": {"weight": 1.0}}}
 KD_T2 = {"temperature": 2.0, "losses": {"kd": {"weight": 1.0}}}
 KD_T3 = {"temperature": 3.0, "losses": {"kd": {"weight": 1.0}}}
 KD_T4_ALONE = {"temperature": 4.0, "losses": {"kd": {"weight": 1.0}}}
+# logit standardization (Sun et al., CVPR 2024): KD on z-scored logits at T 2, alone or CE 0.1 + KD 9 (their weights)
+KD_LS_T2 = {"temperature": 2.0, "losses": {"kd": {"weight": 1.0, "standardize": True}}}
+KD_LS_W9 = {"temperature": 2.0, "losses": {"ce": {"weight": 0.1}, "kd": {"weight": 9.0, "standardize": True}}}
 # configs/methods/dkd.yaml's losses (CE + DKD, alpha 1, beta 8, T 4, 70 warm-up steps)
 DKD = {
     "losses": {
@@ -86,6 +92,9 @@ VARIANTS: dict[str, tuple[bool, dict[str, Any], Any]] = {
     "kd_t2_lr10": (False, {**KD_T2, "train": {"lr": 0.1}}, None),
     "base_lr10": (True, {"train": {"lr": 0.1}}, None),
     "kd_t1_lr10": (False, {**KD_T1, "train": {"lr": 0.1}}, None),
+    "kd_ls_t2_lr05": (False, {**KD_LS_T2, "train": {"lr": 0.05}}, None),
+    "kd_ls_w9_lr05": (False, {**KD_LS_W9, "train": {"lr": 0.05}}, None),
+    "kd_ls_w9_lr01": (False, {**KD_LS_W9}, None),
     "base_lr05_e30": (True, {"train": {"lr": 0.05, "max_epochs": 30}}, None),
     "kd_t1_lr05_e30": (False, {**KD_T1, "train": {"lr": 0.05, "max_epochs": 30}}, None),
     "kd_t2_lr05_e30": (False, {**KD_T2, "train": {"lr": 0.05, "max_epochs": 30}}, None),

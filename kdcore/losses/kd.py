@@ -1,12 +1,29 @@
-"""``kd``: Hinton et al.'s soft-target distillation, T^2 * KL(teacher_T || student_T)."""
+"""``kd``: Hinton et al.'s soft-target distillation, T^2 * KL(teacher_T || student_T).
+
+``standardize: true`` z-scores each sample's logits (teacher's and student's, over the classes)
+before the temperature, as in Sun et al., CVPR 2024 ("Logit Standardization in Knowledge
+Distillation"): the student then matches the shape of the teacher's logits, not their scale or
+offset, which a much smaller student often cannot reach. With it, the temperature applies to
+logits of unit spread (the paper uses about 2).
+"""
 
 from __future__ import annotations
 
 from torch import Tensor
 from torch.nn import functional as F
 
+from kdcore.errors import KdflowError
 from kdcore.losses.inputs import KDInputs
 from kdcore.losses.registry import LOSSES, DistillLoss, check_number
+
+#: added to a sample's logit spread before dividing by it (a constant row stays finite)
+STD_EPS = 1e-7
+
+
+def standardized(logits: Tensor) -> Tensor:
+    """Each row's logits minus their mean, over their standard deviation."""
+    mean = logits.mean(dim=-1, keepdim=True)
+    return (logits - mean) / (logits.std(dim=-1, keepdim=True) + STD_EPS)
 
 
 @LOSSES.register("kd")
@@ -17,16 +34,23 @@ class KDLoss(DistillLoss):
     needs_teacher = True
     takes_temperature = True
 
-    def __init__(self, *, temperature: float = 4.0) -> None:
+    def __init__(self, *, temperature: float = 4.0, standardize: bool = False) -> None:
         super().__init__()
         self.temperature = check_number("kd", "temperature", temperature, low=0.0, low_inclusive=False)
+        if not isinstance(standardize, bool):
+            raise KdflowError(f"loss 'kd': parameter 'standardize' must be true or false, got {standardize!r}")
+        self.standardize = standardize
 
     def forward(self, inp: KDInputs) -> dict[str, Tensor]:
         t = self.temperature
         student = inp.student_logits
+        student = student.reshape(-1, student.shape[-1])
         teacher = self.teacher_logits(inp).detach()
-        log_p_s = F.log_softmax(student.reshape(-1, student.shape[-1]) / t, dim=-1)
-        p_t = F.softmax(teacher.reshape(-1, teacher.shape[-1]).to(log_p_s.dtype) / t, dim=-1)
+        teacher = teacher.reshape(-1, teacher.shape[-1])
+        if self.standardize:  # in float32 whatever the autocast (the spread of a bf16 row is coarse)
+            student, teacher = standardized(student.float()), standardized(teacher.float())
+        log_p_s = F.log_softmax(student / t, dim=-1)
+        p_t = F.softmax(teacher.to(log_p_s.dtype) / t, dim=-1)
         # the usual form (probability target): the same arithmetic as torchdistill's and a plain loop's
         # KD, so with the same data order and initialisation kdflow trains to the same weights
         kl = F.kl_div(log_p_s, p_t, reduction="batchmean")

@@ -135,3 +135,27 @@ def test_objective_errors():
         build_objective({"kd": {"weight": -1}})
     with pytest.raises(KdflowError, match="no losses"):
         build_objective({})
+
+
+def hand_standardized(rows):
+    out = []
+    for row in rows.tolist():
+        mean = sum(row) / len(row)
+        std = math.sqrt(sum((v - mean) ** 2 for v in row) / (len(row) - 1))
+        out.append([(v - mean) / (std + 1e-7) for v in row])
+    return torch.tensor(out)
+
+
+def test_standardized_kd_is_kd_of_z_scored_logits_and_ignores_scale_and_offset():
+    loss = create_loss("kd", {"temperature": 2.0, "standardize": True})
+    value = loss(inputs())["kd"].item()
+    # the teacher's second row is constant: it z-scores to zeros (uniform target), not to NaN
+    assert value == pytest.approx(hand_kd(hand_standardized(S), hand_standardized(T), 2.0), rel=1e-5)
+    assert value != pytest.approx(hand_kd(S, T, 2.0), rel=1e-3)
+    # a student whose logits are the teacher's scaled and shifted matches it exactly
+    teacher = torch.tensor([[2.0, 1.0, 0.0], [0.5, -1.0, 3.0]])
+    shaped = KDInputs(student_logits=0.2 * teacher + 5.0, teacher_logits=teacher, targets=Y)
+    assert loss(shaped)["kd"].item() == pytest.approx(0.0, abs=1e-6)
+    assert create_loss("kd", {"temperature": 2.0})(shaped)["kd"].item() > 0.1
+    with pytest.raises(KdflowError, match="'standardize' must be true or false"):
+        create_loss("kd", {"standardize": "yes"})
