@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.kdflow-installed
 
-.PHONY: install data demo test lint bench clean
+.PHONY: install data demo test lint bench bench-env clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,15 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/overhead.py
+
+# torchdistill 1.1.5 for bench/vs_torchdistill.py and bench/full_fashion.py, never a kdflow dependency:
+# a venv layered on $(VENV)'s site-packages (one .pth line), so both import the same torch and kdcore
+BENCH_VENV := .venv-bench
+bench-env: install
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' \
+	  > "$$($(BENCH_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/kdflow-venv.pth"
+	$(BENCH_VENV)/bin/pip install --quiet torchdistill==1.1.5
 
 clean:
 	rm -rf .kdflow .pytest_cache
