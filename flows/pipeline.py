@@ -17,6 +17,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
+from flows.report import summary_markdown
 from kdcore.config import PipelineConfig
 from tasks import events
 from tasks.context import RunContext
@@ -151,17 +152,4 @@ def _prefect_summary(report: dict[str, Any]) -> None:
         for name, m in report["models"].items()
     ]
     create_table_artifact(rows, key="kdflow-comparison", description="teacher / baseline / distilled student")
-    lines = ["# kdflow pipeline", "", "| stage | cached | seconds | MLflow run |", "|---|---|---|---|"]
-    lines += [
-        f"| {s} | {i['cached']} | {i['seconds']:.1f} | {i['mlflow_run_id']} |" for s, i in report["stages"].items()
-    ]
-    m = report["models"]
-    if "student" in m and "baseline" in m:
-        gain = 100 * (m["student"]["top1"] - m["baseline"]["top1"])
-        lines += [
-            "",
-            f"Distilled student top-1 {100 * m['student']['top1']:.2f}% vs baseline "
-            f"{100 * m['baseline']['top1']:.2f}% ({gain:+.2f} points); teacher {100 * m['teacher']['top1']:.2f}%.",
-        ]
-    lines += ["", f"Registered: {report['registered']} (new versions: {report['registered_new']})"]
-    create_markdown_artifact("\n".join(lines), key="kdflow-summary", description="pipeline summary")
+    create_markdown_artifact(summary_markdown(report), key="kdflow-summary", description="pipeline summary")

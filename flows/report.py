@@ -1,4 +1,6 @@
-"""The CLI's report: a rich table of teacher / baseline / student and the stages.
+"""The run's report: a rich table of teacher / baseline / student and the stages for the CLI, the
+markdown summary shown in the Prefect UI, and in both the verdict: whether distillation paid and, when
+it did not, what usually helps.
 
 Both tables fit an 80-column terminal: short column names with their units in the header, numbers
 without repeated units, and the long identifiers cut to a readable prefix (``--report`` writes the
@@ -83,21 +85,76 @@ def stages_table(report: dict[str, Any]) -> Table:
     return s
 
 
-def print_result(console: Console, report: dict[str, Any]) -> None:
-    """The result alone (``kdflow run --quiet``): the models table and what was registered."""
-    console.print(models_table(report))
+def verdict_lines(report: dict[str, Any]) -> list[str]:
+    """Did distillation pay: the verdict's message, then (when it did not) what usually helps and
+    whether registration was withheld for it. Empty without a baseline to compare with."""
+    v = report.get("verdict")
+    if not v:
+        return []
+    lines = [v["message"][0].upper() + v["message"][1:] + "."]
+    if not v["pays"]:
+        lines.append(v["advice"])
+        if v.get("withheld"):
+            lines.append("Registration withheld (register.require_gain: true): no version was registered.")
+        elif report.get("registered"):
+            lines.append(
+                "The student was registered anyway, tagged kdflow.beats_baseline=False "
+                "(register.require_gain: true withholds such a student)."
+            )
+    return lines
+
+
+def registered_line(report: dict[str, Any]) -> str:
     reg = ", ".join(f"{k} v{v}" for k, v in report["registered"].items()) or "none"
     new = ", ".join(report["registered_new"]) or "none (all versions already registered)"
-    console.print(f"registered: {reg}; new versions: {new}", soft_wrap=True)
+    return f"registered: {reg}; new versions: {new}"
+
+
+def print_verdict(console: Console, report: dict[str, Any]) -> None:
+    lines = verdict_lines(report)
+    if lines:  # a student that did not pay stands out in yellow; rich wraps the text to the terminal
+        style = "green" if report["verdict"]["pays"] else "bold yellow"
+        console.print(lines[0], style=style, highlight=False)
+        for line in lines[1:]:
+            console.print(line, highlight=False)
+
+
+def print_result(console: Console, report: dict[str, Any]) -> None:
+    """The result alone (``kdflow run --quiet``): the models table, the verdict, what was registered."""
+    console.print(models_table(report))
+    print_verdict(console, report)
+    console.print(registered_line(report), soft_wrap=True)
 
 
 def print_report(console: Console, report: dict[str, Any]) -> None:
     console.print(models_table(report))
+    print_verdict(console, report)
     console.print(stages_table(report))
-    reg = ", ".join(f"{k} v{v}" for k, v in report["registered"].items()) or "none"
-    new = ", ".join(report["registered_new"]) or "none (all versions already registered)"
-    console.print(f"registered: {reg}; new versions: {new}")
+    console.print(registered_line(report))
     print_locations(console, report["home"], report["tracking_uri"], report)
+
+
+def summary_markdown(report: dict[str, Any]) -> str:
+    """The pipeline summary of the Prefect UI: the stages, the comparison with its verdict, and what
+    was registered."""
+    lines = ["# kdflow pipeline", "", "| stage | cached | seconds | MLflow run |", "|---|---|---|---|"]
+    lines += [
+        f"| {s} | {i['cached']} | {i['seconds']:.1f} | {i['mlflow_run_id']} |" for s, i in report["stages"].items()
+    ]
+    m = report["models"]
+    if "student" in m and "baseline" in m:
+        gain = 100 * (m["student"]["top1"] - m["baseline"]["top1"])
+        lines += [
+            "",
+            f"Distilled student top-1 {100 * m['student']['top1']:.2f}% vs baseline "
+            f"{100 * m['baseline']['top1']:.2f}% ({gain:+.2f} points); teacher {100 * m['teacher']['top1']:.2f}%.",
+        ]
+    verdict = verdict_lines(report)
+    if verdict:
+        verdict[0] = f"**{verdict[0]}**"
+        lines += [""] + [f"> {line}  " for line in verdict]
+    lines += ["", f"Registered: {report['registered']} (new versions: {report['registered_new']})"]
+    return "\n".join(lines)
 
 
 def prefect_location(flow_run_id: Optional[str] = None) -> str:

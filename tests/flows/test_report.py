@@ -120,3 +120,49 @@ def test_ui_prints_the_servers_it_was_given_with_credentials_redacted(kdhome, mo
     assert "MLflow UI:  https://***@mlflow.example.com" in out.output
     assert "Prefect UI: https://***@prefect.example.com" in out.output
     assert not (kdhome / "mlflow-ui").exists() and not (kdhome / "prefect-server").exists()  # nothing started
+
+
+UNPAID = {
+    "pays": False,
+    "gain": -0.038,
+    "margin": 0.011,
+    "p_value": 1e-6,
+    "message": "distillation did not pay: the distilled student does not beat the plain-trained baseline: "
+    "student 66.00% vs baseline 69.80% (-3.80 points, margin ±1.10 on 10000 test samples, McNemar p = 1e-06)",
+    "advice": "What usually helps: distil longer; a lower learning rate; no hint stage; a closer teacher.",
+    "withheld": None,
+}
+
+
+def test_the_report_says_when_distillation_did_not_pay(monkeypatch):
+    from flows.report import print_result, summary_markdown
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    for fn in (print_report, print_result):
+        lines = _render(fn, _report(verdict=UNPAID))
+        assert max(len(line) for line in lines) <= 80, "\n".join(lines)
+        text = " ".join(" ".join(lines).split())  # rich wraps long lines: compare with the wrapping undone
+        assert "Distillation did not pay: the distilled student does not beat the plain-trained baseline" in text
+        assert "-3.80 points, margin ±1.10 on 10000 test samples" in text
+        assert UNPAID["advice"] in text
+        assert "registered anyway, tagged kdflow.beats_baseline=False" in text
+        # the verdict comes right after the models, before the stages and the registration
+        assert text.index("Distillation did not pay") < text.index("registered: tiny-teacher v12")
+    withheld = _report(verdict={**UNPAID, "withheld": "registration withheld ..."}, registered={}, registered_new=[])
+    text = " ".join(" ".join(_render(print_result, withheld)).split())
+    assert "Registration withheld (register.require_gain: true)" in text and "registered anyway" not in text
+    md = summary_markdown(_report(verdict=UNPAID))
+    assert "> **Distillation did not pay: the distilled student does not beat" in md
+    assert f"> {UNPAID['advice']}" in md
+
+
+def test_a_paying_student_gets_one_line_and_no_advice(monkeypatch):
+    from flows.report import summary_markdown
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    paid = {**UNPAID, "pays": True, "gain": 0.02, "message": "distillation paid: student 91.72% vs ...", "advice": ""}
+    text = "\n".join(_render(print_report, _report(verdict=paid)))
+    assert "Distillation paid: student 91.72% vs ..." in text
+    assert "What usually helps" not in text and "registered anyway" not in text
+    assert "Distillation" not in "\n".join(_render(print_report, _report(verdict=None)))  # no baseline, no verdict
+    assert "**Distillation paid" in summary_markdown(_report(verdict=paid))

@@ -97,3 +97,35 @@ def test_without_require_gain_the_version_is_tagged_as_not_paying(unpaid):
     assert float(tags["kdflow.gain_top1"]) == pytest.approx(registered["verdict"]["gain"], abs=1e-6)
     assert float(tags["kdflow.gain_margin"]) == pytest.approx(registered["verdict"]["margin"], abs=1e-6)
     assert float(tags["kdflow.gain_p_value"]) < 0.05  # significantly worse
+
+
+def test_the_cli_and_the_prefect_summary_say_it_did_not_pay(unpaid, tmp_path):
+    import yaml
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    home, withheld, _ = unpaid
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["kdflow-summary"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[withheld["prefect_flow_run_id"]]),
+            )
+        )
+    assert len(artifacts) == 1
+    summary = artifacts[0].data
+    assert "> **Distillation did not pay: the distilled student does not beat the plain-trained baseline" in summary
+    assert "distil longer" in summary and "Registration withheld (register.require_gain: true)" in summary
+
+    cfg = config_from_dict(copy.deepcopy(TINY), CRIPPLED).model_dump(mode="json")
+    (tmp_path / "unpaid.yaml").write_text(yaml.safe_dump(cfg))
+    with kdflow_home(home):  # every stage cached: the same student, the verdict printed again
+        out = CliRunner().invoke(app, ["run", "--quiet", str(tmp_path / "unpaid.yaml")], terminal_width=80)
+    assert out.exit_code == 0, out.output
+    text = " ".join(out.output.split())
+    assert "Distillation did not pay: the distilled student does not beat the plain-trained baseline" in text
+    assert "What usually helps: distil longer" in text
+    assert "registered anyway, tagged kdflow.beats_baseline=False" in text
