@@ -395,6 +395,17 @@ def report(args: argparse.Namespace, res: dict[str, Any], td: Optional[dict], ba
             f"{_verdict(ttd <= TARGET_TIME_X * ref_baseline_s)}"
             + (f" (its own same-budget baseline trained {_mean(own_base):.1f} s)" if own_base else "")
         )
+        verdicts = [(seed, r["verdict"]) for seed, r in runs.get(method, {}).items() if r.get("verdict")]
+        if verdicts:  # what `kdflow run` itself said: McNemar on the test split, per seed
+            paid = sum(v["pays"] for _, v in verdicts)
+            checks.append(
+                f"{method}: the pipeline's verdict: distillation paid on {paid} of {len(verdicts)} seed(s) ("
+                + "; ".join(
+                    f"seed {seed}: {100 * v['gain']:+.2f} ± {100 * v['margin']:.2f} points, p {v['p_value']:.3g}"
+                    for seed, v in verdicts
+                )
+                + ")"
+            )
     lines += [
         "",
         "features s / pretrain s / distill s: the stages' compute seconds (a cached stage: those of the run that "
