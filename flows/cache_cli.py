@@ -1,4 +1,5 @@
-"""`kdflow cache ...`: list, verify and clean the teacher cache under KDFLOW_HOME/cache."""
+"""`kdflow cache ...`: list, verify and clean the teacher cache under KDFLOW_HOME/cache, and list and
+clean the decoded image stores (data.decoded_store) under KDFLOW_HOME/data/decoded."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from rich.table import Table
 from flows.console import fail, out, user_errors
 from kdcore.cache import CacheError, gc, list_entries
 
-app = typer.Typer(help="Inspect and clean the teacher cache (KDFLOW_HOME/cache).", no_args_is_help=True)
+app = typer.Typer(
+    help="Inspect and clean the teacher cache (KDFLOW_HOME/cache) and the decoded image stores.", no_args_is_help=True
+)
 
 _BYTES = TypeAdapter(ByteSize)
 
@@ -24,6 +27,27 @@ def _dir() -> Path:
 
     with user_errors():
         return cache_dir(kdflow_home())
+
+
+def _decoded_dir(given: Optional[Path]) -> Path:
+    """Where the decoded image stores are: ``--decoded-dir``, else data.decoded_store_dir's default."""
+    if given is not None:
+        return given.expanduser()
+    from kdcore.config import DataConfig
+    from kdcore.data.stream import store_root
+
+    _dir()  # KDFLOW_HOME checked as for the teacher cache
+    return store_root(DataConfig())
+
+
+DecodedDir = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--decoded-dir",
+        help="where the decoded image stores are, if a config set data.decoded_store_dir "
+        "(default: KDFLOW_HOME/data/decoded)",
+    ),
+]
 
 
 def _size(n: int) -> str:
@@ -46,8 +70,10 @@ def _when(ts: float) -> str:
 @app.command("ls")
 def ls(
     long: Annotated[bool, typer.Option("--long", "-l", help="also show the full key, teacher and data hashes")] = False,
+    decoded_dir: DecodedDir = None,
 ) -> None:
-    """List entries: id, split, samples x views, captured tensors, dtype, size, last use."""
+    """List entries (id, split, samples x views, captured tensors, dtype, size, last use), then the
+    decoded image stores, if any."""
     root = _dir()
     with user_errors():
         entries = sorted(list_entries(root), key=lambda e: -e.last_used())
@@ -70,6 +96,23 @@ def ls(
                 f"              created  {_when(m['created'])} by kdflow {m['kdflow_version']}"
             )
     out.print(f"{len(entries)} entries, {_size(sum(e.size_bytes() for e in entries))}")
+    _list_decoded(_decoded_dir(decoded_dir))
+
+
+def _list_decoded(root: Path) -> None:
+    from kdcore.data.decoded_store import list_stores
+
+    stores = list(reversed(list_stores(root)))  # the most recently used first, as above
+    if not stores:
+        return
+    t = Table(box=box.SIMPLE_HEAD, title=f"decoded image stores: {root}")
+    for col in ("data fingerprint", "images", "size", "last used"):
+        t.add_column(col, no_wrap=True)
+    for st in stores:
+        images = ", ".join(f"{split} {n:,}" for split, n in st.splits.items())
+        t.add_row(st.id[:16], images, _size(st.size_bytes), _when(st.last_used))
+    out.print(t)
+    out.print(f"{_stores(len(stores))}, {_size(sum(st.size_bytes for st in stores))}")
 
 
 @app.command("verify")
@@ -113,13 +156,22 @@ def collect(
         ),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="only say what would be removed")] = False,
+    decoded: Annotated[
+        bool,
+        typer.Option("--decoded", help="clean the decoded image stores instead of the teacher cache"),
+    ] = False,
+    decoded_dir: DecodedDir = None,
 ) -> None:
-    """Remove unused entries (by age and/or total size) and leftovers of interrupted builds."""
+    """Remove unused entries (by age and/or total size) and leftovers of interrupted builds; with
+    --decoded, the same for the decoded image stores (a removed store is decoded again when needed)."""
     if keep_days is None and max_size is None:
         fail("give --keep-days N and/or --max-size SIZE")
     if keep_days is not None and not keep_days >= 0:
         fail(f"--keep-days must be >= 0, got {keep_days}")
     limit = parse_size(max_size) if max_size is not None else None
+    if decoded:
+        _collect_decoded(_decoded_dir(decoded_dir), keep_days, limit, dry_run)
+        return
     root = _dir()
     with user_errors():
         removed = gc(root, keep_days=keep_days, max_size=limit, dry_run=dry_run)
@@ -127,3 +179,19 @@ def collect(
     for e in removed:
         out.print(f"{verb} {e.id} ({e.manifest['split']}, {_size(e.size_bytes())}, last used {_when(e.last_used())})")
     out.print(f"{verb} {len(removed)} entries, {_size(sum(e.size_bytes() for e in removed))}")
+
+
+def _collect_decoded(root: Path, keep_days: Optional[float], limit: Optional[int], dry_run: bool) -> None:
+    from kdcore.data.decoded_store import remove_stores
+
+    with user_errors():
+        removed = remove_stores(root, keep_days=keep_days, max_size=limit, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for st in removed:
+        images = ", ".join(f"{split} {n:,}" for split, n in st.splits.items())
+        out.print(f"{verb} decoded store {st.id} ({images}, {_size(st.size_bytes)}, last used {_when(st.last_used)})")
+    out.print(f"{verb} {_stores(len(removed))}, {_size(sum(st.size_bytes for st in removed))}")
+
+
+def _stores(n: int) -> str:
+    return f"{n} decoded store{'' if n == 1 else 's'}"

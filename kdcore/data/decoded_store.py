@@ -15,6 +15,10 @@ gives, bit for bit — so the store changes no result and stays out of every sta
 It is keyed by the data fingerprint (file list, sizes and mtimes or contents): edited files make a
 new store. Building writes into a temporary folder renamed into place once complete, under a lock
 file, so processes that load the dataset at the same time build it once and never read a half-written one.
+
+Every load that finds a store marks it used (the ``complete`` file's modification time);
+``list_stores`` and ``remove_stores`` (``kdflow cache ls`` / ``kdflow cache gc --decoded``) read that
+to remove stores nobody has loaded for a while, or the least recently used beyond a size.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import fcntl
 import os
 import shutil
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, cast
 
@@ -101,12 +107,11 @@ def build_store(
     """The store of ``fingerprint`` (built now if missing): ``splits`` maps each split to its number
     of images, ``images(split)`` yields them decoded, in order. Safe against concurrent builders."""
     folder = Path(root) / fingerprint
-    if (folder / "complete").is_file():
+    if _mark_used(folder):
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f".{fingerprint}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a second builder waits here, then finds the store complete
-        if (folder / "complete").is_file():
+    with _locked(folder):  # a second builder waits here, then finds the store complete
+        if _mark_used(folder):
             return folder
         tmp = Path(tempfile.mkdtemp(prefix=f".{fingerprint}-", dir=folder.parent))
         try:
@@ -120,3 +125,100 @@ def build_store(
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def _mark_used(folder: Path) -> bool:
+    """Whether ``folder`` holds a complete store; if so, note that it was used now."""
+    done = folder / "complete"
+    if not done.is_file():
+        return False
+    try:
+        os.utime(done)
+    except OSError:  # a store someone else owns, or on a read-only disk: used as it is
+        pass
+    return True
+
+
+class _locked:
+    """The store's build lock (``.<fingerprint>.lock`` beside it), held exclusively for the block."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder.parent / f".{folder.name}.lock"
+
+    def __enter__(self) -> None:
+        self.fh = open(self.path, "w")
+        fcntl.flock(self.fh, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        self.fh.close()
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    folder: Path
+    splits: dict[str, int]  # split -> images
+    size_bytes: int
+    last_used: float  # seconds since the epoch
+
+    @property
+    def id(self) -> str:
+        return self.folder.name  # the data fingerprint
+
+
+def list_stores(root: Path) -> list[StoreInfo]:
+    """The complete stores under ``root``, least recently used first."""
+    out = []
+    for folder in Path(root).iterdir() if Path(root).is_dir() else []:
+        done = folder / "complete"
+        if folder.name.startswith(".") or not done.is_file():
+            continue
+        files = [f for f in folder.iterdir() if f.is_file()]
+        splits = {
+            f.name.removesuffix(".index.npy"): len(np.load(f, mmap_mode="r"))
+            for f in sorted(files)
+            if f.name.endswith(".index.npy")
+        }
+        out.append(StoreInfo(folder, splits, sum(f.stat().st_size for f in files), done.stat().st_mtime))
+    return sorted(out, key=lambda s: s.last_used)
+
+
+def remove_stores(
+    root: Path, keep_days: Optional[float] = None, max_size: Optional[int] = None, dry_run: bool = False
+) -> list[StoreInfo]:
+    """Remove stores unused for ``keep_days``, then the least recently used until those left hold at
+    most ``max_size`` bytes, each under its build lock; also what killed builds left (a build still
+    running holds its lock and is left alone). A store removed is decoded again by the next load that
+    wants it. Returns what was removed."""
+    now = time.time()
+    keep, removed = [], []
+    for store in list_stores(root):
+        (removed if keep_days is not None and now - store.last_used > keep_days * 86400 else keep).append(store)
+    if max_size is not None:
+        total = sum(s.size_bytes for s in keep)
+        while keep and total > max_size:
+            store = keep.pop(0)
+            total -= store.size_bytes
+            removed.append(store)
+    if not dry_run:
+        for store in removed:
+            with _locked(store.folder):
+                shutil.rmtree(store.folder, ignore_errors=True)
+        for left in Path(root).glob(".*-*") if Path(root).is_dir() else []:  # build_store's temporary folders
+            fingerprint = left.name[1:].rsplit("-", 1)[0]
+            if left.is_dir() and not _building(Path(root) / fingerprint):  # its builder was killed
+                shutil.rmtree(left, ignore_errors=True)
+    return removed
+
+
+def _building(folder: Path) -> bool:
+    """Whether a process holds the build lock of ``folder``'s store now."""
+    path = folder.parent / f".{folder.name}.lock"
+    if not path.exists():
+        return False
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return False

@@ -139,3 +139,24 @@ def test_max_size_reads_units(text, size):
     from flows.cache_cli import parse_size
 
     assert parse_size(text) == size
+
+
+def test_decoded_stores_are_listed_and_cleaned(kdhome, tmp_path):
+    from kdcore.data.decoded_store import build_store
+
+    images = [torch.zeros((3, 8, 8), dtype=torch.uint8)] * 5
+    default = build_store(kdhome / "data" / "decoded", "f" * 64, {"train": 5}, lambda split: images)
+    elsewhere = build_store(tmp_path / "mine", "e" * 64, {"train": 5}, lambda split: images)
+    listed = CliRunner().invoke(app, ["cache", "ls"], env={"COLUMNS": "160"})
+    assert listed.exit_code == 0, listed.output
+    assert "decoded image stores" in listed.output and "f" * 16 in listed.output and "train 5" in listed.output
+    assert "1 decoded store," in listed.output and "e" * 16 not in listed.output
+    dry = CliRunner().invoke(app, ["cache", "gc", "--decoded", "--max-size", "0", "--dry-run"])
+    assert dry.exit_code == 0 and "would remove 1 decoded store," in dry.output and default.exists()
+    gone = CliRunner().invoke(app, ["cache", "gc", "--decoded", "--keep-days", "0"])
+    assert gone.exit_code == 0 and "removed 1 decoded store," in gone.output and not default.exists()
+    assert elsewhere.exists()  # another folder only when named
+    mine = CliRunner().invoke(
+        app, ["cache", "gc", "--decoded", "--max-size", "0", "--decoded-dir", str(tmp_path / "mine")]
+    )
+    assert mine.exit_code == 0 and "removed 1 decoded store," in mine.output and not elsewhere.exists()

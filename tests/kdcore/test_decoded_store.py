@@ -154,3 +154,52 @@ def test_an_unreadable_file_fails_the_build_with_its_name(tmp_path):
         build_store(tmp_path / "stores", "fp", {"train": len(paths)}, lambda split: _decoded(paths, False, 1))
     assert str(info.value).startswith(f"cannot read image {bad}") and "Traceback" not in str(info.value)
     assert not (tmp_path / "stores" / "fp").exists()
+
+
+def _store(root, fingerprint: str, n: int):
+    images = [torch.full((3, 4, 4), i, dtype=torch.uint8) for i in range(n)]
+    return build_store(
+        root, fingerprint, {"train": n, "val": 2}, lambda split: images if split == "train" else images[:2]
+    )
+
+
+def test_stores_are_listed_and_removed_by_last_use_and_size(tmp_path):
+    import os
+    import time
+
+    from kdcore.data.decoded_store import list_stores, remove_stores
+
+    root = tmp_path / "stores"
+    old, mid, new = (_store(root, fp, n) for fp, n in (("old", 30), ("mid", 20), ("new", 10)))
+    now = time.time()
+    for folder, days in ((old, 10), (mid, 5), (new, 1)):
+        os.utime(folder / "complete", (now - days * 86400, now - days * 86400))
+    stores = list_stores(root)
+    assert [s.id for s in stores] == ["old", "mid", "new"]  # least recently used first
+    assert stores[0].splits == {"train": 30, "val": 2} and stores[0].size_bytes > stores[1].size_bytes
+    _store(root, "old", 30)  # loading it again marks it used: now the most recent
+    assert [s.id for s in list_stores(root)] == ["mid", "new", "old"]
+    assert [s.id for s in remove_stores(root, keep_days=3, dry_run=True)] == ["mid"] and mid.exists()
+    assert [s.id for s in remove_stores(root, keep_days=3)] == ["mid"] and not mid.exists()
+    # a size that holds only the most recent store removes the other, least recently used first
+    left = {s.id: s.size_bytes for s in list_stores(root)}
+    assert [s.id for s in remove_stores(root, max_size=left["old"])] == ["new"]
+    assert [s.id for s in list_stores(root)] == ["old"] and len(open_store(old, "train")) == 30
+
+
+def test_gc_removes_what_a_killed_build_left_but_not_a_running_build(tmp_path):
+    import fcntl
+
+    from kdcore.data.decoded_store import remove_stores
+
+    root = tmp_path / "stores"
+    root.mkdir()
+    killed = root / ".aaaa-x1y2z3w4"  # build_store's temporary folder, its builder gone
+    (killed / "train.u8").parent.mkdir()
+    (killed / "train.u8").write_bytes(b"\0" * 10)
+    running = root / ".bbbb-q9r8s7t6"
+    running.mkdir()
+    with open(root / ".bbbb.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as build_store holds it while it writes
+        assert remove_stores(root, keep_days=0) == []
+        assert not killed.exists() and running.exists()
