@@ -190,7 +190,8 @@ def remove_stores(
     running holds its lock and is left alone). A store removed is decoded again by the next load that
     wants it. Returns what was removed."""
     now = time.time()
-    keep, removed = [], []
+    keep: list[StoreInfo] = []
+    removed: list[StoreInfo] = []
     for store in list_stores(root):
         (removed if keep_days is not None and now - store.last_used > keep_days * 86400 else keep).append(store)
     if max_size is not None:
