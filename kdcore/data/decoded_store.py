@@ -178,7 +178,7 @@ def list_stores(root: Path) -> list[StoreInfo]:
             for f in sorted(files)
             if f.name.endswith(".index.npy")
         }
-        out.append(StoreInfo(folder, splits, sum(f.stat().st_size for f in files), done.stat().st_mtime))
+        out.append(StoreInfo(folder, splits, sum(f.stat().st_size for f in files), _last_used(folder) or 0.0))
     return sorted(out, key=lambda s: s.last_used)
 
 
@@ -187,8 +187,8 @@ def remove_stores(
 ) -> list[StoreInfo]:
     """Remove stores unused for ``keep_days``, then the least recently used until those left hold at
     most ``max_size`` bytes, each under its build lock; also what killed builds left (a build still
-    running holds its lock and is left alone). A store removed is decoded again by the next load that
-    wants it. Returns what was removed."""
+    running holds its lock and is left alone; a store loaded since it was listed stays). A store removed
+    is decoded again by the next load that wants it. Returns what was (or, ``dry_run``, would be) removed."""
     now = time.time()
     keep: list[StoreInfo] = []
     removed: list[StoreInfo] = []
@@ -200,15 +200,26 @@ def remove_stores(
             store = keep.pop(0)
             total -= store.size_bytes
             removed.append(store)
-    if not dry_run:
-        for store in removed:
-            with _locked(store.folder):
+    if dry_run:
+        return removed
+    gone: list[StoreInfo] = []
+    for store in removed:
+        with _locked(store.folder):
+            if _last_used(store.folder) == store.last_used:  # not loaded since it was listed
                 shutil.rmtree(store.folder, ignore_errors=True)
-        for left in Path(root).glob(".*-*") if Path(root).is_dir() else []:  # build_store's temporary folders
-            fingerprint = left.name[1:].rsplit("-", 1)[0]
-            if left.is_dir() and not _building(Path(root) / fingerprint):  # its builder was killed
-                shutil.rmtree(left, ignore_errors=True)
-    return removed
+                gone.append(store)
+    for left in Path(root).glob(".*-*") if Path(root).is_dir() else []:  # build_store's temporary folders
+        fingerprint = left.name[1:].rsplit("-", 1)[0]
+        if left.is_dir() and not _building(Path(root) / fingerprint):  # its builder was killed
+            shutil.rmtree(left, ignore_errors=True)
+    return gone
+
+
+def _last_used(folder: Path) -> Optional[float]:
+    try:
+        return (folder / "complete").stat().st_mtime
+    except OSError:
+        return None
 
 
 def _building(folder: Path) -> bool:

@@ -203,3 +203,19 @@ def test_gc_removes_what_a_killed_build_left_but_not_a_running_build(tmp_path):
         fcntl.flock(lock, fcntl.LOCK_EX)  # as build_store holds it while it writes
         assert remove_stores(root, keep_days=0) == []
         assert not killed.exists() and running.exists()
+
+
+def test_a_store_loaded_after_gc_listed_it_is_kept(tmp_path, monkeypatch):
+    import os
+    import time
+
+    from kdcore.data import decoded_store
+
+    root = tmp_path / "stores"
+    folder = _store(root, "busy", 4)
+    past = time.time() - 30 * 86400
+    os.utime(folder / "complete", (past, past))
+    listed = decoded_store.list_stores(root)  # gc's view: unused for 30 days
+    _store(root, "busy", 4)  # then a load finds and marks it, before gc takes the lock
+    monkeypatch.setattr(decoded_store, "list_stores", lambda root: listed)
+    assert decoded_store.remove_stores(root, keep_days=1) == [] and (folder / "complete").is_file()
