@@ -233,12 +233,7 @@ def run_pipeline(config: str, overrides: Sequence[str], stages: Sequence[str], w
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
-    runs = {}
-    for exp in client.search_experiments():
-        for r in client.search_runs([exp.experiment_id]):
-            stage = r.data.tags.get("kdflow.stage")
-            if stage in STAGES:
-                runs[stage] = r
+    runs = stage_runs(client)
     out: dict[str, Any] = {}
     spans = {s: (r.info.start_time, r.info.end_time or r.info.start_time) for s, r in runs.items()}
     for stage in stages:
@@ -249,6 +244,17 @@ def run_pipeline(config: str, overrides: Sequence[str], stages: Sequence[str], w
         a0, a1 = spans[stage]
         out[f"{stage}_overlapped"] = sorted(o for o, (b0, b1) in spans.items() if o != stage and b0 < a1 and a0 < b1)
     return out
+
+
+def stage_runs(client) -> dict[str, Any]:
+    """The MLflow run of each training stage in a home's store (``client``: its MlflowClient)."""
+    runs = {}
+    for exp in client.search_experiments():
+        for r in client.search_runs([exp.experiment_id]):
+            stage = r.data.tags.get("kdflow.stage")
+            if stage in STAGES:
+                runs[stage] = r
+    return runs
 
 
 # ----------------------------------------------------------------------------- driver

@@ -26,7 +26,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-TRAINING = ("teacher", "baseline", "distill")
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -66,16 +65,13 @@ class Sampler(threading.Thread):
 
 
 def stage_windows(home: Path) -> dict[str, tuple[float, float]]:
+    """Each finished training stage's MLflow run, start to end, in seconds since the epoch."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
-    out = {}
-    for exp in client.search_experiments():
-        for r in client.search_runs([exp.experiment_id]):
-            stage = r.data.tags.get("kdflow.stage")
-            if stage in TRAINING and r.info.end_time:
-                out[stage] = (r.info.start_time / 1000, r.info.end_time / 1000)
-    return out
+    from bench.bare_loop import stage_runs
+
+    runs = stage_runs(MlflowClient(f"sqlite:///{home / 'mlflow.db'}"))
+    return {s: (r.info.start_time / 1000, r.info.end_time / 1000) for s, r in runs.items() if r.info.end_time}
 
 
 def main() -> None:

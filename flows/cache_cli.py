@@ -109,8 +109,7 @@ def _list_decoded(root: Path) -> None:
     for col in ("data fingerprint", "images", "size", "last used"):
         t.add_column(col, no_wrap=True)
     for st in stores:
-        images = ", ".join(f"{split} {n:,}" for split, n in st.splits.items())
-        t.add_row(st.id[:16], images, _size(st.size_bytes), _when(st.last_used))
+        t.add_row(st.id[:16], _images(st.splits), _size(st.size_bytes), _when(st.last_used))
     out.print(t)
     out.print(f"{_stores(len(stores))}, {_size(sum(st.size_bytes for st in stores))}")
 
@@ -188,9 +187,13 @@ def _collect_decoded(root: Path, keep_days: Optional[float], limit: Optional[int
         removed = remove_stores(root, keep_days=keep_days, max_size=limit, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     for st in removed:
-        images = ", ".join(f"{split} {n:,}" for split, n in st.splits.items())
-        out.print(f"{verb} decoded store {st.id} ({images}, {_size(st.size_bytes)}, last used {_when(st.last_used)})")
+        about = f"{_images(st.splits)}, {_size(st.size_bytes)}, last used {_when(st.last_used)}"
+        out.print(f"{verb} decoded store {st.id} ({about})")
     out.print(f"{verb} {_stores(len(removed))}, {_size(sum(st.size_bytes for st in removed))}")
+
+
+def _images(splits: dict[str, int]) -> str:
+    return ", ".join(f"{split} {n:,}" for split, n in splits.items())
 
 
 def _stores(n: int) -> str:

@@ -28,6 +28,7 @@ from filelock import FileLock
 import kdcore
 from kdcore.errors import KdflowError
 from kdcore.fingerprint import file_sha256, stable_hash
+from kdcore.retention import to_remove
 
 STORAGE = {
     "float32": (np.float32, torch.float32),
@@ -397,21 +398,8 @@ def gc(
     """Remove entries unused for ``keep_days``, then the least recently used until the cache holds at
     most ``max_size`` bytes. Also removes leftovers of interrupted builds. Returns what was removed."""
     cache_dir = Path(cache_dir)
-    removed: list[CacheEntry] = []
-    entries = sorted(list_entries(cache_dir), key=lambda e: e.last_used())
+    removed = to_remove(list_entries(cache_dir), CacheEntry.last_used, CacheEntry.size_bytes, keep_days, max_size)
     now = time.time()
-    keep: list[CacheEntry] = []
-    for e in entries:
-        if keep_days is not None and now - e.last_used() > keep_days * 86400:
-            removed.append(e)
-        else:
-            keep.append(e)
-    if max_size is not None:
-        total = sum(e.size_bytes() for e in keep)
-        while keep and total > max_size:
-            e = keep.pop(0)
-            total -= e.size_bytes()
-            removed.append(e)
     if not dry_run:
         for e in removed:
             with FileLock(str(cache_dir / f".{e.id}.lock")):

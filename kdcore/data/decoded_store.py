@@ -27,7 +27,6 @@ import fcntl
 import os
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, cast
@@ -35,6 +34,8 @@ from typing import Any, Callable, Iterable, Optional, cast
 import numpy as np
 import torch
 from torch import Tensor
+
+from kdcore.retention import to_remove
 
 FORMAT = "kdflow-decoded-v1"
 
@@ -189,17 +190,7 @@ def remove_stores(
     most ``max_size`` bytes, each under its build lock; also what killed builds left (a build still
     running holds its lock and is left alone; a store loaded since it was listed stays). A store removed
     is decoded again by the next load that wants it. Returns what was (or, ``dry_run``, would be) removed."""
-    now = time.time()
-    keep: list[StoreInfo] = []
-    removed: list[StoreInfo] = []
-    for store in list_stores(root):
-        (removed if keep_days is not None and now - store.last_used > keep_days * 86400 else keep).append(store)
-    if max_size is not None:
-        total = sum(s.size_bytes for s in keep)
-        while keep and total > max_size:
-            store = keep.pop(0)
-            total -= store.size_bytes
-            removed.append(store)
+    removed = to_remove(list_stores(root), lambda s: s.last_used, lambda s: s.size_bytes, keep_days, max_size)
     if dry_run:
         return removed
     gone: list[StoreInfo] = []
