@@ -15,7 +15,9 @@ torch.set_num_threads fixed):
   torchdistill    torchdistill 1.1.5's DistillationBox (public API), teacher run online
   bare            a minimal PyTorch loop, teacher run online
   kdflow-cached   kdcore's distill stage reading the teacher's logits from the features cache
-  kdflow-cached-bf16  the same with `trainer.amp: bf16` and `cache.precision: amp` (bfloat16
+  kdflow-cached-nhwc  kdflow-cached with `trainer.channels_last: true` (float32 throughout, NHWC
+                  kernels for the cache build and the training steps; not run by default)
+  kdflow-cached-bf16  kdflow-cached with `trainer.amp: bf16` and `cache.precision: amp` (bfloat16
                   autocast on the CPU for the cache build and the training steps; not run by default)
   kdflow-cached-fast  kdflow-cached-bf16 plus `trainer.channels_last: true` (not run by default)
   bare-cached     the minimal loop reading precomputed teacher logits from a tensor
@@ -54,7 +56,7 @@ sys.path.insert(0, str(ROOT))
 BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
 VARIANTS = (
     *("kdflow", "torchdistill", "bare", "kdflow-cached", "bare-cached"),
-    *("kdflow-cached-bf16", "kdflow-cached-fast"),  # kdflow's CPU speed settings: run when asked
+    *("kdflow-cached-nhwc", "kdflow-cached-bf16", "kdflow-cached-fast"),  # kdflow's CPU speed settings: run when asked
 )
 DEFAULT_VARIANTS = VARIANTS[:5]
 ACCURACY_VARIANTS = ("kdflow-cached", "torchdistill", "bare-cached")  # the online twins train identically
@@ -405,6 +407,7 @@ def run_variant(args) -> None:
     runner = {
         "kdflow": lambda: run_kdflow(args, prep, cached=False),
         "kdflow-cached": lambda: run_kdflow(args, prep, cached=True),
+        "kdflow-cached-nhwc": lambda: run_kdflow(args, prep, cached=True, channels_last=True),
         "kdflow-cached-bf16": lambda: run_kdflow(args, prep, cached=True, bf16=True),
         "kdflow-cached-fast": lambda: run_kdflow(args, prep, cached=True, bf16=True, channels_last=True),
         "bare": lambda: run_bare(args, prep, cached=False),
@@ -469,9 +472,9 @@ def report(results: dict[str, dict[str, Any]], prep: dict[str, Any], args) -> st
     ratio("torchdistill", "bare")
     ratio("kdflow-cached", "bare-cached")
     ratio("kdflow-cached", "torchdistill")
-    ratio("kdflow-cached-bf16", "kdflow-cached")
-    ratio("kdflow-cached-fast", "kdflow-cached")
-    for ours_v in ("kdflow-cached", "kdflow-cached-bf16", "kdflow-cached-fast"):
+    for fast in ("kdflow-cached-nhwc", "kdflow-cached-bf16", "kdflow-cached-fast"):
+        ratio(fast, "kdflow-cached")
+    for ours_v in ("kdflow-cached", "kdflow-cached-nhwc", "kdflow-cached-bf16", "kdflow-cached-fast"):
         if ours_v not in results or "torchdistill" not in results:
             continue
         k, td = results[ours_v], results["torchdistill"]  # round 1: the --epochs that gave the accuracy

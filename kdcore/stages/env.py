@@ -17,6 +17,7 @@ from kdcore.data.stream import ImageFileSplit, is_streamed
 from kdcore.models import create_model
 from kdcore.train import FitResult, TrainCallbacks, autocast_dtype, resolve_device, seed_everything
 from kdcore.train.batches import Batch, LoaderBatches
+from kdcore.train.device import forward_batch_size
 from kdcore.train.rng import GLOBAL_RNG
 
 # torch's intra-op thread count when kdcore was imported: torch's own start-up default
@@ -138,17 +139,19 @@ class StageEnv:
             return getattr(self.data, split).x[:n].to(self.device)
         return self.split(split)[0][:n]
 
-    def eval_batches(self, split: str, batch_size: int = 256) -> Iterator[Batch]:
+    def eval_batches(self, split: str, batch_size: Optional[int] = None) -> Iterator[Batch]:
         """A streamed split in order, eval transform, as :class:`Batch` objects on the device.
 
-        Batches of 256: the decoded batch, the prefetched ones and the model's activations on it are
-        what a streamed stage holds beyond its weights, so this caps its memory whatever the split's
-        size once the split holds a batch (with batches of 1,024, a 70,000-image folder's training stages
-        peaked 400 MB above a 7,000-image one's, whose whole validation split was one smaller batch)."""
+        Batches of :func:`forward_batch_size` (at most 256): the decoded batch, the prefetched ones and
+        the model's activations on it are what a streamed stage holds beyond its weights, so this caps
+        its memory whatever the split's size once the split holds a batch (with batches of 1,024, a
+        70,000-image folder's training stages peaked 400 MB above a 7,000-image one's, whose whole
+        validation split was one smaller batch)."""
         if split not in self._eval_sources:  # one loader per split, its workers kept between epochs
             s = getattr(self.data, split)
             self._eval_sources[split] = LoaderBatches(s.dataset(), len(s), self.device, num_workers=s.num_workers)
         source = self._eval_sources[split]
+        batch_size = batch_size or forward_batch_size(self.device, tuple(self.data.input_shape), accelerator=256)
         yield from source.batches(list(torch.arange(len(source)).split(batch_size)))
 
     def train_source(self, items: Callable[[int, torch.Tensor], list[Any]]) -> LoaderBatches:
@@ -178,10 +181,9 @@ def classifier_val(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: Optional[int] = None
 ) -> dict[str, float]:
     """Validation top-1 and cross-entropy of ``model`` on (x, y), ``batch_size`` samples a forward
-    (default: 256 on the CPU, where a small CNN's activations then stay in the caches: 1.4x as fast
-    as 1,024 on 28-px images, bench/cpu_bf16.py; 1,024 elsewhere)."""
+    (default: :func:`forward_batch_size`, 1,024 on accelerators)."""
     model.eval()
-    batch_size = batch_size or (256 if x.device.type == "cpu" else 1024)
+    batch_size = batch_size or forward_batch_size(x.device, tuple(x.shape[1:]), accelerator=1024)
     correct, loss = 0, 0.0
     for i in range(0, len(x), batch_size):
         logits = model(x[i : i + batch_size]).float()

@@ -21,6 +21,7 @@ from kdcore.hooks import FeatureTap
 from kdcore.stages.env import StageEnv, fp32
 from kdcore.train.batches import as_input, make_loader
 from kdcore.train.device import autocast as device_autocast
+from kdcore.train.device import forward_batch_size
 
 CACHED_SPLITS = ("train", "val")
 NO_VIEWS = {"policy": "none", "num_views": 1, "pad": 0, "seed": 0}
@@ -58,17 +59,6 @@ def split_mixing(env: StageEnv, split: str, n: int, views: dict[str, Any]) -> Op
     return mix_params(n, views["num_views"], views["seed"], views["mix"], views.get("mix_alpha", 1.0), (h, w))
 
 
-def build_batch_size(input_shape: tuple[int, ...], largest: int = 512) -> int:
-    """Samples per teacher forward while building the cache: ``largest`` for inputs up to 32 x 32
-    pixels, fewer for larger images (at least 32) so that a batch's activations stay about the size
-    of a 512 x 32 x 32 batch: a 512-image batch of 64-px images alone took several hundred MB, and
-    the peak resident memory of the build then moved by that much from run to run."""
-    pixels = int(input_shape[-1]) * int(input_shape[-2]) if len(input_shape) >= 3 else 0
-    if pixels <= 32 * 32:
-        return largest
-    return max(32, min(largest, largest * 32 * 32 // pixels))
-
-
 def build_features(
     env: StageEnv, teacher: nn.Module, teacher_sha256: str, cache_dir: Path, batch_size: Optional[int] = None
 ) -> dict[str, tuple[CacheEntry, bool]]:
@@ -77,9 +67,9 @@ def build_features(
     The teacher runs in float32 (no autocast): cached outputs are exact; with ``cache.precision: amp``
     under trainer.amp's autocast (faster, outputs rounded; keyed apart). Progress is reported as
     ``callbacks.on_progress("cache", samples done, samples of both splits)``. ``batch_size``:
-    samples per teacher forward (default :func:`build_batch_size` of the data's input shape)."""
+    samples per teacher forward (default: kdcore.train.device's :func:`forward_batch_size`)."""
     cfg = env.cfg
-    batch_size = batch_size or build_batch_size(tuple(env.data.input_shape))
+    batch_size = batch_size or forward_batch_size(env.device, tuple(env.data.input_shape))
     paths = teacher_paths(cfg)
     teacher = env.place(teacher).eval()
     amp = env.amp_dtype if cfg.cache.precision == "amp" else None

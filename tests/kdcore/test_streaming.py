@@ -197,10 +197,14 @@ def test_resized_crop_gives_torchvisions_pixels(channels):
             assert torch.equal(resized_crop(img, 0, 0, size, size, size), img[:, :size, :size])
 
 
-def test_cache_build_batches_shrink_with_the_image_size():
-    from kdcore.stages.features import build_batch_size
+def test_forward_batches_shrink_with_the_image_size_and_on_the_cpu():
+    from kdcore.train.device import forward_batch_size
 
-    assert build_batch_size((1, 28, 28)) == 512 and build_batch_size((3, 32, 32)) == 512
-    assert build_batch_size((3, 64, 64)) == 128  # the same pixels per batch as 512 x 32 x 32
-    assert build_batch_size((3, 224, 224)) == 32  # never below 32
-    assert build_batch_size((40, 12)) == 512  # sequences: not images
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    assert forward_batch_size(gpu, (1, 28, 28)) == 512 and forward_batch_size(gpu, (3, 32, 32)) == 512
+    assert forward_batch_size(gpu, (3, 64, 64)) == 128  # the same pixels per batch as 512 x 32 x 32
+    assert forward_batch_size(gpu, (3, 224, 224)) == 32  # never below 32
+    assert forward_batch_size(gpu, (40, 12)) == 512  # sequences: not images
+    assert forward_batch_size(gpu, (1, 28, 28), accelerator=1024) == 1024
+    assert forward_batch_size(cpu, (1, 28, 28), accelerator=1024) == 128  # the CPU's caches, whatever the device's
+    assert forward_batch_size(cpu, (3, 64, 64)) == 32 and forward_batch_size(cpu, (3, 224, 224)) == 32
