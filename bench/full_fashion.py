@@ -443,6 +443,15 @@ def stages_side_by_side(args: argparse.Namespace) -> bool:
     return runs_concurrently(load_config(args.config, list(args.set)).trainer)
 
 
+# vs_torchdistill.py's cached kdcore variants and what they set
+CACHED_VARIANTS = {
+    "kdflow-cached": "",
+    "kdflow-cached-nhwc": ", trainer.channels_last",
+    "kdflow-cached-bf16": ", trainer.amp bf16",
+    "kdflow-cached-fast": ", bf16 + channels_last",
+}
+
+
 def td_lines(td: Optional[dict], rows: dict[str, dict[str, float]], args: argparse.Namespace) -> list[str]:
     if not args.torchdistill:
         return ["torchdistill comparison: not run (--no-torchdistill)"]
@@ -464,12 +473,15 @@ def td_lines(td: Optional[dict], rows: dict[str, dict[str, float]], args: argpar
         )
     else:
         out.append("| torchdistill | not run (.venv-bench missing: see bench/README.md) | | |")
-    if "kdflow-cached" in r:
-        k = r["kdflow-cached"]
-        out.append(
-            f"| kdcore, cached (same harness) | {100 * k['test_top1']:.2f} | {k['cache_build_s'] + k['distill_s']:.1f} "
-            f"| cache build {k['cache_build_s']:.1f} + distill {k['distill_s']:.1f} (validation included) |"
-        )
+    for v, label in CACHED_VARIANTS.items():
+        if v in r:
+            k = r[v]
+            ttd = k["cache_build_s"] + k["distill_s"]
+            ratio = f", {ttd / theirs:.3f}x torchdistill" if theirs else ""
+            out.append(
+                f"| kdcore, cached{label} (same harness) | {100 * k['test_top1']:.2f} | {ttd:.1f} "
+                f"| cache build {k['cache_build_s']:.1f} + distill {k['distill_s']:.1f} (validation included){ratio} |"
+            )
     for v in ("bare", "bare-cached", "kdflow"):
         if v in r:
             out.append(
@@ -487,6 +499,13 @@ def td_lines(td: Optional[dict], rows: dict[str, dict[str, float]], args: argpar
             f"time to a distilled student, kdflow run / torchdistill: {ours:.1f} / {theirs:.1f} s = {x:.3f} "
             f"(<= {TARGET_VS_TD:.3f}): {_verdict(x <= TARGET_VS_TD)}"
         )
+    for v, label in list(CACHED_VARIANTS.items())[1:]:  # kdflow's CPU speed settings, when they ran
+        if theirs and v in r:
+            x = (r[v]["cache_build_s"] + r[v]["distill_s"]) / theirs
+            out.append(
+                f"time to a distilled student with{label.removeprefix(',')} (kdcore in the same harness) / "
+                f"torchdistill: {x:.3f} (<= {TARGET_VS_TD:.3f}): {_verdict(x <= TARGET_VS_TD)}"
+            )
     return out
 
 
@@ -539,7 +558,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap.add_argument(
         "--td-variants",
         nargs="+",
-        default=["torchdistill", "kdflow-cached"],
+        default=["torchdistill", "kdflow-cached", "kdflow-cached-nhwc"],
         help="vs_torchdistill.py's variants (default: %(default)s)",
     )
     ap.add_argument("--no-bare-loop", dest="bare_loop", action="store_false", help="skip bench/bare_loop.py")

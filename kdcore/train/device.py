@@ -52,8 +52,8 @@ def check_required_gpus(name: str) -> None:
 
 def forward_batch_size(device: torch.device, input_shape: tuple[int, ...] = (), accelerator: int = 512) -> int:
     """Samples per no-grad forward (the cache build's teacher, validation): 128 on the CPU, where
-    a batch's activations then stay in the processor's caches (a resnet14 on 28-px images ran 1.4x
-    as fast at 128 as at 512, a small CNN the same; bench/forward_batch.py), ``accelerator``
+    a batch's activations then stay in the processor's caches (on 28-px images a resnet14 ran 1.5x
+    and a 9k-parameter CNN 1.45x as fast at 128 as at 512; bench/forward_batch.py), ``accelerator``
     elsewhere. Images larger than 32 x 32 get fewer (at least 32), so that a batch holds about as
     many pixels as at 32 px: a 512-image batch of 64-px images alone took several hundred MB."""
     largest = 128 if device.type == "cpu" else accelerator
