@@ -317,7 +317,7 @@ def report(args: argparse.Namespace, res: dict[str, Any], td: Optional[dict], ba
     lines.append(
         f"{args.config.name}: {'all' if not args.limit_train else args.limit_train} training images, "
         f"seed(s) {seeds} ({len(args.seeds)} seed{'s' if len(args.seeds) > 1 else ''}; mean ± std over seeds), "
-        f"home {args.home}"
+        f"home {args.home}" + (f"; every run with --set {' '.join(args.set)}" if args.set else "")
     )
     p, f = first["params"], first["flops"]
     lines.append(
