@@ -49,15 +49,21 @@ def layout(model: torch.nn.Module, setting: str) -> torch.nn.Module:
     return model.to(memory_format=fmt)
 
 
+def issue12_models() -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Issue 12's student (`cnn` [16, 24, 24]) and teacher (`resnet14`, in eval mode) for 28 x 28
+    single-channel inputs and 10 classes, initialised from seed 0."""
+    torch.manual_seed(0)
+    student = create_model("cnn", in_channels=1, num_classes=10, channels=[16, 24, 24])
+    return student, create_model("resnet14", in_channels=1, num_classes=10).eval()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    student = create_model("cnn", in_channels=1, num_classes=10, channels=[16, 24, 24])
-    teacher = create_model("resnet14", in_channels=1, num_classes=10).eval()
+    student, teacher = issue12_models()
     opt = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)
     x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
     xt = torch.randn(512, 1, 28, 28)

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kdcore.models import create_model  # noqa: E402
+from bench.cpu_bf16 import issue12_models  # noqa: E402
 from kdcore.train.device import forward_batch_size  # noqa: E402
 
 SIZES = (32, 64, 128, 256, 512)
@@ -44,14 +44,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=4)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    models = {
-        "resnet14 teacher": (create_model("resnet14", in_channels=1, num_classes=10).eval(), 3072),
-        "cnn [16, 24, 24] student": (
-            create_model("cnn", in_channels=1, num_classes=10, channels=[16, 24, 24]).eval(),
-            6144,
-        ),
-    }
+    student, teacher = issue12_models()
+    models = {"resnet14 teacher": (teacher, 3072), "cnn [16, 24, 24] student": (student.eval(), 6144)}
     x = torch.randn(6144, 1, 28, 28)
     rates: dict[tuple[str, int], list[float]] = {}
     for r in range(args.rounds):
