@@ -208,3 +208,4 @@ def test_forward_batches_shrink_with_the_image_size_and_on_the_cpu():
     assert forward_batch_size(gpu, (1, 28, 28), accelerator=1024) == 1024
     assert forward_batch_size(cpu, (1, 28, 28), accelerator=1024) == 128  # the CPU's caches, whatever the device's
     assert forward_batch_size(cpu, (3, 64, 64)) == 32 and forward_batch_size(cpu, (3, 224, 224)) == 32
+    assert forward_batch_size(cpu, (40, 12)) == 512  # sequences keep larger batches on the CPU too
