@@ -54,10 +54,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
-VARIANTS = (
-    *("kdflow", "torchdistill", "bare", "kdflow-cached", "bare-cached"),
-    *("kdflow-cached-nhwc", "kdflow-cached-bf16", "kdflow-cached-fast"),  # kdflow's CPU speed settings: run when asked
-)
+SPEED_VARIANTS = ("kdflow-cached-nhwc", "kdflow-cached-bf16", "kdflow-cached-fast")  # kdflow's CPU speed settings
+VARIANTS = (*("kdflow", "torchdistill", "bare", "kdflow-cached", "bare-cached"), *SPEED_VARIANTS)  # speed: when asked
 DEFAULT_VARIANTS = VARIANTS[:5]
 ACCURACY_VARIANTS = ("kdflow-cached", "torchdistill", "bare-cached")  # the online twins train identically
 # glibc's dynamic mmap threshold moves epoch times by up to 30 % between identical runs: pin it
@@ -472,9 +470,9 @@ def report(results: dict[str, dict[str, Any]], prep: dict[str, Any], args) -> st
     ratio("torchdistill", "bare")
     ratio("kdflow-cached", "bare-cached")
     ratio("kdflow-cached", "torchdistill")
-    for fast in ("kdflow-cached-nhwc", "kdflow-cached-bf16", "kdflow-cached-fast"):
+    for fast in SPEED_VARIANTS:
         ratio(fast, "kdflow-cached")
-    for ours_v in ("kdflow-cached", "kdflow-cached-nhwc", "kdflow-cached-bf16", "kdflow-cached-fast"):
+    for ours_v in ("kdflow-cached", *SPEED_VARIANTS):
         if ours_v not in results or "torchdistill" not in results:
             continue
         k, td = results[ours_v], results["torchdistill"]  # round 1: the --epochs that gave the accuracy
