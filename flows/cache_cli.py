@@ -13,7 +13,6 @@ from rich import box
 from rich.table import Table
 
 from flows.console import fail, out, user_errors
-from kdcore.cache import CacheError, gc, list_entries
 
 app = typer.Typer(
     help="Inspect and clean the teacher cache (KDFLOW_HOME/cache) and the decoded image stores.", no_args_is_help=True
@@ -76,6 +75,8 @@ def ls(
     decoded image stores, if any."""
     root = _dir()
     with user_errors():
+        from kdcore.cache import list_entries  # torch: loaded by the commands that read entries
+
         entries = sorted(list_entries(root), key=lambda e: -e.last_used())
     t = Table(box=box.SIMPLE_HEAD, title=f"teacher cache: {root}")
     for col in ("id", "split", "samples", "tensors", "dtype", "size", "last used"):
@@ -121,6 +122,8 @@ def verify(
     """Check entries' files against their manifests (sizes and sha256); exit 1 if any is damaged."""
     root = _dir()
     with user_errors():
+        from kdcore.cache import CacheError, list_entries
+
         entries = [e for e in list_entries(root) if entry_id is None or e.id.startswith(entry_id)]
     if entry_id is not None and not entries:
         fail(f"no cache entry with id {entry_id!r} in {root}")
@@ -173,6 +176,8 @@ def collect(
         return
     root = _dir()
     with user_errors():
+        from kdcore.cache import gc
+
         removed = gc(root, keep_days=keep_days, max_size=limit, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     for e in removed:

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import typer
 from rich import box
@@ -24,7 +24,9 @@ from flows.console import Overrides, quiet_prefect, user_errors
 from flows.console import out as console
 from kdcore.errors import KdflowError
 from kdcore.evaluate.promotion_rules import Version
-from tasks.tracking import Tracker
+
+if TYPE_CHECKING:  # mlflow loads with the command that uses it, not with every `kdflow` command
+    from tasks.tracking import Tracker
 
 QUALITY = ("top1", "top5", "agreement", "ece")  # timings differ run to run and are not compared
 
@@ -100,6 +102,8 @@ def _pipeline_run_of(tracker: Tracker, ref: str) -> tuple[str, dict[str, Version
 def original(tracking_uri: str, ref: str, home: Path) -> Original:
     import yaml
 
+    from tasks.tracking import Tracker
+
     tracker = Tracker(tracking_uri, home)
     run_id, versions = _pipeline_run_of(tracker, ref)
     run = tracker.get_run(run_id)
@@ -172,6 +176,8 @@ def reproduce_ref(
         raise KdflowError(f"--home {fresh} is not empty: a reproduction needs a fresh home")
     with _store_in(fresh) as uri, quiet_libraries(quiet), live_progress(console, quiet):
         report = run_pipeline(cfg, home=fresh)
+        from tasks.tracking import Tracker
+
         tracker = Tracker(uri, fresh)
         new_weights = {
             name: tracker.get_version(name, str(v)).tags.get("kdflow.weights_sha256", "")

@@ -1,8 +1,22 @@
-"""Evaluation: predictions, classification metrics and model cost profiles (pure PyTorch)."""
+"""Evaluation: predictions, classification metrics and model cost profiles (pure PyTorch).
 
-from kdcore.evaluate.metrics import classification_metrics, comparison_table, per_sample_correct
+The metric functions load on first use: ``metrics`` imports torchmetrics (seconds of start-up: it
+brings torchvision's models and scipy), which ``kdcore.evaluate.promotion_rules`` and the CLI's
+commands that only read the registry never need. ``predict`` stays an eager import: a lazy one
+would lose to the submodule of the same name once anything imported that."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from kdcore.evaluate.predict import predict
 from kdcore.evaluate.profile import model_profile
+
+if TYPE_CHECKING:
+    from kdcore.evaluate.metrics import classification_metrics, comparison_table, per_sample_correct
+
+_LAZY = ("classification_metrics", "comparison_table", "per_sample_correct")
 
 __all__ = [
     "classification_metrics",
@@ -11,3 +25,9 @@ __all__ = [
     "per_sample_correct",
     "predict",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'kdcore.evaluate' has no attribute {name!r}")
+    return getattr(importlib.import_module("kdcore.evaluate.metrics"), name)
