@@ -46,12 +46,12 @@ TINY = {
 # started last would leave the other worker idle at the end. pytest_configure below turns off
 # xdist's own reordering (by the number of tests in a module), which would undo this order.
 SLOW_FIRST = (
+    "test_engines",  # 150 (its sweeps fixture: 140)
     "test_servers",  # 145
     "test_local_server",  # 142
     "test_reproduce",  # 110
     "test_determinism",  # 110
     "test_integration_servers",  # 107
-    "test_engines",  # 105
     "test_workers",  # 99
     "test_pools",  # 95
     "test_progress",  # 71
