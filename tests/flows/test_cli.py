@@ -5,6 +5,9 @@ one run of the real console command)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -23,6 +26,18 @@ def test_help_lists_every_command_and_option():
         assert cmd in cache_help
     gc_help = CliRunner().invoke(app, ["cache", "gc", "--help"], env={"COLUMNS": "160"}).output
     assert "--keep-days" in gc_help and "--max-size" in gc_help
+
+
+def test_the_cli_loads_no_tracker_orchestrator_or_metrics_library_before_a_command_needs_one():
+    """`kdflow --help`, `kdflow cache ls` and the registry commands start in about a second: MLflow,
+    Prefect and torchmetrics (which brings torchvision's models and scipy, ~4 s) load inside the
+    commands that use them, not when the CLI module is imported."""
+    probe = (
+        "import sys, flows.cli, flows.cache_cli, flows.reproduce\n"
+        "print(' '.join(m for m in ('mlflow', 'prefect', 'torchmetrics', 'scipy') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "", f"imported at CLI start-up: {done.stdout.strip()}"
 
 
 def test_validate_accepts_the_default_config_and_rejects_a_bad_one(kdhome):
