@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -197,6 +198,7 @@ def main() -> None:
             raw["cache"] = {"views": dict(views)}
         cfg = config_from_dict(raw)
         work = args.home / "runs" / (name if args.seed == 0 else f"{name}-seed{args.seed}")
+        shutil.rmtree(work, ignore_errors=True)  # else its checkpoints resume it and the seconds mean nothing
         r = M.run_one(raw, "baseline" if is_baseline else name, data, teacher, work, entries_for)
         test, seconds = r["test_top1"], r["seconds"]
         views_key = json.dumps(cfg.cache.views.spec(), sort_keys=True)
