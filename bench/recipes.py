@@ -99,8 +99,8 @@ VARIANTS: dict[str, tuple[bool, dict[str, Any], Any]] = {
     "base_lr05_e30": (True, {"train": {"lr": 0.05, "max_epochs": 30}}, None),
     "kd_t1_lr05_e30": (False, {**KD_T1, "train": {"lr": 0.05, "max_epochs": 30}}, None),
     "kd_t2_lr05_e30": (False, {**KD_T2, "train": {"lr": 0.05, "max_epochs": 30}}, None),
-    # 40, 42 and 45 epochs: 4.76x, 3.91x and 4.70x (3 seeds) a 10-epoch baseline's time with the cache build,
-    # each measured on a different day's machine (bench/README.md)
+    # 40, 42 and 45 epochs: 4.76x (an earlier session), 3.91x and 4.70x (3 seeds, 2026-12-03) a 10-epoch
+    # baseline's time with the cache build (bench/README.md)
     "base_lr05_e45": (True, {"train": {"lr": 0.05, "max_epochs": 45}}, None),
     "kd_t2_lr05_e45": (False, {**KD_T2, "train": {"lr": 0.05, "max_epochs": 45}}, None),
     "kd_t2_lr05_e40": (False, {**KD_T2, "train": {"lr": 0.05, "max_epochs": 40}}, None),
