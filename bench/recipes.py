@@ -62,6 +62,12 @@ DKD = {
     }
 }
 
+# KD alone at T 2 plus attention transfer (Zagoruyko & Komodakis) from the resnet14's stages to the
+# cnn student's blocks of the same map size: block1 (16x14x14) <- layer2 (32x14x14), block2 (24x7x7)
+# <- layer3 (64x7x7); weight 2 as bench/methods.py's kd_t2+at row
+AT_PAIRS = [{"student": "block1", "teacher": "layer2"}, {"student": "block2", "teacher": "layer3"}]
+KD_T2_AT = {"temperature": 2.0, "losses": {"kd": {"weight": 1.0}, "at": {"weight": 2.0, "pairs": AT_PAIRS}}}
+
 CROP_FLIP = {"policy": "crop_flip", "pad": 2}  # a shift of up to 2 px and a mirror, per view
 
 # configs/methods/recommended.yaml's start: the student takes the leading slices of a same-family
@@ -105,6 +111,8 @@ VARIANTS: dict[str, tuple[bool, dict[str, Any], Any]] = {
     "kd_t2_lr05_e45": (False, {**KD_T2, "train": {"lr": 0.05, "max_epochs": 45}}, None),
     "kd_t2_lr05_e40": (False, {**KD_T2, "train": {"lr": 0.05, "max_epochs": 40}}, None),
     "kd_t2_lr05_e42": (False, {**KD_T2, "train": {"lr": 0.05, "max_epochs": 42}}, None),
+    "kd_t2_at_lr05": (False, {**KD_T2_AT, "train": {"lr": 0.05}}, None),
+    "kd_t2_at_lr05_e45": (False, {**KD_T2_AT, "train": {"lr": 0.05, "max_epochs": 45}}, None),
     # patient and consistent: a new crop/flip view of every image each epoch, the teacher's output on it cached
     "base_cf10_lr05": (True, {"train": {"lr": 0.05}}, {**CROP_FLIP, "num_views": 10}),
     "fm_cf10_t1_lr05": (False, {**KD_T1, "train": {"lr": 0.05}}, {**CROP_FLIP, "num_views": 10}),
@@ -137,6 +145,19 @@ def _lay(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
         else:
             base[key] = value
     return base
+
+
+def variant_config(name: str, teacher: Path, threads: int, seed: int = 0, arch: str = "resnet14") -> dict[str, Any]:
+    """The raw pipeline config of one variant (its baseline trains with the distillation's settings)."""
+    _, distill, views = VARIANTS[name]
+    raw = base_config(teacher, threads, seed, arch)
+    _lay(raw["distill"], copy.deepcopy(distill))
+    if name in PRETRAIN:
+        raw["pretrain"] = copy.deepcopy(PRETRAIN[name])
+    raw["baseline"] = {"train": raw["distill"]["train"]}
+    if views is not None:
+        raw["cache"] = {"views": dict(views)}
+    return raw
 
 
 def main() -> None:
@@ -189,14 +210,8 @@ def main() -> None:
     if wrong:
         p.error(f"{', '.join(wrong)} copy a cnn_medium teacher's layers; the teacher is a {teacher_arch}")
     for name in args.variants:
-        is_baseline, distill, views = VARIANTS[name]
-        raw = base_config(args.teacher_checkpoint, args.threads, args.seed, teacher_arch)
-        _lay(raw["distill"], copy.deepcopy(distill))
-        if name in PRETRAIN:
-            raw["pretrain"] = copy.deepcopy(PRETRAIN[name])
-        raw["baseline"] = {"train": raw["distill"]["train"]}
-        if views is not None:
-            raw["cache"] = {"views": dict(views)}
+        is_baseline = VARIANTS[name][0]
+        raw = variant_config(name, args.teacher_checkpoint, args.threads, args.seed, teacher_arch)
         cfg = config_from_dict(raw)
         work = args.home / "runs" / (name if args.seed == 0 else f"{name}-seed{args.seed}")
         shutil.rmtree(work, ignore_errors=True)  # else its checkpoints resume it and the seconds mean nothing

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from conftest import kdflow_home, tiny_config
-from kdcore.config import load_config
+from kdcore.config import config_from_dict, load_config
 from kdcore.data import load_dataset
 from kdcore.errors import ConfigError
+from kdcore.losses import build_objective
 from kdcore.models import create_model
 from kdcore.preflight import preflight, preflight_with_data
 from kdcore.stages import StageEnv, TeacherSource, distill_student, pretrain_student
@@ -30,6 +31,33 @@ def test_method_configs_pass_both_preflights(path):
     cfg = load_config(path)
     preflight(cfg)
     preflight_with_data(cfg, *MNIST)  # every layer pair built on the probed shapes
+
+
+def test_bench_recipes_variants_pass_preflight_with_their_teachers():
+    """bench/recipes.py's variants are valid pipeline configs whose layer pairs fit the resnet14
+    teacher (or the cnn_medium one of the tl_* variants) and the 9k cnn student on 28-px images."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "recipes.py"
+    spec = importlib.util.spec_from_file_location("bench_recipes", path)
+    assert spec is not None and spec.loader is not None
+    recipes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipes)
+    paired = 0
+    for name in recipes.VARIANTS:
+        arch = "cnn_medium" if name in recipes.PRETRAIN else "resnet14"
+        raw = recipes.variant_config(name, Path("unused"), 2, 0, arch)
+        del raw["teacher"]["checkpoint"]  # not trained here: only its architecture is checked
+        cfg = config_from_dict(raw)
+        preflight(cfg)
+        preflight_with_data(cfg, *MNIST)
+        paired += bool(build_objective(cfg.distill.objective_spec()).teacher_paths)
+    assert paired >= 2  # the kd_t2_at_* variants distil the teacher's feature maps
+    raw = recipes.variant_config("kd_t2_at_lr05", Path("unused"), 2)
+    del raw["teacher"]["checkpoint"]
+    raw["distill"]["losses"]["at"]["pairs"] = [{"student": "block1", "teacher": "layer9"}]
+    with pytest.raises(ConfigError, match="layer9"):
+        preflight(config_from_dict(raw))
 
 
 def test_pair_problems_fail_before_any_work_naming_pair_and_shapes():
