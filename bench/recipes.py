@@ -22,6 +22,11 @@ that very view (KD alone); their baselines train with cross-entropy on the same 
 The ``kd_ls_*`` variants distil with logit standardization (``kd`` with ``standardize: true``: the
 student matches the z-scored teacher logits at T 2), alone or as CE 0.1 + KD 9 (Sun et al.'s weights).
 
+The ``kd_t2_at_*`` variants add attention transfer from the teacher's stages to the student's
+blocks of the same map size (cached feature maps) to KD alone at T 2.
+
+The ``_e3`` / ``_e5`` variants ask whether KD gains more at short budgets (3 and 5 epochs).
+
 The ``tl_*`` variants start the student from a same-family teacher's layers (configs/methods/
 recommended.yaml's pretrain section, 1 epoch, then 9 epochs of KD); they need a ``cnn_medium``
 teacher (``--teacher-arch cnn_medium``), whose filters the ``cnn`` student's layers slice.
@@ -111,6 +116,10 @@ VARIANTS: dict[str, tuple[bool, dict[str, Any], Any]] = {
     "kd_t2_lr05_e45": (False, {**KD_T2, "train": {"lr": 0.05, "max_epochs": 45}}, None),
     "kd_t2_lr05_e40": (False, {**KD_T2, "train": {"lr": 0.05, "max_epochs": 40}}, None),
     "kd_t2_lr05_e42": (False, {**KD_T2, "train": {"lr": 0.05, "max_epochs": 42}}, None),
+    "base_lr05_e3": (True, {"train": {"lr": 0.05, "max_epochs": 3}}, None),
+    "kd_t2_lr05_e3": (False, {**KD_T2, "train": {"lr": 0.05, "max_epochs": 3}}, None),
+    "base_lr05_e5": (True, {"train": {"lr": 0.05, "max_epochs": 5}}, None),
+    "kd_t2_lr05_e5": (False, {**KD_T2, "train": {"lr": 0.05, "max_epochs": 5}}, None),
     "kd_t2_at_lr05": (False, {**KD_T2_AT, "train": {"lr": 0.05}}, None),
     "kd_t2_at_lr05_e45": (False, {**KD_T2_AT, "train": {"lr": 0.05, "max_epochs": 45}}, None),
     # patient and consistent: a new crop/flip view of every image each epoch, the teacher's output on it cached
