@@ -177,7 +177,7 @@ def union_teacher_paths() -> list[str]:
 
 def get_teacher(home: Path, base: dict[str, Any], data, augment: str = "none") -> tuple[Path, float]:
     """Train the teacher once per (data, teacher settings); returns (checkpoint, its test top-1)."""
-    spec = {"data": data.fingerprint, "teacher": base["teacher"], "seed": 0}
+    spec = {"data": data.fingerprint, "teacher": base["teacher"], "seed": base.get("trainer", {}).get("seed", 0)}
     if augment != "none":
         spec["augment"] = augment
     key = stable_hash(spec)[:16]

@@ -31,6 +31,11 @@ The ``tl_*`` variants start the student from a same-family teacher's layers (con
 recommended.yaml's pretrain section, 1 epoch, then 9 epochs of KD); they need a ``cnn_medium``
 teacher (``--teacher-arch cnn_medium``), whose filters the ``cnn`` student's layers slice.
 
+With ``--ensemble PATH ...`` the teacher is the ensemble of ``--teacher-checkpoint`` (or the one
+trained here) and those checkpoints: the mean of their class probabilities (Hinton et al.'s first
+use of distillation), cached once like a single teacher's logits. ``--teacher-seed`` trains a
+further teacher with the same settings and another seed.
+
 Usage:
   python bench/recipes.py [--teacher-checkpoint PATH | --teacher-arch ARCH --teacher-epochs N]
       [--variants base_lr05 kd_t1_lr05 ...] [--threads 2] [--seed 0]
@@ -46,6 +51,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -158,6 +165,20 @@ def _lay(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return base
 
 
+class ProbabilityEnsemble(torch.nn.Module):
+    """Teachers averaged as a classic ensemble: the log of their mean class probabilities, which
+    kdcore's cache and losses then treat as the teacher's logits (KD's softmax gives back the mean
+    probabilities at T 1). The student matches the ensemble's output only, no feature maps."""
+
+    def __init__(self, members: list[torch.nn.Module]) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([m(x).softmax(dim=-1) for m in self.members]).mean(dim=0)
+        return probs.clamp_min(1e-12).log()
+
+
 def variant_config(name: str, teacher: Path, threads: int, seed: int = 0, arch: str = "resnet14") -> dict[str, Any]:
     """The raw pipeline config of one variant (its baseline trains with the distillation's settings)."""
     _, distill, views = VARIANTS[name]
@@ -180,6 +201,16 @@ def main() -> None:
     p.add_argument(
         "--teacher-augment", default="crop_flip", help="without a checkpoint: its teacher.augment policy (or none)"
     )
+    p.add_argument(
+        "--teacher-seed", type=int, default=0, help="without a checkpoint: the teacher's trainer.seed (default: 0)"
+    )
+    p.add_argument(
+        "--ensemble",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="more teacher checkpoints: the teacher becomes the ensemble of all (mean class probabilities)",
+    )
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--threads", type=int, default=2, help="torch threads (the weights depend on it, bit for bit)")
     p.add_argument("--seed", type=int, default=0, help="trainer.seed of the students (the teacher is trained with 0)")
@@ -190,13 +221,13 @@ def main() -> None:
 
     from kdcore.config import config_from_dict
     from kdcore.data import load_dataset
-    from kdcore.fingerprint import file_sha256
+    from kdcore.fingerprint import file_sha256, stable_hash
     from kdcore.stages import StageEnv, build_features, classifier_val
     from kdcore.train.checkpoint import load_model
 
     data = load_dataset(config_from_dict(base_config(Path("unused"), args.threads)).data)
     if args.teacher_checkpoint is None:  # trained once per setting, kept under HOME/bench/methods/
-        raw = base_config(Path("unused"), args.threads)
+        raw = base_config(Path("unused"), args.threads, args.teacher_seed)
         raw["teacher"] = {
             "arch": args.teacher_arch,
             "kwargs": {},
@@ -205,8 +236,11 @@ def main() -> None:
         args.teacher_checkpoint, _ = M.get_teacher(args.home, raw, data, args.teacher_augment)
     teacher = load_model(args.teacher_checkpoint)
     teacher_arch = json.loads(Path(str(args.teacher_checkpoint) + ".json").read_text())["spec"]["arch"]
-    teacher_test = classifier_val(teacher, data.test.x, data.test.y)["val_top1"]
     tag = file_sha256(args.teacher_checkpoint)  # the cache entries are keyed by the teacher's weights
+    if args.ensemble:
+        teacher = ProbabilityEnsemble([teacher] + [load_model(p) for p in args.ensemble])
+        tag = stable_hash([tag] + [file_sha256(p) for p in args.ensemble])
+    teacher_test = classifier_val(teacher, data.test.x, data.test.y)["val_top1"]
     built_s: dict[str, float] = {}
 
     def entries_for(cfg, work: Path):
@@ -237,7 +271,7 @@ def main() -> None:
                     "teacher_test_top1": round(100 * teacher_test, 2),
                     "of_teacher_pct": round(100 * test / teacher_test, 1),
                     "epochs": cfg.distill.train.max_epochs + (cfg.pretrain.train.max_epochs if name in PRETRAIN else 0),
-                    "teacher": teacher_arch,
+                    "teacher": teacher_arch + (f" ensemble of {1 + len(args.ensemble)}" if args.ensemble else ""),
                     "lr": cfg.distill.train.lr,
                     "views": cfg.cache.views.num_views,
                     # this run's cache build (a reused entry: its lookup time)
