@@ -213,7 +213,7 @@ def main() -> None:
     )
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--threads", type=int, default=2, help="torch threads (the weights depend on it, bit for bit)")
-    p.add_argument("--seed", type=int, default=0, help="trainer.seed of the students (the teacher is trained with 0)")
+    p.add_argument("--seed", type=int, default=0, help="trainer.seed of the students (the teacher's: --teacher-seed)")
     p.add_argument("--home", type=Path, default=Path("/tmp/kdflow-recipes"), help="cache entries and stage folders")
     args = p.parse_args()
 

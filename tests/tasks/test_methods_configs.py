@@ -37,12 +37,17 @@ def test_bench_recipes_variants_pass_preflight_with_their_teachers():
     """bench/recipes.py's variants are valid pipeline configs whose layer pairs fit the resnet14
     teacher (or the cnn_medium one of the tl_* variants) and the 9k cnn student on 28-px images."""
     import importlib.util
+    import sys
 
     path = Path(__file__).resolve().parents[2] / "bench" / "recipes.py"
     spec = importlib.util.spec_from_file_location("bench_recipes", path)
     assert spec is not None and spec.loader is not None
     recipes = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipes)
+    saved = list(sys.path)
+    try:
+        spec.loader.exec_module(recipes)  # it puts the repository and bench/ on sys.path
+    finally:
+        sys.path[:] = saved
     paired = 0
     for name in recipes.VARIANTS:
         arch = "cnn_medium" if name in recipes.PRETRAIN else "resnet14"
