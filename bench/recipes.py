@@ -273,6 +273,7 @@ def main() -> None:
                     "epochs": cfg.distill.train.max_epochs + (cfg.pretrain.train.max_epochs if name in PRETRAIN else 0),
                     "teacher": teacher_arch + (f" ensemble of {1 + len(args.ensemble)}" if args.ensemble else ""),
                     "lr": cfg.distill.train.lr,
+                    "batch_size": cfg.distill.train.batch_size,
                     "views": cfg.cache.views.num_views,
                     # this run's cache build (a reused entry: its lookup time)
                     "cache_build_s": None if is_baseline else round(built_s[views_key], 1),
