@@ -17,11 +17,16 @@ Only training time counts (validation, checkpoints and callbacks at the end of a
 the same way for all three: kdcore's ``samples_per_s`` is the epoch's samples over the time from
 the epoch's start to its last optimiser step and scheduler step, and the bare loop times the same
 span. The figure per stage is the median over epochs and rounds. Each variant runs in its own
-subprocess with the same environment (allocator thresholds pinned as in bench/vs_torchdistill.py,
-OMP/MKL threads and ``trainer.num_threads`` set); rounds alternate the order of the variants so a
-drift of the machine's load hits all of them alike. In the pipeline the baseline trains beside the
-teacher and the distillation branch unless the flow schedules otherwise: a stage whose MLflow run
-overlapped another training stage's is marked in the table.
+subprocess with the same environment (OMP/MKL threads and ``trainer.num_threads`` set); rounds
+alternate the order of the variants so a drift of the machine's load hits all of them alike. In
+the pipeline the baseline trains beside the teacher and the distillation branch unless the flow
+schedules otherwise: a stage whose MLflow run overlapped another training stage's is marked in
+the table.
+
+Allocator: kdcore's stages keep glibc's heap between steps (kdcore/train/allocator.py); the bare
+loop runs with the C library's defaults, as a loop written without kdflow does, unless
+``--bare-allocator kept`` gives it kdcore's settings too (then the ratios leave the allocator out).
+bench/allocator.py measures what the setting alone is worth.
 
 The bare distillation loop supports the ``kd`` and ``ce`` losses and no augmented views
 (``cache.views.policy: none``), which is what configs/full_fashion.yaml uses.
@@ -29,6 +34,7 @@ The bare distillation loop supports the ``kd`` and ``ce`` losses and no augmente
 Usage:
   python bench/bare_loop.py [--config configs/full_fashion.yaml] [--limit-train 5000] [--epochs 2]
       [--threads 2] [--stages teacher baseline distill] [--variants bare kdcore pipeline] [--rounds 2]
+      [--bare-allocator system|kept]
 
 ``measure(config_path, overrides, epochs, limit_train, threads)`` returns the table's rows (dicts)
 for other benchmarks (bench/full_fashion.py).
@@ -55,8 +61,7 @@ if str(ROOT) not in sys.path:
 STAGES = ("teacher", "baseline", "distill")
 VARIANTS = ("bare", "kdcore", "pipeline")
 DEFAULT_CONFIG = ROOT / "configs" / "full_fashion.yaml"
-# glibc's dynamic mmap threshold moves epoch times by up to 30 % between identical runs: pin it
-ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": "16777216", "MALLOC_TRIM_THRESHOLD_": "67108864"}
+BARE_ALLOCATORS = ("system", "kept")  # the C library's defaults, or kdcore's kept heap
 
 
 # ----------------------------------------------------------------------------- the config
@@ -119,9 +124,14 @@ def _bare_fit(model, spec, x, y, loss_fn, seed: int) -> list[float]:
     return rates
 
 
-def run_bare(cfg, stages: Sequence[str], work: Path) -> dict[str, list[float]]:
+def run_bare(cfg, stages: Sequence[str], work: Path, allocator: str = "system") -> dict[str, list[float]]:
     import torch
     import torch.nn.functional as F
+
+    if allocator == "kept":
+        from kdcore.train.allocator import keep_heap
+
+        keep_heap()
 
     from kdcore.data import load_dataset
     from kdcore.models import create_model
@@ -262,14 +272,15 @@ def stage_runs(client) -> dict[str, Any]:
 
 def child_env(threads: Optional[int]) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(ALLOCATOR_ENV)
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     env.update(PYTHONHASHSEED="0", PYTHONPATH=str(ROOT))
     return env
 
 
-def run_variant(variant: str, config: str, overrides: list[str], stages: list[str], work: Path) -> dict[str, Any]:
+def run_variant(
+    variant: str, config: str, overrides: list[str], stages: list[str], work: Path, bare_allocator: str = "system"
+) -> dict[str, Any]:
     import torch
 
     cfg = load(config, overrides)
@@ -277,7 +288,7 @@ def run_variant(variant: str, config: str, overrides: list[str], stages: list[st
         torch.set_num_threads(cfg.trainer.num_threads)
     work.mkdir(parents=True, exist_ok=True)
     if variant == "bare":
-        return run_bare(cfg, stages, work)
+        return run_bare(cfg, stages, work, bare_allocator)
     if variant == "kdcore":
         return run_kdcore(cfg, stages, work)
     return run_pipeline(config, overrides, stages, work)
@@ -294,6 +305,7 @@ def measure(
     variants: Sequence[str] = VARIANTS,
     rounds: int = 2,
     workdir: Optional[Path] = None,
+    bare_allocator: str = "system",
     log=print,
 ) -> list[dict[str, Any]]:
     """One row per stage: the median images/s of each variant and their ratios to the bare loop."""
@@ -313,6 +325,7 @@ def measure(
                 run_dir = work / f"{v}-{rnd}"  # fresh: a stage would resume from an earlier round's checkpoints
                 shutil.rmtree(run_dir, ignore_errors=True)
                 cmd += ["--work", str(run_dir), "--out", str(out), "--stages", *stages]
+                cmd += ["--bare-allocator", bare_allocator]
                 for o in ovr:
                     cmd += ["--set", o]
                 t0 = time.perf_counter()
@@ -378,12 +391,18 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--json", default=None, help="also write the rows here")
+    ap.add_argument(
+        "--bare-allocator",
+        default="system",
+        choices=BARE_ALLOCATORS,
+        help="the bare loop's heap: the C library's defaults (system), or kdcore's kept heap (kept)",
+    )
     ap.add_argument("--variant", default=None, help=argparse.SUPPRESS)  # set in the re-executed children
     ap.add_argument("--work", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.variant:
-        r = run_variant(args.variant, args.config, args.overrides, args.stages, Path(args.work))
+        r = run_variant(args.variant, args.config, args.overrides, args.stages, Path(args.work), args.bare_allocator)
         Path(args.out).write_text(json.dumps(r))
         return
     rows = measure(
@@ -396,11 +415,13 @@ def main() -> None:
         variants=args.variants,
         rounds=args.rounds,
         workdir=Path(args.workdir) if args.workdir else None,
+        bare_allocator=args.bare_allocator,
     )
     print()
     print(
         f"{args.config}: {rows[0]['train_images'] or 'all'} training images, {rows[0]['epochs'] or 'configured'} "
-        f"epochs, {rows[0]['threads']} thread(s); images/s, median over epochs of {args.rounds} alternated round(s)"
+        f"epochs, {rows[0]['threads']} thread(s); images/s, median over epochs of {args.rounds} alternated round(s); "
+        f"the bare loop's allocator: {args.bare_allocator}"
     )
     print(table(rows))
     if args.json:

@@ -16,6 +16,7 @@ from kdcore.data.bundle import DataBundle, Split
 from kdcore.data.stream import ImageFileSplit, is_streamed
 from kdcore.models import create_model
 from kdcore.train import FitResult, TrainCallbacks, autocast_dtype, resolve_device, seed_everything
+from kdcore.train.allocator import keep_heap
 from kdcore.train.batches import Batch, LoaderBatches
 from kdcore.train.device import forward_batch_size
 from kdcore.train.rng import GLOBAL_RNG
@@ -41,8 +42,10 @@ def pin_compute(num_threads: Optional[int], deterministic: bool) -> None:
     ``deterministic``: torch's deterministic kernels where an op has several (CUDA's scatter and
     index adds; a warning, not a failure, where an op has none), process-wide; not the filling of
     new tensors with NaN that comes with them (a cost on every allocation, and kdcore reads no
-    memory it did not write).
+    memory it did not write). glibc's heap is kept between steps (:mod:`kdcore.train.allocator`),
+    process-wide, once.
     """
+    keep_heap()
     torch.set_num_threads(stage_threads(num_threads))
     if deterministic and not torch.are_deterministic_algorithms_enabled():
         torch.use_deterministic_algorithms(True, warn_only=True)

@@ -40,6 +40,7 @@ import torch.distributed as dist
 from torch import nn
 
 from kdcore.errors import ConfigError, KdflowError
+from kdcore.train.allocator import keep_heap
 
 # ---------------------------------------------------------------------------------------------
 # Inside a rank
@@ -273,6 +274,7 @@ def _rank_entry(payload: tuple, backend: str, devices: list[int], threads: int, 
         device = torch.device("cuda", index)
     else:
         device = torch.device("cpu")
+    keep_heap()  # each rank is a process of its own: its heap kept between steps, as the stages' are
     torch.set_num_threads(threads)
     dist.init_process_group(backend, rank=rank, world_size=world_size)
     try:

@@ -1,0 +1,88 @@
+"""glibc's heap kept between steps (kdcore/train/allocator.py): the thresholds take effect (a worker
+thread's freed tensors are not faulted in again), the user's own malloc settings win, and the
+weights a step trains do not change. The speed it buys is bench/allocator.py's (never asserted here).
+
+Each case runs in a fresh interpreter: malloc's parameters are process-wide and set once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kdcore.train import allocator
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+
+# A worker thread (as a Prefect task) allocates and frees 254 MB of touched tensors per "step";
+# then a small CNN trains a few steps there and the weights' hash is printed.
+CHILD = """
+import hashlib, json, resource, threading
+import torch
+from kdcore.train.allocator import keep_heap
+out = {"state": keep_heap()}
+
+def work():
+    torch.set_num_threads(1)
+    for step in range(12):
+        if step == 2:  # the first steps settle the heap; count from the third
+            out["faults0"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        tensors = [torch.ones(1_500_000 + 100_000 * k) for k in range(24)]  # 6-15 MB each, 500 MB
+        del tensors
+    out["faults"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - out.pop("faults0")
+    torch.manual_seed(0)
+    nn = torch.nn
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 26 * 26, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = torch.randn(256, 1, 28, 28), torch.randint(0, 10, (256,))
+    for i in range(0, 256, 32):
+        loss = torch.nn.functional.cross_entropy(model(x[i : i + 32]), y[i : i + 32])
+        opt.zero_grad(); loss.backward(); opt.step()
+    out["weights"] = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()
+
+t = threading.Thread(target=work)
+t.start(); t.join()
+print(json.dumps(out))
+"""
+
+
+def _child(**env: str) -> dict:
+    ours = ("GLIBC_TUNABLES", allocator.ENV)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in ours}
+    clean.update(env, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", CHILD], env=clean, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_kept_heap_stops_the_page_faults_and_trains_the_same_weights():
+    system = _child(KDFLOW_ALLOCATOR="system")
+    kept = _child()
+    assert system["state"] == "system: KDFLOW_ALLOCATOR=system"
+    assert kept["state"] == "kept"
+    # 10 steps of 254 MB: glibc's defaults hand much of it back and fault it in again every step
+    # (47,269 faults in all here), the kept heap reuses it (1,271)
+    assert system["faults"] > 20_000, system
+    assert kept["faults"] < system["faults"] / 10, (kept, system)
+    assert kept["weights"] == system["weights"]
+
+
+def test_the_users_own_malloc_settings_win():
+    assert _child(MALLOC_TRIM_THRESHOLD_="1000000")["state"] == "system: MALLOC_TRIM_THRESHOLD_ is set"
+    assert _child(GLIBC_TUNABLES="glibc.malloc.mmap_threshold=1000000")["state"] == (
+        "system: GLIBC_TUNABLES sets glibc.malloc"
+    )
+
+
+def test_every_stage_keeps_the_heap(monkeypatch):
+    from kdcore.stages import env as stage_env
+
+    calls = []
+    monkeypatch.setattr(stage_env, "keep_heap", lambda: calls.append(1) or "kept")
+    stage_env.pin_compute(None, deterministic=False)
+    assert calls == [1]
