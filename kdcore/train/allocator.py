@@ -6,12 +6,12 @@ trim threshold at twice that, each time a large mmapped block is freed; a thread
 main one (a Prefect task's) allocates from 64 MiB heaps of its own, and glibc unmaps such a heap
 as soon as it empties. Either way a step's freed memory goes back to the kernel and the next step
 faults it in again page by page: issue 12's run took 10.9 million minor page faults, resnet14's
-step about 5,900 per step of batch 128 in a worker thread (bench/allocator.py).
+step about 6,400 per step of batch 128 in a worker thread (bench/allocator.py).
 
 :func:`keep_heap` sets three of malloc's parameters once per process (``mallopt``): blocks up to
 ``MMAP_THRESHOLD`` come from the heap, up to ``TRIM_THRESHOLD`` of free heap is kept, and
-``TOP_PAD`` keeps a thread's emptied heaps mapped. The step above then takes about 40 faults and
-ran 1.09x as fast (the 9k student's 1.03x). Nothing computed changes, only where the bytes live.
+``TOP_PAD`` keeps a thread's emptied heaps mapped. The step above then takes about 60 faults and
+ran 1.11x as fast (the 9k student's 1.03x). Nothing computed changes, only where the bytes live.
 The process keeps the memory its largest step used, as PyTorch's CUDA caching allocator does on
 a GPU. It does nothing
 
@@ -33,7 +33,7 @@ from typing import Optional
 
 ENV = "KDFLOW_ALLOCATOR"
 MMAP_THRESHOLD = 32 << 20  # glibc's largest on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX): larger blocks mmap
-TRIM_THRESHOLD = 256 << 20  # free heap kept for the next step before any is handed back
+TRIM_THRESHOLD = 64 << 20  # free heap at the top kept (beside TOP_PAD) before any is handed back
 TOP_PAD = 64 << 20  # a thread's 64 MiB heaps: never unmapped while a step may want them again
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # mallopt's parameter numbers (malloc.h)
 _GLIBC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
