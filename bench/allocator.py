@@ -4,8 +4,9 @@ The same training step (random Fashion-MNIST-sized batches from memory, SGD Nest
 runs in a fresh process for each measurement, once with the C library's defaults
 (``KDFLOW_ALLOCATOR=system``) and once after ``kdcore.train.allocator.keep_heap()``, the order
 alternating per round so that the machine's drift falls on both. By default the step runs in a
-worker thread, as a Prefect task runs a stage. Prints images/s and minor page faults per step of
-every measurement, then the medians and their ratio.
+worker thread, as a Prefect task runs a stage, and a validation pass (forwards of 1,024 images)
+follows the timed steps. Prints images/s and minor page faults per step of every measurement, the
+process's peak and final resident memory (VmHWM, VmRSS), then the medians and their ratio.
 
     .venv/bin/python bench/allocator.py                          # resnet14 (issue 12's teacher), 6 rounds
     .venv/bin/python bench/allocator.py --arch cnn --steps 300   # issue 12's 9k student
@@ -64,6 +65,9 @@ def child(arch: str, steps: int, threads: int, in_worker: bool) -> None:
         seconds = time.perf_counter() - t0
         out["images_per_s"] = steps * 128 / seconds
         out["faults_per_step"] = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / steps
+        with torch.no_grad():  # untimed: a validation pass's larger batches share the heap with the steps'
+            for i in range(0, 10_240, 1024):
+                model(x[i : i + 1024])
 
     if in_worker:
         t = threading.Thread(target=run)
@@ -71,6 +75,8 @@ def child(arch: str, steps: int, threads: int, in_worker: bool) -> None:
         t.join()
     else:
         run()
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    out["peak_rss_mb"], out["rss_mb"] = (int(status[k].split()[0]) / 1024 for k in ("VmHWM", "VmRSS"))
     print(json.dumps(out))
 
 
@@ -102,22 +108,29 @@ def main() -> None:
         return
     where = "a worker thread" if args.worker else "the main thread"
     print(f"{args.arch}, batch 128, {args.threads} threads, {args.steps} steps per measurement, in {where}")
-    print("| round | allocator | images/s | minor page faults / step |\n|---|---|---|---|")
+    print("| round | allocator | images/s | minor page faults / step | peak / final RSS MB |\n|---|---|---|---|---|")
     rates: dict[str, list[float]] = {v: [] for v in VARIANTS}
     faults: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    peak: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for r in range(args.rounds):
         for variant in VARIANTS if r % 2 == 0 else VARIANTS[::-1]:
             row = measure(variant, args)
             rates[variant].append(row["images_per_s"])
             faults[variant].append(row["faults_per_step"])
-            print(f"| {r + 1} | {variant} | {row['images_per_s']:.0f} | {row['faults_per_step']:.0f} |", flush=True)
+            peak[variant].append(row["peak_rss_mb"])
+            print(
+                f"| {r + 1} | {variant} | {row['images_per_s']:.0f} | {row['faults_per_step']:.0f} "
+                f"| {row['peak_rss_mb']:.0f} / {row['rss_mb']:.0f} |",
+                flush=True,
+            )
     med = {v: statistics.median(rates[v]) for v in VARIANTS}
     per_round = [k / s for k, s in zip(rates["kept"], rates["system"])]
     print(
         f"median images/s: system {med['system']:.0f}, kept {med['kept']:.0f}; kept / system = "
         f"{med['kept'] / med['system']:.3f} (per round {', '.join(f'{r:.2f}' for r in per_round)}); "
         f"median faults / step: system {statistics.median(faults['system']):.0f}, "
-        f"kept {statistics.median(faults['kept']):.0f}"
+        f"kept {statistics.median(faults['kept']):.0f}; median peak RSS: system "
+        f"{statistics.median(peak['system']):.0f} MB, kept {statistics.median(peak['kept']):.0f} MB"
     )
 
 
