@@ -74,6 +74,12 @@ DKD = {
     }
 }
 
+# DIST (Huang et al. 2022): the student's probabilities correlated with the teacher's per sample and
+# per class, beside cross-entropy; the paper's ImageNet settings (beta = gamma = 1, T 1) and its
+# CIFAR-100 ones (beta = gamma = 2, T 4)
+DIST_T1 = {"losses": {"ce": {"weight": 1.0}, "dist": {"weight": 1.0, "beta": 1.0, "gamma": 1.0, "temperature": 1.0}}}
+DIST_T4 = {"losses": {"ce": {"weight": 1.0}, "dist": {"weight": 1.0, "beta": 2.0, "gamma": 2.0, "temperature": 4.0}}}
+
 # KD alone at T 2 plus attention transfer (Zagoruyko & Komodakis) from the resnet14's stages to the
 # cnn student's blocks of the same map size: block1 (16x14x14) <- layer2 (32x14x14), block2 (24x7x7)
 # <- layer3 (64x7x7); weight 2 as bench/methods.py's kd_t2+at row
@@ -129,6 +135,13 @@ VARIANTS: dict[str, tuple[bool, dict[str, Any], Any]] = {
     "kd_t2_lr05_e5": (False, {**KD_T2, "train": {"lr": 0.05, "max_epochs": 5}}, None),
     # batch 256 at twice the rate (linear scaling): fewer, larger steps, faster epochs on the CPU
     "kd_t2_b256_lr10_e45": (False, {**KD_T2, "train": {"lr": 0.1, "max_epochs": 45, "batch_size": 256}}, None),
+    # weight decay 1e-4 and 0 instead of 5e-4: does a 9k student fed soft targets need less regularising?
+    "base_lr05_wd1e4": (True, {"train": {"lr": 0.05, "weight_decay": 1e-4}}, None),
+    "kd_t2_lr05_wd1e4": (False, {**KD_T2, "train": {"lr": 0.05, "weight_decay": 1e-4}}, None),
+    "base_lr05_wd0": (True, {"train": {"lr": 0.05, "weight_decay": 0.0}}, None),
+    "kd_t2_lr05_wd0": (False, {**KD_T2, "train": {"lr": 0.05, "weight_decay": 0.0}}, None),
+    "dist_t1_lr05": (False, {**DIST_T1, "train": {"lr": 0.05}}, None),
+    "dist_t4_lr05": (False, {**DIST_T4, "train": {"lr": 0.05}}, None),
     "kd_t2_at_lr05": (False, {**KD_T2_AT, "train": {"lr": 0.05}}, None),
     "kd_t2_at_lr05_e45": (False, {**KD_T2_AT, "train": {"lr": 0.05, "max_epochs": 45}}, None),
     # patient and consistent: a new crop/flip view of every image each epoch, the teacher's output on it cached

@@ -1,9 +1,10 @@
 """Distillation losses: each returns named unweighted terms; an Objective sums them with weights."""
 
-from kdcore.losses import at, ce, crd, dkd, fitnet, kd, pkt, rkd, sp  # noqa: F401  (registers the losses)
+from kdcore.losses import at, ce, crd, dist, dkd, fitnet, kd, pkt, rkd, sp  # noqa: F401  (registers the losses)
 from kdcore.losses.at import ATLoss
 from kdcore.losses.ce import CELoss
 from kdcore.losses.crd import CRDLoss
+from kdcore.losses.dist import DISTLoss
 from kdcore.losses.dkd import DKDLoss
 from kdcore.losses.fitnet import FitNetLoss
 from kdcore.losses.inputs import KDInputs
@@ -19,6 +20,7 @@ __all__ = [
     "ATLoss",
     "CELoss",
     "CRDLoss",
+    "DISTLoss",
     "DKDLoss",
     "DistillLoss",
     "FitNetLoss",

@@ -91,6 +91,58 @@ def test_dkd_warmup_ramps_in_training_only():
     assert int(loss.state_dict()["steps"]) == 6  # the ramp survives a checkpoint
 
 
+# ---------------------------------------------------------------- DIST (Huang et al. 2022)
+
+
+def pearson_list(u, v):
+    mu, mv = sum(u) / len(u), sum(v) / len(v)
+    cov = sum((a - mu) * (b - mv) for a, b in zip(u, v))
+    return cov / math.sqrt(sum((a - mu) ** 2 for a in u) * sum((b - mv) ** 2 for b in v))
+
+
+def hand_dist(s, t, beta, gamma, temp):
+    ps = [softmax_list([v / temp for v in row]) for row in s.tolist()]
+    pt = [softmax_list([v / temp for v in row]) for row in t.tolist()]
+    n, c = len(ps), len(ps[0])
+    inter = sum(1 - pearson_list(ps[i], pt[i]) for i in range(n)) / n
+    columns = [([ps[i][j] for i in range(n)], [pt[i][j] for i in range(n)]) for j in range(c)]
+    intra = sum(1 - pearson_list(a, b) for a, b in columns) / c
+    return beta * inter * temp**2, gamma * intra * temp**2
+
+
+@pytest.mark.parametrize("beta,gamma,temp", [(1.0, 1.0, 1.0), (2.0, 0.5, 4.0)])
+def test_dist_matches_paper(beta, gamma, temp):
+    s, t = fixed(6, 5, seed=1), 3 * fixed(6, 5, seed=2)
+    out = create_loss("dist", {"beta": beta, "gamma": gamma, "temperature": temp})(inputs(s, t))
+    want_inter, want_intra = hand_dist(s, t, beta, gamma, temp)
+    assert set(out) == {"dist_inter", "dist_intra"}
+    assert out["dist_inter"].item() == pytest.approx(want_inter, rel=1e-4)
+    assert out["dist_intra"].item() == pytest.approx(want_intra, rel=1e-4)
+
+
+def test_dist_asks_for_correlation_not_equality():
+    """A student whose probabilities are the teacher's shifted and scaled along each row scores 0 on
+    the inter-class term, where KD, which asks for the same probabilities, does not."""
+    t = fixed(4, 5, seed=3)
+    p_t = F.softmax(t, dim=-1)
+    p_s = 0.5 * p_t + 0.1  # rows still sum to 1 (0.5 + 5 * 0.1), a positive affine image of p_t
+    s = p_s.log()  # logits whose softmax at T 1 is p_s
+    out = create_loss("dist", {"temperature": 1.0})(inputs(s, t))
+    assert out["dist_inter"].item() == pytest.approx(0.0, abs=1e-6)
+    assert create_loss("kd", {"temperature": 1.0})(inputs(s, t))["kd"].item() > 0.01
+    one = create_loss("dist", {})(inputs(s[:1], t[:1]))  # a single sample: no columns to correlate
+    assert one["dist_intra"].item() == 0.0
+
+
+def test_dist_parameter_errors():
+    with pytest.raises(KdflowError, match="'beta'"):
+        create_loss("dist", {"beta": -1.0})
+    with pytest.raises(KdflowError, match="'temperature'"):
+        create_loss("dist", {"temperature": 0.0})
+    with pytest.raises(KdflowError, match="at least 2 classes"):
+        create_loss("dist", {})(inputs(fixed(3, 1), fixed(3, 1)))
+
+
 # ---------------------------------------------------------------- AT (Zagoruyko & Komodakis 2017)
 
 
@@ -404,6 +456,7 @@ PAIR = {"pairs": [{"student": "s", "teacher": "t"}]}
     "name,params,s_shape,t_shape,logits",
     [
         ("dkd", {}, (4, 5), (4, 5), True),
+        ("dist", {"temperature": 2.0}, (4, 5), (4, 5), True),
         ("at", PAIR, (3, 2, 4, 4), (3, 3, 2, 2), False),
         ("pkt", PAIR, (4, 5), (4, 3), False),
         ("rkd", PAIR, (4, 5), (4, 3), False),

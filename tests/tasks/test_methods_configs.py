@@ -23,7 +23,7 @@ MNIST = ((1, 28, 28), 10)
 
 def test_one_config_per_method():
     names = {p.stem for p in METHOD_CONFIGS}
-    assert {"kd", "dkd", "fitnet", "at", "pkt", "rkd", "sp", "crd", "teacher_layers"} <= names
+    assert {"kd", "dkd", "dist", "fitnet", "at", "pkt", "rkd", "sp", "crd", "teacher_layers"} <= names
 
 
 @pytest.mark.parametrize("path", METHOD_CONFIGS, ids=lambda p: p.stem)
@@ -89,6 +89,7 @@ def test_combined_objective_logs_every_term(tmp_path):
     losses = {
         "ce": {"weight": 1.0},
         "dkd": {"weight": 0.5, "warmup": 2},
+        "dist": {"weight": 1.0, "beta": 2.0},
         "at": {"weight": 1.0, "pairs": [{"student": "block1", "teacher": "block2"}]},
         "sp": {"weight": 10.0, "pairs": [{"student": "block2", "teacher": "block3"}]},
         "pkt": {"weight": 1.0, "pairs": [{"student": "flatten", "teacher": "flatten"}]},
@@ -107,7 +108,8 @@ def test_combined_objective_logs_every_term(tmp_path):
     paths = build_objective(cfg.distill.objective_spec()).teacher_paths
     res = distill_student(StageEnv(cfg, data, tmp_path / "distill"), init, TeacherSource(env, None, teacher, paths))
     logged = res.fit.history[0]
-    for term in ("ce", "dkd_tckd", "dkd_nckd", "at", "sp", "pkt", "rkd_distance", "rkd_angle", "crd", "fitnet"):
+    terms = ("ce", "dkd_tckd", "dkd_nckd", "dist_inter", "dist_intra", "at", "sp", "pkt", "rkd_distance", "rkd_angle")
+    for term in (*terms, "crd", "fitnet"):
         assert f"train_{term}" in logged and torch.isfinite(torch.tensor(logged[f"train_{term}"]))
     assert res.info["weights"]["sp"] == 10.0
 
