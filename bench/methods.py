@@ -78,6 +78,8 @@ METHODS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "fitnet": ({"method": "hint", "pairs": HINT, "epochs": 2}, KD),
     "at": ({}, {**CE, "at": {"weight": 2.0, "pairs": MAPS}}),
     "pkt": ({}, {**CE, "pkt": {"weight": 100.0, "pairs": PENULT}}),
+    # Huang et al. 2022's ImageNet settings: CE + DIST (beta = gamma = 1, T 1)
+    "dist": ({}, {**CE, "dist": {"weight": 1.0, "beta": 1.0, "gamma": 1.0, "temperature": 1.0}}),
     "rkd": (
         {},
         {

@@ -25,6 +25,10 @@ student matches the z-scored teacher logits at T 2), alone or as CE 0.1 + KD 9 (
 The ``kd_t2_at_*`` variants add attention transfer from the teacher's stages to the student's
 blocks of the same map size (cached feature maps) to KD alone at T 2.
 
+The ``dist_*`` variants distil with DIST (Huang et al. 2022, kdcore's ``dist`` loss) beside
+cross-entropy; the ``*_wd1e4`` / ``*_wd0`` ones train with weight decay 1e-4 / 0 instead of 5e-4
+(every JSON line says its ``weight_decay``, and bench/recipes_summary.py pairs baselines by it).
+
 The ``_e3`` / ``_e5`` variants ask whether KD gains more at short budgets (3 and 5 epochs).
 
 The ``tl_*`` variants start the student from a same-family teacher's layers (configs/methods/
@@ -57,6 +61,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+
+WEIGHT_DECAY = 5e-4  # the pipeline's default (kdcore.config), which every variant keeps unless it sets its own
 
 KD_T4 = {"temperature": 4.0, "losses": {"kd": {"weight": 0.9}, "ce": {"weight": 0.1}}}
 KD_T1 = {"temperature": 1.0, "losses": {"kd": {"weight": 1.0}}}
@@ -129,6 +135,10 @@ VARIANTS: dict[str, tuple[bool, dict[str, Any], Any]] = {
     "kd_t2_lr05_e45": (False, {**KD_T2, "train": {"lr": 0.05, "max_epochs": 45}}, None),
     "kd_t2_lr05_e40": (False, {**KD_T2, "train": {"lr": 0.05, "max_epochs": 40}}, None),
     "kd_t2_lr05_e42": (False, {**KD_T2, "train": {"lr": 0.05, "max_epochs": 42}}, None),
+    # does the gain keep growing with patience (Beyer et al.: the distilled student keeps improving
+    # where the plain one saturates)?
+    "base_lr05_e100": (True, {"train": {"lr": 0.05, "max_epochs": 100}}, None),
+    "kd_t2_lr05_e100": (False, {**KD_T2, "train": {"lr": 0.05, "max_epochs": 100}}, None),
     "base_lr05_e3": (True, {"train": {"lr": 0.05, "max_epochs": 3}}, None),
     "kd_t2_lr05_e3": (False, {**KD_T2, "train": {"lr": 0.05, "max_epochs": 3}}, None),
     "base_lr05_e5": (True, {"train": {"lr": 0.05, "max_epochs": 5}}, None),
@@ -287,6 +297,7 @@ def main() -> None:
                     "teacher": teacher_arch + (f" ensemble of {1 + len(args.ensemble)}" if args.ensemble else ""),
                     "lr": cfg.distill.train.lr,
                     "batch_size": cfg.distill.train.batch_size,
+                    "weight_decay": cfg.distill.train.weight_decay,
                     "views": cfg.cache.views.num_views,
                     # this run's cache build (a reused entry: its lookup time)
                     "cache_build_s": None if is_baseline else round(built_s[views_key], 1),

@@ -9,8 +9,9 @@ their mean ± sample standard deviation, which this script prints from the saved
 
 Lines that are not JSON (warnings, progress) are skipped. A baseline is a line without a cache
 build (``cache_build_s`` null); it matches a distilled line with the same seed, epochs, learning
-rate, views, threads and batch size (lines written before recipes.py printed ``batch_size``: 128).
-A later line for the same variant, teacher and seed replaces an earlier one.
+rate, views, threads, batch size and weight decay (a line without ``batch_size``: 128; without
+``weight_decay``: its variant's setting in recipes.py, lines older than that field). A later line
+for the same variant, teacher and seed replaces an earlier one.
 """
 
 from __future__ import annotations
@@ -35,8 +36,16 @@ def read_runs(paths: list[Path]) -> list[dict[str, Any]]:
     return list(runs.values())
 
 
+def variant_weight_decay(variant: str) -> float:
+    """The weight decay recipes.py trains ``variant`` with (its default: the pipeline's 5e-4)."""
+    import recipes  # bench/recipes.py, beside this file
+
+    return float(recipes.VARIANTS[variant][1].get("train", {}).get("weight_decay", recipes.WEIGHT_DECAY))
+
+
 def settings(row: dict[str, Any]) -> tuple:
-    return row["seed"], row["epochs"], row["lr"], row["views"], row["threads"], row.get("batch_size", 128)
+    wd = row["weight_decay"] if "weight_decay" in row else variant_weight_decay(row["variant"])
+    return row["seed"], row["epochs"], row["lr"], row["views"], row["threads"], row.get("batch_size", 128), wd
 
 
 def mean_std(values: list[float]) -> str:
