@@ -152,6 +152,12 @@ VARIANTS: dict[str, tuple[bool, dict[str, Any], Any]] = {
     "kd_t2_lr05_wd0": (False, {**KD_T2, "train": {"lr": 0.05, "weight_decay": 0.0}}, None),
     "dist_t1_lr05": (False, {**DIST_T1, "train": {"lr": 0.05}}, None),
     "dist_t4_lr05": (False, {**DIST_T4, "train": {"lr": 0.05}}, None),
+    # KD alone at T 2 (the best recipe here) with DIST beside it instead of cross-entropy
+    "kd_t2_dist_lr05": (
+        False,
+        {**KD_T2, "losses": {**KD_T2["losses"], "dist": DIST_T1["losses"]["dist"]}, "train": {"lr": 0.05}},
+        None,
+    ),
     "kd_t2_at_lr05": (False, {**KD_T2_AT, "train": {"lr": 0.05}}, None),
     "kd_t2_at_lr05_e45": (False, {**KD_T2_AT, "train": {"lr": 0.05, "max_epochs": 45}}, None),
     # patient and consistent: a new crop/flip view of every image each epoch, the teacher's output on it cached
