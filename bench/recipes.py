@@ -62,8 +62,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-WEIGHT_DECAY = 5e-4  # the pipeline's default (kdcore.config), which every variant keeps unless it sets its own
-
 KD_T4 = {"temperature": 4.0, "losses": {"kd": {"weight": 0.9}, "ce": {"weight": 0.1}}}
 KD_T1 = {"temperature": 1.0, "losses": {"kd": {"weight": 1.0}}}
 KD_T2 = {"temperature": 2.0, "losses": {"kd": {"weight": 1.0}}}

@@ -37,10 +37,13 @@ def read_runs(paths: list[Path]) -> list[dict[str, Any]]:
 
 
 def variant_weight_decay(variant: str) -> float:
-    """The weight decay recipes.py trains ``variant`` with (its default: the pipeline's 5e-4)."""
-    import recipes  # bench/recipes.py, beside this file
+    """The weight decay recipes.py trains ``variant`` with: its own, else the pipeline's default."""
+    import recipes  # bench/recipes.py, beside this file (it puts the repository on sys.path)
 
-    return float(recipes.VARIANTS[variant][1].get("train", {}).get("weight_decay", recipes.WEIGHT_DECAY))
+    from kdcore.config import TrainSpec
+
+    default = TrainSpec.model_fields["weight_decay"].default
+    return float(recipes.VARIANTS[variant][1].get("train", {}).get("weight_decay", default))
 
 
 def settings(row: dict[str, Any]) -> tuple:
