@@ -25,7 +25,6 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from kdcore.errors import KdflowError
 from kdcore.losses.inputs import KDInputs
 from kdcore.losses.registry import LOSSES, DistillLoss, check_number
 
@@ -56,14 +55,11 @@ class DISTLoss(DistillLoss):
 
     def forward(self, inp: KDInputs) -> dict[str, Tensor]:
         t = self.temperature
-        student = inp.student_logits
-        c = student.shape[-1]
-        if c < 2:
-            raise KdflowError("loss 'dist' needs at least 2 classes")
+        student, teacher = self.class_logits(inp, min_classes=2)
         # at least float32 whatever the autocast: a correlation of bf16 probabilities is coarse
         dtype = torch.promote_types(student.dtype, torch.float32)
-        p_s = F.softmax(student.reshape(-1, c).to(dtype) / t, dim=-1)
-        p_t = F.softmax(self.teacher_logits(inp).detach().reshape(-1, c).to(dtype) / t, dim=-1)
+        p_s = F.softmax(student.to(dtype) / t, dim=-1)
+        p_t = F.softmax(teacher.to(dtype) / t, dim=-1)
         inter = pearson_distance(p_s, p_t, dim=1).mean() * (t * t)
         if p_s.shape[0] > 1:
             intra = pearson_distance(p_s, p_t, dim=0).mean() * (t * t)

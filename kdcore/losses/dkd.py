@@ -58,12 +58,8 @@ class DKDLoss(DistillLoss):
 
     def forward(self, inp: KDInputs) -> dict[str, Tensor]:
         t = self.temperature
-        student = inp.student_logits
-        c = student.shape[-1]
-        if c < 2:
-            raise KdflowError("loss 'dkd' needs at least 2 classes")
-        s = student.reshape(-1, c)
-        tl = self.teacher_logits(inp).detach().reshape(-1, c).to(s.dtype)
+        s, tl = self.class_logits(inp, min_classes=2)
+        tl = tl.to(s.dtype)
         y = inp.targets.reshape(-1)
         s_gt, s_rest, s_other = _split_log_probs(s, y, t)
         with torch.no_grad():

@@ -43,10 +43,7 @@ class KDLoss(DistillLoss):
 
     def forward(self, inp: KDInputs) -> dict[str, Tensor]:
         t = self.temperature
-        student = inp.student_logits
-        student = student.reshape(-1, student.shape[-1])
-        teacher = self.teacher_logits(inp).detach()
-        teacher = teacher.reshape(-1, teacher.shape[-1])
+        student, teacher = self.class_logits(inp)
         if self.standardize:  # in float32 whatever the autocast (the spread of a bf16 row is coarse)
             student, teacher = standardized(student.float()), standardized(teacher.float())
         log_p_s = F.log_softmax(student / t, dim=-1)

@@ -45,6 +45,15 @@ class DistillLoss(nn.Module):
             raise KdflowError(f"loss {self.name!r} needs teacher logits, but none were given")
         return inp.teacher_logits
 
+    def class_logits(self, inp: KDInputs, min_classes: int = 1) -> tuple[Tensor, Tensor]:
+        """The student's logits and the teacher's (detached), both flattened to (samples, classes)
+        (a sequence model's time steps become samples); a clear error below ``min_classes``."""
+        c = inp.student_logits.shape[-1]
+        if c < min_classes:
+            raise KdflowError(f"loss {self.name!r} needs at least {min_classes} classes")
+        teacher = self.teacher_logits(inp).detach()
+        return inp.student_logits.reshape(-1, c), teacher.reshape(-1, teacher.shape[-1])
+
 
 LOSSES: Registry[type[DistillLoss]] = Registry("loss function")
 
