@@ -29,6 +29,9 @@ The ``dist_*`` variants distil with DIST (Huang et al. 2022, kdcore's ``dist`` l
 cross-entropy; the ``*_wd1e4`` / ``*_wd0`` ones train with weight decay 1e-4 / 0 instead of 5e-4
 (every JSON line says its ``weight_decay``, and bench/recipes_summary.py pairs baselines by it).
 
+The ``mse_*`` variants regress the student's logits onto the teacher's (kdcore's ``logit_mse`` loss,
+Ba & Caruana 2014, Kim et al. 2021): alone at weight 1 or 10, or beside cross-entropy.
+
 The ``_e3`` / ``_e5`` variants ask whether KD gains more at short budgets (3 and 5 epochs).
 
 The ``tl_*`` variants start the student from a same-family teacher's layers (configs/methods/
@@ -90,6 +93,12 @@ DIST_T4 = {"losses": {"ce": {"weight": 1.0}, "dist": {"weight": 1.0, "beta": 2.0
 AT_PAIRS = [{"student": "block1", "teacher": "layer2"}, {"student": "block2", "teacher": "layer3"}]
 KD_T2_AT = {"temperature": 2.0, "losses": {"kd": {"weight": 1.0}, "at": {"weight": 2.0, "pairs": AT_PAIRS}}}
 
+# logit regression (Ba & Caruana 2014; Kim et al. 2021): the student's logits onto the teacher's, no
+# temperature; weight 1 (mean over classes) and 10 (the sum over the 10 classes, Kim et al.'s form)
+MSE = {"losses": {"logit_mse": {"weight": 1.0}}}
+MSE_W10 = {"losses": {"logit_mse": {"weight": 10.0}}}
+MSE_CE = {"losses": {"ce": {"weight": 1.0}, "logit_mse": {"weight": 1.0}}}
+
 CROP_FLIP = {"policy": "crop_flip", "pad": 2}  # a shift of up to 2 px and a mirror, per view
 
 # configs/methods/recommended.yaml's start: the student takes the leading slices of a same-family
@@ -148,6 +157,8 @@ VARIANTS: dict[str, tuple[bool, dict[str, Any], Any]] = {
     "kd_t2_lr05_wd1e4": (False, {**KD_T2, "train": {"lr": 0.05, "weight_decay": 1e-4}}, None),
     "base_lr05_wd0": (True, {"train": {"lr": 0.05, "weight_decay": 0.0}}, None),
     "kd_t2_lr05_wd0": (False, {**KD_T2, "train": {"lr": 0.05, "weight_decay": 0.0}}, None),
+    "base_lr05_wd0_e45": (True, {"train": {"lr": 0.05, "weight_decay": 0.0, "max_epochs": 45}}, None),
+    "kd_t2_lr05_wd0_e45": (False, {**KD_T2, "train": {"lr": 0.05, "weight_decay": 0.0, "max_epochs": 45}}, None),
     "dist_t1_lr05": (False, {**DIST_T1, "train": {"lr": 0.05}}, None),
     "dist_t4_lr05": (False, {**DIST_T4, "train": {"lr": 0.05}}, None),
     # KD alone at T 2 (the best recipe here) with DIST beside it instead of cross-entropy
@@ -158,6 +169,9 @@ VARIANTS: dict[str, tuple[bool, dict[str, Any], Any]] = {
     ),
     "kd_t2_at_lr05": (False, {**KD_T2_AT, "train": {"lr": 0.05}}, None),
     "kd_t2_at_lr05_e45": (False, {**KD_T2_AT, "train": {"lr": 0.05, "max_epochs": 45}}, None),
+    "mse_lr05": (False, {**MSE, "train": {"lr": 0.05}}, None),
+    "mse_w10_lr05": (False, {**MSE_W10, "train": {"lr": 0.05}}, None),
+    "mse_ce_lr05": (False, {**MSE_CE, "train": {"lr": 0.05}}, None),
     # patient and consistent: a new crop/flip view of every image each epoch, the teacher's output on it cached
     "base_cf10_lr05": (True, {"train": {"lr": 0.05}}, {**CROP_FLIP, "num_views": 10}),
     "fm_cf10_t1_lr05": (False, {**KD_T1, "train": {"lr": 0.05}}, {**CROP_FLIP, "num_views": 10}),

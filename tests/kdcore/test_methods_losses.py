@@ -143,6 +143,33 @@ def test_dist_parameter_errors():
         create_loss("dist", {})(inputs(fixed(3, 1), fixed(3, 1)))
 
 
+# ---------------------------------------------------------------- logit regression (Ba & Caruana 2014)
+
+
+def test_logit_mse_matches_formula_and_is_kd_at_high_temperature():
+    s, t = fixed(5, 4, seed=4), 3 * fixed(5, 4, seed=5)
+    want = sum((a - b) ** 2 for row_s, row_t in zip(s.tolist(), t.tolist()) for a, b in zip(row_s, row_t)) / 20
+    assert create_loss("logit_mse", {})(inputs(s, t))["logit_mse"].item() == pytest.approx(want, rel=1e-5)
+    centered = create_loss("logit_mse", {"center": True})
+    # softmax ignores a per-row offset: the centered form does too, the plain one does not
+    shifted = s + torch.arange(5.0)[:, None]
+    assert centered(inputs(shifted, t))["logit_mse"].item() == pytest.approx(
+        centered(inputs(s, t))["logit_mse"].item(), rel=1e-5
+    )
+    assert create_loss("logit_mse", {})(inputs(shifted, t))["logit_mse"].item() > want + 1.0
+    # T^2 KL(teacher_T || student_T) tends to half the centered logit MSE as T grows
+    kd = create_loss("kd", {"temperature": 1000.0})(inputs(s.double(), t.double()))["kd"].item()
+    assert kd == pytest.approx(centered(inputs(s.double(), t.double()))["logit_mse"].item() / 2, rel=1e-2)
+    assert kd != pytest.approx(want / 2, rel=1e-2)
+
+
+def test_logit_mse_errors():
+    with pytest.raises(KdflowError, match="'center'"):
+        create_loss("logit_mse", {"center": "yes"})
+    with pytest.raises(KdflowError, match="teacher logits"):
+        create_loss("logit_mse", {})(inputs(fixed(3, 4)))
+
+
 # ---------------------------------------------------------------- AT (Zagoruyko & Komodakis 2017)
 
 
@@ -457,6 +484,7 @@ PAIR = {"pairs": [{"student": "s", "teacher": "t"}]}
     [
         ("dkd", {}, (4, 5), (4, 5), True),
         ("dist", {"temperature": 2.0}, (4, 5), (4, 5), True),
+        ("logit_mse", {"center": True}, (4, 5), (4, 5), True),
         ("at", PAIR, (3, 2, 4, 4), (3, 3, 2, 2), False),
         ("pkt", PAIR, (4, 5), (4, 3), False),
         ("rkd", PAIR, (4, 5), (4, 3), False),

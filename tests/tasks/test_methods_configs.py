@@ -90,6 +90,7 @@ def test_combined_objective_logs_every_term(tmp_path):
         "ce": {"weight": 1.0},
         "dkd": {"weight": 0.5, "warmup": 2},
         "dist": {"weight": 1.0, "beta": 2.0},
+        "logit_mse": {"weight": 0.1, "center": True},
         "at": {"weight": 1.0, "pairs": [{"student": "block1", "teacher": "block2"}]},
         "sp": {"weight": 10.0, "pairs": [{"student": "block2", "teacher": "block3"}]},
         "pkt": {"weight": 1.0, "pairs": [{"student": "flatten", "teacher": "flatten"}]},
@@ -108,7 +109,19 @@ def test_combined_objective_logs_every_term(tmp_path):
     paths = build_objective(cfg.distill.objective_spec()).teacher_paths
     res = distill_student(StageEnv(cfg, data, tmp_path / "distill"), init, TeacherSource(env, None, teacher, paths))
     logged = res.fit.history[0]
-    terms = ("ce", "dkd_tckd", "dkd_nckd", "dist_inter", "dist_intra", "at", "sp", "pkt", "rkd_distance", "rkd_angle")
+    terms = (
+        "ce",
+        "dkd_tckd",
+        "dkd_nckd",
+        "dist_inter",
+        "dist_intra",
+        "logit_mse",
+        "at",
+        "sp",
+        "pkt",
+        "rkd_distance",
+        "rkd_angle",
+    )
     for term in (*terms, "crd", "fitnet"):
         assert f"train_{term}" in logged and torch.isfinite(torch.tensor(logged[f"train_{term}"]))
     assert res.info["weights"]["sp"] == 10.0
