@@ -32,6 +32,8 @@ cross-entropy; the ``*_wd1e4`` / ``*_wd0`` ones train with weight decay 1e-4 / 0
 The ``mse_*`` variants regress the student's logits onto the teacher's (kdcore's ``logit_mse`` loss,
 Ba & Caruana 2014, Kim et al. 2021): alone at weight 1 or 10, or beside cross-entropy.
 
+The ``*_adamw`` variants train with AdamW (lr 0.003, weight decay 0.01) instead of SGD.
+
 The ``_e3`` / ``_e5`` variants ask whether KD gains more at short budgets (3 and 5 epochs).
 
 The ``tl_*`` variants start the student from a same-family teacher's layers (configs/methods/
@@ -159,6 +161,8 @@ VARIANTS: dict[str, tuple[bool, dict[str, Any], Any]] = {
     "kd_t2_lr05_wd0": (False, {**KD_T2, "train": {"lr": 0.05, "weight_decay": 0.0}}, None),
     "base_lr05_wd0_e45": (True, {"train": {"lr": 0.05, "weight_decay": 0.0, "max_epochs": 45}}, None),
     "kd_t2_lr05_wd0_e45": (False, {**KD_T2, "train": {"lr": 0.05, "weight_decay": 0.0, "max_epochs": 45}}, None),
+    "base_adamw": (True, {"train": {"optimizer": "adamw", "lr": 0.003, "weight_decay": 0.01}}, None),
+    "kd_t2_adamw": (False, {**KD_T2, "train": {"optimizer": "adamw", "lr": 0.003, "weight_decay": 0.01}}, None),
     "dist_t1_lr05": (False, {**DIST_T1, "train": {"lr": 0.05}}, None),
     "dist_t4_lr05": (False, {**DIST_T4, "train": {"lr": 0.05}}, None),
     # KD alone at T 2 (the best recipe here) with DIST beside it instead of cross-entropy
