@@ -266,6 +266,12 @@ class BaselineConfig(Section):
 
 class EvaluateConfig(Section):
     batch_size: PositiveInt = 512
+    fit_samples: int = Field(
+        2000,
+        ge=0,
+        description="training samples (a fixed, seeded choice) on which every model's fit is measured: "
+        "top-1 and agreement with the teacher where it trained (0: not measured)",
+    )
     latency: bool = True
     min_run_time: PositiveFloat = 0.2
     throughput_batch: PositiveInt = 256

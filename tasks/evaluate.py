@@ -3,7 +3,7 @@
 import json
 
 from kdcore.evaluate import comparison_table
-from kdcore.evaluate.verdict import distillation_verdict
+from kdcore.evaluate.verdict import Fit, distillation_verdict
 from kdcore.stages import evaluate_models
 from kdcore.train.checkpoint import load_model
 from tasks.stage import StageCall
@@ -31,7 +31,14 @@ def body(call: StageCall) -> dict:
     info: dict = {"models": metrics}
     if "student" in metrics and "baseline" in metrics:
         flat["student_gain_top1"] = metrics["student"]["top1"] - metrics["baseline"]["top1"]
-        verdict = distillation_verdict(results["student"]["correct"], results["baseline"]["correct"], cfg=call.cfg)
+        student = metrics["student"]
+        fit = None
+        if "train_agreement" in student and "agreement" in student:
+            n_fit = min(call.cfg.evaluate.fit_samples, len(call.env.data.train))
+            fit = Fit(student["train_agreement"], student["agreement"], n_fit)
+        verdict = distillation_verdict(
+            results["student"]["correct"], results["baseline"]["correct"], cfg=call.cfg, fit=fit
+        )
         info["verdict"] = verdict.as_dict()  # did distillation pay? (register tags / withholds on it)
         flat["student_gain_margin"] = verdict.margin
         call.tracker.set_tags(

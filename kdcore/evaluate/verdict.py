@@ -40,8 +40,38 @@ def paired_margin(only_a: int, only_b: int, n: int, alpha: float = ALPHA) -> flo
     return NormalDist().inv_cdf(1 - alpha / 2) * float(np.sqrt(max(var, 0.0)))
 
 
-def advice(cfg: Optional["PipelineConfig"] = None) -> str:
-    """What usually helps when the distilled student does not beat its baseline."""
+@dataclass(frozen=True)
+class Fit:
+    """How closely the student follows its teacher: top-1 agreement on ``n`` training samples it
+    learned from and on the test split."""
+
+    train_agreement: float
+    test_agreement: float
+    n: int
+
+
+def fit_diagnosis(fit: Fit) -> str:
+    """Which limit the student met, read from its agreement with the teacher: on the training samples
+    it fell short where it learned (it cannot fit this teacher) or it fits them but not new inputs
+    (it follows the teacher where it trained and no further) -- whichever shortfall is the larger."""
+    train, test = 100 * fit.train_agreement, 100 * fit.test_agreement
+    figures = f"{train:.1f}% of {fit.n} training samples it learned from and {test:.1f}% of the test samples"
+    if train - test > 100 - train:
+        return (
+            f"The student agrees with its teacher on {figures}: it follows the teacher where it trained, "
+            "not beyond; showing it the teacher on more inputs (cache.views: more views of each image, "
+            "function matching) over a longer distillation usually narrows that gap."
+        )
+    return (
+        f"The student agrees with its teacher on only {figures}: it cannot follow this teacher even "
+        "where it trained, so a stronger teacher or more views help little; a larger student, a closer "
+        "teacher or a longer distillation are what can."
+    )
+
+
+def advice(cfg: Optional["PipelineConfig"] = None, fit: Optional[Fit] = None) -> str:
+    """What usually helps when the distilled student does not beat its baseline (first, with ``fit``,
+    what the student's agreement with its teacher says)."""
     tips = [
         "distil longer (more distill.train.max_epochs; the student needs time to match the teacher)",
         "a lower learning rate (distill.train.lr)",
@@ -49,7 +79,8 @@ def advice(cfg: Optional["PipelineConfig"] = None) -> str:
     if cfg is None or cfg.pretrain.method != "none":
         tips.append("no hint stage (pretrain.method: none): a hint-initialised student can start worse")
     tips.append("a closer teacher (a smaller or shallower one: a student too far below its teacher cannot follow it)")
-    return "What usually helps: " + "; ".join(tips) + "."
+    usual = "What usually helps: " + "; ".join(tips) + "."
+    return f"{fit_diagnosis(fit)} {usual}" if fit is not None else usual
 
 
 def distillation_verdict(
@@ -57,8 +88,10 @@ def distillation_verdict(
     baseline_correct: Sequence[bool] | np.ndarray,
     alpha: float = ALPHA,
     cfg: Optional["PipelineConfig"] = None,
+    fit: Optional[Fit] = None,
 ) -> Verdict:
-    """Pays when the student is better than the baseline AND significantly so (McNemar p < ``alpha``)."""
+    """Pays when the student is better than the baseline AND significantly so (McNemar p < ``alpha``);
+    ``fit`` (the student's agreement with its teacher) makes the advice specific."""
     test = mcnemar_test(student_correct, baseline_correct)  # a = student, b = baseline
     gain = test.accuracy_a - test.accuracy_b
     margin = paired_margin(test.only_a_correct, test.only_b_correct, test.n, alpha)
@@ -74,4 +107,4 @@ def distillation_verdict(
         message = f"distillation did not pay: the gain is within the noise of this test split: {figures}"
     else:
         message = f"distillation did not pay: the distilled student does not beat the plain-trained baseline: {figures}"
-    return Verdict(pays, gain, margin, test.p_value, test.n, alpha, message, "" if pays else advice(cfg))
+    return Verdict(pays, gain, margin, test.p_value, test.n, alpha, message, "" if pays else advice(cfg, fit))

@@ -209,3 +209,50 @@ def test_forward_batches_shrink_with_the_image_size_and_on_the_cpu():
     assert forward_batch_size(cpu, (1, 28, 28), accelerator=1024) == 128  # the CPU's caches, whatever the device's
     assert forward_batch_size(cpu, (3, 64, 64)) == 32 and forward_batch_size(cpu, (3, 224, 224)) == 32
     assert forward_batch_size(cpu, (40, 12)) == 512  # sequences keep larger batches on the CPU too
+
+
+class ChannelVote(torch.nn.Module):
+    """Class scores from the images' mean channel values: class ``order[c]`` for a dark channel c."""
+
+    def __init__(self, order: list[int]) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(-torch.eye(3)[order])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3)) @ self.weight
+
+
+@pytest.mark.parametrize("fit_samples", [0, 40, 10_000])
+def test_evaluate_measures_fit_on_a_training_sample_streamed_or_in_memory(folder, tmp_path, fit_samples):
+    """evaluate's ``train_top1`` / ``train_agreement`` are the models' answers on a fixed sample of
+    the training split (all of it when asked for more), the same whether the split is streamed or in
+    memory; the teacher, the reference, has no agreement of its own; 0 measures nothing."""
+    from kdcore.stages import StageEnv
+    from kdcore.stages.evaluate import evaluate_models, fit_sample
+
+    # the folder's class k has its channel k darkened: the teacher names the darkest channel (right on
+    # every image), the student swaps classes 1 and 2 (right, and in agreement, on class 0 alone)
+    models = {"teacher": ChannelVote([0, 1, 2]), "student": ChannelVote([0, 2, 1])}
+    reports = []
+    for in_memory in (True, False):
+        raw = copy.deepcopy(TINY)
+        raw["data"] = {"name": "imagefolder", "root": str(folder), "image_size": 32, "in_memory": in_memory}
+        raw["evaluate"] = {"fit_samples": fit_samples, "batch_size": 16, "latency": False, "throughput_batch": 8}
+        cfg = config_from_dict(raw)
+        data = load_dataset(cfg.data)
+        reports.append(evaluate_models(StageEnv(cfg, data, tmp_path / str(in_memory)), models))
+    mem, streamed = ({name: r[name]["metrics"] for name in models} for r in reports)
+    if fit_samples == 0:
+        assert not any(k.startswith("train_") for m in mem.values() for k in m)
+        return
+    data = load_dataset(DataConfig(name="imagefolder", root=str(folder), image_size=32))
+    rows = fit_sample(len(data.train), fit_samples)
+    assert len(rows) == min(fit_samples, len(data.train)) and len(set(rows.tolist())) == len(rows)
+    top = {name: predict(m, data.train.x[rows]).argmax(1) for name, m in models.items()}
+    for metrics in (mem, streamed):
+        assert metrics["teacher"]["train_top1"] == pytest.approx((top["teacher"] == data.train.y[rows]).float().mean())
+        assert metrics["student"]["train_top1"] == pytest.approx((top["student"] == data.train.y[rows]).float().mean())
+        agreement = (top["student"] == top["teacher"]).float().mean()
+        assert metrics["student"]["train_agreement"] == pytest.approx(agreement)
+        assert metrics["teacher"]["train_top1"] == 1.0 and 0.2 < agreement < 0.5  # class 0: a third of them
+        assert "train_agreement" not in metrics["teacher"]

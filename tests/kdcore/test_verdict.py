@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 
 from conftest import TINY, kdflow_home, tiny_config
 from kdcore.config import config_from_dict
-from kdcore.evaluate.verdict import advice, distillation_verdict, paired_margin
+from kdcore.evaluate.verdict import Fit, advice, distillation_verdict, fit_diagnosis, paired_margin
 
 
 def _pairs(both: int, only_student: int, only_baseline: int, neither: int) -> tuple[np.ndarray, np.ndarray]:
@@ -56,6 +56,23 @@ def test_advice_mentions_the_hint_stage_only_when_there_is_one():
     assert "no hint stage" in advice(hinted) and "no hint stage" in advice(None)
 
 
+def test_the_fit_says_which_limit_the_student_met():
+    # bench/capacity.py's 100-epoch KD student on the full Fashion-MNIST: 96.05 % / 94.82 %
+    short = fit_diagnosis(Fit(0.9605, 0.9482, 2000))
+    assert "only 96.0% of 2000 training samples it learned from and 94.8% of the test samples" in short
+    assert "cannot follow this teacher even where it trained" in short and "larger student" in short
+    # fits where it trained (99.5 %) but follows the teacher on 93 % of new inputs: more views
+    narrow = fit_diagnosis(Fit(0.995, 0.93, 2000))
+    assert "it follows the teacher where it trained, not beyond" in narrow and "cache.views" in narrow
+    # the larger shortfall decides: 2 points short where it trained, 1.5 between train and test
+    assert "cannot follow" in fit_diagnosis(Fit(0.98, 0.965, 500))
+    assert "not beyond" in fit_diagnosis(Fit(0.98, 0.955, 500))
+    v = distillation_verdict(*_pairs(60, 2, 8, 30), fit=Fit(0.9605, 0.9482, 2000))
+    assert v.advice.startswith("The student agrees with its teacher on only 96.0%")
+    assert "What usually helps: distil longer" in v.advice
+    assert distillation_verdict(*_pairs(8000, 600, 300, 1100), fit=Fit(0.9, 0.8, 10)).advice == ""  # it paid
+
+
 # a student that cannot learn (tiny learning rate, one epoch) against a normally trained baseline
 CRIPPLED = ["distill.train.lr=1e-6", "distill.train.max_epochs=1", 'baseline.train={"max_epochs": 2, "batch_size": 64}']
 
@@ -84,6 +101,13 @@ def test_require_gain_withholds_a_student_that_does_not_pay(unpaid):
     assert register_run.info.status == "FINISHED"
     evaluate_run = client.get_run(withheld["stages"]["evaluate"]["mlflow_run_id"])
     assert evaluate_run.data.tags["kdflow.distillation_pays"] == "False"
+    # the advice starts from the student's measured agreement with its teacher, logged beside it
+    fit = evaluate_run.data.metrics
+    assert 0 <= fit["student.train_agreement"] <= 1 and 0 <= fit["baseline.train_top1"] <= 1
+    assert "teacher.train_agreement" not in fit and 0 <= fit["teacher.train_top1"] <= 1
+    assert verdict["advice"].startswith(
+        f"The student agrees with its teacher on only {100 * fit['student.train_agreement']:.1f}%"
+    )
 
 
 def test_without_require_gain_the_version_is_tagged_as_not_paying(unpaid):
