@@ -119,7 +119,7 @@ OWN = {
     "teacher": {"arch": "python:plugins_pkg.models:make_net", "kwargs": {"width": 12}},
     "student": {"arch": "python:plugins_pkg.models:make_net", "kwargs": {"width": 3}},
     "distill": {
-        "losses": {"kd": {"weight": 0.5}, "logit_mse": {"weight": 0.5}, "ce": {"weight": 0.1}},
+        "losses": {"kd": {"weight": 0.5}, "tempered_mse": {"weight": 0.5}, "ce": {"weight": 0.1}},
         "train": {"max_epochs": 2, "batch_size": 32, "optimizer": "adam", "lr": 0.01},
     },
     "baseline": {"enabled": False},
@@ -178,7 +178,7 @@ def test_the_users_own_loss_dataset_and_student_run_registered_and_exported(fore
     home, report, _ = foreign_run
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
     distill = report["stages"]["distill"]["mlflow_run_id"]
-    assert len(client.get_metric_history(distill, "train_logit_mse")) == 2, "the plugin loss was trained and logged"
+    assert len(client.get_metric_history(distill, "train_tempered_mse")) == 2, "the plugin loss was trained and logged"
     version = client.get_model_version("own-python-student", report["registered"]["own-python-student"])
     assert version.status == "READY"
     assert report["export"]["max_abs_diff"] <= 1e-4 and Path(report["export"]["path"]).is_file()

@@ -28,17 +28,17 @@ def test_imports_register_a_loss_and_a_dataset_that_take_the_section_temperature
         {
             "imports": ["plugins_pkg.kd_plugins"],
             "data": {"name": "stripes"},
-            "distill": {"temperature": 3, "losses": {"logit_mse": {"weight": 1}}},
+            "distill": {"temperature": 3, "losses": {"tempered_mse": {"weight": 1}}},
         }
     )
     from kdcore.data import DATASETS, load_dataset
 
-    assert "logit_mse" in LOSSES and "stripes" in DATASETS
-    assert cfg.distill.objective_spec() == {"logit_mse": {"weight": 1, "temperature": 3.0}}
+    assert "tempered_mse" in LOSSES and "stripes" in DATASETS
+    assert cfg.distill.objective_spec() == {"tempered_mse": {"weight": 1, "temperature": 3.0}}
     objective = build_objective(cfg.distill.objective_spec())
     s, t = torch.randn(4, 3), torch.randn(4, 3)
     total, terms = objective(KDInputs(student_logits=s, targets=torch.zeros(4, dtype=torch.long), teacher_logits=t))
-    assert torch.allclose(terms["logit_mse"], torch.mean((s / 3 - t / 3) ** 2))
+    assert torch.allclose(terms["tempered_mse"], torch.mean((s / 3 - t / 3) ** 2))
     data = load_dataset(cfg.data)
     assert data.num_classes == 3 and data.in_channels == 1
 
@@ -49,10 +49,10 @@ def test_a_worker_that_validates_the_config_gets_the_plugins(tmp_path):
     script = (
         "from kdcore.losses import LOSSES\n"
         "from kdcore.data import DATASETS\n"
-        "assert 'logit_mse' not in LOSSES and 'stripes' not in DATASETS\n"
+        "assert 'tempered_mse' not in LOSSES and 'stripes' not in DATASETS\n"
         "from kdcore.config import PipelineConfig\n"
         "PipelineConfig.model_validate({'imports': ['plugins_pkg.kd_plugins'], 'data': {'name': 'stripes'}})\n"
-        "assert 'logit_mse' in LOSSES and 'stripes' in DATASETS\n"
+        "assert 'tempered_mse' in LOSSES and 'stripes' in DATASETS\n"
         "print('registered')\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)])}

@@ -10,11 +10,11 @@ from kdcore.data import DATASETS, RawData
 from kdcore.losses import LOSSES, DistillLoss, KDInputs
 
 
-@LOSSES.register("logit_mse")
-class LogitMSELoss(DistillLoss):
+@LOSSES.register("tempered_mse")
+class TemperedMSELoss(DistillLoss):
     """Mean squared difference of temperature-scaled student and teacher logits."""
 
-    name = "logit_mse"
+    name = "tempered_mse"
     needs_teacher = True
     takes_temperature = True  # gets distill.temperature unless the config sets its own
 
@@ -24,7 +24,7 @@ class LogitMSELoss(DistillLoss):
 
     def forward(self, inp: KDInputs) -> dict[str, Tensor]:
         t = self.temperature
-        return {"logit_mse": F.mse_loss(inp.student_logits / t, self.teacher_logits(inp).detach() / t)}
+        return {"tempered_mse": F.mse_loss(inp.student_logits / t, self.teacher_logits(inp).detach() / t)}
 
 
 @DATASETS.register("stripes")

@@ -41,7 +41,8 @@ def test_no_other_stage_list_remains():
 def test_fingerprints_keep_their_values(monkeypatch):
     """The readers in the declarations compute what the old if-chain did (values recorded before
     the declarations existed, with the code version held fixed): cached homes stay valid. A
-    deliberate change of the config schema or of TINY changes these; recompute them then."""
+    deliberate change of the config schema or of TINY changes these; recompute them then (the last:
+    evaluate.fit_samples, which changed evaluate's and so register's and export's)."""
     import kdcore.fingerprint
     from tasks.fingerprints import fingerprint
 
@@ -52,9 +53,9 @@ def test_fingerprints_keep_their_values(monkeypatch):
         "pretrain": "f8e861302b7a59c1965941f8f74b8798f4f60c1e4964fe052075b662a2725bbe",
         "distill": "5c0be9207b73ffb65934fbabb88527c587b7b226d490b79be078ba4e6dc77c63",
         "baseline": "b3bdcc5f059019f333a25e51f6546e3ed7169f5d038528cd9eb101b06c9adfc1",
-        "evaluate": "21f2645b2ba8537cf680061b45c500e2abb1fd9e5d12bdf0f5c59867c4daf937",
-        "register": "cbb9f0f54f92bd32576e4eccbe264e222b4f7ce9bf78ac38e08d006a659aca4b",
-        "export": "3b1f48fb0d5cb8e2ad0d3a8dacd2f64b74048c6bee7d06465de90a1d4b4483aa",
+        "evaluate": "808534d7c54fd18c81f0ed4c7568d0867408381fea9d729898c846c1b6e4ab5a",
+        "register": "4813cea887a42096f56dceb80225d9f6e26303266f96393b2d692f857127aa4d",
+        "export": "926f1925d6d0a46721769b847f053c53d4128290f28022be92c69aac2ca308c3",
     }
     cfg = config_from_dict(copy.deepcopy(TINY))
     records: dict[str, dict] = {}
