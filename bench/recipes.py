@@ -32,6 +32,10 @@ cross-entropy; the ``*_wd1e4`` / ``*_wd0`` ones train with weight decay 1e-4 / 0
 The ``mse_*`` variants regress the student's logits onto the teacher's (kdcore's ``logit_mse`` loss,
 Ba & Caruana 2014, Kim et al. 2021): alone at weight 1 or 10, or beside cross-entropy.
 
+The ``ta_*`` variant distils a ``cnn_medium`` (94k parameters) from the resnet14: a teacher
+assistant, whose saved student (HOME/runs/ta_.../student.safetensors) is then given as
+``--teacher-checkpoint`` to teach the 9k student.
+
 The ``*_adamw`` variants train with AdamW (lr 0.003, weight decay 0.01) instead of SGD.
 
 The ``_e3`` / ``_e5`` variants ask whether KD gains more at short budgets (3 and 5 epochs).
@@ -183,6 +187,11 @@ VARIANTS: dict[str, tuple[bool, dict[str, Any], Any]] = {
     "base_cf10_lr05_e30": (True, {"train": {"lr": 0.05, "max_epochs": 30}}, {**CROP_FLIP, "num_views": 10}),
     "fm_cf10_t1_lr05_e30": (False, {**KD_T1, "train": {"lr": 0.05, "max_epochs": 30}}, {**CROP_FLIP, "num_views": 10}),
 }
+# a teacher assistant (Mirzadeh et al., AAAI 2020): a cnn_medium (94k parameters) distilled from the
+# resnet14, whose saved student then teaches the 9k cnn (--teacher-checkpoint HOME/runs/<it>/student.safetensors)
+VARIANTS["ta_medium_kd_t2_lr05_e15"] = (False, {**KD_T2, "train": {"lr": 0.05, "max_epochs": 15}}, None)
+# name -> student section, for the variants that train another student than the 9k cnn
+STUDENTS: dict[str, dict[str, Any]] = {"ta_medium_kd_t2_lr05_e15": {"arch": "cnn_medium", "kwargs": {}}}
 # name -> pretrain section (the variants that start from the teacher's layers: --teacher-arch cnn_medium)
 PRETRAIN: dict[str, dict[str, Any]] = {}
 for _name, _distill in (("tl_kd_t4_lr05", KD_T4), ("tl_kd_t2_lr05", KD_T2)):
@@ -231,6 +240,8 @@ def variant_config(name: str, teacher: Path, threads: int, seed: int = 0, arch: 
     _lay(raw["distill"], copy.deepcopy(distill))
     if name in PRETRAIN:
         raw["pretrain"] = copy.deepcopy(PRETRAIN[name])
+    if name in STUDENTS:
+        raw["student"] = copy.deepcopy(STUDENTS[name])
     raw["baseline"] = {"train": raw["distill"]["train"]}
     if views is not None:
         raw["cache"] = {"views": dict(views)}
