@@ -35,7 +35,7 @@ def body(call: StageCall) -> dict:
         fit = None
         if "train_agreement" in student and "agreement" in student:
             n_fit = min(call.cfg.evaluate.fit_samples, len(call.env.data.train))
-            fit = Fit(student["train_agreement"], student["agreement"], n_fit)
+            fit = Fit(student["train_agreement"], student["agreement"], n_fit, len(call.env.data.test))
         verdict = distillation_verdict(
             results["student"]["correct"], results["baseline"]["correct"], cfg=call.cfg, fit=fit
         )

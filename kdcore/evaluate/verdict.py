@@ -43,20 +43,32 @@ def paired_margin(only_a: int, only_b: int, n: int, alpha: float = ALPHA) -> flo
 @dataclass(frozen=True)
 class Fit:
     """How closely the student follows its teacher: top-1 agreement on ``n`` training samples it
-    learned from and on the test split."""
+    learned from and on the ``n_test`` samples of the test split."""
 
     train_agreement: float
     test_agreement: float
     n: int
+    n_test: int
 
 
-def fit_diagnosis(fit: Fit) -> str:
+def fit_diagnosis(fit: Fit, alpha: float = ALPHA) -> str:
     """Which limit the student met, read from its agreement with the teacher: on the training samples
     it fell short where it learned (it cannot fit this teacher) or it fits them but not new inputs
-    (it follows the teacher where it trained and no further) -- whichever shortfall is the larger."""
-    train, test = 100 * fit.train_agreement, 100 * fit.test_agreement
+    (it follows the teacher where it trained and no further) -- whichever shortfall is the larger,
+    when the samples tell them apart (the difference outside its (1 - alpha) normal interval)."""
+    a, b = fit.train_agreement, fit.test_agreement
+    train, test = 100 * a, 100 * b
     figures = f"{train:.1f}% of {fit.n} training samples it learned from and {test:.1f}% of the test samples"
-    if train - test > 100 - train:
+    # (a - b) - (1 - a): the train-to-test gap minus the shortfall where it trained, a and b independent
+    difference = 2 * a - b - 1
+    spread = float(np.sqrt(4 * a * (1 - a) / max(fit.n, 1) + b * (1 - b) / max(fit.n_test, 1)))
+    if abs(difference) <= NormalDist().inv_cdf(1 - alpha / 2) * spread:
+        return (
+            f"The student agrees with its teacher on {figures}; on this many samples it is not clear "
+            "whether it falls short where it trained (then a larger student, a closer teacher or a "
+            "longer distillation help) or only beyond (then more views of each image, cache.views)."
+        )
+    if difference > 0:
         return (
             f"The student agrees with its teacher on {figures}: it follows the teacher where it trained, "
             "not beyond; showing it the teacher on more inputs (cache.views: more views of each image, "
