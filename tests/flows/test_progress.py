@@ -107,12 +107,13 @@ def _kdflow(args: list[str], home: Path, tmp: Path) -> subprocess.CompletedProce
 
 
 @pytest.fixture(scope="module")
-def piped_run(tmp_path_factory):
+def piped_home(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("piped")
-    return _kdflow([], tmp / "home", tmp)
+    return _kdflow([], tmp / "home", tmp), tmp
 
 
-def test_progress_lines_for_each_stage_and_epoch_when_piped(piped_run):
+def test_progress_lines_for_each_stage_and_epoch_when_piped(piped_home):
+    piped_run, _ = piped_home
     out = piped_run.stdout
     assert piped_run.returncode == 0, piped_run.stderr[-3000:]
     for stage in ("teacher", "features", "pretrain", "distill", "baseline", "evaluate", "register", "export"):
@@ -124,9 +125,11 @@ def test_progress_lines_for_each_stage_and_epoch_when_piped(piped_run):
     assert out.index("[teacher] done") < out.index("models on the test split")
 
 
-def test_quiet_prints_only_the_result(tmp_path):
-    home = tmp_path / "home"
-    first = _kdflow(["--quiet"], home, tmp_path)
+def test_quiet_prints_only_the_result(piped_home):
+    # the piped run's home again (every stage cached: the result is printed all the same, and the
+    # suite is spared a second fresh home's MLflow store and training)
+    _, tmp = piped_home
+    first = _kdflow(["--quiet"], tmp / "home", tmp)
     assert first.returncode == 0, first.stderr[-3000:]
     lines = [line for line in first.stdout.splitlines() if line.strip()]
     assert lines[0].strip() == "models on the test split", first.stdout
