@@ -24,10 +24,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 
-@torch.no_grad()
-def top_classes(model: torch.nn.Module, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
-    model.eval()
-    return torch.cat([model(x[i : i + batch]).argmax(1) for i in range(0, len(x), batch)])
+def top_classes(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    from kdcore.evaluate import predict  # batched, eval mode, inference mode
+
+    return predict(model, x).argmax(1)
 
 
 def main() -> None:
