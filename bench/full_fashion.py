@@ -174,6 +174,21 @@ def summarise(report: dict[str, Any], wall: float) -> dict[str, Any]:
     }
 
 
+def outcome_lines(report: dict[str, Any]) -> list[str]:
+    """How well the student follows its teacher (the evaluate stage's fit sample and test split) and
+    the run's verdict on whether distillation paid, as `kdflow run` prints it."""
+    from flows.report import verdict_lines
+
+    student, lines = report["models"].get("student", {}), []
+    if "train_agreement" in student:
+        lines.append(
+            f"student's agreement with the teacher: {100 * student['train_agreement']:.2f} % on the fit sample of the "
+            f"training split, {100 * student['agreement']:.2f} % on the test split; train top-1 "
+            + ", ".join(f"{m} {100 * v['train_top1']:.2f} %" for m, v in report["models"].items() if "train_top1" in v)
+        )
+    return lines + verdict_lines(report)
+
+
 def run_variants(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     runs: dict[str, dict[int, dict]] = {}
     missing: dict[str, str] = {}
@@ -202,6 +217,7 @@ def run_variants(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 + ", ".join(f"{k} {v:.1f}{' (cached)' if s['cached'][k] else ''}" for k, v in s["seconds"].items()),
                 flush=True,
             )
+            print(*("  " + line for line in outcome_lines(report)), sep="\n", flush=True)
     builds = {
         r["features_path"]: cache_build_seconds(r["tracking_uri"], r["features_path"])
         for seeds in runs.values()

@@ -46,12 +46,13 @@ teacher (``--teacher-arch cnn_medium``), whose filters the ``cnn`` student's lay
 
 With ``--ensemble PATH ...`` the teacher is the ensemble of ``--teacher-checkpoint`` (or the one
 trained here) and those checkpoints: the mean of their class probabilities (Hinton et al.'s first
-use of distillation), cached once like a single teacher's logits. ``--teacher-seed`` trains a
+use of distillation), cached once like a single teacher's logits; its students' run folders are
+HOME/runs/<variant>-ensemble<N>[-seed<s>] (every JSON line says its ``run``). ``--teacher-seed`` trains a
 further teacher with the same settings and another seed.
 
 Usage:
   python bench/recipes.py [--teacher-checkpoint PATH | --teacher-arch ARCH --teacher-epochs N]
-      [--variants base_lr05 kd_t1_lr05 ...] [--threads 2] [--seed 0]
+      [--variants base_lr05 kd_t1_lr05 ...] [--threads 2] [--seed 0] [--ensemble PATH ...] [--label NAME]
 """
 
 from __future__ import annotations
@@ -269,6 +270,12 @@ def main() -> None:
     )
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--threads", type=int, default=2, help="torch threads (the weights depend on it, bit for bit)")
+    p.add_argument(
+        "--label",
+        default="",
+        help="appended to the distilled students' run folders (HOME/runs/<variant>-<label>), e.g. to keep the "
+        "students of another --teacher-checkpoint apart from the default teacher's",
+    )
     p.add_argument("--seed", type=int, default=0, help="trainer.seed of the students (the teacher's: --teacher-seed)")
     p.add_argument("--home", type=Path, default=Path("/tmp/kdflow-recipes"), help="cache entries and stage folders")
     args = p.parse_args()
@@ -314,7 +321,12 @@ def main() -> None:
         is_baseline = VARIANTS[name][0]
         raw = variant_config(name, args.teacher_checkpoint, args.threads, args.seed, teacher_arch)
         cfg = config_from_dict(raw)
-        work = args.home / "runs" / (name if args.seed == 0 else f"{name}-seed{args.seed}")
+        # an ensemble's students keep apart from the single teacher's (same variant and seed)
+        label = (f"-ensemble{1 + len(args.ensemble)}" if args.ensemble else "") + (
+            f"-{args.label}" if args.label else ""
+        )
+        folder = name + ("" if is_baseline else label)
+        work = args.home / "runs" / (folder if args.seed == 0 else f"{folder}-seed{args.seed}")
         shutil.rmtree(work, ignore_errors=True)  # else its checkpoints resume it and the seconds mean nothing
         r = M.run_one(raw, "baseline" if is_baseline else name, data, teacher, work, entries_for)
         test, seconds = r["test_top1"], r["seconds"]
@@ -337,6 +349,7 @@ def main() -> None:
                     "seconds": round(seconds, 1),
                     "threads": args.threads,
                     "seed": args.seed,
+                    "run": str(work),
                 }
             ),
             flush=True,

@@ -71,6 +71,9 @@ def start(home: Path, store: str, timeout: float = STARTUP_TIMEOUT) -> tuple[Mlf
         if port is None:
             raise KdflowError(f"no free port in {FIRST_PORT}-{FIRST_PORT + 99} on {HOST} for the MLflow UI")
         env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        # MLflow's job runner serves its GenAI jobs, not this UI: left on, its seven polling processes
+        # take about 45 % of a core for as long as the UI stays up (set the variable to true for them)
+        env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
         mlflow_bin = Path(sys.executable).parent / "mlflow"
         argv = [
             str(mlflow_bin) if mlflow_bin.exists() else "mlflow",

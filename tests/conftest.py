@@ -86,6 +86,9 @@ def pytest_configure(config):
     if hasattr(config.option, "loadscopereorder"):  # xdist: keep SLOW_FIRST's order of modules
         config.option.loadscopereorder = False
     if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: one torch thread each
+        # and one for the kdflow processes a test starts (a config's trainer.num_threads still pins its
+        # own count): two of them at two threads each beside the other worker oversubscribe the cores
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
         import torch
 
         torch.set_num_threads(1)
@@ -110,10 +113,22 @@ def _isolated_process_state():
 
 @pytest.fixture(scope="session")
 def prefect_server():
+    """Prefect's test server, for this session's flows and for the `kdflow` processes its tests start
+    (PREFECT_API_URL in the environment they inherit): each would otherwise start a temporary server
+    of its own, 10-20 s of the two cores."""
+    from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
-        yield
+        old = os.environ.get("PREFECT_API_URL")
+        os.environ["PREFECT_API_URL"] = str(PREFECT_API_URL.value())
+        try:
+            yield
+        finally:
+            if old is None:
+                os.environ.pop("PREFECT_API_URL", None)
+            else:
+                os.environ["PREFECT_API_URL"] = old
 
 
 @pytest.fixture(scope="session")

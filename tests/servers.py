@@ -105,6 +105,9 @@ def mlflow_server(root: Path, port: int | None = None) -> Server:
         "1",
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    # MLflow's job runner (GenAI jobs, which kdflow does not use) keeps seven polling processes that
+    # take about 45 % of a core while the server idles, for as long as the session holds the server
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     return Server(
         "mlflow",
         argv,

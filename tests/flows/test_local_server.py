@@ -111,6 +111,20 @@ def test_a_server_of_another_prefect_version_fails_clearly(two_runs, monkeypatch
     assert _pidfile(two_runs["home"])["pid"] == two_runs["pids"][0]  # the running server is left alone
 
 
+def _group_commands(pgid: int) -> list[str]:
+    """The command lines of the processes in process group ``pgid`` (from /proc)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry.name)) == pgid:
+                out.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except (ProcessLookupError, PermissionError, FileNotFoundError):
+            pass
+    return out
+
+
 def test_ui_serves_both_uis_and_stop_frees_the_ports(two_runs):
     env, tmp, home = two_runs["env"], two_runs["tmp"], two_runs["home"]
     ui = kdflow(["ui"], env, tmp, timeout=300)
@@ -129,6 +143,10 @@ def test_ui_serves_both_uis_and_stop_frees_the_ports(two_runs):
     )
     names = [e["name"] for e in json.loads(urllib.request.urlopen(req, timeout=10).read())["experiments"]]
     assert "tiny" in names
+    # the UI idles without MLflow's job runner (its polling consumers took ~45 % of a core)
+    commands = _group_commands(json.loads((home / "mlflow-ui" / "ui.json").read_text())["pid"])
+    assert any("mlflow" in c for c in commands), commands
+    assert not any("huey" in c or "_job_runner" in c for c in commands), commands
     again = kdflow(["ui"], env, tmp, timeout=300)  # found, not started twice
     assert again.returncode == 0 and json.loads((home / "mlflow-ui" / "ui.json").read_text())["port"] == mlflow_port
     stop = kdflow(["ui", "--stop"], env, tmp, timeout=120)

@@ -107,7 +107,7 @@ def _kdflow(args: list[str], home: Path, tmp: Path) -> subprocess.CompletedProce
 
 
 @pytest.fixture(scope="module")
-def piped_home(tmp_path_factory):
+def piped_home(prefect_server, tmp_path_factory):  # the runs use the session's Prefect server
     tmp = tmp_path_factory.mktemp("piped")
     return _kdflow([], tmp / "home", tmp), tmp
 

@@ -2,9 +2,10 @@
 servers, tests/servers.py):
 
 - two process workers on the kdflow-gpu pool (`kdflow deploy --gpus 1`, each worker at most 2 flow
-  runs at once) and 4 pipeline deployment runs with different students, triggered together: all 4
-  complete, both workers ran some of them, and the teacher was trained once (the `gpu` limit lets
-  one training stage run at a time, and the runs behind the first find its teacher in the cache);
+  runs at once) and 3 pipeline deployment runs with different students, triggered together: all 3
+  complete, both workers ran some of them (neither may take all 3), and the teacher was trained once
+  (the `gpu` limit lets one training stage run at a time, and the runs behind the first find its
+  teacher in the cache);
 - `kdflow serve` of a deployment with a 10-second interval schedule: a scheduled run fires by
   itself and completes.
 """
@@ -44,7 +45,6 @@ STUDENTS = [
     {"arch": "cnn_tiny"},
     {"arch": "cnn", "kwargs": {"channels": [4, 8]}},
     {"arch": "cnn", "kwargs": {"channels": [8, 8]}},
-    {"arch": "cnn", "kwargs": {"channels": [4, 4]}},
 ]
 
 
@@ -108,7 +108,7 @@ def env(real_servers, tmp_path_factory):
     return e, base
 
 
-def test_two_workers_split_four_pipeline_runs_and_train_the_teacher_once(env, real_servers):
+def test_two_workers_split_three_pipeline_runs_and_train_the_teacher_once(env, real_servers):
     e, base = env
     api = PrefectApi(real_servers["prefect"].extra["api"])
     out = subprocess.run(
@@ -175,7 +175,7 @@ def test_two_workers_split_four_pipeline_runs_and_train_the_teacher_once(env, re
     teachers = client.search_runs([exp.experiment_id], filter_string="attributes.run_name = 'teacher'")
     assert len(teachers) == 1, f"the teacher trained {len(teachers)} times"
     distills = client.search_runs([exp.experiment_id], filter_string="attributes.run_name = 'distill'")
-    assert len(distills) == 4 and all(r.info.status == "FINISHED" for r in distills)
+    assert len(distills) == len(STUDENTS) and all(r.info.status == "FINISHED" for r in distills)
     parents = client.search_runs([exp.experiment_id], filter_string="tags.`kdflow.kind` = 'pipeline'")
     assert {r.data.tags["kdflow.prefect_flow_run_id"] for r in parents} == set(run_ids)
 
