@@ -46,14 +46,14 @@ TINY = {
 # started last would leave the other worker idle at the end. pytest_configure below turns off
 # xdist's own reordering (by the number of tests in a module), which would undo this order.
 SLOW_FIRST = (
+    "test_servers",  # 145 \
+    "test_workers",  # 99   > one work unit under xdist (REAL_SERVER_MODULES below)
+    "test_pools",  # 95    /
     "test_engines",  # 150 (its sweeps fixture: 140)
-    "test_servers",  # 145
     "test_local_server",  # 142
     "test_reproduce",  # 110
     "test_determinism",  # 110
     "test_integration_servers",  # 107
-    "test_workers",  # 99
-    "test_pools",  # 95
     "test_progress",  # 71
     "test_reliability",  # 55
     "test_pipeline_defects",  # 46
@@ -80,6 +80,26 @@ def pytest_collection_modifyitems(config, items):
         return SLOW_FIRST.index(module) if module in SLOW_FIRST else len(SLOW_FIRST)
 
     items.sort(key=rank)  # stable: the order inside a module is kept
+
+
+# The modules that use the session's real Prefect and MLflow servers (the real_servers fixture below):
+# under xdist they go to one worker as one unit, so the servers start once per session rather than
+# once on each worker that happens to draw one of them.
+REAL_SERVER_MODULES = ("test_servers", "test_workers", "test_pools")
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class RealServersTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "real-servers" if Path(path).stem in REAL_SERVER_MODULES else path
+
+    return RealServersTogether(config, log)
 
 
 def pytest_configure(config):
