@@ -41,36 +41,39 @@ TINY = {
 }
 
 
-# The slowest modules first, longest first (seconds per module of a whole run, 2026-12-01, in the
+# The slowest modules first, longest first (seconds per module of a whole run, 2026-12-04, in the
 # comments): under `pytest -n 2 --dist loadfile` (the README's test command) a long module that
 # started last would leave the other worker idle at the end. pytest_configure below turns off
 # xdist's own reordering (by the number of tests in a module), which would undo this order.
 SLOW_FIRST = (
-    "test_servers",  # 145 \
-    "test_workers",  # 99   > one work unit under xdist (REAL_SERVER_MODULES below)
-    "test_pools",  # 95    /
-    "test_engines",  # 150 (its sweeps fixture: 140)
-    "test_local_server",  # 142
-    "test_reproduce",  # 110
-    "test_determinism",  # 110
-    "test_integration_servers",  # 107
-    "test_progress",  # 71
-    "test_reliability",  # 55
-    "test_pipeline_defects",  # 46
-    "test_own_models",  # 40
-    "test_streaming",  # 33
-    "test_sequence_pipeline",  # 31
-    "test_retrain",  # 29
-    "test_methods_configs",  # 22
+    "test_servers",  # 129 \
+    "test_workers",  # 96   > one work unit under xdist (REAL_SERVER_MODULES below): 270
+    "test_pools",  # 46    /
+    "test_engines",  # 160 (its sweeps fixture: most of it)
+    "test_reproduce",  # 133
+    "test_integration_servers",  # 123
+    "test_local_server",  # 122
+    "test_determinism",  # 73
+    "test_progress",  # 66
+    "test_tooling",  # 54
+    "test_reliability",  # 50
+    "test_pipeline_defects",  # 40
+    "test_sequence_pipeline",  # 38
+    "test_own_models",  # 26
+    "test_pipeline",  # 22
     "test_ddp",  # 22
-    "test_tracking",  # 22
-    "test_pipeline",  # 21
-    "test_sweep",  # 18
-    "test_schedule",  # 13
-    "test_bad_inputs",  # 12
-    "test_tracking_door",  # 11
-    "test_cache",  # 11
-    "test_stage_spec",  # 8
+    "test_allocator",  # 19
+    "test_retrain",  # 18
+    "test_streaming",  # 18
+    "test_tracking_door",  # 15
+    "test_cache",  # 12
+    "test_stage_spec",  # 12
+    "test_sweep",  # 11
+    "test_schedule",  # 11
+    "test_verdict",  # 8
+    "test_methods_configs",  # 8
+    "test_tracking",  # 7
+    "test_bad_inputs",  # 6
 )
 
 
