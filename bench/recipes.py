@@ -159,6 +159,11 @@ VARIANTS: dict[str, tuple[bool, dict[str, Any], Any]] = {
     "kd_t2_lr05_e5": (False, {**KD_T2, "train": {"lr": 0.05, "max_epochs": 5}}, None),
     # batch 256 at twice the rate (linear scaling): fewer, larger steps, faster epochs on the CPU
     "kd_t2_b256_lr10_e45": (False, {**KD_T2, "train": {"lr": 0.1, "max_epochs": 45, "batch_size": 256}}, None),
+    # batch 64: twice the steps in the same 10 epochs, at the same rate and at half of it (linear scaling)
+    "base_lr05_b64": (True, {"train": {"lr": 0.05, "batch_size": 64}}, None),
+    "kd_t2_lr05_b64": (False, {**KD_T2, "train": {"lr": 0.05, "batch_size": 64}}, None),
+    "base_lr025_b64": (True, {"train": {"lr": 0.025, "batch_size": 64}}, None),
+    "kd_t2_lr025_b64": (False, {**KD_T2, "train": {"lr": 0.025, "batch_size": 64}}, None),
     # weight decay 1e-4 and 0 instead of 5e-4: does a 9k student fed soft targets need less regularising?
     "base_lr05_wd1e4": (True, {"train": {"lr": 0.05, "weight_decay": 1e-4}}, None),
     "kd_t2_lr05_wd1e4": (False, {**KD_T2, "train": {"lr": 0.05, "weight_decay": 1e-4}}, None),
