@@ -87,7 +87,9 @@ def pytest_collection_modifyitems(config, items):
 
 # The modules that use the session's real Prefect and MLflow servers (the real_servers fixture below):
 # under xdist they go to one worker as one unit, so the servers start once per session rather than
-# once on each worker that happens to draw one of them.
+# once on each worker that happens to draw one of them. _split_scope is xdist's own (private) way of
+# naming a test's unit (pytest-xdist 3.5-3.8); were it renamed, the modules would merely go back to a
+# unit each, the suite as correct and about a minute slower.
 REAL_SERVER_MODULES = ("test_servers", "test_workers", "test_pools")
 
 
