@@ -20,6 +20,10 @@ torch.set_num_threads fixed):
   kdflow-cached-bf16  kdflow-cached with `trainer.amp: bf16` and `cache.precision: amp` (bfloat16
                   autocast on the CPU for the cache build and the training steps; not run by default)
   kdflow-cached-fast  kdflow-cached-bf16 plus `trainer.channels_last: true` (not run by default)
+  kdflow-nd, kdflow-cached-nd  kdflow and kdflow-cached with `trainer.deterministic: false`, as the
+                  bare loop and torchdistill run: on a GPU kdflow's default picks cuDNN's
+                  deterministic algorithms (bit-identical reruns), which the others do not
+                  (not run by default; on the CPU the setting costs nothing, bench/README.md)
   bare-cached     the minimal loop reading precomputed teacher logits from a tensor
 
 torchdistill has no teacher-output cache, so the online variants are the like-for-like
@@ -41,6 +45,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -55,7 +60,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
 SPEED_VARIANTS = ("kdflow-cached-nhwc", "kdflow-cached-bf16", "kdflow-cached-fast")  # kdflow's CPU speed settings
-VARIANTS = (*("kdflow", "torchdistill", "bare", "kdflow-cached", "bare-cached"), *SPEED_VARIANTS)  # speed: when asked
+ND_VARIANTS = ("kdflow-nd", "kdflow-cached-nd")  # trainer.deterministic: false, like the bare loop's
+VARIANTS = (*("kdflow", "torchdistill", "bare", "kdflow-cached", "bare-cached"), *SPEED_VARIANTS, *ND_VARIANTS)
 DEFAULT_VARIANTS = VARIANTS[:5]
 ACCURACY_VARIANTS = ("kdflow-cached", "torchdistill", "bare-cached")  # the online twins train identically
 # glibc's dynamic mmap threshold moves epoch times by up to 30 % between identical runs: pin it
@@ -197,7 +203,9 @@ class BestKeeper:
             self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def run_kdflow(args, prep, cached: bool, bf16: bool = False, channels_last: bool = False) -> dict[str, Any]:
+def run_kdflow(
+    args, prep, cached: bool, bf16: bool = False, channels_last: bool = False, deterministic: bool = True
+) -> dict[str, Any]:
     from kdcore.config import config_from_dict
     from kdcore.fingerprint import file_sha256
     from kdcore.stages import StageEnv, TeacherSource, build_features, distill_student
@@ -211,9 +219,10 @@ def run_kdflow(args, prep, cached: bool, bf16: bool = False, channels_last: bool
         raw["cache"]["precision"] = "amp"
     if channels_last:
         raw["trainer"]["channels_last"] = True
+    raw["trainer"]["deterministic"] = deterministic
     cfg = config_from_dict(raw)
     data = _data(args)
-    suffix = ("-bf16" if bf16 else "") + ("-nhwc" if channels_last else "")
+    suffix = ("-bf16" if bf16 else "") + ("-nhwc" if channels_last else "") + ("" if deterministic else "-nd")
     work = Path(args.workdir) / (("kdflow-cached" if cached else "kdflow") + suffix)
     shutil.rmtree(work, ignore_errors=True)  # a fresh run every time: no resuming from an earlier round
     env = StageEnv(cfg, data, work)
@@ -408,6 +417,8 @@ def run_variant(args) -> None:
         "kdflow-cached-nhwc": lambda: run_kdflow(args, prep, cached=True, channels_last=True),
         "kdflow-cached-bf16": lambda: run_kdflow(args, prep, cached=True, bf16=True),
         "kdflow-cached-fast": lambda: run_kdflow(args, prep, cached=True, bf16=True, channels_last=True),
+        "kdflow-nd": lambda: run_kdflow(args, prep, cached=False, deterministic=False),
+        "kdflow-cached-nd": lambda: run_kdflow(args, prep, cached=True, deterministic=False),
         "bare": lambda: run_bare(args, prep, cached=False),
         "bare-cached": lambda: run_bare(args, prep, cached=True),
         "torchdistill": lambda: run_torchdistill(args, prep),
@@ -427,7 +438,8 @@ def run_variant(args) -> None:
 def child_env(threads: int) -> dict[str, str]:
     env = dict(os.environ)
     env.update(ALLOCATOR_ENV)
-    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONHASHSEED="0", PYTHONPATH=str(ROOT))
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONHASHSEED="0")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     return env
 
 
@@ -472,6 +484,9 @@ def report(results: dict[str, dict[str, Any]], prep: dict[str, Any], args) -> st
     ratio("kdflow-cached", "torchdistill")
     for fast in SPEED_VARIANTS:
         ratio(fast, "kdflow-cached")
+    ratio("kdflow-nd", "bare")
+    ratio("kdflow-cached-nd", "bare-cached")
+    ratio("kdflow-nd", "kdflow")
     for ours_v in ("kdflow-cached", *SPEED_VARIANTS):
         if ours_v not in results or "torchdistill" not in results:
             continue
@@ -532,9 +547,11 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     prep = prepare(args, work)
     (work / "prep.json").write_text(json.dumps(prep))
+    # torchdistill runs from .venv-bench (make bench-env), else from this interpreter if it has it
     python = str(BENCH_PYTHON) if BENCH_PYTHON.exists() else sys.executable
-    if not BENCH_PYTHON.exists() and "torchdistill" in args.variants:
-        print("note: .venv-bench is missing (see bench/README.md): skipping torchdistill", flush=True)
+    td_here = importlib.util.find_spec("torchdistill") is not None
+    if not BENCH_PYTHON.exists() and not td_here and "torchdistill" in args.variants:
+        print("note: neither .venv-bench nor this interpreter has torchdistill: skipping it", flush=True)
         args.variants = [v for v in args.variants if v != "torchdistill"]
     results: dict[str, dict[str, Any]] = {}
     for rnd in range(args.rounds):
