@@ -4,8 +4,9 @@ Writes Fashion-MNIST (the Debian package ``dataset-fashion-mnist``, /usr/share/d
 as a 64-px RGB PNG image folder of the first N images (train then t10k) for each N of ``--sizes``,
 then runs the pipeline's stages on it with ``data.in_memory: false`` — teacher, features (the
 teacher cache, 2 views, top-k fp16), distill, evaluate — each stage in a fresh process so that its
-peak RSS is its own. It prints, per size: peak RSS per stage (the stage process, and its largest
-DataLoader worker), the loader's images/s (one pass over the train split with augmentation, no
+peak RSS is its own. It prints, per size: peak RSS per stage (the stage process; its largest child's
+RSS; and its DataLoader workers' largest Pss and private memory, sampled, since a forked worker's RSS
+counts the pages it shares with its parent), the loader's images/s (one pass over the train split with augmentation, no
 model), and for the smallest size the distillation epoch time of three variants: streamed from the
 decoded-image store (``data.decoded_store``, the default), streamed decoding every file at every
 read, and in memory; two epochs per run (``--compare-epochs``), each run in a fresh process, the
@@ -33,6 +34,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -94,6 +96,40 @@ def config(folder: Path, in_memory: bool, workers: int, epochs: int = 1, store: 
             "trainer": {"device": "cpu"},
         }
     )
+
+
+class WorkerMemory(threading.Thread):
+    """The largest proportional set size (Pss) and private memory (Private_Clean + Private_Dirty) of
+    any child of process ``pid``, sampled every ``every`` seconds from ``/proc/PID/smaps_rollup``
+    (Linux; zeros elsewhere). A forked DataLoader worker's RSS counts every page it shares with its
+    parent; its private memory is what it adds, its Pss its share of the total. It runs in this
+    (the benchmark's) process: a thread in the stage process would make kdcore start its workers
+    with forkserver instead of fork (kdcore.train.batches.worker_context)."""
+
+    def __init__(self, pid: int, every: float = 0.1) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.every, self.pss_kb, self.private_kb = pid, every, 0, 0
+        self.done = threading.Event()
+
+    def _children(self) -> list[str]:
+        pids: list[str] = []
+        for task in Path(f"/proc/{self.pid}/task").glob("*"):
+            try:
+                pids += (task / "children").read_text().split()
+            except OSError:
+                pass
+        return pids
+
+    def run(self) -> None:
+        while not self.done.wait(self.every):
+            for pid in self._children():
+                try:
+                    lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]
+                except OSError:
+                    continue
+                kb = {f[0].rstrip(":"): int(f[1]) for f in (line.split() for line in lines) if len(f) == 3}
+                self.pss_kb = max(self.pss_kb, kb.get("Pss", 0))
+                self.private_kb = max(self.private_kb, kb.get("Private_Clean", 0) + kb.get("Private_Dirty", 0))
 
 
 def run_stage(
@@ -193,10 +229,17 @@ def child(
         "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
         "KDFLOW_HOME": str(work / "home"),
     }
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
+        mem = WorkerMemory(proc.pid)
+        mem.start()
+        stdout, stderr = proc.communicate()
+        mem.done.set()
+        mem.join()
     if proc.returncode != 0:
-        sys.exit(f"stage {stage} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        sys.exit(f"stage {stage} failed:\n{stderr[-3000:]}")
+    out = json.loads(stdout.strip().splitlines()[-1])
+    out["worker_pss_mb"], out["worker_private_mb"] = mem.pss_kb / 1024, mem.private_kb / 1024
+    return out
 
 
 def main() -> None:
@@ -244,10 +287,19 @@ def main() -> None:
             extra = {
                 k: (round(v, 3) if isinstance(v, float) else v)
                 for k, v in r.items()
-                if k not in ("rss_mb", "worker_rss_mb", "load_seconds", "decoded_store")
+                if k
+                not in (
+                    "rss_mb",
+                    "worker_rss_mb",
+                    "worker_pss_mb",
+                    "worker_private_mb",
+                    "load_seconds",
+                    "decoded_store",
+                )
             }
             print(
-                f"{stage:9s} peak RSS {r['rss_mb']:7.1f} MB (largest worker {r['worker_rss_mb']:6.1f} MB)  "
+                f"{stage:9s} peak RSS {r['rss_mb']:7.1f} MB (largest child {r['worker_rss_mb']:6.1f} MB; worker "
+                f"Pss {r['worker_pss_mb']:6.1f}, private {r['worker_private_mb']:6.1f} MB)  "
                 f"load {r['load_seconds']:5.1f} s  {extra}",
                 flush=True,
             )

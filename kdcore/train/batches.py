@@ -17,6 +17,8 @@ from typing import Any, Callable, Iterator, Optional, Protocol, Union
 
 import torch
 
+from kdcore.train.allocator import trim_heap
+
 
 def shuffled_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
     """The epoch's shuffled index batches; a function of (seed, epoch) alone, so resume replays it."""
@@ -120,10 +122,14 @@ def make_loader(
     prefetch_factor: int = 4,
 ):
     """A DataLoader of the given batches: workers from :func:`worker_context`, pinned memory on CUDA;
-    a dataset with ``__getitems__`` builds each batch itself (no per-sample collation)."""
+    a dataset with ``__getitems__`` builds each batch itself (no per-sample collation). Workers
+    forked from this process start after the kept heap went back to the kernel (``trim_heap``)."""
     from torch.utils.data import DataLoader
 
     workers = num_workers > 0
+    context = worker_context() if workers else None
+    if workers and context is None:  # forked from this process, heap and all
+        trim_heap()
     return DataLoader(
         dataset,
         batch_sampler=batch_sampler,
@@ -131,7 +137,7 @@ def make_loader(
         pin_memory=device.type == "cuda",
         persistent_workers=persistent and workers,
         prefetch_factor=prefetch_factor if workers else None,
-        multiprocessing_context=worker_context() if workers else None,
+        multiprocessing_context=context,
         collate_fn=_batched if callable(getattr(dataset, "__getitems__", None)) else None,
     )
 

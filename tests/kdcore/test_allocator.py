@@ -86,3 +86,58 @@ def test_every_stage_keeps_the_heap(monkeypatch):
     monkeypatch.setattr(stage_env, "keep_heap", lambda: calls.append(1) or "kept")
     stage_env.pin_compute(None, deterministic=False)
     assert calls == [1]
+
+
+# A worker thread frees 500 MB into the kept heap; then a DataLoader is made: with workers forked
+# from this process, the free heap goes back to the kernel first (the parent's RSS drops), so the
+# workers do not start on it; without workers it stays.
+LOADER_CHILD = """
+import json, sys, threading
+import torch
+from kdcore.train.allocator import keep_heap
+from kdcore.train.batches import make_loader
+
+def rss_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+
+out = {"state": keep_heap()}
+
+def work():
+    for _ in range(3):
+        tensors = [torch.ones(1_500_000 + 100_000 * k) for k in range(24)]
+        del tensors
+
+t = threading.Thread(target=work)
+t.start(); t.join()
+out["before"] = rss_mb()
+workers = int(sys.argv[1])
+loader = make_loader(list(range(8)), [[0, 1], [2, 3]], workers, torch.device("cpu"))
+out["after"] = rss_mb()
+out["batches"] = [b.tolist() for b in loader]
+print(json.dumps(out))
+"""
+
+
+def _loader_child(workers: int, **env: str) -> dict:
+    ours = ("GLIBC_TUNABLES", allocator.ENV)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in ours}
+    clean.update(env, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-c", LOADER_CHILD, str(workers)]
+    proc = subprocess.run(cmd, env=clean, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_forked_loader_workers_start_after_the_kept_heap_went_back():
+    forked = _loader_child(1)
+    assert forked["state"] == "kept"
+    assert forked["batches"] == [[0, 1], [2, 3]]
+    assert forked["before"] - forked["after"] > 200, forked  # the ~500 MB of free heap handed back
+    alone = _loader_child(0)  # no workers: nothing forks, the heap stays for the next steps
+    assert alone["before"] - alone["after"] < 50, alone
+
+
+def test_trim_heap_does_nothing_where_the_heap_is_not_kept():
+    system = _loader_child(1, KDFLOW_ALLOCATOR="system")
+    assert system["state"] == "system: KDFLOW_ALLOCATOR=system"
+    assert system["before"] - system["after"] < 50, system
