@@ -23,10 +23,10 @@ allocator does on a GPU (resnet14's process with a validation pass peaked at 1,5
 - where ``KDFLOW_ALLOCATOR=system`` asks for the C library's defaults.
 
 A process that forks DataLoader workers hands the kept memory back first (:func:`trim_heap`, called
-by ``kdcore.train.batches.make_loader``): a forked worker starts with its parent's heap, and one
-that inherits hundreds of MB of free heap writes into it and gets private copies of those pages
-(bench/scale.py: up to 152 MB of private memory per worker before, against 28-35 MB with glibc's
-defaults; 16-34 MB after).
+by ``kdcore.train.batches`` where workers fork): a forked worker starts with its parent's heap, and
+one that inherits hundreds of MB of free heap writes into it and gets private copies of those pages
+(bench/scale.py, the evaluate stage: 85-152 MB of private memory per worker before, 34-37 MB after,
+28-35 MB with glibc's defaults).
 """
 
 from __future__ import annotations

@@ -123,12 +123,13 @@ def make_loader(
 ):
     """A DataLoader of the given batches: workers from :func:`worker_context`, pinned memory on CUDA;
     a dataset with ``__getitems__`` builds each batch itself (no per-sample collation). Workers
-    forked from this process start after the kept heap went back to the kernel (``trim_heap``)."""
+    forked from this process start after the kept heap went back to the kernel (``trim_heap``): here
+    for a loader that is iterated at once, at the first pass for a persistent one (LoaderBatches)."""
     from torch.utils.data import DataLoader
 
     workers = num_workers > 0
     context = worker_context() if workers else None
-    if workers and context is None:  # forked from this process, heap and all
+    if workers and context is None and not persistent:  # forked from this process, heap and all
         trim_heap()
     return DataLoader(
         dataset,
@@ -180,6 +181,7 @@ class LoaderBatches:
         self.loader = make_loader(
             dataset, self.sampler, num_workers, device, persistent=True, prefetch_factor=prefetch_factor
         )
+        self.started = False  # the persistent workers start with the first pass, not here
 
     def __len__(self) -> int:
         return self.n
@@ -202,7 +204,12 @@ class _EpochBatches:
         return len(self.source.sampler)
 
     def __iter__(self) -> Iterator[Batch]:
-        dev, ds = self.source.device, self.source.dataset
-        for raw in self.source.loader:
+        src = self.source
+        if not src.started:  # the workers fork now: after the steps since make_loader freed their memory
+            src.started = True
+            if src.loader.num_workers and src.loader.multiprocessing_context is None:
+                trim_heap()
+        dev, ds = src.device, src.dataset
+        for raw in src.loader:
             extra = {k: v for k, v in raw.items() if k not in ("idx", "x", "y")}
             yield Batch(raw["idx"], as_input(ds, raw["x"], dev), raw["y"].to(dev, non_blocking=True), extra or None)

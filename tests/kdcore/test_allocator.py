@@ -51,13 +51,19 @@ print(json.dumps(out))
 """
 
 
-def _child(**env: str) -> dict:
+def _run(code: str, *argv: str, **env: str) -> dict:
+    """``code`` in a fresh interpreter without the caller's malloc settings; its last line as JSON."""
     ours = ("GLIBC_TUNABLES", allocator.ENV)
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in ours}
     clean.update(env, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", CHILD], env=clean, capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, "-c", code, *argv]
+    proc = subprocess.run(cmd, env=clean, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _child(**env: str) -> dict:
+    return _run(CHILD, **env)
 
 
 def test_kept_heap_stops_the_page_faults_and_trains_the_same_weights():
@@ -91,41 +97,41 @@ def test_every_stage_keeps_the_heap(monkeypatch):
 # A worker thread frees 500 MB into the kept heap; then a DataLoader is made: with workers forked
 # from this process, the free heap goes back to the kernel first (the parent's RSS drops), so the
 # workers do not start on it; without workers it stays.
-LOADER_CHILD = """
+HEAP = """
 import json, sys, threading
 import torch
 from kdcore.train.allocator import keep_heap
-from kdcore.train.batches import make_loader
 
 def rss_mb():
     return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
 
+def free_in_a_thread():  # about 500 MB into a worker thread's heap, freed (kept where the heap is)
+    def work():
+        for _ in range(3):
+            tensors = [torch.ones(1_500_000 + 100_000 * k) for k in range(24)]
+            del tensors
+    t = threading.Thread(target=work)
+    t.start(); t.join()
+
 out = {"state": keep_heap()}
+"""
 
-def work():
-    for _ in range(3):
-        tensors = [torch.ones(1_500_000 + 100_000 * k) for k in range(24)]
-        del tensors
-
-t = threading.Thread(target=work)
-t.start(); t.join()
+LOADER_CHILD = (
+    HEAP
+    + """
+from kdcore.train.batches import make_loader
+free_in_a_thread()
 out["before"] = rss_mb()
-workers = int(sys.argv[1])
-loader = make_loader(list(range(8)), [[0, 1], [2, 3]], workers, torch.device("cpu"))
+loader = make_loader(list(range(8)), [[0, 1], [2, 3]], int(sys.argv[1]), torch.device("cpu"))
 out["after"] = rss_mb()
 out["batches"] = [b.tolist() for b in loader]
 print(json.dumps(out))
 """
+)
 
 
 def _loader_child(workers: int, **env: str) -> dict:
-    ours = ("GLIBC_TUNABLES", allocator.ENV)
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in ours}
-    clean.update(env, PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-c", LOADER_CHILD, str(workers)]
-    proc = subprocess.run(cmd, env=clean, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _run(LOADER_CHILD, str(workers), **env)
 
 
 def test_forked_loader_workers_start_after_the_kept_heap_went_back():
@@ -141,3 +147,32 @@ def test_trim_heap_does_nothing_where_the_heap_is_not_kept():
     system = _loader_child(1, KDFLOW_ALLOCATOR="system")
     assert system["state"] == "system: KDFLOW_ALLOCATOR=system"
     assert system["before"] - system["after"] < 50, system
+
+
+# The same with a persistent loader (a stage's streaming source): made before the steps, its workers
+# fork at the first pass, after the steps freed their memory; the heap goes back then.
+PERSISTENT_CHILD = (
+    HEAP
+    + """
+from kdcore.train.batches import LoaderBatches
+
+class Rows:
+    def __getitem__(self, i):
+        return {"idx": torch.tensor(i), "x": torch.full((2,), float(i)), "y": torch.tensor(i % 2)}
+
+source = LoaderBatches(Rows(), 8, torch.device("cpu"), num_workers=1)
+free_in_a_thread()
+out["before"] = rss_mb()
+out["idx"] = [b.idx.tolist() for b in source.epoch(0, 0, 4)]
+out["after"] = rss_mb()
+out["second"] = [b.idx.tolist() for b in source.epoch(0, 1, 4)]
+print(json.dumps(out))
+"""
+)
+
+
+def test_a_persistent_loader_hands_the_heap_back_when_its_workers_start():
+    out = _run(PERSISTENT_CHILD)
+    assert out["state"] == "kept"
+    assert sorted(sum(out["idx"], [])) == list(range(8)) and sorted(sum(out["second"], [])) == list(range(8))
+    assert out["before"] - out["after"] > 200, out
