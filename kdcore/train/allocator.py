@@ -88,6 +88,7 @@ def _apply() -> str:
     if not all([mallopt(param, value) == 1 for param, value in settings]):
         return "system: mallopt refused a setting"  # those before it stay set: harmless, each alone helps
     global _libc
+    libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
     _libc = libc
     return "kept"
 
@@ -99,7 +100,5 @@ def trim_heap() -> bool:
         libc = _libc if _state == "kept" else None
     if libc is None:
         return False
-    trim = libc.malloc_trim
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    trim(0)
+    libc.malloc_trim(0)
     return True
