@@ -61,7 +61,14 @@ sys.path.insert(0, str(ROOT))
 BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
 SPEED_VARIANTS = ("kdflow-cached-nhwc", "kdflow-cached-bf16", "kdflow-cached-fast")  # kdflow's CPU speed settings
 ND_VARIANTS = ("kdflow-nd", "kdflow-cached-nd")  # trainer.deterministic: false, like the bare loop's
-VARIANTS = (*("kdflow", "torchdistill", "bare", "kdflow-cached", "bare-cached"), *SPEED_VARIANTS, *ND_VARIANTS)
+# ... and trainer.amp: off: float32 steps on a GPU too, the bare loop's and torchdistill's arithmetic
+FP32_VARIANTS = ("kdflow-fp32-nd", "kdflow-cached-fp32-nd")
+VARIANTS = (
+    *("kdflow", "torchdistill", "bare", "kdflow-cached", "bare-cached"),
+    *SPEED_VARIANTS,
+    *ND_VARIANTS,
+    *FP32_VARIANTS,
+)
 DEFAULT_VARIANTS = VARIANTS[:5]
 ACCURACY_VARIANTS = ("kdflow-cached", "torchdistill", "bare-cached")  # the online twins train identically
 # glibc's dynamic mmap threshold moves epoch times by up to 30 % between identical runs: pin it
@@ -204,7 +211,13 @@ class BestKeeper:
 
 
 def run_kdflow(
-    args, prep, cached: bool, bf16: bool = False, channels_last: bool = False, deterministic: bool = True
+    args,
+    prep,
+    cached: bool,
+    bf16: bool = False,
+    channels_last: bool = False,
+    deterministic: bool = True,
+    fp32: bool = False,
 ) -> dict[str, Any]:
     from kdcore.config import config_from_dict
     from kdcore.fingerprint import file_sha256
@@ -220,9 +233,16 @@ def run_kdflow(
     if channels_last:
         raw["trainer"]["channels_last"] = True
     raw["trainer"]["deterministic"] = deterministic
+    if fp32:  # no autocast: on a GPU kdflow's default is bfloat16 autocast, the bare loop's float32
+        raw["trainer"]["amp"] = "off"
     cfg = config_from_dict(raw)
     data = _data(args)
-    suffix = ("-bf16" if bf16 else "") + ("-nhwc" if channels_last else "") + ("" if deterministic else "-nd")
+    suffix = (
+        ("-bf16" if bf16 else "")
+        + ("-nhwc" if channels_last else "")
+        + ("-fp32" if fp32 else "")
+        + ("" if deterministic else "-nd")
+    )
     work = Path(args.workdir) / (("kdflow-cached" if cached else "kdflow") + suffix)
     shutil.rmtree(work, ignore_errors=True)  # a fresh run every time: no resuming from an earlier round
     env = StageEnv(cfg, data, work)
@@ -405,6 +425,29 @@ def run_torchdistill(args, prep) -> dict[str, Any]:
     }
 
 
+def profiled(runner, args, prep) -> dict[str, Any]:
+    """``runner()`` under torch.profiler: prints the calls per training step that a GPU pays for
+    (kernel launches, copies, synchronisations) and the ops with the most host time, the whole
+    variant's run (validation and the test pass included) divided by its training steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
+    with profile(activities=activities) as prof:
+        out = runner()
+    steps = args.epochs * len(kdflow_batches(prep["n_train"], args.batch_size, args.seed, 0))
+    events = prof.key_averages()
+    calls = {e.key: e.count for e in events}
+    runtime = sorted((k, n) for k, n in calls.items() if k.startswith(("cuda", "cu")) and not k.startswith("cudnn"))
+    print(
+        f"profile {args.variant}: {steps} training steps; per step "
+        + (", ".join(f"{k} {n / steps:.1f}" for k, n in runtime) or "(no CUDA runtime calls)")
+        + f"; aten ops {sum(n for k, n in calls.items() if k.startswith('aten::')) / steps:.1f}",
+        flush=True,
+    )
+    print(events.table(sort_by="self_cpu_time_total", row_limit=args.profile), flush=True)
+    return out
+
+
 def run_variant(args) -> None:
     import torch
 
@@ -419,11 +462,13 @@ def run_variant(args) -> None:
         "kdflow-cached-fast": lambda: run_kdflow(args, prep, cached=True, bf16=True, channels_last=True),
         "kdflow-nd": lambda: run_kdflow(args, prep, cached=False, deterministic=False),
         "kdflow-cached-nd": lambda: run_kdflow(args, prep, cached=True, deterministic=False),
+        "kdflow-fp32-nd": lambda: run_kdflow(args, prep, cached=False, deterministic=False, fp32=True),
+        "kdflow-cached-fp32-nd": lambda: run_kdflow(args, prep, cached=True, deterministic=False, fp32=True),
         "bare": lambda: run_bare(args, prep, cached=False),
         "bare-cached": lambda: run_bare(args, prep, cached=True),
         "torchdistill": lambda: run_torchdistill(args, prep),
     }[args.variant]
-    out = runner()
+    out = profiled(runner, args, prep) if args.profile else runner()
     out.update(
         variant=args.variant,
         threads=torch.get_num_threads(),
@@ -487,6 +532,8 @@ def report(results: dict[str, dict[str, Any]], prep: dict[str, Any], args) -> st
     ratio("kdflow-nd", "bare")
     ratio("kdflow-cached-nd", "bare-cached")
     ratio("kdflow-nd", "kdflow")
+    ratio("kdflow-fp32-nd", "bare")
+    ratio("kdflow-cached-fp32-nd", "bare-cached")
     for ours_v in ("kdflow-cached", *SPEED_VARIANTS):
         if ours_v not in results or "torchdistill" not in results:
             continue
@@ -537,6 +584,14 @@ def main() -> None:
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--variant", default=None, help=argparse.SUPPRESS)  # set in the re-executed children
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="ROWS",
+        help="run every variant under torch.profiler and print its calls per step and its ROWS ops with "
+        "the most host time (figures of a profiled run: its epoch times are not the speed)",
+    )
     args = ap.parse_args()
     if args.variant:
         return run_variant(args)
@@ -620,6 +675,7 @@ def _args_for_child(args, epochs: int, seed: int | None = None) -> list[str]:
         "teacher_checkpoint",
         "student_arch",
         "student_kwargs",
+        "profile",
     ):
         if getattr(args, key) is not None:
             out += [f"--{key.replace('_', '-')}", str(getattr(args, key))]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,6 +23,8 @@ from kdcore.train.callbacks import BeforeEachEpoch
 from kdcore.train.checkpoint import load_model
 from kdcore.train.rng import GLOBAL_RNG
 
+DEVICE_ROWS_LIMIT = 1 << 30  # bytes of one cached array a run on an accelerator keeps on the device
+
 
 class TeacherSource:
     """Teacher logits/features for a batch of train indices at given views: read from the cache
@@ -33,6 +36,32 @@ class TeacherSource:
         self.env, self.entries, self.teacher, self.paths = env, entries, teacher, paths
         if entries is None and teacher is None:
             raise ValueError("a TeacherSource needs cache entries or a teacher")
+        if teacher is not None:
+            teacher.eval()
+        self._device_rows: dict[tuple[str, str], Optional[torch.Tensor]] = {}
+        # on an accelerator the rows are gathered where the step runs, as a bare loop keeps its
+        # teacher's outputs: no host gather and copy per step (a test turns it on for the CPU)
+        self.rows_on_device = env.device.type != "cpu"
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (e.g. to DDP ranks) without the rows copied to this process's device."""
+        return {**self.__dict__, "_device_rows": {}}
+
+    def _on_device(self, split: str, name: str) -> Optional[torch.Tensor]:
+        """A stored array of an accelerator run as float32 rows ``[N * V, ...]`` on the device, copied
+        once, when the entry holds it in memory and it takes at most DEVICE_ROWS_LIMIT bytes there
+        (None: read per batch on the host, as on the CPU). The values are the same either way."""
+        key = (split, name)
+        if key not in self._device_rows:
+            assert self.entries is not None  # only asked for cached runs
+            entry, rows = self.entries[split], None
+            stored = "logits.values" if name == "logits" and entry.manifest.get("topk") else name
+            size = 4 * entry.manifest["count"] * entry.num_views * math.prod(entry.shapes()[name])
+            if entry.held_in_memory(stored) and size <= DEVICE_ROWS_LIMIT:
+                full = entry.read_all(name)
+                rows = full.reshape(-1, *full.shape[2:]).to(self.env.device)
+            self._device_rows[key] = rows
+        return self._device_rows[key]
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         if self.entries is not None:
@@ -64,14 +93,26 @@ class TeacherSource:
         dev = self.env.device
         if self.entries is not None:
             entry = self.entries[split]
+            if self.rows_on_device:
+                names = ["logits", *self.paths]
+                held = {name: self._on_device(split, name) for name in names}
+                if all(t is not None for t in held.values()):
+                    flat = (idx.cpu() * entry.num_views + views.cpu()).to(dev, non_blocking=True)
+                    rows = {name: t[flat] for name, t in held.items() if t is not None}
+                    return rows["logits"], {p: rows[p] for p in self.paths}
             logits = entry.read("logits", idx, views).to(dev, non_blocking=True)
             return logits, {p: entry.read(p, idx, views).to(dev, non_blocking=True) for p in self.paths}
         assert self.teacher is not None  # __init__: entries or a teacher
-        self.teacher.eval()
-        # the teacher runs in float32 even inside an autocast training step: its outputs are exact
-        with FeatureTap(self.teacher, self.paths) as tap, torch.no_grad(), fp32(dev):
+        if self.teacher.training:  # the root's flag: eval() walks every module, too slow for each step
+            self.teacher.eval()
+        # the teacher runs in float32 even inside an autocast training step: its outputs are exact.
+        # Only what the step needs: no tap without paths, no autocast switch outside autocast (each
+        # is host time per step that a bare loop does not spend, which a small model on a GPU waits on)
+        tap = FeatureTap(self.teacher, self.paths) if self.paths else None
+        exact = fp32(dev) if torch.is_autocast_enabled(dev.type) else contextlib.nullcontext()
+        with tap or contextlib.nullcontext(), torch.no_grad(), exact:
             logits = self.teacher(x_view.float()).float()
-            return logits, {p: tap.features[p].float() for p in self.paths}
+            return logits, {p: tap.features[p].float() for p in self.paths} if tap is not None else {}
 
 
 class _EpochViews:
@@ -166,7 +207,8 @@ def _train_with_objective(
 
         def gather(split: str, idx: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, views: torch.Tensor):
             if split != "train" or (vcfg.policy == "none" and train_mixing is None):
-                return run(split, idx, xs[idx.to(xs.device)], ys[idx.to(ys.device)], views)
+                di = idx.to(xs.device, non_blocking=True)  # one copy of the indices for inputs and labels
+                return run(split, idx, xs[di], ys[di.to(ys.device)], views)
             r = replay_views(xs, idx, views, train_seeds, train_mixing, train_spec_views)
             mix = (None, None) if r.partner is None else (ys[r.partner.to(ys.device)], r.lam)
             return run(split, idx, r.x, ys[idx.to(ys.device)], views, mix)

@@ -60,10 +60,32 @@ CHECK_EVERY = 50
 CPU = torch.device("cpu")  # fit()'s default device
 
 
-def _accumulate(running: dict[str, Any], name: str, value: torch.Tensor, k: int) -> None:
-    """Add ``value * k`` to a running sum: a Python float on CPU (cheapest), a device tensor elsewhere."""
-    term = float(value) * k if value.device.type == "cpu" else value * k
-    running[name] = running[name] + term if name in running else term
+class _EpochSums:
+    """The per-term sums of an epoch's losses, each step's value weighted by its batch size. On the
+    CPU a Python float per step (the cheapest there); on an accelerator the steps' detached values
+    are kept and summed once at the epoch's end: no kernel and no host sync per step."""
+
+    def __init__(self, defer: bool) -> None:
+        self.defer = defer  # True on an accelerator
+        self.floats: dict[str, float] = {}
+        self.kept: dict[str, list[tuple[torch.Tensor, int]]] = {}
+
+    def add(self, name: str, value: torch.Tensor, k: int) -> None:
+        if not self.defer:
+            term = float(value) * k
+            self.floats[name] = self.floats[name] + term if name in self.floats else term
+        else:
+            self.kept.setdefault(name, []).append((value, k))
+
+    def totals(self) -> dict[str, float]:
+        """The sums as floats (one host sync per term on an accelerator)."""
+        out = dict(self.floats)
+        for name, pairs in self.kept.items():
+            values = torch.stack([v for v, _ in pairs])
+            out[name] = float(
+                values @ torch.tensor([float(k) for _, k in pairs], dtype=values.dtype, device=values.device)
+            )
+        return out
 
 
 def _check_finite(pending: list[tuple[int, torch.Tensor]], stage: str, epoch: int, ckpt_dir: Path) -> None:
@@ -181,7 +203,7 @@ class _Trainer:
         epoch: int,
         seed: int,
         stochastic: bool,
-        running: dict[str, Any],
+        running: _EpochSums,
         pending: list[tuple[int, torch.Tensor]],
     ) -> int:
         """Forward, finiteness check, backward and update for one batch; adds its loss terms to
@@ -202,9 +224,9 @@ class _Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         k = len(batch)
-        _accumulate(running, "train_loss", detached, k)
+        running.add("train_loss", detached, k)
         for name, term in terms.items():
-            _accumulate(running, f"train_{name}", term.detach().float(), k)
+            running.add(f"train_{name}", term.detach().float(), k)
         return k
 
     def _shard(self, batch: BatchLike) -> tuple[BatchLike, float]:
@@ -224,14 +246,14 @@ class _Trainer:
         """One pass over the epoch's batches: (per-term sums, samples seen), summed over ranks."""
         for m in self.modules.values():
             m.train()
-        running: dict[str, Any] = {}  # per-term sums kept on the device: no host sync per step
+        running = _EpochSums(defer=self.device.type != "cpu")
         pending: list[tuple[int, torch.Tensor]] = []  # losses not yet checked for finiteness
         n_seen = 0
         batches = source.epoch(seed, epoch, self.spec.batch_size)
         last = len(batches) - 1
         for i, batch in enumerate(batches):
             n_seen += self.step(step, batch, i, i == last, epoch, seed, stochastic, running, pending)
-        sums = {name: float(total) for name, total in running.items()}  # one sync per epoch
+        sums = running.totals()
         if self.group:
             sums, n_seen = self.group.end_epoch(self.modules, sums, n_seen)
         return sums, n_seen

@@ -3,6 +3,7 @@ entry from concurrent builders, top-k compression, gc."""
 
 from __future__ import annotations
 
+import pickle
 import threading
 import time
 
@@ -219,3 +220,25 @@ def test_gc_removes_old_and_oversize_entries(data, tmp_path):
     assert [e.id for e in removed] == [old.id] and not old.root.exists()
     removed = gc(tmp_path / "cache", max_size=1)
     assert not list_entries(tmp_path / "cache")
+
+
+@pytest.mark.parametrize("topk", [None, 3])
+def test_rows_gathered_on_the_device_equal_the_host_read(data, tmp_path, topk):
+    """An accelerator run copies the stored rows to the device once and gathers there; the rows are
+    the host read's, for every view, feature path and top-k reconstruction (here on the CPU)."""
+    env = _env(data, tmp_path, topk=topk, views={"policy": "shift", "num_views": 3, "pad": 1, "seed": 2})
+    entries = {s: e for s, (e, _) in build_features(env, _teacher(data), "sha", tmp_path / "cache").items()}
+    host = TeacherSource(env, entries, None, ["block2"])
+    device = TeacherSource(env, entries, None, ["block2"])
+    device.rows_on_device = True
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(data.train), generator=gen)[:20]
+    views = torch.randint(0, 3, (20,), generator=gen)
+    (h_logits, h_feats), (d_logits, d_feats) = (s.get("train", idx, views, data.train.x[idx]) for s in (host, device))
+    assert device._device_rows[("train", "logits")] is not None and device._device_rows[("train", "block2")] is not None
+    assert torch.equal(h_logits, d_logits) and torch.equal(h_feats["block2"], d_feats["block2"])
+    assert not torch.equal(d_logits, device.get("train", idx, (views + 1) % 3, data.train.x[idx])[0])  # views matter
+    # pickled to another process (a DDP rank) without the rows it copied to this one's device
+    again = pickle.loads(pickle.dumps(device))
+    assert again._device_rows == {} and again.rows_on_device
+    assert torch.equal(again.get("train", idx, views, data.train.x[idx])[0], h_logits)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kdcore.errors import DivergenceError
-from kdcore.train.loop import _accumulate, _check_finite
+from kdcore.train.loop import _check_finite, _EpochSums
 
 
 def test_deferred_check_names_the_first_bad_step(tmp_path):
@@ -15,8 +15,22 @@ def test_deferred_check_names_the_first_bad_step(tmp_path):
 
 
 def test_running_sums_on_cpu_are_plain_floats():
-    running = {}
+    running = _EpochSums(defer=False)
     for value, k in ((1.5, 4), (2.0, 2)):
-        _accumulate(running, "train_loss", torch.tensor(value), k)
-    assert isinstance(running["train_loss"], float)  # on CPU: plain floats, no tensor ops per step
-    assert float(running["train_loss"]) == pytest.approx(1.5 * 4 + 2.0 * 2)
+        running.add("train_loss", torch.tensor(value), k)
+    assert isinstance(running.floats["train_loss"], float) and not running.kept  # no tensor ops per step
+    assert running.totals()["train_loss"] == pytest.approx(1.5 * 4 + 2.0 * 2)
+
+
+def test_running_sums_on_an_accelerator_are_summed_at_the_epoch_end():
+    """Deferred (an accelerator's way, here on CPU tensors): the steps' values are only kept, and the
+    weighted sums come out once, equal to the per-step floats."""
+    deferred, floats = _EpochSums(defer=True), _EpochSums(defer=False)
+    steps = [(0.25, 128), (3.0, 128), (1.75, 37)]
+    for value, k in steps:
+        for sums in (deferred, floats):
+            sums.add("train_loss", torch.tensor(value), k)
+            sums.add("train_kd", torch.tensor(2 * value), k)
+    assert not deferred.floats and len(deferred.kept["train_loss"]) == len(steps)
+    assert deferred.totals() == pytest.approx(floats.totals(), rel=1e-6)
+    assert deferred.totals()["train_kd"] == pytest.approx(2 * sum(v * k for v, k in steps))

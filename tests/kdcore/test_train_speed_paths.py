@@ -139,6 +139,15 @@ def test_in_memory_and_mapped_cache_entries_distill_identically(data, tmp_path):
         assert entries["train"].held_in_memory("logits") is (name == "in_memory")
     _assert_same_weights(students["mapped"], students["in_memory"].state_dict())
 
+    # an accelerator's path: the stored rows copied to the device once and gathered there per step
+    env = StageEnv(cfg, data, tmp_path / "device_rows")
+    source = TeacherSource(env, _entries(built, 1 << 30), None, [])
+    assert not source.rows_on_device  # off on the CPU, where the host gather is the device's
+    source.rows_on_device = True
+    on_device = distill_student(env, init.path, source).model
+    assert source._device_rows[("train", "logits")] is not None  # the path really ran
+    _assert_same_weights(students["mapped"], on_device.state_dict())
+
     # and both equal a plain loop reading the teacher's logits from one tensor, with the objective's arithmetic
     t_logits = _entries(built, 0)["train"].read_all("logits")[:, 0]
     assert torch.equal(t_logits, teacher(data.train.x).detach())
