@@ -24,6 +24,9 @@ torch.set_num_threads fixed):
                   bare loop and torchdistill run: on a GPU kdflow's default picks cuDNN's
                   deterministic algorithms (bit-identical reruns), which the others do not
                   (not run by default; on the CPU the setting costs nothing, bench/README.md)
+  kdflow-fp32-nd, kdflow-cached-fp32-nd  the -nd variants with `trainer.amp: off` too: the bare
+                  loop's float32 arithmetic on a GPU, where kdflow's default is bfloat16 autocast
+                  (not run by default; on the CPU the same as the -nd variants)
   bare-cached     the minimal loop reading precomputed teacher logits from a tensor
 
 torchdistill has no teacher-output cache, so the online variants are the like-for-like
@@ -32,6 +35,10 @@ Epoch time is training time only (no validation), reported as the median over th
 every round: round 1 trains each variant for --epochs (and gives the accuracy); each later round
 reruns the variants, in reversed order, for --timing-epochs more timed epochs, so that the
 machine's load drifts hit every variant alike.
+
+--profile ROWS runs each variant under torch.profiler and prints its CUDA runtime calls (kernel
+launches, copies, synchronisations) and aten ops per training step, and its ROWS ops with the most
+host time (a profiled run's epoch times are slower than the speed).
 
 torchdistill lives only in the benchmark environment (see bench/README.md):
   python3 -m venv .venv-bench &&
