@@ -23,7 +23,13 @@ from kdcore.train.callbacks import BeforeEachEpoch
 from kdcore.train.checkpoint import load_model
 from kdcore.train.rng import GLOBAL_RNG
 
-DEVICE_ROWS_LIMIT = 1 << 30  # bytes of one cached array a run on an accelerator keeps on the device
+
+def device_rows_budget(device: torch.device) -> int:
+    """Bytes of cached teacher outputs a run on ``device`` may keep there: 1/16 of a CUDA device's
+    memory, at most 2 GiB (1 GiB on other accelerators); the rest is read per batch on the host."""
+    if device.type == "cuda":
+        return min(torch.cuda.get_device_properties(device).total_memory // 16, 2 << 30)
+    return 1 << 30
 
 
 class TeacherSource:
@@ -42,6 +48,7 @@ class TeacherSource:
         # on an accelerator the rows are gathered where the step runs, as a bare loop keeps its
         # teacher's outputs: no host gather and copy per step (a test turns it on for the CPU)
         self.rows_on_device = env.device.type != "cpu"
+        self.device_budget = device_rows_budget(env.device) if self.rows_on_device else 0
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled (e.g. to DDP ranks) without the rows copied to this process's device."""
@@ -49,7 +56,7 @@ class TeacherSource:
 
     def _on_device(self, split: str, name: str) -> Optional[torch.Tensor]:
         """A stored array of an accelerator run as float32 rows ``[N * V, ...]`` on the device, copied
-        once, when the entry holds it in memory and it takes at most DEVICE_ROWS_LIMIT bytes there
+        once, when the entry holds it in memory and it fits in what is left of ``device_budget``
         (None: read per batch on the host, as on the CPU). The values are the same either way."""
         key = (split, name)
         if key not in self._device_rows:
@@ -57,9 +64,10 @@ class TeacherSource:
             entry, rows = self.entries[split], None
             stored = "logits.values" if name == "logits" and entry.manifest.get("topk") else name
             size = 4 * entry.manifest["count"] * entry.num_views * math.prod(entry.shapes()[name])
-            if entry.held_in_memory(stored) and size <= DEVICE_ROWS_LIMIT:
+            if entry.held_in_memory(stored) and size <= self.device_budget:
                 full = entry.read_all(name)
                 rows = full.reshape(-1, *full.shape[2:]).to(self.env.device)
+                self.device_budget -= size
             self._device_rows[key] = rows
         return self._device_rows[key]
 

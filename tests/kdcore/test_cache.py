@@ -230,7 +230,7 @@ def test_rows_gathered_on_the_device_equal_the_host_read(data, tmp_path, topk):
     entries = {s: e for s, (e, _) in build_features(env, _teacher(data), "sha", tmp_path / "cache").items()}
     host = TeacherSource(env, entries, None, ["block2"])
     device = TeacherSource(env, entries, None, ["block2"])
-    device.rows_on_device = True
+    device.rows_on_device, device.device_budget = True, 1 << 30
     gen = torch.Generator().manual_seed(0)
     idx = torch.randperm(len(data.train), generator=gen)[:20]
     views = torch.randint(0, 3, (20,), generator=gen)
@@ -238,6 +238,17 @@ def test_rows_gathered_on_the_device_equal_the_host_read(data, tmp_path, topk):
     assert device._device_rows[("train", "logits")] is not None and device._device_rows[("train", "block2")] is not None
     assert torch.equal(h_logits, d_logits) and torch.equal(h_feats["block2"], d_feats["block2"])
     assert not torch.equal(d_logits, device.get("train", idx, (views + 1) % 3, data.train.x[idx])[0])  # views matter
+    # a budget too small for the features: every output read on the host again, the same values
+    small = TeacherSource(env, entries, None, ["block2"])
+    small.rows_on_device = True
+    small.device_budget = 4 * len(data.train) * 3 * data.num_classes  # the logits alone
+    s_logits, s_feats = small.get("train", idx, views, data.train.x[idx])
+    assert small._device_rows[("train", "logits")] is not None and small._device_rows[("train", "block2")] is None
+    assert (
+        small.device_budget == 0
+        and torch.equal(s_logits, h_logits)
+        and torch.equal(s_feats["block2"], h_feats["block2"])
+    )
     # pickled to another process (a DDP rank) without the rows it copied to this one's device
     again = pickle.loads(pickle.dumps(device))
     assert again._device_rows == {} and again.rows_on_device

@@ -143,7 +143,7 @@ def test_in_memory_and_mapped_cache_entries_distill_identically(data, tmp_path):
     env = StageEnv(cfg, data, tmp_path / "device_rows")
     source = TeacherSource(env, _entries(built, 1 << 30), None, [])
     assert not source.rows_on_device  # off on the CPU, where the host gather is the device's
-    source.rows_on_device = True
+    source.rows_on_device, source.device_budget = True, 1 << 30
     on_device = distill_student(env, init.path, source).model
     assert source._device_rows[("train", "logits")] is not None  # the path really ran
     _assert_same_weights(students["mapped"], on_device.state_dict())
