@@ -81,7 +81,8 @@ class _EpochSums:
         """The sums as floats (one host sync per term on an accelerator)."""
         out = dict(self.floats)
         for name, pairs in self.kept.items():
-            values = torch.stack([v for v, _ in pairs])
+            device = pairs[0][0].device  # a loss may give a constant term as a CPU tensor
+            values = torch.stack([v.to(device) for v, _ in pairs])
             out[name] = float(
                 values @ torch.tensor([float(k) for _, k in pairs], dtype=values.dtype, device=values.device)
             )

@@ -34,3 +34,11 @@ def test_running_sums_on_an_accelerator_are_summed_at_the_epoch_end():
     assert not deferred.floats and len(deferred.kept["train_loss"]) == len(steps)
     assert deferred.totals() == pytest.approx(floats.totals(), rel=1e-6)
     assert deferred.totals()["train_kd"] == pytest.approx(2 * sum(v * k for v, k in steps))
+    # terms on two devices (a loss's constant on the CPU beside device tensors) still sum
+    mixed = _EpochSums(defer=True)
+    mixed.add("train_w", torch.tensor(1.0, device="meta"), 2)
+    mixed.add("train_w", torch.tensor(3.0), 2)
+    # (a "meta" tensor stands for the device here: the stack succeeds, and only reading the value
+    # fails, as a meta tensor holds none; without the move the stack itself fails on the devices)
+    with pytest.raises(RuntimeError, match="item.. cannot be called on meta tensors"):
+        mixed.totals()
