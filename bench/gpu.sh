@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # kdflow vs torchdistill vs a bare PyTorch KD loop at GPU scale, then your own models on streamed
-# image files, in one go (under 10 minutes: each case under its own timeout).
+# image files (each case under its own timeouts: at most 400 s and 300 s; KDFLOW_GPU_CASES runs one).
 #
 # Full Fashion-MNIST (54,000 training images), batch 512, 5 epochs, teacher trained once on the
 # GPU (cached under $KDFLOW_HOME/bench/methods/), every variant re-executed in its own process with

@@ -444,7 +444,7 @@ def profiled(runner, args, prep) -> dict[str, Any]:
     steps = args.epochs * len(kdflow_batches(prep["n_train"], args.batch_size, args.seed, 0))
     events = prof.key_averages()
     calls = {e.key: e.count for e in events}
-    runtime = sorted((k, n) for k, n in calls.items() if k.startswith(("cuda", "cu")) and not k.startswith("cudnn"))
+    runtime = sorted((k, n) for k, n in calls.items() if k.startswith("cu") and not k.startswith("cudnn"))
     print(
         f"profile {args.variant}: {steps} training steps; per step "
         + (", ".join(f"{k} {n / steps:.1f}" for k, n in runtime) or "(no CUDA runtime calls)")
