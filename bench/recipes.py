@@ -32,6 +32,10 @@ cross-entropy; the ``*_wd1e4`` / ``*_wd0`` ones train with weight decay 1e-4 / 0
 The ``mse_*`` variants regress the student's logits onto the teacher's (kdcore's ``logit_mse`` loss,
 Ba & Caruana 2014, Kim et al. 2021): alone at weight 1 or 10, or beside cross-entropy.
 
+The ``ttm_*`` / ``wttm_*`` variants distil with transformed teacher matching (Zheng & Yang 2024,
+kdcore's ``ttm`` loss: only the teacher softened at T; ``wttm``: each sample weighted by the power
+sum of the teacher's probabilities), alone or, as ``ce_*``, beside cross-entropy (the paper's form).
+
 The ``ta_*`` variant distils a ``cnn_medium`` (94k parameters) from the resnet14: a teacher
 assistant, whose saved student (HOME/runs/ta_.../student.safetensors) is then given as
 ``--teacher-checkpoint`` to teach the 9k student.
@@ -105,6 +109,15 @@ KD_T2_AT = {"temperature": 2.0, "losses": {"kd": {"weight": 1.0}, "at": {"weight
 MSE = {"losses": {"logit_mse": {"weight": 1.0}}}
 MSE_W10 = {"losses": {"logit_mse": {"weight": 10.0}}}
 MSE_CE = {"losses": {"ce": {"weight": 1.0}, "logit_mse": {"weight": 1.0}}}
+
+# transformed teacher matching (Zheng & Yang, ICLR 2024): the teacher softened at T, the student not;
+# alone (as KD alone at T 2 is the best KD here) and beside cross-entropy (the paper's form), and
+# WTTM (each sample weighted by the power sum of the teacher's probabilities)
+TTM_T2 = {"temperature": 2.0, "losses": {"ttm": {"weight": 1.0}}}
+TTM_T4 = {"temperature": 4.0, "losses": {"ttm": {"weight": 1.0}}}
+WTTM_T2 = {"temperature": 2.0, "losses": {"ttm": {"weight": 1.0, "weighted": True}}}
+CE_TTM_T2 = {"temperature": 2.0, "losses": {"ce": {"weight": 1.0}, "ttm": {"weight": 1.0}}}
+CE_WTTM_T2 = {"temperature": 2.0, "losses": {"ce": {"weight": 1.0}, "ttm": {"weight": 1.0, "weighted": True}}}
 
 CROP_FLIP = {"policy": "crop_flip", "pad": 2}  # a shift of up to 2 px and a mirror, per view
 
@@ -184,6 +197,11 @@ VARIANTS: dict[str, tuple[bool, dict[str, Any], Any]] = {
     "kd_t2_at_lr05": (False, {**KD_T2_AT, "train": {"lr": 0.05}}, None),
     "kd_t2_at_lr05_e45": (False, {**KD_T2_AT, "train": {"lr": 0.05, "max_epochs": 45}}, None),
     "mse_lr05": (False, {**MSE, "train": {"lr": 0.05}}, None),
+    "ttm_t2_lr05": (False, {**TTM_T2, "train": {"lr": 0.05}}, None),
+    "ttm_t4_lr05": (False, {**TTM_T4, "train": {"lr": 0.05}}, None),
+    "wttm_t2_lr05": (False, {**WTTM_T2, "train": {"lr": 0.05}}, None),
+    "ce_ttm_t2_lr05": (False, {**CE_TTM_T2, "train": {"lr": 0.05}}, None),
+    "ce_wttm_t2_lr05": (False, {**CE_WTTM_T2, "train": {"lr": 0.05}}, None),
     "mse_w10_lr05": (False, {**MSE_W10, "train": {"lr": 0.05}}, None),
     "mse_ce_lr05": (False, {**MSE_CE, "train": {"lr": 0.05}}, None),
     # patient and consistent: a new crop/flip view of every image each epoch, the teacher's output on it cached

@@ -19,6 +19,9 @@ from prefect.runtime import flow_run
 
 from flows.report import summary_markdown
 from kdcore.config import PipelineConfig
+from kdcore.data.bundle import DataBundle
+from kdcore.data.stream import ImageFileSplit
+from kdcore.train.batches import start_worker_server
 from tasks import events
 from tasks.context import RunContext
 from tasks.data import load_data
@@ -56,6 +59,7 @@ def pipeline_flow(
         tracker.log_params(parent, cfgd)
         log_provenance(tracker, parent, cfg)  # config.yaml and the code version
         data = load_data(cfg.data)
+        warm_loader_workers(data)  # run_pipeline did, where it started the flow
         tracker.set_tags(parent, {"kdflow.data_fingerprint": data.fingerprint})
 
         records, outcomes = run_stages(stages, cfgd, data.fingerprint, ctx, concurrent=concurrent)
@@ -87,6 +91,13 @@ def pipeline_flow(
         tracker.log_artifact(parent, Path(records["evaluate"]["path"]))
         _prefect_summary(report)
     return report
+
+
+def warm_loader_workers(data: DataBundle) -> None:
+    """Streamed data read by DataLoader workers: start their server now (:func:`start_worker_server`),
+    so that its imports overlap the flow's start instead of delaying the first stage's first pass."""
+    if isinstance(data.train, ImageFileSplit) and data.train.num_workers:
+        start_worker_server()
 
 
 def _schedule(concurrent: bool) -> str:

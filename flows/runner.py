@@ -28,6 +28,7 @@ def run_pipeline(
     preflight_data(cfg, data)
 
     from flows.params import run_locally
-    from flows.pipeline import pipeline_flow
+    from flows.pipeline import pipeline_flow, warm_loader_workers
 
+    warm_loader_workers(data)  # the loaders run in the flow's task threads: their server starts now
     return run_locally(pipeline_flow, home, config=cfg.model_dump(mode="json"), home=str(home))

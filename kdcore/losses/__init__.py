@@ -1,6 +1,6 @@
 """Distillation losses: each returns named unweighted terms; an Objective sums them with weights."""
 
-from kdcore.losses import at, ce, crd, dist, dkd, fitnet, kd, logit_mse, pkt, rkd, sp  # noqa: F401  (registers the losses)
+from kdcore.losses import at, ce, crd, dist, dkd, fitnet, kd, logit_mse, pkt, rkd, sp, ttm  # noqa: F401  (registers the losses)
 from kdcore.losses.at import ATLoss
 from kdcore.losses.ce import CELoss
 from kdcore.losses.crd import CRDLoss
@@ -15,6 +15,7 @@ from kdcore.losses.pkt import PKTLoss
 from kdcore.losses.registry import LOSSES, DistillLoss, create_loss, loss_params, with_temperature
 from kdcore.losses.rkd import RKDLoss
 from kdcore.losses.sp import SPLoss
+from kdcore.losses.ttm import TTMLoss
 
 __all__ = [
     "LOSSES",
@@ -32,6 +33,7 @@ __all__ = [
     "PKTLoss",
     "RKDLoss",
     "SPLoss",
+    "TTMLoss",
     "build_objective",
     "create_loss",
     "loss_params",

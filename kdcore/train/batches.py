@@ -86,17 +86,35 @@ def worker_context():
     task threads, MLflow's database sessions) can inherit a lock held by another thread and die, so
     there ``forkserver`` where there is one: a clean process that imported torch and kdcore's
     stages once and forks workers from there."""
-    import multiprocessing
     import threading
 
     own = [t for t in threading.enumerate() if t.name != "QueueFeederThread" and "_pin_memory_loop" not in t.name]
     if len(own) == 1:  # the main thread, beside other loaders' queue feeders and pin-memory threads
         return None
+    return _server_context()
+
+
+def _server_context():
+    import multiprocessing
+
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "kdcore.train.ddp", "kdcore.stages"])  # as kdcore.train.ddp does
     return ctx
+
+
+def start_worker_server() -> bool:
+    """Start the forkserver that :func:`worker_context` gives DataLoaders in a process running
+    threads, now: for a process whose loaders will run beside other threads (a Prefect flow's
+    stages). The server imports torch and kdcore's stages (seconds) in its own process while this
+    one goes on, instead of when the first loader asks it for workers. Returns whether one runs."""
+    if _server_context().get_start_method() != "forkserver":
+        return False
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()  # spawns the server and returns; the server preloads in the background
+    return True
 
 
 def _batched(batch: Any) -> Any:

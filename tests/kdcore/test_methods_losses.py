@@ -170,6 +170,54 @@ def test_logit_mse_errors():
         create_loss("logit_mse", {})(inputs(fixed(3, 4)))
 
 
+# ---------------------------------------------------------------- TTM / WTTM (Zheng & Yang 2024)
+
+
+def hand_ttm(s, t, temp, weighted):
+    total = 0.0
+    for s_row, t_row in zip(s.tolist(), t.tolist()):
+        q_t = softmax_list([v / temp for v in t_row])  # the teacher softened, the student not
+        kl = kl_list(q_t, softmax_list(s_row))
+        if weighted:  # the power sum of the teacher's plain probabilities
+            kl *= sum(p ** (1 / temp) for p in softmax_list(t_row))
+        total += kl
+    return total / len(s)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_ttm_matches_formula(weighted):
+    s, t = fixed(6, 5, seed=40), 4 * fixed(6, 5, seed=41)
+    got = create_loss("ttm", {"temperature": 3.0, "weighted": weighted})(inputs(s, t))["ttm"].item()
+    assert got == pytest.approx(hand_ttm(s, t, 3.0, weighted), rel=1e-5)
+
+
+def test_ttm_at_t1_is_kd_and_differs_from_kd_above():
+    s, t = fixed(4, 6, seed=42), 2 * fixed(4, 6, seed=43)
+    ttm = create_loss("ttm", {"temperature": 1.0})(inputs(s, t))["ttm"].item()
+    assert ttm == pytest.approx(create_loss("kd", {"temperature": 1.0})(inputs(s, t))["kd"].item(), rel=1e-5)
+    # at T 2 the student's side is not softened: not KD's T^2 KL of both softened
+    ttm2 = create_loss("ttm", {"temperature": 2.0})(inputs(s, t))["ttm"].item()
+    assert ttm2 != pytest.approx(create_loss("kd", {"temperature": 2.0})(inputs(s, t))["kd"].item(), rel=1e-2)
+
+
+def test_wttm_weight_spans_one_to_the_uniform_power_sum():
+    s = fixed(2, 4, seed=44)
+    sure, flat = torch.tensor([[60.0, 0.0, 0.0, 0.0]]), torch.zeros(1, 4)
+    for teacher, weight in ((sure, 1.0), (flat, 4 ** (1 - 1 / 2))):
+        plain = create_loss("ttm", {"temperature": 2.0})(inputs(s[:1], teacher))["ttm"].item()
+        w = create_loss("ttm", {"temperature": 2.0, "weighted": True})(inputs(s[:1], teacher))["ttm"].item()
+        assert w == pytest.approx(weight * plain, rel=1e-5)
+
+
+def test_ttm_errors():
+    with pytest.raises(KdflowError, match="'weighted'"):
+        create_loss("ttm", {"weighted": 1})
+    with pytest.raises(KdflowError, match="'temperature'"):
+        create_loss("ttm", {"temperature": 0})
+    with pytest.raises(KdflowError, match="teacher logits"):
+        create_loss("ttm", {})(inputs(fixed(3, 4)))
+
+
 # ---------------------------------------------------------------- AT (Zagoruyko & Komodakis 2017)
 
 
@@ -485,6 +533,7 @@ PAIR = {"pairs": [{"student": "s", "teacher": "t"}]}
         ("dkd", {}, (4, 5), (4, 5), True),
         ("dist", {"temperature": 2.0}, (4, 5), (4, 5), True),
         ("logit_mse", {"center": True}, (4, 5), (4, 5), True),
+        ("ttm", {"temperature": 3.0, "weighted": True}, (4, 5), (4, 5), True),
         ("at", PAIR, (3, 2, 4, 4), (3, 3, 2, 2), False),
         ("pkt", PAIR, (4, 5), (4, 3), False),
         ("rkd", PAIR, (4, 5), (4, 3), False),

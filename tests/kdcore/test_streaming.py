@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -256,3 +260,43 @@ def test_evaluate_measures_fit_on_a_training_sample_streamed_or_in_memory(folder
         assert metrics["student"]["train_agreement"] == pytest.approx(agreement)
         assert metrics["teacher"]["train_top1"] == 1.0 and 0.2 < agreement < 0.5  # class 0: a third of them
         assert "train_agreement" not in metrics["teacher"]
+
+
+WORKER_SERVER = """
+import json, os, sys, threading
+from multiprocessing import forkserver
+import torch
+from flows.pipeline import warm_loader_workers
+from kdcore.config import DataConfig
+from kdcore.data import load_dataset
+from kdcore.train.batches import make_loader
+
+def server():
+    pid = forkserver._forkserver._forkserver_pid
+    return pid, pid is not None and os.waitpid(pid, os.WNOHANG) == (0, 0)
+
+warm_loader_workers(load_dataset(DataConfig.model_validate(json.loads(sys.argv[1]))))
+pid, alive = server()
+stop = threading.Event()  # then, as in a Prefect flow's task, a loader beside other threads
+threading.Thread(target=stop.wait, daemon=True).start()
+batches = [b.tolist() for b in make_loader(list(range(6)), [[0, 1], [2, 3, 4]], 1, torch.device("cpu"))]
+stop.set()
+print(json.dumps({"early": alive, "same": alive and server()[0] == pid, "batches": batches}))
+"""
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_pipeline_starts_the_loader_workers_server_early_for_streamed_data(folder, in_memory):
+    """Streamed data: the pipeline starts the DataLoader workers' forkserver as soon as the data is
+    loaded (its imports take seconds), and the stages' loaders later fork their workers from that
+    server. Data held in memory has no workers to start: no server."""
+    section = {"name": "imagefolder", "root": str(folder), "image_size": 32, "in_memory": in_memory, "num_workers": 1}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    proc = subprocess.run(
+        [sys.executable, "-c", WORKER_SERVER, json.dumps(section)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["batches"] == [[0, 1], [2, 3, 4]]
+    assert out["early"] is (not in_memory) and out["same"] is (not in_memory), out
