@@ -80,6 +80,8 @@ METHODS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "pkt": ({}, {**CE, "pkt": {"weight": 100.0, "pairs": PENULT}}),
     # Huang et al. 2022's ImageNet settings: CE + DIST (beta = gamma = 1, T 1)
     "dist": ({}, {**CE, "dist": {"weight": 1.0, "beta": 1.0, "gamma": 1.0, "temperature": 1.0}}),
+    # Zheng & Yang 2024's transformed teacher matching beside CE: only the teacher softened, T 2
+    "ttm": ({}, {**CE, "ttm": {"weight": 1.0, "temperature": 2.0}}),
     "rkd": (
         {},
         {

@@ -23,7 +23,7 @@ MNIST = ((1, 28, 28), 10)
 
 def test_one_config_per_method():
     names = {p.stem for p in METHOD_CONFIGS}
-    assert {"kd", "dkd", "dist", "fitnet", "at", "pkt", "rkd", "sp", "crd", "teacher_layers"} <= names
+    assert {"kd", "dkd", "dist", "ttm", "fitnet", "at", "pkt", "rkd", "sp", "crd", "teacher_layers"} <= names
 
 
 @pytest.mark.parametrize("path", METHOD_CONFIGS, ids=lambda p: p.stem)
