@@ -202,6 +202,7 @@ VARIANTS: dict[str, tuple[bool, dict[str, Any], Any]] = {
     "wttm_t2_lr05": (False, {**WTTM_T2, "train": {"lr": 0.05}}, None),
     "ce_ttm_t2_lr05": (False, {**CE_TTM_T2, "train": {"lr": 0.05}}, None),
     "ce_wttm_t2_lr05": (False, {**CE_WTTM_T2, "train": {"lr": 0.05}}, None),
+    "ce_ttm_t2_lr05_e45": (False, {**CE_TTM_T2, "train": {"lr": 0.05, "max_epochs": 45}}, None),
     "mse_w10_lr05": (False, {**MSE_W10, "train": {"lr": 0.05}}, None),
     "mse_ce_lr05": (False, {**MSE_CE, "train": {"lr": 0.05}}, None),
     # patient and consistent: a new crop/flip view of every image each epoch, the teacher's output on it cached

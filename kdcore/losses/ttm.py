@@ -10,8 +10,8 @@ logits are not divided by T, so its gradients are not shrunk).
 
 ``weighted: true`` is the paper's WTTM: each sample's divergence is weighted by the power sum
 U(p_t) = sum_i p_t,i^(1/T) of the teacher's plain probabilities, which is larger where the teacher
-is less sure (1 for a one-hot teacher, C^(1 - 1/T) for a uniform one). The paper trains either
-beside cross-entropy (``ce`` at weight 1).
+is less sure (1 for a one-hot teacher, C^(1 - 1/T) for a uniform one). The paper trains both
+beside cross-entropy (``ce`` at weight 1), as configs/methods/ttm.yaml does.
 """
 
 from __future__ import annotations
