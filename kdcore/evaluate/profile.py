@@ -1,4 +1,9 @@
-"""Cost of a model: parameters, size on disk, FLOPs per sample, CPU latency and throughput."""
+"""Cost of a model: parameters, size on disk, FLOPs per sample, CPU latency and throughput.
+
+torch's benchmark timer and FLOP counter load on first use: they import torch.utils.benchmark (and
+with it torch's C++-extension builder, which on a machine with a CUDA build of torch and no CUDA
+runtime logs a warning) and triton, start-up that the CLI's commands reaching this package through
+the registry's promotion rules never need."""
 
 from __future__ import annotations
 
@@ -7,8 +12,6 @@ import copy
 import torch
 from safetensors.torch import save as safetensors_save
 from torch import Tensor, nn
-from torch.utils.benchmark import Timer
-from torch.utils.flop_counter import FlopCounterMode
 
 from kdcore.errors import KdflowError
 
@@ -34,6 +37,8 @@ def _median_seconds(model: nn.Module, x: Tensor, min_run_time: float, num_thread
     @torch.inference_mode()
     def forward() -> None:
         model(x)
+
+    from torch.utils.benchmark import Timer
 
     forward()  # warm-up outside the measurement
     timer = Timer(stmt="forward()", globals={"forward": forward}, num_threads=num_threads)
@@ -78,6 +83,8 @@ def model_profile(
     }
 
     single = _batch(example, 1)
+    from torch.utils.flop_counter import FlopCounterMode
+
     flop_counter = FlopCounterMode(display=False)
     with torch.inference_mode(), flop_counter:
         cpu_model(single)

@@ -31,10 +31,21 @@ def test_help_lists_every_command_and_option():
 def test_the_cli_loads_no_tracker_orchestrator_or_metrics_library_before_a_command_needs_one():
     """MLflow, Prefect and torchmetrics (which brings torchvision's models and scipy) load inside the
     commands that use them, not when the CLI module is imported: `kdflow --help` and `kdflow cache
-    ls` start in a third of the time (bench/cli_startup.py)."""
+    ls` start in a third of the time (bench/cli_startup.py). So do torch's benchmark timer and FLOP
+    counter (triton, and a C++-extension builder that logs a warning where torch is a CUDA build
+    without a CUDA runtime)."""
+    later = (
+        "mlflow",
+        "prefect",
+        "torchmetrics",
+        "scipy",
+        "triton",
+        "torch.utils.benchmark",
+        "torch.utils.cpp_extension",
+    )
     probe = (
         "import sys, flows.cli, flows.cache_cli, flows.reproduce\n"
-        "print(' '.join(m for m in ('mlflow', 'prefect', 'torchmetrics', 'scipy') if m in sys.modules))"
+        f"print(' '.join(m for m in {later!r} if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "", f"imported at CLI start-up: {done.stdout.strip()}"
