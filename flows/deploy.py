@@ -76,7 +76,7 @@ def ensure_pool(pool: str = POOL, pool_type: str = "process", image: str = DEFAU
     bare default) gets kdflow's template; a pool of another type is an error."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
-    from prefect.exceptions import ObjectNotFound
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     if pool_type not in POOL_TYPES:
         raise ConfigError(f"--pool-type {pool_type!r} is not one of {', '.join(POOL_TYPES)}")
@@ -85,8 +85,11 @@ def ensure_pool(pool: str = POOL, pool_type: str = "process", image: str = DEFAU
         try:
             existing = client.read_work_pool(pool)
         except ObjectNotFound:
-            client.create_work_pool(WorkPoolCreate(name=pool, type=pool_type, base_job_template=template))
-            return True
+            try:
+                client.create_work_pool(WorkPoolCreate(name=pool, type=pool_type, base_job_template=template))
+                return True
+            except ObjectAlreadyExists:  # created meanwhile, e.g. by a worker started for it: check that one
+                existing = client.read_work_pool(pool)
         if existing.type != pool_type:
             raise ConfigError(
                 f"work pool {pool} exists with type {existing.type}, not {pool_type}: "

@@ -171,6 +171,39 @@ def test_process_pool_sets_visible_devices(real_servers):
     assert plain.env.get("CUDA_VISIBLE_DEVICES") == os.environ.get("CUDA_VISIBLE_DEVICES"), "the worker's own"
 
 
+def test_a_pool_created_between_deploys_read_and_create_gets_kdflows_template(real_servers):
+    """`kdflow deploy` beside a worker starting for the same pool: the worker creates the pool (with
+    Prefect's bare template) after deploy found none and before deploy creates it. Deploy then takes
+    the pool that exists, as when it found it, and gives it kdflow's template (CI hit this race)."""
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.deploy import ensure_pool
+
+    api, pool = real_servers["prefect"].extra["api"], f"race-{uuid4().hex[:8]}"
+    real_read = SyncPrefectClient.read_work_pool
+    calls = []
+
+    def read_then_lose_the_race(self, name):
+        calls.append(name)
+        if len(calls) == 1:  # the worker creates the pool right after deploy's first read
+            httpx.post(f"{api}/work_pools/", json={"name": name, "type": "process"}, timeout=30).raise_for_status()
+            raise ObjectNotFound(http_exc=Exception("not found"))
+        return real_read(self, name)
+
+    with pytest.raises(httpx.HTTPStatusError):
+        _get(api, f"/work_pools/{pool}")
+    with (
+        temporary_settings({PREFECT_API_URL: api}),
+        mock.patch.object(SyncPrefectClient, "read_work_pool", read_then_lose_the_race),
+    ):
+        created = ensure_pool(pool, "process")
+    assert created is False and calls == [pool, pool]
+    variables = _get(api, f"/work_pools/{pool}")["base_job_template"]["variables"]["properties"]
+    assert "gpus" in variables
+
+
 def test_prefect_yaml_deployments_carry_job_variables():
     specs = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())["deployments"]
     for spec in specs:
