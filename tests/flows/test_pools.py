@@ -174,7 +174,7 @@ def test_process_pool_sets_visible_devices(real_servers):
 def test_a_pool_created_between_deploys_read_and_create_gets_kdflows_template(real_servers):
     """`kdflow deploy` beside a worker starting for the same pool: the worker creates the pool (with
     Prefect's bare template) after deploy found none and before deploy creates it. Deploy then takes
-    the pool that exists, as when it found it, and gives it kdflow's template (CI hit this race)."""
+    the pool that exists, as when it found it, and gives it kdflow's template (make test hit this race)."""
     from prefect.client.orchestration import SyncPrefectClient
     from prefect.exceptions import ObjectNotFound
     from prefect.settings import PREFECT_API_URL, temporary_settings
