@@ -46,7 +46,7 @@ class TTMLoss(DistillLoss):
         teacher = teacher.to(torch.promote_types(log_p_s.dtype, torch.float32))
         log_q_t = F.log_softmax(teacher / self.temperature, dim=-1)
         # per-sample KL in at least float32 (under autocast the student's log-probabilities are bf16)
-        kl = (log_q_t.exp() * (log_q_t - log_p_s.to(log_q_t.dtype))).sum(dim=-1)
+        kl = F.kl_div(log_p_s.to(log_q_t.dtype), log_q_t, reduction="none", log_target=True).sum(dim=-1)
         if self.weighted:
             # U = sum_i p_i^(1/T) = exp(logsumexp(z / T) - logsumexp(z) / T): no underflowing powers
             t = self.temperature
