@@ -328,6 +328,12 @@ class TrainerConfig(Section):
     num_threads: Optional[PositiveInt] = None
     deterministic: bool = True
     retries: int = Field(1, ge=0, description="Prefect retries of a training stage (resumes from checkpoint)")
+    keep_checkpoints: PositiveInt = Field(
+        1,
+        description="per-epoch checkpoints each training stage keeps in its folder (checkpoints/epoch-NNNN/: "
+        "weights, optimizer, RNG): 1 is the latest, all a resume needs; more keep earlier epochs' weights, "
+        "e.g. an earlier teacher to distil from",
+    )
     devices: PositiveInt = Field(1, description="processes for DistributedDataParallel training (GPUs, or CPU)")
     nnodes: PositiveInt = Field(1, description="machines a DDP stage spans (torchrun's nnodes; each runs the stage)")
     rdzv_endpoint: Optional[str] = Field(

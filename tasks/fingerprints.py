@@ -45,9 +45,10 @@ def _with_user_code(cfg: PipelineConfig, reads: dict[str, Any]) -> dict[str, Any
 
 
 def _trainer(cfg: PipelineConfig) -> dict[str, Any]:
-    # retries, thread count, where the machines meet and the stages' schedule do not change what is computed
+    # retries, thread count, where the machines meet, the stages' schedule and how many epochs' checkpoints
+    # stay on disk do not change what is computed
     trainer = cfg.trainer.model_dump(
-        mode="json", exclude={"retries", "num_threads", "rdzv_endpoint", "concurrent_stages"}
+        mode="json", exclude={"retries", "num_threads", "rdzv_endpoint", "concurrent_stages", "keep_checkpoints"}
     )
     if trainer["nnodes"] == 1:  # one machine: as before the setting existed (cached homes stay valid)
         trainer.pop("nnodes")

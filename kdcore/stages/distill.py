@@ -250,6 +250,7 @@ def _train_with_objective(
         amp_dtype=env.amp_dtype,
         callbacks=callbacks,
         run_key=str(env.workdir),
+        keep_checkpoints=env.cfg.trainer.keep_checkpoints,
         stage=stage,
     )
     return result, objective

@@ -61,6 +61,7 @@ def train_teacher(env: StageEnv) -> StageResult:
             amp_dtype=env.amp_dtype,
             callbacks=callbacks,
             run_key=str(env.workdir),
+            keep_checkpoints=env.cfg.trainer.keep_checkpoints,
             stage="teacher",
         )
         info = {

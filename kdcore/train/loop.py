@@ -140,9 +140,11 @@ class _Trainer:
         ckpt_dir: Path,
         run_key: str,
         stage: str,
+        keep_checkpoints: int = 1,
     ) -> None:
         self.modules, self.spec, self.device, self.amp_dtype = modules, spec, device, amp_dtype
         self.ckpt_dir, self.run_key, self.stage = Path(ckpt_dir), run_key, stage
+        self.keep_checkpoints = keep_checkpoints
         self.params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(spec, self.params)
         self.scheduler = (
@@ -303,7 +305,12 @@ class _Trainer:
         }
         if self.is_main:
             save_training_checkpoint(
-                self.ckpt_dir, epoch, self.modules, state, {"run_key": self.run_key, "stage": self.stage}
+                self.ckpt_dir,
+                epoch,
+                self.modules,
+                state,
+                {"run_key": self.run_key, "stage": self.stage},
+                keep=self.keep_checkpoints,
             )
         if self.group:
             self.group.barrier()
@@ -331,6 +338,7 @@ def fit(
     callbacks: Optional[TrainCallbacks] = None,
     run_key: str = "",
     stage: str = "train",
+    keep_checkpoints: int = 1,
 ) -> FitResult:
     """Train ``modules`` with ``step(batch) -> (loss, terms)`` until the criterion holds.
 
@@ -339,13 +347,14 @@ def fit(
     yields, e.g. a :class:`~kdcore.train.batches.Batch` read by a DataLoader).
     ``evaluate()`` returns validation metrics (it must contain ``spec.monitor``). A checkpoint of
     every module, the optimizer, scheduler, RNG and criterion is written after each epoch under
-    ``ckpt_dir``; when one written for the same ``run_key`` exists, training resumes after it.
+    ``ckpt_dir`` (the latest ``keep_checkpoints`` epochs stay); when one written for the same ``run_key``
+    exists, training resumes after it.
     At the end the modules hold the weights of the best epoch.
     """
     cb = callbacks or TrainCallbacks()
     source: BatchSource = IndexBatches(n_train) if isinstance(n_train, int) else n_train
     t0 = time.perf_counter()
-    trainer = _Trainer(modules, spec, device, amp_dtype, ckpt_dir, run_key, stage)
+    trainer = _Trainer(modules, spec, device, amp_dtype, ckpt_dir, run_key, stage, keep_checkpoints)
     if trainer.resume() is not None:
         cb.on_resume(trainer.history)
     cb.on_fit_start(trainer.start, spec.max_epochs)
