@@ -30,6 +30,7 @@ def test_a_route_is_parsed_in_order():
         (["5@1"], "must start at 0 and rise"),
         (["5@0", "10@4", "13@2"], "must start at 0 and rise"),
         (["20@0"], "teacher epochs are 0..19"),
+        (["5@0", "19@10"], "the student trains epochs 0..9"),
     ],
 )
 def test_a_bad_route_is_refused_with_a_message(items, message):
