@@ -12,9 +12,8 @@ from __future__ import annotations
 from torch import Tensor
 from torch.nn import functional as F
 
-from kdcore.errors import KdflowError
 from kdcore.losses.inputs import KDInputs
-from kdcore.losses.registry import LOSSES, DistillLoss, check_number
+from kdcore.losses.registry import LOSSES, DistillLoss, check_flag, check_number
 
 #: added to a sample's logit spread before dividing by it (a constant row stays finite)
 STD_EPS = 1e-7
@@ -37,9 +36,7 @@ class KDLoss(DistillLoss):
     def __init__(self, *, temperature: float = 4.0, standardize: bool = False) -> None:
         super().__init__()
         self.temperature = check_number("kd", "temperature", temperature, low=0.0, low_inclusive=False)
-        if not isinstance(standardize, bool):
-            raise KdflowError(f"loss 'kd': parameter 'standardize' must be true or false, got {standardize!r}")
-        self.standardize = standardize
+        self.standardize = check_flag("kd", "standardize", standardize)
 
     def forward(self, inp: KDInputs) -> dict[str, Tensor]:
         t = self.temperature

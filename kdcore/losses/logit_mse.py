@@ -14,9 +14,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from kdcore.errors import KdflowError
 from kdcore.losses.inputs import KDInputs
-from kdcore.losses.registry import LOSSES, DistillLoss
+from kdcore.losses.registry import LOSSES, DistillLoss, check_flag
 
 
 @LOSSES.register("logit_mse")
@@ -28,9 +27,7 @@ class LogitMSELoss(DistillLoss):
 
     def __init__(self, *, center: bool = False) -> None:
         super().__init__()
-        if not isinstance(center, bool):
-            raise KdflowError(f"loss 'logit_mse': parameter 'center' must be true or false, got {center!r}")
-        self.center = center
+        self.center = check_flag("logit_mse", "center", center)
 
     def forward(self, inp: KDInputs) -> dict[str, Tensor]:
         student, teacher = self.class_logits(inp)

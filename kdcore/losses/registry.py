@@ -96,3 +96,10 @@ def check_number(
         bound = f"{'>=' if low_inclusive else '>'} {low}" + (f" and < {high}" if high != math.inf else "")
         raise KdflowError(f"loss {loss!r}: parameter {param!r} must be a number {bound}, got {value!r}")
     return float(value)
+
+
+def check_flag(loss: str, param: str, value: Any) -> bool:
+    """``value`` if it is a bool, or a KdflowError naming the loss and parameter."""
+    if not isinstance(value, bool):
+        raise KdflowError(f"loss {loss!r}: parameter {param!r} must be true or false, got {value!r}")
+    return value

@@ -20,9 +20,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from kdcore.errors import KdflowError
 from kdcore.losses.inputs import KDInputs
-from kdcore.losses.registry import LOSSES, DistillLoss, check_number
+from kdcore.losses.registry import LOSSES, DistillLoss, check_flag, check_number
 
 
 @LOSSES.register("ttm")
@@ -36,9 +35,7 @@ class TTMLoss(DistillLoss):
     def __init__(self, *, temperature: float = 4.0, weighted: bool = False) -> None:
         super().__init__()
         self.temperature = check_number("ttm", "temperature", temperature, low=0.0, low_inclusive=False)
-        if not isinstance(weighted, bool):
-            raise KdflowError(f"loss 'ttm': parameter 'weighted' must be true or false, got {weighted!r}")
-        self.weighted = weighted
+        self.weighted = check_flag("ttm", "weighted", weighted)
 
     def forward(self, inp: KDInputs) -> dict[str, Tensor]:
         student, teacher = self.class_logits(inp)
