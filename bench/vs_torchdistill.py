@@ -37,8 +37,9 @@ reruns the variants, in reversed order, for --timing-epochs more timed epochs, s
 machine's load drifts hit every variant alike.
 
 --profile ROWS runs each variant under torch.profiler and prints its CUDA runtime calls (kernel
-launches, copies, synchronisations) and aten ops per training step, and its ROWS ops with the most
-host time (a profiled run's epoch times are slower than the speed).
+launches, copies, synchronisations) and aten ops per training step (the whole run over its steps,
+and those of one step alone: the median between consecutive optimizer steps, op by op), and its
+ROWS ops with the most host time (a profiled run's epoch times are slower than the speed).
 
 torchdistill lives only in the benchmark environment (see bench/README.md):
   python3 -m venv .venv-bench &&
@@ -60,6 +61,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -451,8 +453,34 @@ def profiled(runner, args, prep) -> dict[str, Any]:
         + f"; aten ops {sum(n for k, n in calls.items() if k.startswith('aten::')) / steps:.1f}",
         flush=True,
     )
+    counts, ops = ops_between_steps(prof.events())
+    if counts:
+        print(
+            f"profile {args.variant}: aten ops per training step, median of {len(counts)} (between "
+            f"optimizer steps, the epoch's end excluded by the median): {statistics.median(counts):.0f}; "
+            f"a median step's ops: {', '.join(f'{k} {n}' for k, n in ops.most_common())}",
+            flush=True,
+        )
     print(events.table(sort_by="self_cpu_time_total", row_limit=args.profile), flush=True)
     return out
+
+
+def ops_between_steps(events) -> tuple[list[int], Counter[str]]:
+    """The aten ops (nested ones included) that start between one optimizer step's end and the
+    next's, for every pair of consecutive steps: what one training step issues (data fetch,
+    forward, loss, backward, the optimizer), and the op counts of one step with the median total."""
+    import bisect
+
+    ends = sorted(e.time_range.end for e in events if e.name.startswith("Optimizer.step#"))
+    aten = sorted((e.time_range.start, e.name) for e in events if e.name.startswith("aten::"))
+    starts = [t for t, _ in aten]
+    spans = [(bisect.bisect_left(starts, a), bisect.bisect_left(starts, b)) for a, b in zip(ends, ends[1:])]
+    counts = [j - i for i, j in spans]
+    if not counts:
+        return [], Counter()
+    median = sorted(counts)[len(counts) // 2]
+    i, j = spans[counts.index(median)]
+    return counts, Counter(name for _, name in aten[i:j])
 
 
 def run_variant(args) -> None:

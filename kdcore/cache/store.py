@@ -150,6 +150,20 @@ class CacheEntry:
         """Whether the stored array ``name`` is read from memory (False: from a memory map)."""
         return not isinstance(self._array(name), np.memmap)
 
+    def rows_view(self, name: str) -> Optional[torch.Tensor]:
+        """A stored array held in memory as a tensor of rows ``[N * V, ...]`` sharing its memory
+        (float32, or bfloat16 as stored: gathered rows need :meth:`Tensor.float`), or None where
+        rows cannot be gathered from it as they are (a memory map; top-k logits)."""
+        if name == "logits" and self.manifest.get("topk"):
+            return None
+        arr = self._array(name)
+        if isinstance(arr, np.memmap) or not arr.flags.c_contiguous:
+            return None
+        t = torch.from_numpy(arr)
+        if self.manifest["dtype"] == "bfloat16":
+            t = t.view(torch.bfloat16)
+        return t.reshape(-1, *arr.shape[2:])
+
     def _as_float(self, rows: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(rows))
         if self.manifest["dtype"] == "bfloat16":

@@ -7,6 +7,7 @@ from torch.nn import functional as F
 
 from kdcore.losses.inputs import KDInputs
 from kdcore.losses.registry import LOSSES, DistillLoss, check_number
+from kdcore.tensors import flat, rows
 
 
 @LOSSES.register("ce")
@@ -25,14 +26,14 @@ class CELoss(DistillLoss):
 
     def forward(self, inp: KDInputs) -> dict[str, Tensor]:
         logits = inp.student_logits
-        flat = logits.reshape(-1, logits.shape[-1])
+        samples = rows(logits, logits.shape[-1])
         if inp.mix_targets is not None and inp.mix_lam is not None:
-            own = F.cross_entropy(flat, inp.targets.reshape(-1), reduction="none", label_smoothing=self.label_smoothing)
+            own = F.cross_entropy(samples, flat(inp.targets), reduction="none", label_smoothing=self.label_smoothing)
             other = F.cross_entropy(
-                flat, inp.mix_targets.reshape(-1), reduction="none", label_smoothing=self.label_smoothing
+                samples, flat(inp.mix_targets), reduction="none", label_smoothing=self.label_smoothing
             )
             lam = inp.mix_lam.to(own.device, own.dtype)
             lam = lam.reshape(-1, *([1] * (inp.targets.dim() - 1))).expand_as(inp.targets).reshape(-1)
             return {"ce": (lam * own + (1 - lam) * other).mean()}
-        loss = F.cross_entropy(flat, inp.targets.reshape(-1), label_smoothing=self.label_smoothing)
+        loss = F.cross_entropy(samples, flat(inp.targets), label_smoothing=self.label_smoothing)
         return {"ce": loss}

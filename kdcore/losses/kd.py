@@ -14,6 +14,7 @@ from torch.nn import functional as F
 
 from kdcore.losses.inputs import KDInputs
 from kdcore.losses.registry import LOSSES, DistillLoss, check_flag, check_number
+from kdcore.tensors import as_dtype
 
 #: added to a sample's logit spread before dividing by it (a constant row stays finite)
 STD_EPS = 1e-7
@@ -44,7 +45,7 @@ class KDLoss(DistillLoss):
         if self.standardize:  # in float32 whatever the autocast (the spread of a bf16 row is coarse)
             student, teacher = standardized(student.float()), standardized(teacher.float())
         log_p_s = F.log_softmax(student / t, dim=-1)
-        p_t = F.softmax(teacher.to(log_p_s.dtype) / t, dim=-1)
+        p_t = F.softmax(as_dtype(teacher, log_p_s.dtype) / t, dim=-1)
         # the usual form (probability target): the same arithmetic as torchdistill's and a plain loop's
         # KD, so with the same data order and initialisation kdflow trains to the same weights
         kl = F.kl_div(log_p_s, p_t, reduction="batchmean")

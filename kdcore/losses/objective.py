@@ -26,6 +26,8 @@ class Objective(nn.Module):
             raise KdflowError(f"the objective has no losses; known losses: {', '.join(LOSSES.names())}")
         self.losses = nn.ModuleDict(dict(losses))
         self.weights: dict[str, float] = {name: float(weights.get(name, 1.0)) for name in losses}
+        # what forward walks each step, looked up once (the same modules as ``self.losses``)
+        self._weighted = [(cast(DistillLoss, loss), self.weights[name]) for name, loss in self.losses.items()]
 
     def _losses(self) -> list[DistillLoss]:
         # nn.ModuleDict types its values as nn.Module; __init__ only puts DistillLosses in it
@@ -55,12 +57,12 @@ class Objective(nn.Module):
     def forward(self, inp: KDInputs) -> tuple[Tensor, dict[str, Tensor]]:
         total: Tensor | None = None
         terms: dict[str, Tensor] = {}
-        for name, loss in self.losses.items():
+        for loss, weight in self._weighted:
             for term_name, value in loss(inp).items():
                 if term_name in terms:
                     raise KdflowError(f"two losses both return a term named {term_name!r}")
                 terms[term_name] = value
-                weighted = self.weights[name] * value
+                weighted = value if weight == 1.0 else weight * value  # x * 1.0 is x: no op for it
                 total = weighted if total is None else total + weighted
         if total is None:
             total = torch.zeros((), device=inp.student_logits.device)

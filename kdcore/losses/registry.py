@@ -12,6 +12,7 @@ from kdcore.errors import KdflowError
 from kdcore.losses.inputs import KDInputs
 from kdcore.registry import Registry
 from kdcore.signature import accepted_params, check_kwargs
+from kdcore.tensors import detached, rows
 
 Shapes = Mapping[str, tuple[int, ...]]  # module path -> per-sample feature shape
 
@@ -51,8 +52,8 @@ class DistillLoss(nn.Module):
         c = inp.student_logits.shape[-1]
         if c < min_classes:
             raise KdflowError(f"loss {self.name!r} needs at least {min_classes} classes")
-        teacher = self.teacher_logits(inp).detach()
-        return inp.student_logits.reshape(-1, c), teacher.reshape(-1, teacher.shape[-1])
+        teacher = detached(self.teacher_logits(inp))
+        return rows(inp.student_logits, c), rows(teacher, teacher.shape[-1])
 
 
 LOSSES: Registry[type[DistillLoss]] = Registry("loss function")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 from pathlib import Path
 from typing import Any, Optional
@@ -18,6 +17,7 @@ from kdcore.losses import KDInputs, build_objective, with_temperature
 from kdcore.models.transplant import TransplantReport, transplant
 from kdcore.stages.env import StageEnv, StageResult, fit_summary, fp32
 from kdcore.stages.features import split_mixing, split_views
+from kdcore.tensors import NO_CONTEXT, as_float32, on_device
 from kdcore.train import fit
 from kdcore.train.callbacks import BeforeEachEpoch
 from kdcore.train.checkpoint import load_model
@@ -45,31 +45,39 @@ class TeacherSource:
         if teacher is not None:
             teacher.eval()
         self._device_rows: dict[tuple[str, str], Optional[torch.Tensor]] = {}
-        # on an accelerator the rows are gathered where the step runs, as a bare loop keeps its
-        # teacher's outputs: no host gather and copy per step (a test turns it on for the CPU)
-        self.rows_on_device = env.device.type != "cpu"
-        self.device_budget = device_rows_budget(env.device) if self.rows_on_device else 0
+        # the rows are gathered where the step runs, as a bare loop keeps its teacher's outputs
+        # (:meth:`_on_device`); ``rows_on_device`` off reads them per batch on the host instead, as a
+        # memory-mapped entry always is (tests turn the switches to run every path on the CPU)
+        self.rows_on_device = True
+        self.share_host_rows = env.device.type == "cpu"
+        self.device_budget = device_rows_budget(env.device)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled (e.g. to DDP ranks) without the rows copied to this process's device."""
         return {**self.__dict__, "_device_rows": {}}
 
     def _on_device(self, split: str, name: str) -> Optional[torch.Tensor]:
-        """A stored array of an accelerator run as float32 rows ``[N * V, ...]`` on the device, copied
-        once, when the entry holds it in memory and it fits in what is left of ``device_budget``
-        (None: read per batch on the host, as on the CPU). The values are the same either way."""
+        """A stored array as rows ``[N * V, ...]`` where the step runs, or None (read per batch on
+        the host). On the CPU (``share_host_rows``) a view of the entry's own memory, no copy, when
+        it holds the array in memory as stored (not top-k). On an accelerator a float32 copy made
+        once, when the entry holds the array in memory and it fits in what is left of
+        ``device_budget``. The values are the same whichever way they are read."""
         key = (split, name)
-        if key not in self._device_rows:
-            assert self.entries is not None  # only asked for cached runs
-            entry, rows = self.entries[split], None
+        if key in self._device_rows:
+            return self._device_rows[key]
+        assert self.entries is not None  # only asked for cached runs
+        entry, rows = self.entries[split], None
+        if self.share_host_rows:
+            rows = entry.rows_view(name)
+        else:
             stored = "logits.values" if name == "logits" and entry.manifest.get("topk") else name
             size = 4 * entry.manifest["count"] * entry.num_views * math.prod(entry.shapes()[name])
             if entry.held_in_memory(stored) and size <= self.device_budget:
                 full = entry.read_all(name)
                 rows = full.reshape(-1, *full.shape[2:]).to(self.env.device)
                 self.device_budget -= size
-            self._device_rows[key] = rows
-        return self._device_rows[key]
+        self._device_rows[key] = rows
+        return rows
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         if self.entries is not None:
@@ -95,9 +103,10 @@ class TeacherSource:
         return self.entries[split].view_crops() if self.entries is not None else None
 
     def get(
-        self, split: str, idx: torch.Tensor, views: torch.Tensor, x_view: torch.Tensor
+        self, split: str, idx: torch.Tensor, views: Optional[torch.Tensor], x_view: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Teacher outputs for samples ``idx`` at ``views``; ``x_view`` is the student's input batch."""
+        """Teacher outputs for samples ``idx`` at ``views`` (None: the first, the only one there is);
+        ``x_view`` is the student's input batch."""
         dev = self.env.device
         if self.entries is not None:
             entry = self.entries[split]
@@ -105,11 +114,14 @@ class TeacherSource:
                 names = ["logits", *self.paths]
                 held = {name: self._on_device(split, name) for name in names}
                 if all(t is not None for t in held.values()):
-                    flat = (idx.cpu() * entry.num_views + views.cpu()).to(dev, non_blocking=True)
-                    rows = {name: t[flat] for name, t in held.items() if t is not None}
+                    at = idx.cpu()
+                    if entry.num_views > 1:  # row of (sample, view); one view: the sample's own row
+                        at = at * entry.num_views if views is None else at * entry.num_views + views.cpu()
+                    at = on_device(at, dev)
+                    rows = {name: as_float32(t[at]) for name, t in held.items() if t is not None}
                     return rows["logits"], {p: rows[p] for p in self.paths}
-            logits = entry.read("logits", idx, views).to(dev, non_blocking=True)
-            return logits, {p: entry.read(p, idx, views).to(dev, non_blocking=True) for p in self.paths}
+            logits = on_device(entry.read("logits", idx, views), dev)
+            return logits, {p: on_device(entry.read(p, idx, views), dev) for p in self.paths}
         assert self.teacher is not None  # __init__: entries or a teacher
         if self.teacher.training:  # the root's flag: eval() walks every module, too slow for each step
             self.teacher.eval()
@@ -117,10 +129,10 @@ class TeacherSource:
         # Only what the step needs: no tap without paths, no autocast switch outside autocast (each
         # is host time per step that a bare loop does not spend, which a small model on a GPU waits on)
         tap = FeatureTap(self.teacher, self.paths) if self.paths else None
-        exact = fp32(dev) if torch.is_autocast_enabled(dev.type) else contextlib.nullcontext()
-        with tap or contextlib.nullcontext(), torch.no_grad(), exact:
-            logits = self.teacher(x_view.float()).float()
-            return logits, {p: tap.features[p].float() for p in self.paths} if tap is not None else {}
+        exact = fp32(dev) if torch.is_autocast_enabled(dev.type) else NO_CONTEXT
+        with tap or NO_CONTEXT, torch.no_grad(), exact:
+            logits = as_float32(self.teacher(as_float32(x_view)))
+            return logits, {p: as_float32(tap.features[p]) for p in self.paths} if tap is not None else {}
 
 
 class _EpochViews:
@@ -132,6 +144,10 @@ class _EpochViews:
 
     def __call__(self, epoch: int) -> None:
         self.views = epoch_views(self.n, self.num_views, self.seed, epoch)
+
+    def of(self, idx: torch.Tensor) -> Optional[torch.Tensor]:
+        """The views of samples ``idx`` this epoch; None when there is one view (the first, always)."""
+        return None if self.num_views == 1 else self.views[idx]
 
 
 def _train_with_objective(
@@ -159,6 +175,7 @@ def _train_with_objective(
     train_spec_views = split_views(env.cfg, "train")
     train_mixing = source.mixing("train", n) if source is not None else split_mixing(env, "train", n, train_spec_views)
     chosen = _EpochViews(n, vcfg.num_views, vcfg.seed)
+    teaching = source if source is not None and objective.needs_teacher else None  # asked once, not per step
     callbacks = BeforeEachEpoch(env.callbacks, chosen)
 
     def run(
@@ -166,22 +183,20 @@ def _train_with_objective(
         idx: torch.Tensor,
         xb: torch.Tensor,
         yb: torch.Tensor,
-        views: torch.Tensor,
+        views: Optional[torch.Tensor],
         mix: tuple[Optional[torch.Tensor], Optional[torch.Tensor]] = (None, None),
     ):
-        """The objective on one batch: ``xb`` the (augmented) inputs of samples ``idx`` at ``views``;
-        ``mix`` the partners' labels and own weights of mixed inputs."""
-        t_logits, t_feats = (
-            source.get(split, idx, views, xb) if source is not None and objective.needs_teacher else (None, {})
-        )
+        """The objective on one batch: ``xb`` the (augmented) inputs of samples ``idx`` at ``views``
+        (None: one view); ``mix`` the partners' labels and own weights of mixed inputs."""
+        t_logits, t_feats = teaching.get(split, idx, views, xb) if teaching is not None else (None, {})
         # no student features wanted: no tap (its hooks would put every forward on torch's slow path)
-        with FeatureTap(student, s_paths) if s_paths else contextlib.nullcontext() as tap:
+        with FeatureTap(student, s_paths) if s_paths else NO_CONTEXT as tap:
             logits = student(xb)
             inp = KDInputs(
-                student_logits=logits.float(),
+                student_logits=as_float32(logits),
                 teacher_logits=t_logits,
                 targets=yb,
-                student_features={p: tap.features[p].float() for p in s_paths} if tap is not None else {},
+                student_features={p: as_float32(tap.features[p]) for p in s_paths} if tap is not None else {},
                 teacher_features=t_feats,
                 indices=idx if split == "train" else None,
                 mix_targets=mix[0],
@@ -201,7 +216,7 @@ def _train_with_objective(
         batches: Any = env.train_source(items)
 
         def step(b):
-            return run("train", b.idx, b.x, b.y, chosen.views[b.idx])
+            return run("train", b.idx, b.x, b.y, chosen.of(b.idx))
 
         def val_loss() -> float:
             total = sum(
@@ -213,16 +228,17 @@ def _train_with_objective(
         xv, yv = env.split("val")
         batches = len(x)
 
-        def gather(split: str, idx: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, views: torch.Tensor):
+        def gather(split: str, idx: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, views: Optional[torch.Tensor]):
             if split != "train" or (vcfg.policy == "none" and train_mixing is None):
-                di = idx.to(xs.device, non_blocking=True)  # one copy of the indices for inputs and labels
-                return run(split, idx, xs[di], ys[di.to(ys.device)], views)
+                di = on_device(idx, xs.device)  # one copy of the indices for inputs and labels
+                return run(split, idx, xs[di], ys[on_device(di, ys.device)], views)
+            views = torch.zeros_like(idx) if views is None else views
             r = replay_views(xs, idx, views, train_seeds, train_mixing, train_spec_views)
             mix = (None, None) if r.partner is None else (ys[r.partner.to(ys.device)], r.lam)
             return run(split, idx, r.x, ys[idx.to(ys.device)], views, mix)
 
         def step(idx):
-            return gather("train", idx, x, y, chosen.views[idx])
+            return gather("train", idx, x, y, chosen.of(idx))
 
         def val_loss() -> float:
             idx = torch.arange(len(xv))

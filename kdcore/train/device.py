@@ -8,7 +8,6 @@ than that, :func:`resolve_device` fails with a clear message instead of training
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 
 from kdcore.errors import ConfigError
+from kdcore.tensors import NO_CONTEXT
 
 GPUS_ENV = "KDFLOW_GPUS"
 
@@ -101,7 +101,7 @@ def autocast_dtype(device: torch.device, amp: str = "auto") -> torch.dtype | Non
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
-        return contextlib.nullcontext()
+        return NO_CONTEXT
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 

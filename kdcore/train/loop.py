@@ -14,6 +14,7 @@ from torch import nn
 
 from kdcore.config import TrainSpec
 from kdcore.errors import DivergenceError
+from kdcore.tensors import NO_CONTEXT, as_float32
 from kdcore.train import ddp
 from kdcore.train.batches import BatchLike, BatchSource, IndexBatches, shuffled_batches
 from kdcore.train.callbacks import TrainCallbacks
@@ -70,12 +71,12 @@ class _EpochSums:
         self.floats: dict[str, float] = {}
         self.kept: dict[str, list[tuple[torch.Tensor, int]]] = {}
 
-    def add(self, name: str, value: torch.Tensor, k: int) -> None:
+    def add(self, name: str, value: Union[torch.Tensor, float], k: int) -> None:
         if not self.defer:
-            term = float(value) * k
+            term = (value if isinstance(value, float) else float(value)) * k
             self.floats[name] = self.floats[name] + term if name in self.floats else term
         else:
-            self.kept.setdefault(name, []).append((value, k))
+            self.kept.setdefault(name, []).append((torch.tensor(value) if isinstance(value, float) else value, k))
 
     def totals(self) -> dict[str, float]:
         """The sums as floats (one host sync per term on an accelerator)."""
@@ -212,13 +213,21 @@ class _Trainer:
         """Forward, finiteness check, backward and update for one batch; adds its loss terms to
         ``running``. Returns the number of samples this process trained on."""
         batch, share = self._shard(batch)
-        with seeded_step(seed, epoch, i, stochastic), autocast(self.device, self.amp_dtype):
+        # each call and op here is host time a small model's GPU step waits on: none that a bare
+        # loop does not make where it can be helped (bench/step_overhead.py counts them)
+        with seeded_step(seed, epoch, i) if stochastic else NO_CONTEXT, autocast(self.device, self.amp_dtype):
             loss, terms = step(batch)
-        detached = loss.detach().float()
-        pending.append((i, detached))
-        if len(pending) >= self.check_every or last:
-            _check_finite(pending, self.stage, epoch, self.ckpt_dir)
-            pending.clear()
+        detached = as_float32(loss.detach())
+        value: Union[torch.Tensor, float] = detached
+        if self.check_every == 1:  # the CPU: the loss as a float, checked now and summed as it is
+            value = float(detached)
+            if not math.isfinite(value):
+                _check_finite([(i, detached)], self.stage, epoch, self.ckpt_dir)
+        else:
+            pending.append((i, detached))
+            if len(pending) >= self.check_every or last:
+                _check_finite(pending, self.stage, epoch, self.ckpt_dir)
+                pending.clear()
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss * share if self.group else loss).backward()
         if self.spec.grad_clip:
@@ -227,9 +236,9 @@ class _Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         k = len(batch)
-        running.add("train_loss", detached, k)
+        running.add("train_loss", value, k)
         for name, term in terms.items():
-            running.add(f"train_{name}", term.detach().float(), k)
+            running.add(f"train_{name}", as_float32(term.detach()), k)
         return k
 
     def _shard(self, batch: BatchLike) -> tuple[BatchLike, float]:

@@ -42,11 +42,8 @@ def step_seed(seed: int, epoch: int, step: int) -> int:
 
 
 @contextlib.contextmanager
-def seeded_step(seed: int, epoch: int, step: int, enabled: bool) -> Iterator[None]:
-    """Hold the global generator, seeded for this step, for the block (a no-op when not ``enabled``)."""
-    if not enabled:
-        yield
-        return
+def seeded_step(seed: int, epoch: int, step: int) -> Iterator[None]:
+    """Hold the global generator, seeded for this step, for the block."""
     with GLOBAL_RNG:
         torch.manual_seed(step_seed(seed, epoch, step))
         yield

@@ -222,25 +222,39 @@ def test_gc_removes_old_and_oversize_entries(data, tmp_path):
     assert not list_entries(tmp_path / "cache")
 
 
-@pytest.mark.parametrize("topk", [None, 3])
-def test_rows_gathered_on_the_device_equal_the_host_read(data, tmp_path, topk):
-    """An accelerator run copies the stored rows to the device once and gathers there; the rows are
-    the host read's, for every view, feature path and top-k reconstruction (here on the CPU)."""
-    env = _env(data, tmp_path, topk=topk, views={"policy": "shift", "num_views": 3, "pad": 1, "seed": 2})
+@pytest.mark.parametrize("topk,dtype", [(None, "float32"), (3, "float32"), (None, "bfloat16"), (None, "float16")])
+def test_rows_gathered_on_the_device_equal_the_host_read(data, tmp_path, topk, dtype):
+    """An accelerator run copies the stored rows to the device once and gathers there, a CPU run
+    gathers from the entry's own memory; the rows are the host read's, for every view, feature path
+    and top-k reconstruction (here on the CPU)."""
+    env = _env(data, tmp_path, topk=topk, dtype=dtype, views={"policy": "shift", "num_views": 3, "pad": 1, "seed": 2})
     entries = {s: e for s, (e, _) in build_features(env, _teacher(data), "sha", tmp_path / "cache").items()}
     host = TeacherSource(env, entries, None, ["block2"])
+    host.rows_on_device = False  # read per batch from the stored arrays
     device = TeacherSource(env, entries, None, ["block2"])
-    device.rows_on_device, device.device_budget = True, 1 << 30
+    device.share_host_rows, device.device_budget = False, 1 << 30  # the accelerator's copy
+    shared = TeacherSource(env, entries, None, ["block2"])  # the CPU's default
     gen = torch.Generator().manual_seed(0)
     idx = torch.randperm(len(data.train), generator=gen)[:20]
     views = torch.randint(0, 3, (20,), generator=gen)
-    (h_logits, h_feats), (d_logits, d_feats) = (s.get("train", idx, views, data.train.x[idx]) for s in (host, device))
+    (h_logits, h_feats), (d_logits, d_feats), (c_logits, c_feats) = (
+        s.get("train", idx, views, data.train.x[idx]) for s in (host, device, shared)
+    )
+    assert h_logits.dtype == c_logits.dtype == c_feats["block2"].dtype == torch.float32
+    assert host._device_rows == {}
     assert device._device_rows[("train", "logits")] is not None and device._device_rows[("train", "block2")] is not None
     assert torch.equal(h_logits, d_logits) and torch.equal(h_feats["block2"], d_feats["block2"])
+    assert torch.equal(h_logits, c_logits) and torch.equal(h_feats["block2"], c_feats["block2"])
     assert not torch.equal(d_logits, device.get("train", idx, (views + 1) % 3, data.train.x[idx])[0])  # views matter
+    assert not torch.equal(c_logits, shared.get("train", idx, (views + 1) % 3, data.train.x[idx])[0])
+    # the CPU's rows are the entry's own memory (no copy); top-k logits are read per batch
+    features = shared._device_rows[("train", "block2")]
+    assert features is not None
+    assert features.data_ptr() == entries["train"]._array("block2").ctypes.data
+    assert (shared._device_rows[("train", "logits")] is None) is (topk is not None)
     # a budget too small for the features: every output read on the host again, the same values
     small = TeacherSource(env, entries, None, ["block2"])
-    small.rows_on_device = True
+    small.share_host_rows = False
     small.device_budget = 4 * len(data.train) * 3 * data.num_classes  # the logits alone
     s_logits, s_feats = small.get("train", idx, views, data.train.x[idx])
     assert small._device_rows[("train", "logits")] is not None and small._device_rows[("train", "block2")] is None
@@ -251,5 +265,5 @@ def test_rows_gathered_on_the_device_equal_the_host_read(data, tmp_path, topk):
     )
     # pickled to another process (a DDP rank) without the rows it copied to this one's device
     again = pickle.loads(pickle.dumps(device))
-    assert again._device_rows == {} and again.rows_on_device
+    assert again._device_rows == {} and again.rows_on_device and not again.share_host_rows
     assert torch.equal(again.get("train", idx, views, data.train.x[idx])[0], h_logits)

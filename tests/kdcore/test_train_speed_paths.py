@@ -131,19 +131,24 @@ def test_in_memory_and_mapped_cache_entries_distill_identically(data, tmp_path):
     init = pretrain_student(StageEnv(cfg, data, tmp_path / "pretrain"), None, None)
 
     students = {}
-    for name, limit in (("mapped", 0), ("in_memory", 1 << 30)):
+    for name, limit, per_batch in (("mapped", 0, False), ("in_memory", 1 << 30, False), ("read", 1 << 30, True)):
         env = StageEnv(cfg, data, tmp_path / name)
         entries = _entries(built, limit)
-        students[name] = distill_student(env, init.path, TeacherSource(env, entries, None, [])).model
-        # the limit really chose the path (so the comparison below is not between two equal paths)
-        assert entries["train"].held_in_memory("logits") is (name == "in_memory")
+        source = TeacherSource(env, entries, None, [])
+        source.rows_on_device = not per_batch
+        students[name] = distill_student(env, init.path, source).model
+        # the limit really chose the path (so the comparison below is not between two equal paths):
+        # mapped rows are read per batch, in-memory ones gathered from the entry's memory
+        assert entries["train"].held_in_memory("logits") is (name != "mapped")
+        assert (source._device_rows.get(("train", "logits")) is not None) is (name == "in_memory")
     _assert_same_weights(students["mapped"], students["in_memory"].state_dict())
+    _assert_same_weights(students["mapped"], students["read"].state_dict())
 
     # an accelerator's path: the stored rows copied to the device once and gathered there per step
     env = StageEnv(cfg, data, tmp_path / "device_rows")
     source = TeacherSource(env, _entries(built, 1 << 30), None, [])
-    assert not source.rows_on_device  # off on the CPU, where the host gather is the device's
-    source.rows_on_device, source.device_budget = True, 1 << 30
+    assert source.share_host_rows  # the CPU's default: no copy
+    source.share_host_rows, source.device_budget = False, 1 << 30
     on_device = distill_student(env, init.path, source).model
     assert source._device_rows[("train", "logits")] is not None  # the path really ran
     _assert_same_weights(students["mapped"], on_device.state_dict())
