@@ -9,6 +9,7 @@ from kdcore.data.augment import apply_views, view_opts, view_seeds
 from kdcore.errors import ConfigError
 from kdcore.models import weights_summary
 from kdcore.stages.env import StageEnv, StageResult, fit_summary
+from kdcore.tensors import on_device
 from kdcore.train import fit
 from kdcore.train.batches import BatchSource
 from kdcore.train.callbacks import BeforeEachEpoch
@@ -47,7 +48,8 @@ def train_teacher(env: StageEnv) -> StageResult:
                 callbacks = BeforeEachEpoch(env.callbacks, augment.draw)
 
             def step(idx):
-                return F.cross_entropy(model(augment(x, idx)), y[idx]), {}
+                at = on_device(idx, x.device)  # one copy of the indices for inputs and labels
+                return F.cross_entropy(model(augment(x, idx, at)), y[on_device(at, y.device)]), {}
 
         fit_result = fit(
             {"model": model},
@@ -87,11 +89,11 @@ class _EpochAugment:
     def draw(self, epoch: int) -> None:
         self.seeds = torch.from_numpy(view_seeds(self.n, 1, step_seed(self.seed, epoch, 0))[:, 0])
 
-    def __call__(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        i = idx.to(x.device)
+    def __call__(self, x: torch.Tensor, idx: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """The epoch's views of samples ``idx`` (``at``: the same indices on ``x``'s device)."""
         if not self.active:
-            return x[i]
-        return apply_views(x[i], self.seeds[idx.cpu()], self.spec["policy"], self.spec["pad"], **view_opts(self.spec))
+            return x[at]
+        return apply_views(x[at], self.seeds[idx.cpu()], self.spec["policy"], self.spec["pad"], **view_opts(self.spec))
 
 
 def _load_given(env: StageEnv):
