@@ -26,8 +26,14 @@ class Objective(nn.Module):
             raise KdflowError(f"the objective has no losses; known losses: {', '.join(LOSSES.names())}")
         self.losses = nn.ModuleDict(dict(losses))
         self.weights: dict[str, float] = {name: float(weights.get(name, 1.0)) for name in losses}
-        # what forward walks each step, looked up once (the same modules as ``self.losses``)
-        self._weighted = [(cast(DistillLoss, loss), self.weights[name]) for name, loss in self.losses.items()]
+        # what forward walks each step, looked up once (the same modules as ``self.losses``). A weight
+        # of 1 multiplies nothing; the others are 0-dim float32 tensors on the CPU, which multiply a
+        # term on any device as a Python float does, to the same bits, without the conversion of a
+        # Python scalar into a tensor that each such product makes forward and backward
+        self._weighted = [
+            (cast(DistillLoss, loss), None if self.weights[name] == 1.0 else torch.tensor(self.weights[name]))
+            for name, loss in self.losses.items()
+        ]
 
     def _losses(self) -> list[DistillLoss]:
         # nn.ModuleDict types its values as nn.Module; __init__ only puts DistillLosses in it
@@ -62,7 +68,7 @@ class Objective(nn.Module):
                 if term_name in terms:
                     raise KdflowError(f"two losses both return a term named {term_name!r}")
                 terms[term_name] = value
-                weighted = value if weight == 1.0 else weight * value  # x * 1.0 is x: no op for it
+                weighted = value if weight is None else weight * value
                 total = weighted if total is None else total + weighted
         if total is None:
             total = torch.zeros((), device=inp.student_logits.device)

@@ -114,7 +114,7 @@ class TeacherSource:
                 names = ["logits", *self.paths]
                 held = {name: self._on_device(split, name) for name in names}
                 if all(t is not None for t in held.values()):
-                    at = idx.cpu()
+                    at = idx if idx.device.type == "cpu" else idx.cpu()
                     if entry.num_views > 1:  # row of (sample, view); one view: the sample's own row
                         at = at * entry.num_views if views is None else at * entry.num_views + views.cpu()
                     at = on_device(at, dev)
