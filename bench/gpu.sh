@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # kdflow vs torchdistill vs a bare PyTorch KD loop at GPU scale, then your own models on streamed
-# image files (each case under its own timeouts: at most 400 s and 300 s; KDFLOW_GPU_CASES runs one).
+# image files, then the host work of one small step (each case under its own timeouts: at most 400 s,
+# 300 s and 120 s; KDFLOW_GPU_CASES runs some of them).
 #
 # Full Fashion-MNIST (54,000 training images), batch 512, 5 epochs, teacher trained once on the
 # GPU (cached under $KDFLOW_HOME/bench/methods/), every variant re-executed in its own process with
@@ -11,7 +12,7 @@
 # and, for the torchdistill variant, .venv-bench (see bench/README.md) or torchdistill 1.1.5 importable
 # by the interpreter (skipped when neither).
 # Usage: bench/gpu.sh [extra vs_torchdistill.py arguments]
-#        KDFLOW_GPU_CASES="vs own" (the default: both cases; "vs" or "own" runs one of them)
+#        KDFLOW_GPU_CASES="vs own steps" (the default: all three; any of them alone or together)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -35,7 +36,7 @@ export PYTHONUNBUFFERED=1
 # below it (0.77-0.83x); the profile then counts, per training step, the kernel launches, copies and
 # synchronisations of the online bare loop and of kdflow with the same arithmetic.
 status=0
-cases=" ${KDFLOW_GPU_CASES:-vs own} "
+cases=" ${KDFLOW_GPU_CASES:-vs own steps} "
 if [[ $cases == *" vs "* ]]; then
 work=$(mktemp -d)
 common=(--device cuda --limit-train 0 --teacher-epochs 10 --batch-size 512 --lr 0.1 --threads 4 --workdir "$work" --accuracy-seeds)
@@ -67,5 +68,16 @@ if [[ $cases == *" own "* ]]; then
 timeout 300 "$PY" bench/gpu_own_models.py --device cuda --images 8000 --image-size 224 \
   --epochs 2 --teacher-epochs 2 --batch-size 256 --workers 15 --variants bare kdflow-online kdflow-cached \
   || { s=$?; echo "gpu_own_models.py: exit $s"; status=$s; }
+fi
+
+# Case 3 (at most 120 s; no Fashion-MNIST, only kdcore's own dependencies): bench/step_overhead.py on
+# the GPU. 8 x 8 inputs, cnn_tiny teacher and student, batch 16: a step is a few dozen small kernels,
+# so its time is the host's (Python, dispatch, launches), as the 9k student's online step at batch
+# 512 was in case 1 (4-6 ms a step against 2.0-2.3 ms of kernels). kdflow with the bare loop's
+# arithmetic (float32, not deterministic) against the bare loop: microseconds, aten ops and kernel
+# launches a step. On the CPU (2026-12-05) this step was 47 ops behind the bare loop, then 3.
+if [[ $cases == *" steps "* ]]; then
+timeout 120 "$PY" bench/step_overhead.py --device cuda --rounds 3 --epochs 2 \
+  || { s=$?; echo "step_overhead.py: exit $s"; status=$s; }
 fi
 exit $status

@@ -21,8 +21,11 @@ validation, over its steps; rounds alternate the order) and the aten ops one ste
 by torch.profiler between consecutive optimizer steps: a figure that does not vary between runs),
 and kdflow's ratios to the bare loop.
 
+On a GPU (``--device cuda``, what bench/gpu.sh runs) the same steps are a few dozen kernels each,
+host-bound there as well; the profile then also counts the kernel launches of a step.
+
 Usage:
-  .venv/bin/python bench/step_overhead.py [--rounds 3] [--epochs 3] [--n 4096] [--batch-size 16]
+  .venv/bin/python bench/step_overhead.py [--rounds 3] [--epochs 3] [--n 4096] [--batch-size 16] [--device cpu]
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ from kdcore.stages import StageEnv, TeacherSource, build_features, distill_stude
 from kdcore.train.checkpoint import load_model, save_model  # noqa: E402
 
 VARIANTS = ("bare", "kdflow", "bare-cached", "kdflow-cached")
+# on a GPU the bare loop's arithmetic (float32, cuDNN's own algorithm choice), where kdflow's defaults
+# are bfloat16 autocast and deterministic algorithms: the comparison is then of the host work alone
+GPU_AS_BARE = {"cuda": {"amp": "off", "deterministic": False}}
 T, KD_WEIGHT = 4.0, 0.9
 
 
@@ -89,7 +95,7 @@ def config(args: argparse.Namespace, cached: bool) -> dict[str, Any]:
                 "scheduler": "cosine",
             },
         },
-        "trainer": {"device": "cpu", "num_threads": 1, "seed": 0},
+        "trainer": {"device": args.device, "num_threads": 1, "seed": 0, **GPU_AS_BARE.get(args.device, {})},
     }
 
 
@@ -111,9 +117,10 @@ def run_kdflow(args, data: DataBundle, work: Path, cached: bool) -> list[float]:
 
 def run_bare(args, data: DataBundle, work: Path, cached: bool) -> list[float]:
     torch.set_num_threads(1)
-    x, y = data.train.x, data.train.y
-    teacher = load_model(work / "teacher.safetensors").eval()
-    student = load_model(work / "student.safetensors")
+    dev = torch.device(args.device)
+    x, y = data.train.x.to(dev), data.train.y.to(dev)
+    teacher = load_model(work / "teacher.safetensors").to(dev).eval()
+    student = load_model(work / "student.safetensors").to(dev)
     t_logits = None
     if cached:
         with torch.no_grad():
@@ -125,6 +132,8 @@ def run_bare(args, data: DataBundle, work: Path, cached: bool) -> list[float]:
         student.train()
         t0 = time.perf_counter()
         for idx in kdflow_batches(len(x), args.batch_size, 0, epoch):
+            if dev.type != "cpu":  # (on the CPU the index is where it is used)
+                idx = idx.to(dev)
             xb = x[idx]
             if t_logits is not None:
                 tb = t_logits[idx]
@@ -137,6 +146,8 @@ def run_bare(args, data: DataBundle, work: Path, cached: bool) -> list[float]:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
         sched.step()
     return times
@@ -149,12 +160,23 @@ def run(variant: str, args, data: DataBundle, work: Path) -> list[float]:
 
 
 def ops_per_step(variant: str, args, data: DataBundle, work: Path) -> int:
+    """The aten ops of one training step (the median over an epoch's steps)."""
+    return calls_per_step(variant, args, data, work)[0]
+
+
+def calls_per_step(variant: str, args, data: DataBundle, work: Path) -> tuple[int, int]:
+    """(aten ops, CUDA kernel launches) of one training step, medians over an epoch's steps (no
+    launches on the CPU)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    cuda = args.device.startswith("cuda")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
         run(variant, argparse.Namespace(**{**vars(args), "epochs": 1}), data, work)
-    counts, _ = ops_between_steps(prof.events())
-    return int(statistics.median(counts))
+    events = prof.events()
+    ops, _ = ops_between_steps(events)
+    launches, _ = ops_between_steps(events, prefix="cudaLaunchKernel") if cuda else ([0], None)
+    return int(statistics.median(ops)), int(statistics.median(launches))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -164,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=4096, help="training samples")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--device", default="cpu", help="cpu, or cuda (bench/gpu.sh)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     data = bundle(args.n)
@@ -181,17 +204,26 @@ def main(argv: list[str] | None = None) -> None:
                 per_step[v] += [1e6 * s / steps for s in epochs]
                 shown = ", ".join(f"{1e6 * s / steps:.0f}" for s in epochs)
                 print(f"round {rnd + 1} {v:<14} us/step {shown}", flush=True)
-        ops = {v: ops_per_step(v, args, data, work) for v in args.variants}
+        calls = {v: calls_per_step(v, args, data, work) for v in args.variants}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     med = {v: statistics.median(xs) for v, xs in per_step.items()}
-    print(f"\n{steps} steps an epoch, batch {args.batch_size}, 1 thread, {args.rounds} rounds of {args.epochs} epochs")
-    print("| variant | us per step (median) | aten ops per step | bare / variant speed |")
-    print("|---|---|---|---|")
+    cuda = args.device.startswith("cuda")
+    print(
+        f"\n{steps} steps an epoch, batch {args.batch_size}, 1 thread, {args.device}, "
+        f"{args.rounds} rounds of {args.epochs} epochs"
+    )
+    print(
+        "| variant | us per step (median) | aten ops per step |"
+        + (" kernel launches per step |" if cuda else "")
+        + " bare / variant speed |"
+    )
+    print("|---|---|---|" + ("---|" if cuda else "") + "---|")
     for v in args.variants:
         bare = "bare-cached" if v.endswith("-cached") else "bare"
         ratio = f"{med[bare] / med[v]:.2f}x" if bare in med else "-"
-        print(f"| {v} | {med[v]:.0f} | {ops[v]} | {ratio} |")
+        launches = f" {calls[v][1]} |" if cuda else ""
+        print(f"| {v} | {med[v]:.0f} | {calls[v][0]} |{launches} {ratio} |")
 
 
 if __name__ == "__main__":

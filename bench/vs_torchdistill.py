@@ -465,14 +465,15 @@ def profiled(runner, args, prep) -> dict[str, Any]:
     return out
 
 
-def ops_between_steps(events) -> tuple[list[int], Counter[str]]:
-    """The aten ops (nested ones included) that start between one optimizer step's end and the
-    next's, for every pair of consecutive steps: what one training step issues (data fetch,
-    forward, loss, backward, the optimizer), and the op counts of one step with the median total."""
+def ops_between_steps(events, prefix: str = "aten::") -> tuple[list[int], Counter[str]]:
+    """The aten ops (nested ones included; or the events named ``prefix...``, e.g. CUDA kernel
+    launches) that start between one optimizer step's end and the next's, for every pair of
+    consecutive steps: what one training step issues (data fetch, forward, loss, backward, the
+    optimizer), and the op counts of one step with the median total."""
     import bisect
 
     ends = sorted(e.time_range.end for e in events if e.name.startswith("Optimizer.step#"))
-    aten = sorted((e.time_range.start, e.name) for e in events if e.name.startswith("aten::"))
+    aten = sorted((e.time_range.start, e.name) for e in events if e.name.startswith(prefix))
     starts = [t for t, _ in aten]
     spans = [(bisect.bisect_left(starts, a), bisect.bisect_left(starts, b)) for a, b in zip(ends, ends[1:])]
     counts = [j - i for i, j in spans]

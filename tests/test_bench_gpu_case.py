@@ -30,6 +30,12 @@ def test_the_fp32_variant_matches_the_bare_loop_and_the_profile_counts_steps(tmp
     # 400 images at batch 100: 4 steps an epoch, counted for each profiled variant
     for variant in ("bare-cached", "kdflow-cached-fp32-nd"):
         assert re.search(rf"profile {variant}: 4 training steps; per step .*aten ops \d", text), text[-3000:]
+    # and one step alone, op by op: the median of the 3 spans between the epoch's 4 optimizer steps
+    per_step = {
+        v: int(n) for v, n in re.findall(r"profile (\S+): aten ops per training step, median of 3 .*?: (\d+);", text)
+    }
+    assert set(per_step) == {"bare-cached", "kdflow-cached-fp32-nd"}, text[-3000:]
+    assert 0 <= per_step["kdflow-cached-fp32-nd"] - per_step["bare-cached"] <= 8, per_step
     ratio = re.search(r"kdflow-cached-fp32-nd / bare-cached: throughput x[\d.]+, accuracy ([+-][\d.]+) points", text)
     assert ratio is not None, text[-3000:]
     assert ratio.group(1) == "+0.00"  # the same arithmetic in the same order: the same student

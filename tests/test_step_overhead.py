@@ -34,7 +34,7 @@ def setup(tmp_path):
 @pytest.mark.parametrize("cached", [False, True])
 def test_a_kdflow_step_issues_few_ops_beyond_a_bare_loops(setup, cached):
     data, work = setup
-    args = argparse.Namespace(epochs=1, batch_size=16, n=256)
+    args = argparse.Namespace(epochs=1, batch_size=16, n=256, device="cpu")
     suffix = "-cached" if cached else ""
     bare = bench.ops_per_step(f"bare{suffix}", args, data, work)
     kdflow = bench.ops_per_step(f"kdflow{suffix}", args, data, work)
