@@ -45,6 +45,7 @@ class TeacherSource:
         if teacher is not None:
             teacher.eval()
         self._device_rows: dict[tuple[str, str], Optional[torch.Tensor]] = {}
+        self._split_rows: dict[str, Optional[tuple[int, dict[str, torch.Tensor]]]] = {}
         # the rows are gathered where the step runs, as a bare loop keeps its teacher's outputs
         # (:meth:`_on_device`); ``rows_on_device`` off reads them per batch on the host instead, as a
         # memory-mapped entry always is (tests turn the switches to run every path on the CPU)
@@ -54,7 +55,7 @@ class TeacherSource:
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled (e.g. to DDP ranks) without the rows copied to this process's device."""
-        return {**self.__dict__, "_device_rows": {}}
+        return {**self.__dict__, "_device_rows": {}, "_split_rows": {}}
 
     def _on_device(self, split: str, name: str) -> Optional[torch.Tensor]:
         """A stored array as rows ``[N * V, ...]`` where the step runs, or None (read per batch on
@@ -78,6 +79,19 @@ class TeacherSource:
                 self.device_budget -= size
         self._device_rows[key] = rows
         return rows
+
+    def _held(self, split: str) -> Optional[tuple[int, dict[str, torch.Tensor]]]:
+        """(views per sample, rows of the logits and of each feature path) of a split, gathered
+        where the step runs, or None where any is read per batch; looked up once per split."""
+        if split not in self._split_rows:
+            assert self.entries is not None  # only asked for cached runs
+            held = (
+                {name: self._on_device(split, name) for name in ["logits", *self.paths]} if self.rows_on_device else {}
+            )
+            rows = {name: t for name, t in held.items() if t is not None}
+            whole = self.rows_on_device and len(rows) == len(held)
+            self._split_rows[split] = (self.entries[split].num_views, rows) if whole else None
+        return self._split_rows[split]
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         if self.entries is not None:
@@ -109,17 +123,16 @@ class TeacherSource:
         ``x_view`` is the student's input batch."""
         dev = self.env.device
         if self.entries is not None:
+            held = self._held(split)
+            if held is not None:
+                num_views, rows = held
+                at = idx if idx.device.type == "cpu" else idx.cpu()
+                if num_views > 1:  # the row of (sample, view); one view: the sample's own row
+                    at = at * num_views if views is None else at * num_views + views.cpu()
+                at = on_device(at, dev)
+                out = {name: as_float32(t[at]) for name, t in rows.items()}
+                return out.pop("logits"), out
             entry = self.entries[split]
-            if self.rows_on_device:
-                names = ["logits", *self.paths]
-                held = {name: self._on_device(split, name) for name in names}
-                if all(t is not None for t in held.values()):
-                    at = idx if idx.device.type == "cpu" else idx.cpu()
-                    if entry.num_views > 1:  # row of (sample, view); one view: the sample's own row
-                        at = at * entry.num_views if views is None else at * entry.num_views + views.cpu()
-                    at = on_device(at, dev)
-                    rows = {name: as_float32(t[at]) for name, t in held.items() if t is not None}
-                    return rows["logits"], {p: rows[p] for p in self.paths}
             logits = on_device(entry.read("logits", idx, views), dev)
             return logits, {p: on_device(entry.read(p, idx, views), dev) for p in self.paths}
         assert self.teacher is not None  # __init__: entries or a teacher

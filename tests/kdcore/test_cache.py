@@ -265,5 +265,5 @@ def test_rows_gathered_on_the_device_equal_the_host_read(data, tmp_path, topk, d
     )
     # pickled to another process (a DDP rank) without the rows it copied to this one's device
     again = pickle.loads(pickle.dumps(device))
-    assert again._device_rows == {} and again.rows_on_device and not again.share_host_rows
+    assert again._device_rows == {} and again._split_rows == {} and again.rows_on_device and not again.share_host_rows
     assert torch.equal(again.get("train", idx, views, data.train.x[idx])[0], h_logits)
