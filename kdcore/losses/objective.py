@@ -26,7 +26,8 @@ class Objective(nn.Module):
             raise KdflowError(f"the objective has no losses; known losses: {', '.join(LOSSES.names())}")
         self.losses = nn.ModuleDict(dict(losses))
         self.weights: dict[str, float] = {name: float(weights.get(name, 1.0)) for name in losses}
-        # what forward walks each step, looked up once (the same modules as ``self.losses``). A weight
+        # what forward walks each step, looked up once (the same modules as ``self.losses``; the
+        # weights are fixed when the objective is built, as ``build_objective`` does). A weight
         # of 1 multiplies nothing; the others are 0-dim float32 tensors on the CPU, which multiply a
         # term on any device as a Python float does, to the same bits, without the conversion of a
         # Python scalar into a tensor that each such product makes forward and backward
