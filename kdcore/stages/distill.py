@@ -220,11 +220,13 @@ def _train_with_objective(
     if env.streaming:  # the loader cuts each sample's view of the epoch: a stored crop, else from its seed
         crops = source.crops("train") if source is not None else None
 
+        seeds = train_seeds.numpy()
+
         def items(epoch: int, idx: torch.Tensor) -> list[Any]:
-            views = chosen.views[idx].tolist()  # set for this epoch by on_epoch_start
-            if crops is not None:
-                return [(i, crops[i, v].tolist()) for i, v in zip(idx.tolist(), views)]
-            return [(i, int(train_seeds[i, v])) for i, v in zip(idx.tolist(), views)]
+            """(sample, its stored crop or its view's seed) for a batch, gathered at once (the
+            loader's batches of an epoch are all made at its start)."""
+            i, v = idx.numpy(), chosen.views[idx].numpy()  # the views set for this epoch by on_epoch_start
+            return list(zip(i.tolist(), (crops if crops is not None else seeds)[i, v].tolist()))
 
         batches: Any = env.train_source(items)
 

@@ -262,3 +262,47 @@ def test_mixing_streamed_images_is_refused_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="cache.views.mix needs the images in memory"):  # the stage refuses too
         build_features(StageEnv(cfg, data, tmp_path / "work"), _teacher(data), "sha", tmp_path / "cache")
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+@pytest.mark.parametrize("policy", ["crop_flip", "random_resized_crop"])
+def test_streamed_steps_get_the_teachers_output_on_their_very_crops(tmp_path, policy):
+    """Streamed images: every distillation step's student input is the crop its sample's view
+    of the epoch names (cut by the loader workers from the crop stored with the cache), and the
+    teacher output it receives is the teacher's on that very input, over two epochs of views."""
+    from images import write_image_folder
+
+    folder = write_image_folder(tmp_path / "imgs")
+    cfg = tiny_config(
+        data={"name": "imagefolder", "root": str(folder), "image_size": 16, "in_memory": False, "num_workers": 0},
+        cache={"views": {"policy": policy, "num_views": VIEWS, "seed": 11}},
+        distill={"losses": {"views_spy": {"weight": 1.0}}, "train": {"max_epochs": 2, "batch_size": 8}},
+    )
+    data = load_dataset(cfg.data)
+    env = StageEnv(cfg, data, tmp_path / "work")
+    teacher = _teacher(data)
+    entries = {s: e for s, (e, _) in build_features(env, teacher, "sha", tmp_path / "cache", batch_size=8).items()}
+    source = TeacherSource(env, entries, None, [])
+    crops = source.crops("train")
+    assert crops is not None and len({tuple(c) for c in crops.reshape(-1, 5).tolist()}) > len(data.train)
+    student = create_model("cnn_tiny", in_channels=data.in_channels, num_classes=data.num_classes)
+    inputs: list[Tensor] = []
+    hook = student.register_forward_pre_hook(lambda m, a: inputs.append(a[0].detach().clone()) if m.training else None)
+    _Captured.steps = []
+    try:
+        _train_with_objective(env, student, {"views_spy": {"weight": 1.0}}, cfg.distill.train, source, "distill")
+    finally:
+        hook.remove()
+    steps = [s for s in _Captured.steps if s["indices"] is not None]
+    per_epoch = len(steps) // 2
+    assert len(steps) == len(inputs) == 2 * per_epoch and per_epoch >= len(data.train) // 8
+    ds = data.train.dataset()
+    shown: set[tuple[int, int]] = set()
+    for k, (x, step) in enumerate(zip(inputs, steps)):
+        chosen = epoch_views(len(data.train), VIEWS, 11, k // per_epoch)
+        for row, i in enumerate(step["indices"].tolist()):
+            v = int(chosen[i])
+            shown.add((i, v))
+            assert torch.equal(x[row], ds[(i, crops[i, v].tolist())]["x"]), (k, i, v)  # the view's very crop
+        with torch.no_grad():
+            torch.testing.assert_close(step["teacher"], teacher(x).float(), rtol=0, atol=1e-5)
+    assert len({v for _, v in shown}) > 1  # the epochs showed more than one view
