@@ -264,11 +264,12 @@ def test_mixing_streamed_images_is_refused_before_any_work(tmp_path):
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
 
-@pytest.mark.parametrize("policy", ["crop_flip", "random_resized_crop"])
-def test_streamed_steps_get_the_teachers_output_on_their_very_crops(tmp_path, policy):
+@pytest.mark.parametrize("policy,cached", [("crop_flip", True), ("random_resized_crop", True), ("crop_flip", False)])
+def test_streamed_steps_get_the_teachers_output_on_their_very_crops(tmp_path, policy, cached):
     """Streamed images: every distillation step's student input is the crop its sample's view
-    of the epoch names (cut by the loader workers from the crop stored with the cache), and the
-    teacher output it receives is the teacher's on that very input, over two epochs of views."""
+    of the epoch names (cut by the loader workers from the crop stored with the cache, or, with the
+    teacher online, from the view's seed), and the teacher output it receives is the teacher's on
+    that very input, over two epochs of views."""
     from images import write_image_folder
 
     folder = write_image_folder(tmp_path / "imgs")
@@ -281,9 +282,13 @@ def test_streamed_steps_get_the_teachers_output_on_their_very_crops(tmp_path, po
     env = StageEnv(cfg, data, tmp_path / "work")
     teacher = _teacher(data)
     entries = {s: e for s, (e, _) in build_features(env, teacher, "sha", tmp_path / "cache", batch_size=8).items()}
-    source = TeacherSource(env, entries, None, [])
+    source = TeacherSource(env, entries, None, []) if cached else TeacherSource(env, None, teacher, [])
     crops = source.crops("train")
-    assert crops is not None and len({tuple(c) for c in crops.reshape(-1, 5).tolist()}) > len(data.train)
+    seeds = source.seeds("train", len(data.train))
+    if cached:
+        assert crops is not None and len({tuple(c) for c in crops.reshape(-1, 5).tolist()}) > len(data.train)
+    else:
+        assert crops is None and len(set(seeds.reshape(-1).tolist())) == seeds.size  # a seed per (sample, view)
     student = create_model("cnn_tiny", in_channels=data.in_channels, num_classes=data.num_classes)
     inputs: list[Tensor] = []
     hook = student.register_forward_pre_hook(lambda m, a: inputs.append(a[0].detach().clone()) if m.training else None)
@@ -302,7 +307,8 @@ def test_streamed_steps_get_the_teachers_output_on_their_very_crops(tmp_path, po
         for row, i in enumerate(step["indices"].tolist()):
             v = int(chosen[i])
             shown.add((i, v))
-            assert torch.equal(x[row], ds[(i, crops[i, v].tolist())]["x"]), (k, i, v)  # the view's very crop
+            view = crops[i, v].tolist() if crops is not None else int(seeds[i, v])
+            assert torch.equal(x[row], ds[(i, view)]["x"]), (k, i, v)  # the view's very crop
         with torch.no_grad():
             torch.testing.assert_close(step["teacher"], teacher(x).float(), rtol=0, atol=1e-5)
     assert len({v for _, v in shown}) > 1  # the epochs showed more than one view
