@@ -86,18 +86,24 @@ def _run(data, tmp_path, views, epochs=1):
     env = StageEnv(cfg, data, tmp_path / "work")
     teacher = _teacher(data)
     entries = {s: e for s, (e, _) in build_features(env, teacher, "sha", tmp_path / "cache", batch_size=48).items()}
-    source = TeacherSource(env, entries, None, [])
+    inputs, steps = _distil_spied(env, TeacherSource(env, entries, None, []))
+    assert len(steps) == len(inputs) == epochs * -(-len(data.train) // 32)
+    return env, entries["train"], teacher, inputs, steps
+
+
+def _distil_spied(env, source) -> tuple[list[Tensor], list[dict[str, Tensor | None]]]:
+    """Distil a fresh student with the spy loss: every training step's student input (a forward
+    pre-hook) and what the step handed the objective (the spy), in order."""
+    data = env.data
     student = create_model("cnn_tiny", in_channels=data.in_channels, num_classes=data.num_classes)
     inputs: list[Tensor] = []
     hook = student.register_forward_pre_hook(lambda m, a: inputs.append(a[0].detach().clone()) if m.training else None)
     _Captured.steps = []
     try:
-        _train_with_objective(env, student, {"views_spy": {"weight": 1.0}}, cfg.distill.train, source, "distill")
+        _train_with_objective(env, student, {"views_spy": {"weight": 1.0}}, env.cfg.distill.train, source, "distill")
     finally:
         hook.remove()
-    steps = [s for s in _Captured.steps if s["indices"] is not None]  # train steps (val has no indices)
-    assert len(steps) == len(inputs) == epochs * -(-len(data.train) // 32)
-    return env, entries["train"], teacher, inputs, steps
+    return inputs, [s for s in _Captured.steps if s["indices"] is not None]  # train steps (val has no indices)
 
 
 @pytest.mark.parametrize("name", list(POLICIES))
@@ -289,15 +295,7 @@ def test_streamed_steps_get_the_teachers_output_on_their_very_crops(tmp_path, po
         assert crops is not None and len({tuple(c) for c in crops.reshape(-1, 5).tolist()}) > len(data.train)
     else:
         assert crops is None and len(set(seeds.reshape(-1).tolist())) == seeds.size  # a seed per (sample, view)
-    student = create_model("cnn_tiny", in_channels=data.in_channels, num_classes=data.num_classes)
-    inputs: list[Tensor] = []
-    hook = student.register_forward_pre_hook(lambda m, a: inputs.append(a[0].detach().clone()) if m.training else None)
-    _Captured.steps = []
-    try:
-        _train_with_objective(env, student, {"views_spy": {"weight": 1.0}}, cfg.distill.train, source, "distill")
-    finally:
-        hook.remove()
-    steps = [s for s in _Captured.steps if s["indices"] is not None]
+    inputs, steps = _distil_spied(env, source)
     per_epoch = len(steps) // 2
     assert len(steps) == len(inputs) == 2 * per_epoch and per_epoch >= len(data.train) // 8
     ds = data.train.dataset()
