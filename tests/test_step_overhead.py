@@ -2,9 +2,10 @@
 
 The op counts are the profiler's (deterministic, unlike times); the bound is what the step needs
 beyond the bare loop's arithmetic (its loss bookkeeping: the loss and each term detached and, on
-the CPU, read as floats; the objective's weights applied apart from the KD term's T^2, as 0-dim
-tensors that need no conversion), and fails with the no-op casts, reshapes, Python-scalar weights
-and per-batch numpy reads the step made before."""
+the CPU, read as floats; the objective's weights applied apart from the KD term's T^2, both as
+0-dim tensors that need no conversion, so that the step now issues fewer ops than the bare loop),
+and fails with the no-op casts, reshapes, Python-scalar weights and per-batch numpy reads the step
+made before."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from bench import step_overhead as bench
 from kdcore.models import create_model
 from kdcore.train.checkpoint import save_model
 
-# the ops a kdflow step may issue beyond the bare loop's (3 online and 3 cached when written; 47 and 54 before)
+# the ops a kdflow step may issue beyond the bare loop's (-5 online and cached when written; 47 and 54 before)
 EXTRA_OPS = 8
 
 

@@ -9,6 +9,7 @@ logits of unit spread (the paper uses about 2).
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -38,6 +39,14 @@ class KDLoss(DistillLoss):
         super().__init__()
         self.temperature = check_number("kd", "temperature", temperature, low=0.0, low_inclusive=False)
         self.standardize = check_flag("kd", "standardize", standardize)
+        self._scale: tuple[float, Tensor] | None = None  # (T, T^2 as a tensor), made again when T changes
+
+    def _t_squared(self, t: float) -> Tensor:
+        """T^2 as a 0-dim float32 tensor on the CPU: it multiplies to the bits a Python float does,
+        without turning the float into a tensor on every step, forward and backward."""
+        if self._scale is None or self._scale[0] != t:
+            self._scale = (t, torch.tensor(t * t))
+        return self._scale[1]
 
     def forward(self, inp: KDInputs) -> dict[str, Tensor]:
         t = self.temperature
@@ -49,4 +58,4 @@ class KDLoss(DistillLoss):
         # the usual form (probability target): the same arithmetic as torchdistill's and a plain loop's
         # KD, so with the same data order and initialisation kdflow trains to the same weights
         kl = F.kl_div(log_p_s, p_t, reduction="batchmean")
-        return {"kd": kl * (t * t)}
+        return {"kd": kl * self._t_squared(t)}

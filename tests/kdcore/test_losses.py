@@ -52,6 +52,14 @@ def test_kd_scales_with_t_squared():
     assert loss(inputs())["kd"].item() == pytest.approx(4.0 * kl_only, rel=1e-5)
 
 
+def test_kd_follows_a_temperature_changed_after_construction():
+    """T^2 is kept as a tensor between steps; a temperature set later (a schedule) is what counts."""
+    loss = create_loss("kd", {"temperature": 4.0})
+    assert loss(inputs())["kd"].item() == pytest.approx(hand_kd(S, T, 4.0), rel=1e-5)
+    loss.temperature = 2.0
+    assert loss(inputs())["kd"].item() == pytest.approx(hand_kd(S, T, 2.0), rel=1e-5)
+
+
 def test_kd_without_teacher_logits_fails():
     inp = KDInputs(student_logits=S, teacher_logits=None, targets=Y)
     with pytest.raises(KdflowError, match="teacher logits"):
