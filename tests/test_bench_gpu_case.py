@@ -35,7 +35,8 @@ def test_the_fp32_variant_matches_the_bare_loop_and_the_profile_counts_steps(tmp
         v: int(n) for v, n in re.findall(r"profile (\S+): aten ops per training step, median of 3 .*?: (\d+);", text)
     }
     assert set(per_step) == {"bare-cached", "kdflow-cached-fp32-nd"}, text[-3000:]
-    assert 0 <= per_step["kdflow-cached-fp32-nd"] - per_step["bare-cached"] <= 8, per_step
+    assert per_step["bare-cached"] > 100, per_step  # a whole step counted (forward, backward, optimizer)
+    assert per_step["kdflow-cached-fp32-nd"] - per_step["bare-cached"] <= 8, per_step  # kdflow adds next to nothing
     ratio = re.search(r"kdflow-cached-fp32-nd / bare-cached: throughput x[\d.]+, accuracy ([+-][\d.]+) points", text)
     assert ratio is not None, text[-3000:]
     assert ratio.group(1) == "+0.00"  # the same arithmetic in the same order: the same student
