@@ -72,11 +72,12 @@ class _EpochSums:
         self.kept: dict[str, list[tuple[torch.Tensor, int]]] = {}
 
     def add(self, name: str, value: Union[torch.Tensor, float], k: int) -> None:
-        if not self.defer:
-            term = (value if isinstance(value, float) else float(value)) * k
+        """``value`` of a batch of ``k`` samples: a float (the CPU's loss, already read) or a tensor."""
+        if isinstance(value, float) or not self.defer:
+            term = float(value) * k
             self.floats[name] = self.floats[name] + term if name in self.floats else term
         else:
-            self.kept.setdefault(name, []).append((torch.tensor(value) if isinstance(value, float) else value, k))
+            self.kept.setdefault(name, []).append((value, k))
 
     def totals(self) -> dict[str, float]:
         """The sums as floats (one host sync per term on an accelerator)."""
