@@ -24,7 +24,7 @@ from kdcore.data.stream import ImageFileSplit
 from kdcore.train.batches import start_worker_server
 from tasks import events
 from tasks.context import RunContext
-from tasks.data import load_data
+from tasks.data import for_data, load_data
 from tasks.provenance import log_provenance
 from tasks.spec import StageSpec, enabled_stages
 from tasks.stage import SubmittedStage, finish_stage, runs_concurrently, submit_stage
@@ -62,7 +62,8 @@ def pipeline_flow(
         warm_loader_workers(data)  # run_pipeline did, where it started the flow
         tracker.set_tags(parent, {"kdflow.data_fingerprint": data.fingerprint})
 
-        records, outcomes = run_stages(stages, cfgd, data.fingerprint, ctx, concurrent=concurrent)
+        stage_cfgd = for_data(cfg, data).model_dump(mode="json")
+        records, outcomes = run_stages(stages, stage_cfgd, data.fingerprint, ctx, concurrent=concurrent)
 
         exported = records["export"]["info"] if "export" in records else None  # the registered student, for serving
 

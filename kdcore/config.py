@@ -175,11 +175,12 @@ class ViewsConfig(ViewPolicy):
     )
     mix_alpha: PositiveFloat = Field(1.0, description="mixing coefficients drawn from Beta(mix_alpha, mix_alpha)")
 
-    @model_validator(mode="after")
-    def _one_view_without_augmentation(self) -> "ViewsConfig":
-        if self.policy == "none" and self.mix == "none" and self.num_views != 1:
-            raise ValueError("cache.views.num_views must be 1 when cache.views.policy and cache.views.mix are 'none'")
-        return self
+    def for_streamed(self) -> "ViewsConfig":
+        """These views as streamed image data takes them: their crops are ``data.augment``'s, so the
+        in-memory policy fields (policy, pad, scale, ratio, flip) are at their defaults, and a change
+        to them changes no stage fingerprint."""
+        keep = {"num_views", "seed", "mix", "mix_alpha"}
+        return ViewsConfig(**{k: v for k, v in self.model_dump().items() if k in keep})
 
     def spec(self) -> dict[str, Any]:
         """The view specification that keys cache entries: every field, except that the fields added

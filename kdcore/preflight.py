@@ -150,8 +150,15 @@ def preflight_data(cfg: PipelineConfig, data) -> None:
     from kdcore.stages.features import MIX_STREAMED
     from kdcore.stages.teacher import AUGMENT_STREAMED
 
-    if cfg.cache.views.mix != "none" and is_streamed(data.train):
+    views = cfg.cache.views
+    if views.mix != "none" and is_streamed(data.train):
         raise ConfigError(MIX_STREAMED)
+    if not is_streamed(data.train) and views.num_views != 1 and views.policy == "none" and views.mix == "none":
+        raise ConfigError(
+            f"cache.views.num_views = {views.num_views} but every view would be the same image: with data in "
+            "memory the views are cache.views.policy's (and mix's); set a policy (crop_flip, "
+            "random_resized_crop, shift) or num_views: 1"
+        )
     if cfg.teacher.augment.policy != "none" and not cfg.teacher.checkpoint and is_streamed(data.train):
         raise ConfigError(AUGMENT_STREAMED)
     preflight_with_data(

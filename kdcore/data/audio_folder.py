@@ -16,6 +16,7 @@ hop_ms (10), max_seconds (clips are cut to this length; none by default).
 
 from __future__ import annotations
 
+import posixpath
 from pathlib import Path
 from typing import Any, Optional
 
@@ -73,6 +74,8 @@ def read_wav(path: Path, sample_rate: int, max_seconds: Optional[float] = None) 
         data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     except (RuntimeError, soundfile.LibsndfileError, OSError) as exc:
         raise DataError(f"dataset audio_folder: cannot read {path}: {exc}") from None
+    if len(data) == 0:
+        raise DataError(f"dataset audio_folder: {path} holds no samples (an empty recording); remove it")
     wave = data.mean(axis=1)
     if rate != sample_rate:
         wave = _librosa().resample(wave, orig_sr=rate, target_sr=sample_rate)
@@ -89,8 +92,8 @@ def audio_features(wave: np.ndarray, options: dict[str, Any]) -> np.ndarray:
     win = max(1, int(round(opts["win_ms"] * sr / 1000)))
     hop = max(1, int(round(opts["hop_ms"] * sr / 1000)))
     n_fft = 1 << (win - 1).bit_length()
-    if len(wave) < win:  # a clip shorter than one window still gives one frame
-        wave = np.pad(wave, (0, win - len(wave)))
+    if len(wave) < n_fft:  # a clip shorter than one FFT window still gives one frame
+        wave = np.pad(wave, (0, n_fft - len(wave)))
     mel = librosa.feature.melspectrogram(
         y=wave, sr=sr, n_fft=n_fft, hop_length=hop, win_length=win, n_mels=opts["n_mels"], power=2.0
     )
@@ -115,6 +118,29 @@ def scan(root: Path) -> tuple[list[Path], list[int], list[str]]:
     return paths, labels, [c.name for c in classes]
 
 
+def _listed_for_test(root: Path, paths: list[Path]) -> np.ndarray:
+    """Which of ``paths`` ``root/testing_list.txt`` names (all False without one). A list that names
+    none of the clips, or every one of them, is a mistake and fails naming it."""
+    listed = root / "testing_list.txt"
+    if not listed.is_file():
+        return np.zeros(len(paths), dtype=bool)
+    names = [line.strip() for line in listed.read_text().splitlines() if line.strip()]
+    in_test = {posixpath.normpath(n.replace("\\", "/")).lstrip("/") for n in names}
+    is_test = np.array([p.relative_to(root).as_posix() in in_test for p in paths], dtype=bool)
+    if names and not is_test.any():
+        raise DataError(
+            f"dataset audio_folder: {listed} names {len(in_test)} clip(s) but none of the .wav files under "
+            f"{root} (first entry {names[0]!r}; entries are paths relative to data.root, e.g. "
+            f"{paths[0].relative_to(root).as_posix()!r})"
+        )
+    if is_test.all():
+        raise DataError(
+            f"dataset audio_folder: {listed} names every one of the {len(paths)} clips: nothing is left to "
+            "train on; list only the test clips"
+        )
+    return is_test
+
+
 @DATASETS.register("audio_folder")
 def load_audio_folder(cfg: DataConfig) -> RawData:
     check_options(cfg, DEFAULTS)
@@ -125,16 +151,12 @@ def load_audio_folder(cfg: DataConfig) -> RawData:
     if not root.is_dir():
         raise DataError(f"dataset audio_folder: data.root {str(root)!r} is not a folder")
     paths, labels, classes = scan(root)
-    listed = root / "testing_list.txt"
-    in_test = set()
-    if listed.is_file():
-        in_test = {line.strip() for line in listed.read_text().splitlines() if line.strip()}
+    is_test = _listed_for_test(root, paths)
     frames = [audio_features(read_wav(p, opts["sample_rate"], opts["max_seconds"]), opts) for p in paths]
-    is_test = np.array([p.relative_to(root).as_posix() in in_test for p in paths], dtype=bool)
     x = np.empty(len(frames), dtype=object)
     x[:] = frames
     y = np.asarray(labels, dtype=np.int64)
-    if is_test.any() and not is_test.all():
+    if is_test.any():
         return RawData(
             train_x=x[~is_test],
             train_y=y[~is_test],

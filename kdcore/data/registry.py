@@ -111,10 +111,27 @@ def validate_raw(name: str, raw: RawData) -> None:
                 )
         elif not np.issubdtype(x.dtype, np.integer):
             raise DataError(f"dataset {name}{where}: {part} images have unsupported dtype {x.dtype}")
+    check_classes(name, raw.train_y, raw.class_names, where)
     if raw.modality == "image" and raw.test_x is not None and raw.test_x.shape[1:] != raw.train_x.shape[1:]:
         raise DataError(
             f"dataset {name}{where}: test images are {tuple(raw.test_x.shape[1:])} "
             f"but train images are {tuple(raw.train_x.shape[1:])}"
+        )
+
+
+def check_classes(name: str, train_y: np.ndarray, class_names: list[str], where: str = "") -> None:
+    """Raise a :class:`DataError` unless the train pool holds at least two classes and a sample of
+    every class it names (an empty class folder, a label seen only in the test set)."""
+    if len(class_names) < 2:
+        shown = f" ({class_names[0]!r})" if class_names else ""
+        raise DataError(f"dataset {name}{where} has {len(class_names)} class{shown}: classification needs at least 2")
+    counts = np.bincount(np.asarray(train_y, dtype=np.int64), minlength=len(class_names))
+    empty = [class_names[i] for i in np.flatnonzero(counts[: len(class_names)] == 0)]
+    if empty:
+        shown = ", ".join(map(repr, empty[:10])) + (", ..." if len(empty) > 10 else "")
+        raise DataError(
+            f"dataset {name}{where}: {len(empty)} of its {len(class_names)} classes have no training samples: "
+            f"{shown} (an empty class folder, or a label only the test set has); remove them or add samples"
         )
 
 

@@ -27,6 +27,7 @@ import torch
 
 from kdcore.data.bundle import DataBundle, Split, content_fingerprint
 from kdcore.errors import DataError
+from kdcore.speech.frames import FrameSpec
 from kdcore.text import Vocabulary
 
 SEQUENCE_MODALITIES = ("speech", "text")
@@ -134,6 +135,7 @@ def prepare_sequences(
         mean, std = [float(v) for v in m], [float(v) for v in s]
         fingerprint = content_fingerprint(name, {k: (padded[k], ys[k]) for k in padded}, params, 1.0, raw.class_names)
         xs = {k: torch.from_numpy(normalize_frames(v, m, s)) for k, v in padded.items()}
+        extras["frames"] = FrameSpec(steps, mean, std, list(raw.class_names), dict(raw.options))
     else:
         opts = text_options(raw.options)
         vocab = Vocabulary.build(
@@ -145,6 +147,11 @@ def prepare_sequences(
             max_size=opts["max_vocab"],
             class_names=raw.class_names,
         )
+        if len(vocab) <= 2:  # PAD and UNK alone: every text would read as unknown tokens
+            raise DataError(
+                f"dataset {name}: the vocabulary is empty: no token of the training texts occurs "
+                f"data.options.min_freq = {opts['min_freq']} times or more; lower min_freq"
+            )
         xs = {k: vocab.encode(list(x), length=vocab.max_len) for k, (x, _) in parts.items()}
         fingerprint = content_fingerprint(
             name,

@@ -26,6 +26,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ from kdcore.config import AugmentConfig, DataConfig
 from kdcore.data.bundle import DataBundle, Split, channel_stats
 from kdcore.data.decoded_store import DecodedImages, build_store, open_store
 from kdcore.data.image_files import ImageFiles, decoded_bytes, default_workers, first_image_size
+from kdcore.data.registry import check_classes
 from kdcore.data.splits import make_splits
 from kdcore.errors import DataError
 
@@ -58,7 +60,14 @@ def decode(path: str, grayscale: bool) -> Tensor:
     try:
         return decode_image(path, mode=ImageReadMode.GRAY if grayscale else ImageReadMode.RGB)
     except (RuntimeError, OSError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from None
+        raise DataError(f"cannot read image {path}: {decoder_message(exc)}") from None
+
+
+def decoder_message(exc: BaseException) -> str:
+    """A decoder error without the C++ source location torchvision puts before its message
+    (``decode_image, /path/to/decode_image.cpp:61, Unsupported image file...``)."""
+    text = str(exc).strip()
+    return re.sub(r"^[\w:]+, \S+\.(?:cpp|h):\d+, ", "", text) or type(exc).__name__
 
 
 def eval_view(img: Tensor, size: int) -> Tensor:
@@ -342,6 +351,7 @@ def _decoded(paths: list[str], grayscale: bool, workers: int):
 def stream_bundle(cfg: DataConfig, files: ImageFiles) -> DataBundle:
     """Split ``files`` like the in-memory path does, estimate the normalisation, fingerprint the
     file list; nothing is decoded beyond the statistics sample."""
+    check_classes(cfg.name, files.train_y, files.class_names, f" (read from {files.source})" if files.source else "")
     test_y = files.test_y
     idx = make_splits(cfg.name, files.train_y, len(test_y) if test_y is not None else None, cfg)
     pool = np.asarray(files.train_paths, dtype=object)

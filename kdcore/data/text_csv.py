@@ -22,6 +22,9 @@ from kdcore.data.registry import DATASETS, RawData, check_options
 from kdcore.data.sequences import TEXT_OPTIONS, text_options
 from kdcore.errors import DataError
 
+# markers that spreadsheets and pandas write for a missing value; as a label they mean the row has none
+NO_LABEL = frozenset({"NA", "N/A", "n/a", "#N/A", "#NA", "<NA>", "NaN", "nan", "-NaN", "NULL", "null", "None"})
+
 
 def read_table(path: Path, text_col: str, label_col: str) -> tuple[list[str], list[str]]:
     try:
@@ -36,7 +39,17 @@ def read_table(path: Path, text_col: str, label_col: str) -> tuple[list[str], li
         )
     texts = table[text_col].str.strip()
     keep = texts != ""
-    return texts[keep].tolist(), table[label_col][keep].str.strip().tolist()
+    labels = table[label_col].str.strip()
+    missing = keep & (labels.isin(NO_LABEL) | (labels == ""))
+    if missing.any():
+        rows = (np.flatnonzero(missing.to_numpy()) + 1).tolist()
+        shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
+        raise DataError(
+            f"dataset text_csv: {path} has {len(rows)} row(s) with text but no {label_col!r} (empty, or a "
+            f"missing-value marker such as NA or NaN): data row(s) {shown}, counting from 1 after the header; "
+            "fill in their labels or drop those rows"
+        )
+    return texts[keep].tolist(), labels[keep].tolist()
 
 
 def class_order(labels: list[str]) -> list[str]:

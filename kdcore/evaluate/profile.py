@@ -86,8 +86,15 @@ def model_profile(
     from torch.utils.flop_counter import FlopCounterMode
 
     flop_counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), flop_counter:
-        cpu_model(single)
+    # nn.MultiheadAttention's eval-mode fast path is one fused op the counter does not know (it would
+    # count a transformer's head alone): count the layers' own matmuls instead, the same arithmetic
+    fast_path = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.inference_mode(), flop_counter:
+            cpu_model(single)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast_path)
     profile["flops"] = flop_counter.get_total_flops()
 
     if latency:

@@ -8,14 +8,8 @@ import torch
 from torch import nn
 
 from kdcore.errors import KdflowError
+from kdcore.predict_raw import encoded_logits
 from kdcore.text.vocab import Vocabulary
-
-
-def _set_mode(model: nn.Module, training: bool) -> None:
-    try:
-        model.train(training)
-    except NotImplementedError:  # a torch.export program (how MLflow stores models) has no train/eval mode
-        pass
 
 
 def text_logits(model: nn.Module, vocab: Vocabulary, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
@@ -26,18 +20,7 @@ def text_logits(model: nn.Module, vocab: Vocabulary, texts: Sequence[str], batch
     """
     if isinstance(texts, str):
         raise KdflowError("text_logits takes a list of strings, not a single string")
-    first = next(iter(model.parameters()), None)
-    device = first.device if first is not None else torch.device("cpu")
-    was_training = model.training
-    _set_mode(model, False)
-    out = []
-    try:
-        with torch.inference_mode():
-            for i in range(0, len(texts), batch_size):
-                out.append(model(vocab.encode(texts[i : i + batch_size]).to(device)).float().cpu())
-    finally:
-        _set_mode(model, was_training)
-    return torch.cat(out) if out else torch.empty(0, len(vocab.class_names))
+    return encoded_logits(model, vocab.encode, texts, len(vocab.class_names), batch_size)
 
 
 def classify_texts(model: nn.Module, vocab: Vocabulary, texts: Sequence[str], batch_size: int = 256) -> list[str]:

@@ -328,6 +328,14 @@ def test_imagefolder_missing_and_empty(tmp_path):
         load_dataset(DataConfig(name="imagefolder", root=str(tmp_path / "empty")))
     with pytest.raises(ConfigError, match="does not know colour"):
         load_dataset(DataConfig(name="imagefolder", root=str(tmp_path), options={"colour": 1}))
+    write_pngs(tmp_path / "one", {"cat": 6})
+    for in_memory in (True, False):  # read into memory or streamed: the same checks
+        with pytest.raises(DataError, match=r"has 1 class \('cat'\): classification needs at least 2"):
+            load_dataset(DataConfig(name="imagefolder", root=str(tmp_path / "one"), in_memory=in_memory))
+        (tmp_path / "one" / "dog").mkdir(exist_ok=True)  # an empty class folder is not a class
+        with pytest.raises(DataError, match="1 of its 2 classes have no training samples: 'dog'"):
+            load_dataset(DataConfig(name="imagefolder", root=str(tmp_path / "one"), in_memory=in_memory))
+        (tmp_path / "one" / "dog").rmdir()
 
 
 # ------------------------------------------------------------------------------------------
@@ -364,6 +372,6 @@ def test_float_data_and_too_few_samples(fake_dataset):
         fake_dataset(RawData(train_x=x, train_y=np.arange(30) % 3, class_names=["a", "b", "c"], scale=1.0))
     )
     assert b.in_channels == 2 and sum(sizes(b).values()) == 30
-    cfg = fake_dataset(RawData(train_x=x[:1], train_y=np.zeros(1, np.int64), class_names=["a"]), name="one")
-    with pytest.raises(DataError, match=r"only 1 sample\(s\)"):
+    cfg = fake_dataset(RawData(train_x=x[:2], train_y=np.arange(2), class_names=["a", "b"]), name="two")
+    with pytest.raises(DataError, match=r"only 1 sample\(s\): too few to carve a val split"):
         load_dataset(cfg)

@@ -188,6 +188,17 @@ def test_text_csv_with_official_test_and_named_columns(tmp_path):
         load_dataset(DataConfig(name="text_csv", root=str(folder)))
     with pytest.raises(DataError, match="needs data.root"):
         load_dataset(DataConfig(name="text_csv"))
+    cfg = DataConfig(name="text_csv", root=str(folder), options={"text_column": "review", "label_column": "sentiment"})
+    with pytest.raises(DataError, match="the vocabulary is empty.*min_freq = 1000"):
+        load_dataset(cfg.model_copy(update={"options": {**cfg.options, "min_freq": 1000}}))
+    lines = (folder / "train.csv").read_text().splitlines()
+    (folder / "train.csv").write_text("\n".join([*lines, "fine film,NaN", "so so,", ",", "meh,NA"]) + "\n")
+    with pytest.raises(DataError, match=r"has 3 row\(s\) with text but no 'sentiment'.*data row\(s\) 41, 42, 44"):
+        load_dataset(cfg)
+    (folder / "train.csv").write_text("\n".join(lines[:1] + [r for r in lines[1:] if r.endswith("pos")]) + "\n")
+    (folder / "test.csv").unlink()
+    with pytest.raises(DataError, match=r"has 1 class \('pos'\): classification needs at least 2"):
+        load_dataset(cfg)
 
 
 # ------------------------------------------------------------------------------------------
@@ -239,3 +250,47 @@ def test_audio_front_end_log_mel_peaks_follow_the_tone(tone_folder):
     assert peak(low) < peak(high) and abs(peak(narrow) - peak(high)) <= 1
     with pytest.raises(DataError, match="features must be one of mfcc, logmel"):
         audio_features(read_wav(tone_folder / "low" / "clip0.wav", 16000), {"features": "mel"})
+
+
+def test_audio_folder_testing_list_empty_clips_and_empty_classes_fail_clearly(tone_folder):
+    cfg = DataConfig(name="audio_folder", root=str(tone_folder), val_fraction=0.2)
+    listed = tone_folder / "testing_list.txt"
+    listed.write_text("./high/clip0.wav\n./low/clip0.wav\n")  # written with a leading ./: the same clips
+    assert len(load_dataset(cfg).test) == 2
+    listed.write_text("yes/clip0.wav\nno/clip0.wav\n")
+    with pytest.raises(DataError, match=r"names 2 clip\(s\) but none of the .wav files.*'yes/clip0.wav'"):
+        load_dataset(cfg)
+    every = sorted(p.relative_to(tone_folder).as_posix() for p in tone_folder.rglob("*.wav") if "_" not in p.parts[-2])
+    listed.write_text("\n".join(every))
+    with pytest.raises(DataError, match="names every one of the 16 clips"):
+        load_dataset(cfg)
+    listed.unlink()
+    (tone_folder / "silent").mkdir()
+    with pytest.raises(DataError, match="1 of its 3 classes have no training samples: 'silent'"):
+        load_dataset(cfg)
+    write_wav(tone_folder / "silent" / "empty.wav", 440.0, 0.0)
+    with pytest.raises(DataError, match=r"silent/empty.wav holds no samples"):
+        load_dataset(cfg)
+
+
+def test_wav_classifier_encodes_new_recordings_as_the_training_data(tone_folder, tmp_path):
+    from kdcore.models import create_model
+    from kdcore.speech import FrameSpec, classify_wavs, frame_logits, wav_frames
+
+    b = load_dataset(DataConfig(name="audio_folder", root=str(tone_folder), val_fraction=0.2))
+    spec = FrameSpec.load(b.model_files(tmp_path)[0])  # what a saved speech model carries (frames.json)
+    assert spec.to_dict() == b.extras["frames"].to_dict() and spec.steps == 81 and spec.num_features == 13
+    test_clips = [tone_folder / c for c in ("high/clip0.wav", "high/clip1.wav", "low/clip0.wav", "low/clip1.wav")]
+    assert torch.equal(spec.encode(wav_frames(spec, test_clips)), b.test.x)  # the official test clips, in order
+    model = create_model("speech_rnn", in_channels=b.in_channels, num_classes=2, hidden_size=8).eval()
+    with torch.no_grad():
+        expected = model(b.test.x)
+    assert torch.allclose(frame_logits(model, spec, wav_frames(spec, test_clips)), expected, atol=1e-6)
+    assert classify_wavs(model, spec, test_clips) == [b.class_names[i] for i in expected.argmax(1).tolist()]
+    write_wav(tmp_path / "long.wav", 300.0, 2.0)  # longer than any training clip: cut to its 81 frames
+    assert spec.encode(wav_frames(spec, [tmp_path / "long.wav"])).shape == (1, 81, 14)
+    with pytest.raises(KdflowError, match=r"clip 0: frames must be \[T, 13\]"):
+        spec.encode([np.zeros((5, 12))])
+    vowels = load_dataset(DataConfig(name="japanese_vowels", limit_train=40, limit_test=10))
+    with pytest.raises(KdflowError, match="trained on frames a dataset loader gave"):
+        classify_wavs(model, vowels.extras["frames"], test_clips)

@@ -75,6 +75,34 @@ def test_workers_ship_uint8_batches_that_normalise_to_the_items_values(folder):
     assert torch.equal(batch.x, expected)
 
 
+def test_streamed_views_need_no_policy_and_ignore_the_in_memory_one(folder):
+    """Streamed views are data.augment's crops: cache.views.policy is not asked for and, as the
+    stages get the config (tasks.data.for_data), editing it changes no stage fingerprint; in
+    memory, views without a policy or a mix would all be the same image and are refused."""
+    from kdcore.config import PipelineConfig
+    from kdcore.errors import ConfigError
+    from kdcore.preflight import preflight_data
+    from tasks.data import for_data
+    from tasks.fingerprints import fingerprint
+
+    def cfg(in_memory: bool, **views) -> PipelineConfig:
+        return PipelineConfig.model_validate(
+            {"data": data_cfg(folder, in_memory=in_memory).model_dump(), "cache": {"views": {"num_views": 2, **views}}}
+        )
+
+    def features_fp(c: PipelineConfig, data) -> str:
+        return fingerprint("features", for_data(c, data), data.fingerprint, {"teacher": {"fingerprint": "t"}})
+
+    streamed = load_dataset(data_cfg(folder, in_memory=False))
+    preflight_data(cfg(False), streamed)  # num_views 2 without a policy: fine when streamed
+    assert features_fp(cfg(False), streamed) == features_fp(cfg(False, policy="crop_flip", pad=4), streamed)
+    assert features_fp(cfg(False), streamed) != features_fp(cfg(False, seed=1), streamed)
+    mem = load_dataset(data_cfg(folder))
+    with pytest.raises(ConfigError, match="num_views = 2 but every view would be the same image"):
+        preflight_data(cfg(True), mem)
+    assert features_fp(cfg(True, policy="crop_flip"), mem) != features_fp(cfg(True, policy="shift"), mem)
+
+
 def test_fingerprint_follows_file_stats_or_contents(folder, tmp_path):
     import shutil
 

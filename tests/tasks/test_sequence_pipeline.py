@@ -1,5 +1,6 @@
 """The three sequence configs end to end under Prefect's test server, on a reduced size, and the
-registered text student classifying raw strings with the vocabulary stored in its MLflow model."""
+registered students classifying raw strings and frames with the vocabulary or frame spec stored in
+their MLflow models."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from mlflow import MlflowClient
 from conftest import kdflow_home
 from kdcore.config import load_config
 from kdcore.data import DATASETS, load_dataset, make_splits
+from kdcore.speech import FrameSpec, classify_frames, frame_logits
 from kdcore.text import Vocabulary, classify_texts, text_logits
 from kdcore.train.checkpoint import load_model
 
@@ -79,7 +81,7 @@ def test_config_runs_every_stage_and_registers_both_models(runs, name):
     assert models["teacher"]["params"] > models["student"]["params"]
     sidecar = json.loads((weights(home, report, "distill").with_name("student.safetensors.json")).read_text())
     assert sidecar["modality"] == ("speech" if name.startswith("speech") else "text")
-    assert sidecar["files"] == ([] if name.startswith("speech") else ["vocab.json"])
+    assert sidecar["files"] == (["frames.json"] if name.startswith("speech") else ["vocab.json"])
 
 
 def weights(home: Path, report: dict, stage: str) -> Path:
@@ -135,3 +137,14 @@ def test_registered_speech_student_matches_kdcore_weights(runs, tmp_path):
     ours = load_model(weights(home, report, "distill")).eval()
     with torch.no_grad():
         assert torch.allclose(registered(data.test.x[:7]), ours(data.test.x[:7]), atol=1e-5)
+        expected = ours(data.test.x)
+    # the stored frame spec turns the loader's raw frames into the inputs the pipeline trained on,
+    # and the registered model classifies them with it
+    spec = FrameSpec.load(local / "extra_files" / "frames.json")
+    assert spec.to_dict() == data.extras["frames"].to_dict() and spec.class_names == data.class_names
+    raw = DATASETS.get(cfg.data.name)(cfg.data)
+    idx = make_splits(cfg.data.name, raw.train_y, len(raw.test_y) if raw.has_test else None, cfg.data)
+    frames = list((raw.test_x if idx.test_is_official else raw.train_x)[idx.test])
+    assert torch.equal(spec.encode(frames), data.test.x)
+    assert torch.allclose(frame_logits(registered, spec, frames), expected, atol=1e-5)
+    assert classify_frames(registered, spec, frames) == [spec.class_names[i] for i in expected.argmax(1).tolist()]
