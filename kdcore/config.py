@@ -149,9 +149,25 @@ class TeacherAugment(ViewPolicy):
     where: ClassVar[str] = "teacher.augment"
 
 
+def _model_kwargs(section: str):
+    """A validator of ``<section>.kwargs``: kdflow passes the data's in_channels and num_classes."""
+
+    def check(kwargs: dict[str, Any]) -> dict[str, Any]:
+        given = [k for k in ("in_channels", "num_classes") if k in kwargs]
+        if given:
+            raise ValueError(
+                f"{section}.kwargs.{given[0]} = {kwargs[given[0]]!r}: kdflow sets {given[0]} from the data "
+                "(its channels and classes); remove it from kwargs"
+            )
+        return kwargs
+
+    return check
+
+
 class TeacherConfig(Section):
     arch: str = "cnn_medium"
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    _kwargs = field_validator("kwargs")(_model_kwargs("teacher"))
     checkpoint: Optional[str] = Field(None, description="load these weights instead of training")
     train: TrainSpec = Field(default_factory=TrainSpec)
     augment: TeacherAugment = Field(
@@ -162,6 +178,7 @@ class TeacherConfig(Section):
 class StudentConfig(Section):
     arch: str = "cnn_tiny"
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    _kwargs = field_validator("kwargs")(_model_kwargs("student"))
 
 
 class ViewsConfig(ViewPolicy):

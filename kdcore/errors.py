@@ -19,3 +19,10 @@ class CheckpointError(KdflowError):
 
 class DivergenceError(KdflowError):
     """Training produced a non-finite loss."""
+
+
+def describe(exc: BaseException, limit: int = 300) -> str:
+    """``exc`` in one line for a message: its type and the first line of its text (the type alone
+    when it has none, as an EOFError or an IndexError of an unpickler often does)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:limit]}" if text else type(exc).__name__

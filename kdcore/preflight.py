@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdcore.config import PipelineConfig
-from kdcore.errors import ConfigError, KdflowError
+from kdcore.errors import ConfigError, KdflowError, describe
 
 
 def preflight(cfg: PipelineConfig) -> None:
@@ -120,15 +120,20 @@ def preflight_with_data(
                     section.arch, in_channels=channels, num_classes=num_classes, **section.kwargs
                 )
                 if example is not None:  # a model that cannot take this data's samples fails here, not in a stage
-                    model.eval()(x)
+                    out = model.eval()(x)
+                    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(x), num_classes):
+                        got = f"shape {tuple(out.shape)}" if torch.is_tensor(out) else f"a {type(out).__name__}"
+                        problems.append(
+                            f"{role}.arch: {section.arch!r} must return one tensor of logits [N, {num_classes}] "
+                            f"(N samples, the data's {num_classes} classes); on {len(x)} samples it returned {got}"
+                        )
             except KdflowError as exc:
                 problems.append(f"{role}.arch: {exc}")
             except Exception as exc:  # noqa: BLE001 - any error of the model's forward on these inputs
-                first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
                 problems.append(
                     f"{role}.arch: {section.arch!r} cannot take this dataset's samples of shape "
-                    f"{tuple(input_shape)} ({type(exc).__name__}: {first})"
-                    + ("; a ViT needs kwargs.image_size equal to the images' side" if "image" in first else "")
+                    f"{tuple(input_shape)} ({describe(exc)})"
+                    + ("; a ViT needs kwargs.image_size equal to the images' side" if "image" in str(exc) else "")
                 )
         if problems:
             raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

@@ -58,20 +58,36 @@ def scan(folder: Path, class_names: Optional[list[str]] = None) -> tuple[list[Pa
     return paths, labels, names
 
 
-def read_images(paths: list[Path], mode: str, size: Optional[int]) -> np.ndarray:
+def as_8bit(im):
+    """``im`` with 8 bits per channel: 16-bit (and 32-bit integer) grey images keep their high byte,
+    as torchvision's ``to_dtype(..., uint8, scale=True)`` does (PIL's own conversion clips them)."""
+    from PIL import Image
+
+    if im.mode.startswith("I;16") or im.mode == "I":
+        wide = np.asarray(im).astype(np.int64)
+        return Image.fromarray(np.clip(wide >> 8, 0, 255).astype(np.uint8), mode="L")
+    return im
+
+
+def pil_pixels(path: Path | str, mode: str, size: Optional[int] = None) -> np.ndarray:
+    """uint8 pixels ``[H, W]`` (mode "L") or ``[H, W, 3]`` ("RGB") of the image at ``path``."""
     from PIL import Image, UnidentifiedImageError
 
+    try:
+        with Image.open(path) as im:
+            im = as_8bit(im).convert(mode)
+            if size is not None:
+                im = im.resize((size, size), Image.Resampling.BILINEAR)
+            return np.asarray(im, dtype=np.uint8)
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from None
+
+
+def read_images(paths: list[Path], mode: str, size: Optional[int]) -> np.ndarray:
     out = []
     first: Optional[tuple[Path, tuple[int, int]]] = None
     for p in paths:
-        try:
-            with Image.open(p) as im:
-                im = im.convert(mode)
-                if size is not None:
-                    im = im.resize((size, size), Image.Resampling.BILINEAR)
-                arr = np.asarray(im, dtype=np.uint8)
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
-            raise DataError(f"cannot read image {p}: {exc}") from None
+        arr = pil_pixels(p, mode, size)
         if first is None:
             first = (p, arr.shape[:2])
         elif arr.shape[:2] != first[1]:

@@ -45,6 +45,7 @@ from kdcore.data.splits import make_splits
 from kdcore.errors import DataError
 
 STATS_SAMPLE = 1000
+PIL_ONLY = (".bmp",)  # listed image formats that torchvision.io does not decode
 NO_CROP = (-1, -1, -1, -1, 0)  # the eval transform (resize + centre crop), no flip
 FINGERPRINT_VERSION = "kdflow-stream-v1"
 
@@ -56,11 +57,20 @@ Item = Union[int, tuple[int, int], tuple[int, Sequence[int]]]
 def decode(path: str, grayscale: bool) -> Tensor:
     """The image at ``path`` as uint8 [C, H, W] (RGB, or one grey channel)."""
     from torchvision.io import ImageReadMode, decode_image
+    from torchvision.transforms.v2.functional import to_dtype
 
     try:
-        return decode_image(path, mode=ImageReadMode.GRAY if grayscale else ImageReadMode.RGB)
+        img = decode_image(path, mode=ImageReadMode.GRAY if grayscale else ImageReadMode.RGB)
     except (RuntimeError, OSError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {decoder_message(exc)}") from None
+        if Path(path).suffix.lower() not in PIL_ONLY:
+            raise DataError(f"cannot read image {path}: {decoder_message(exc)}") from None
+        # a format torchvision does not decode (BMP): PIL's pixels, as the in-memory path reads them
+        from kdcore.data.imagefolder import pil_pixels
+
+        arr = pil_pixels(path, "L" if grayscale else "RGB")
+        return torch.from_numpy((arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)).copy())
+    # 16-bit PNGs decode to uint16: their high byte, as 8-bit images (the store and the crops are uint8)
+    return img if img.dtype == torch.uint8 else to_dtype(img, torch.uint8, scale=True)
 
 
 def decoder_message(exc: BaseException) -> str:

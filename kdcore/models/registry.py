@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from kdcore.errors import KdflowError
+from kdcore.errors import KdflowError, describe
 from kdcore.registry import Registry
 from kdcore.signature import accepted_params as _accepted
 from kdcore.signature import check_kwargs
@@ -72,7 +72,12 @@ def create_model(
     except (TypeError, ValueError) as err:
         raise KdflowError(f"model {arch!r}: parameters must be JSON-serialisable ({err})") from None
     extra = {"load_weights": load_weights} if "load_weights" in _accepted(factory) else {}
-    model = factory(in_channels=in_channels, num_classes=num_classes, **extra, **kwargs)
+    try:
+        model = factory(in_channels=in_channels, num_classes=num_classes, **extra, **kwargs)
+    except KdflowError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a factory's own failure (user code, a library's builder)
+        raise KdflowError(f"model {arch!r}: building it failed: {describe(exc)}") from exc
     if not isinstance(model, nn.Module):
         raise KdflowError(f"model {arch!r}: the factory returned a {type(model).__name__}, not a torch.nn.Module")
     # torch annotates Module.__setattr__'s value as Tensor | Module; any value is accepted (a plain attribute)

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from kdcore.errors import CheckpointError
+from kdcore.errors import CheckpointError, describe
 from kdcore.fingerprint import file_sha256
 
 
@@ -109,6 +109,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the save that wrote it did not finish")
     if path.suffix == ".safetensors":
         return _strip_prefixes(read_tensors(path))
     try:
@@ -122,10 +124,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 f"never unpickles code: {SAVE_HINT}"
             ) from None
         raise CheckpointError(f"checkpoint {path} is corrupted or not a PyTorch/safetensors weights file") from None
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - random bytes make the unpickler fail in many ways (IndexError, ...)
         raise CheckpointError(
-            f"checkpoint {path} is corrupted or not a PyTorch/safetensors weights file "
-            f"({str(exc).splitlines()[0][:200]})"
+            f"checkpoint {path} is corrupted or not a PyTorch/safetensors weights file ({describe(exc, 200)})"
         ) from None
     return _strip_prefixes(_unwrap(obj, path))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -58,6 +59,9 @@ def test_a_pickled_whole_model_is_refused_saying_how_to_save_a_state_dict(tmp_pa
     "content, needle",
     [
         (b"\x00junk" * 40, "is corrupted or not a PyTorch/safetensors weights file"),
+        (b"", r"is empty \(0 bytes\)"),
+        # random bytes: the unpickler fails with whatever the bytes make of it (IndexError here)
+        (np.random.default_rng(3).bytes(4096), "is corrupted or not a PyTorch/safetensors weights file"),
         ([1, 2, 3], "holds a list, not a state_dict"),
         ({"epoch": 3, "lr": 0.1}, "holds no mapping of tensor names to tensors"),
     ],

@@ -269,7 +269,7 @@ def test_python_factory_builds_the_users_model():
             "python:plugins_pkg.models:make_nett",
             {},
             "module 'plugins_pkg.models' has no attribute 'make_nett'; the "
-            "functions and classes it defines: make_net, no_channels",
+            "functions and classes it defines: broken, fixed_head, make_net, no_channels",
         ),
         ("python:plugins_pkg.models:NOT_CALLABLE", {}, "plugins_pkg.models.NOT_CALLABLE is a int, not a callable"),
         ("python:plugins_pkg.models:not_a_module", {}, "returned a list, not a torch.nn.Module"),
@@ -280,9 +280,43 @@ def test_python_factory_builds_the_users_model():
             "does not accept parameter 'depth'; accepted parameters: width",
         ),
         ("python:plugins_pkg.models", {}, "expected python:MODULE:FACTORY"),
+        (
+            "python:plugins_pkg.models:broken",
+            {},
+            "building it failed: ValueError: this factory cannot build a net for 1 channels",
+        ),
     ],
 )
 def test_python_factory_errors_are_one_clear_message(arch, kwargs, needle):
     with pytest.raises(KdflowError) as err:
         create_model(arch, in_channels=1, num_classes=3, **kwargs)
     assert needle in str(err.value) and repr(arch) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "arch, needle",
+    [
+        ("python:plugins_pkg.models:returns_tuple", "on 2 samples it returned a tuple"),
+        ("python:plugins_pkg.models:fixed_head", r"on 2 samples it returned shape \(2, 10\)"),
+    ],
+)
+def test_a_model_whose_output_is_not_the_datas_logits_fails_validation(arch, needle):
+    """`kdflow validate` runs both models on two samples: a student that returns a tuple or ignores
+    the number of classes stops there, not after the teacher trained."""
+    from kdcore.config import PipelineConfig
+    from kdcore.errors import ConfigError
+    from kdcore.preflight import preflight_with_data
+
+    cfg = PipelineConfig.model_validate({"student": {"arch": arch}})
+    with pytest.raises(ConfigError, match=r"student.arch: .* must return one tensor of logits \[N, 3\].*" + needle):
+        preflight_with_data(cfg, (1, 8, 8), 3, example=torch.randn(2, 1, 8, 8))
+    preflight_with_data(PipelineConfig(), (1, 8, 8), 3, example=torch.randn(2, 1, 8, 8))  # the default models pass
+
+
+@pytest.mark.parametrize("section, key", [("student", "num_classes"), ("teacher", "in_channels")])
+def test_kwargs_that_kdflow_sets_from_the_data_are_refused(section, key):
+    from kdcore.config import load_config
+    from kdcore.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"{section}.kwargs.{key} = 10: kdflow sets {key} from the data"):
+        load_config(None, [f'{section}.kwargs={{"{key}": 10}}'])

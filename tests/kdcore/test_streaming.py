@@ -328,3 +328,50 @@ def test_pipeline_starts_the_loader_workers_server_early_for_streamed_data(folde
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["batches"] == [[0, 1], [2, 3, 4]]
     assert out["early"] is (not in_memory) and out["same"] is (not in_memory), out
+
+
+def test_16_bit_and_bmp_images_read_as_their_8_bit_pixels_in_memory_and_streamed(tmp_path):
+    """A 16-bit grey PNG counts by its high byte (PIL alone would clip it to white, the decoded store
+    would take it for 8-bit bytes), and a BMP, which torchvision does not decode, streams through PIL:
+    every way of reading gives the pixels of the same image saved as 8-bit PNG."""
+    from PIL import Image
+
+    from kdcore.data.imagefolder import pil_pixels
+    from kdcore.data.stream import decode
+
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (16, 16), dtype=np.uint8)
+    Image.fromarray(grey).save(tmp_path / "eight.png")
+    Image.fromarray(grey.astype(np.uint16) * 256 + 3).save(tmp_path / "sixteen.png")  # low byte: noise
+    assert Image.open(tmp_path / "sixteen.png").mode.startswith("I")
+    rgb = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "colour.png")
+    Image.fromarray(rgb).save(tmp_path / "colour.bmp")
+    for name, mode in (("sixteen.png", "L"), ("sixteen.png", "RGB")):
+        assert np.array_equal(pil_pixels(tmp_path / name, mode), pil_pixels(tmp_path / "eight.png", mode))
+    for grey in (True, False):
+        assert torch.equal(decode(str(tmp_path / "sixteen.png"), grey), decode(str(tmp_path / "eight.png"), grey))
+    # (grey from colour: libpng's weights where torchvision decodes, PIL's for a BMP, 1 level apart at most)
+    assert torch.equal(decode(str(tmp_path / "colour.bmp"), False), decode(str(tmp_path / "colour.png"), False))
+    bmp_grey, png_grey = (decode(str(tmp_path / f"colour.{ext}"), True).int() for ext in ("bmp", "png"))
+    assert (bmp_grey - png_grey).abs().max() <= 1
+    assert decode(str(tmp_path / "sixteen.png"), False).dtype == torch.uint8
+
+    # whole folders: one image of each class 16-bit (and one BMP) reads as the all-8-bit folder does
+    clean, odd = write_image_folder(tmp_path / "clean", per_class=8), tmp_path / "odd"
+    import shutil
+
+    shutil.copytree(clean, odd)
+    first = np.asarray(Image.open(clean / "c0" / "0.png").convert("L"))
+    (odd / "c0" / "0.png").unlink()
+    Image.fromarray(first.astype(np.uint16) * 257).save(odd / "c0" / "0.png")
+    (clean / "c0" / "0.png").unlink()
+    Image.fromarray(first).convert("RGB").save(clean / "c0" / "0.png")
+    (odd / "c1" / "1.png").unlink()
+    Image.open(clean / "c1" / "1.png").save(odd / "c1" / "1.bmp")
+    (clean / "c1" / "1.png").rename(clean / "c1" / "1.bmp.png")  # the same place in the sorted listing
+    streamed = {"in_memory": False, "num_workers": 0}
+    for kw in ({}, streamed, {**streamed, "decoded_store": False}):
+        a, b = (load_dataset(data_cfg(root, decoded_store_dir=str(tmp_path / "stores"), **kw)) for root in (clean, odd))
+        assert a.mean == pytest.approx(b.mean, rel=1e-12) and a.std == pytest.approx(b.std, rel=1e-12)
+        assert torch.equal(a.train.x[: len(a.train)], b.train.x[: len(b.train)])

@@ -31,3 +31,26 @@ def no_channels(num_classes: int) -> nn.Module:
 
 
 NOT_CALLABLE = 5
+
+
+def broken(in_channels: int, num_classes: int) -> nn.Module:
+    raise ValueError(f"this factory cannot build a net for {in_channels} channels")
+
+
+class _Pair(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x), x
+
+
+def returns_tuple(in_channels: int, num_classes: int) -> nn.Module:
+    """A forward that returns (logits, input): not what kdflow can distil."""
+    return _Pair(make_net(in_channels, num_classes))
+
+
+def fixed_head(in_channels: int, num_classes: int) -> nn.Module:
+    """A net that ignores num_classes and always has 10 outputs."""
+    return make_net(in_channels, 10)
