@@ -97,11 +97,14 @@ class DataBundle:
     def model_files(self, folder: Path) -> list[Path]:
         """Write what a model trained on this data needs to read raw inputs (text: ``vocab.json``,
         the train-split vocabulary; speech: ``frames.json``, the frame count, normalisation and
-        audio front end) into ``folder``; return the paths written."""
+        audio front end; images: ``image.json``, size, resizing and normalisation) into ``folder``;
+        return the paths written."""
         if "vocab" in self.extras:
             return [self.extras["vocab"].save(Path(folder) / "vocab.json")]
         if "frames" in self.extras:
             return [self.extras["frames"].save(Path(folder) / "frames.json")]
+        if "image" in self.extras:
+            return [self.extras["image"].save(Path(folder) / "image.json")]
         return []
 
 

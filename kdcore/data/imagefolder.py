@@ -2,6 +2,7 @@
 
     root/<class_name>/*.png|jpg|jpeg|bmp            -> a test split is carved
     root/train/<class_name>/..., root/test/<class_name>/...   -> official train / test
+    root/train/<class_name>/..., root/val/<class_name>/...    -> the same, val/ as the test set
 
 Images are converted to RGB (or grey with ``data.options.grayscale: true``) and resized to
 ``data.image_size`` x ``data.image_size``; without ``image_size`` all images must share one size.
@@ -101,6 +102,20 @@ def read_images(paths: list[Path], mode: str, size: Optional[int]) -> np.ndarray
     return x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
 
 
+def held_out_folder(root: Path) -> Optional[Path]:
+    """The official test set of an image folder: ``root/test`` beside ``root/train``, or ``root/val``
+    (the ImageNet layout, train/ + val/); None when the class folders lie in ``root`` itself."""
+    if not (root / "train").is_dir():
+        return None
+    found = [root / name for name in ("test", "val") if (root / name).is_dir()]
+    if len(found) == 2:
+        raise DataError(
+            f"image folder {root} has train/, val/ and test/: kdflow tests on test/ and carves its validation "
+            "split from train/ (data.val_fraction); move val/'s class folders' images into train/"
+        )
+    return found[0] if found else None  # train/ alone: a class named "train" among the others
+
+
 @lists_files("imagefolder")
 def list_imagefolder(cfg: DataConfig) -> ImageFiles:
     """The image files and labels under ``data.root`` (train pool, and test set when official)."""
@@ -110,8 +125,8 @@ def list_imagefolder(cfg: DataConfig) -> ImageFiles:
     root = Path(cfg.root).expanduser()
     if not root.is_dir():
         raise DataError(f"image folder {root} (data.root) does not exist")
-    official = (root / "train").is_dir() and (root / "test").is_dir()
-    paths, labels, names = scan(root / "train" if official else root)
+    held_out = held_out_folder(root)
+    paths, labels, names = scan(root / "train" if held_out is not None else root)
     files = ImageFiles(
         [str(p) for p in paths],
         np.asarray(labels, dtype=np.int64),
@@ -119,8 +134,8 @@ def list_imagefolder(cfg: DataConfig) -> ImageFiles:
         source=str(root),
         grayscale=bool(cfg.options.get("grayscale")),
     )
-    if official:
-        t_paths, t_labels, _ = scan(root / "test", names)
+    if held_out is not None:
+        t_paths, t_labels, _ = scan(held_out, names)
         files.test_paths, files.test_y = [str(p) for p in t_paths], np.asarray(t_labels, dtype=np.int64)
     return files
 

@@ -313,6 +313,39 @@ def test_imagefolder_official_train_test_and_sizes(tmp_path):
     b = load_dataset(DataConfig(name="imagefolder", root=str(tmp_path), image_size=16))
     assert len(b.test) == 5 and b.test.y.tolist() == [0, 0, 1, 1, 1]
     assert len(b.train) + len(b.val) == 12
+    (tmp_path / "test").rename(tmp_path / "val")  # the ImageNet layout: val/ is the held-out set
+    b = load_dataset(DataConfig(name="imagefolder", root=str(tmp_path), image_size=16))
+    assert b.class_names == ["a", "b"] and len(b.test) == 5 and len(b.train) + len(b.val) == 12
+    write_pngs(tmp_path / "test", {"a": 1, "b": 1}, size=(16, 16))
+    with pytest.raises(DataError, match="has train/, val/ and test/.*move val/'s class folders' images into train/"):
+        load_dataset(DataConfig(name="imagefolder", root=str(tmp_path), image_size=16))
+
+
+def test_a_saved_image_spec_reads_new_files_as_the_training_data(tmp_path):
+    """image.json (what every image model carries): the official test files, encoded through it,
+    are the bundle's test inputs, in memory (PIL, resized to the square size) and streamed
+    (torchvision, shorter side and centre crop); arrays at the model's size are taken as they are."""
+    from kdcore.models import create_model
+    from kdcore.vision import ImageSpec, classify_images
+
+    write_pngs(tmp_path / "train", {"a": 6, "b": 6}, size=(16, 16))
+    write_pngs(tmp_path / "test", {"a": 2, "b": 3}, size=(20, 24), seed=1)
+    files = sorted((tmp_path / "test").rglob("*.png"))
+    for in_memory, resize in ((True, "square"), (False, "shorter_side_crop")):
+        b = load_dataset(DataConfig(name="imagefolder", root=str(tmp_path), image_size=16, in_memory=in_memory))
+        spec = ImageSpec.load(b.model_files(tmp_path / f"model-{in_memory}")[0])
+        assert spec.resize == resize and spec.class_names == ["a", "b"] and spec.mean == b.mean
+        assert torch.equal(spec.encode(files), b.test.x[0 : len(b.test)])
+        model = create_model("cnn_tiny", in_channels=3, num_classes=2).eval()
+        with torch.no_grad():
+            expected = model(b.test.x[0 : len(b.test)]).argmax(1)
+        assert classify_images(model, spec, files) == [spec.class_names[i] for i in expected.tolist()]
+    pixels = spec.pixels(files[0]).permute(1, 2, 0).numpy()  # an array of the model's size: no resizing
+    assert torch.equal(spec.encode([pixels]), spec.encode(files[:1]))
+    with pytest.raises(KdflowError, match=r"an image array must be uint8 \[16, 16, 3\]"):
+        spec.encode([pixels[:8]])
+    digits = load_dataset(DataConfig(name="digits"))
+    assert digits.extras["image"].to_dict()["resize"] == "square" and digits.extras["image"].height == 8
 
 
 def test_imagefolder_missing_and_empty(tmp_path):

@@ -206,6 +206,25 @@ def test_streaming_pipeline_trains_evaluates_registers(prefect_server, folder, t
     assert client.search_model_versions("name='stream-student'")
     assert client.search_model_versions("name='stream-teacher'")
 
+    # the registered student reads new picture files through the image.json stored with it: on the
+    # test split's files it scores what the evaluate stage measured
+    import mlflow
+
+    from kdcore.vision import ImageSpec, classify_images
+    from tasks.tracking import process_uri
+
+    version = report["registered"]["stream-student"]
+    with process_uri(f"sqlite:///{home / 'mlflow.db'}"):
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/stream-student/{version}", dst_path=str(tmp_path)))
+        registered = mlflow.pytorch.load_model(str(local))
+    spec = ImageSpec.load(local / "extra_files" / "image.json")
+    test = load_dataset(config_from_dict(raw).data).test
+    assert spec.resize == "shorter_side_crop" and (spec.height, spec.width) == (32, 32)
+    assert torch.equal(spec.encode(test.paths[:5]), test.x[0:5])
+    names = classify_images(registered, spec, test.paths)
+    top1 = np.mean([n == spec.class_names[int(y)] for n, y in zip(names, test.y)])
+    assert top1 == pytest.approx(report["models"]["student"]["top1"], abs=1e-6)
+
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_resized_crop_gives_torchvisions_pixels(channels):
