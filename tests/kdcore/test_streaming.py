@@ -394,3 +394,20 @@ def test_16_bit_and_bmp_images_read_as_their_8_bit_pixels_in_memory_and_streamed
         a, b = (load_dataset(data_cfg(root, decoded_store_dir=str(tmp_path / "stores"), **kw)) for root in (clean, odd))
         assert a.mean == pytest.approx(b.mean, rel=1e-12) and a.std == pytest.approx(b.std, rel=1e-12)
         assert torch.equal(a.train.x[: len(a.train)], b.train.x[: len(b.train)])
+
+
+def test_a_file_that_breaks_in_a_loader_worker_fails_with_its_own_one_line_message(tmp_path):
+    """A test image that only a worker reads (no decoded store): the DataError that reaches the stage
+    says which file and why, without the worker's traceback that torch wraps around it."""
+    from kdcore.errors import DataError
+    from kdcore.evaluate import predict
+
+    root = write_image_folder(tmp_path / "imgs", per_class=10)
+    data = load_dataset(data_cfg(root, in_memory=False, num_workers=1, decoded_store=False))
+    bad = Path(data.test.paths[3])
+    bad.write_bytes(b"not an image at all")
+    model = create_model("cnn_tiny", in_channels=3, num_classes=3).eval()
+    with pytest.raises(DataError) as info:
+        predict(model, data.test.x, batch_size=4)
+    assert str(info.value).startswith(f"cannot read image {bad}: Unsupported image file.")
+    assert "Traceback" not in str(info.value) and "\n" not in str(info.value)
