@@ -40,8 +40,10 @@ def preflight(cfg: PipelineConfig) -> None:
     if cfg.pretrain.losses:
         check("pretrain.losses", lambda: build_objective(cfg.pretrain.losses))
     check("trainer.device", lambda: resolve_device(cfg.trainer.device))
-    if cfg.teacher.checkpoint and not Path(cfg.teacher.checkpoint).is_file():
-        problems.append(f"teacher.checkpoint: file {cfg.teacher.checkpoint!r} does not exist")
+    if cfg.teacher.checkpoint and not Path(cfg.teacher.checkpoint).expanduser().is_file():
+        where = Path(cfg.teacher.checkpoint).expanduser()
+        looked = "" if where.is_absolute() else f" (looked for {where.resolve()}: relative to the working directory)"
+        problems.append(f"teacher.checkpoint: file {cfg.teacher.checkpoint!r} does not exist{looked}")
 
     wanted_t = list(cfg.cache.features)
     wanted_s: list[str] = []
@@ -132,8 +134,7 @@ def preflight_with_data(
             except Exception as exc:  # noqa: BLE001 - any error of the model's forward on these inputs
                 problems.append(
                     f"{role}.arch: {section.arch!r} cannot take this dataset's samples of shape "
-                    f"{tuple(input_shape)} ({describe(exc)})"
-                    + ("; a ViT needs kwargs.image_size equal to the images' side" if "image" in str(exc) else "")
+                    f"{tuple(input_shape)} ({describe(exc)})" + _vit_hint(section.arch, str(exc))
                 )
         if problems:
             raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
@@ -169,3 +170,12 @@ def preflight_data(cfg: PipelineConfig, data) -> None:
     preflight_with_data(
         cfg, tuple(data.input_shape), data.num_classes, example=data.train.x[:2], in_channels=data.in_channels
     )
+
+
+def _vit_hint(arch: str, error: str) -> str:
+    """What to set when a model with a fixed input size (a ViT) refuses the images: torchvision's
+    ``image_size`` or timm's ``img_size`` keyword."""
+    if not any(s in error for s in ("image", "Input height", "Input width", "img_size")):
+        return ""
+    key = "kwargs.img_size" if arch.startswith("timm:") else "kwargs.image_size"
+    return f"; a ViT needs {key} equal to the images' side"

@@ -8,6 +8,7 @@ ones instead of surfacing as a ``TypeError`` deep inside.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from typing import Any, Callable, Iterable, Mapping
 
@@ -33,16 +34,21 @@ def takes_any_kwargs(fn: Callable[..., Any]) -> bool:
     return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in _parameters(fn))
 
 
-def check_kwargs(what: str, fn: Callable[..., Any], kwargs: Mapping[str, Any], skip: Iterable[str] = ()) -> None:
+def check_kwargs(
+    what: str, fn: Callable[..., Any], kwargs: Mapping[str, Any], skip: Iterable[str] = (), also: Iterable[str] = ()
+) -> None:
     """Raise a KdflowError naming ``what`` (e.g. ``model 'cnn'``) when ``kwargs`` has a name ``fn``
-    does not take or lacks one it needs; the message lists the accepted parameters."""
+    does not take or lacks one it needs; the message lists the accepted parameters (with ``also``,
+    the names the caller takes itself, e.g. a loss's ``weight``) and the closest one to a typo."""
     skipped = set(skip)
     accepted = accepted_params(fn, skipped)
-    listed = ", ".join(accepted) or "(none)"
+    listed = ", ".join([*accepted, *also]) or "(none)"
     if not takes_any_kwargs(fn):
         for name in kwargs:
             if name not in accepted:
-                raise KdflowError(f"{what} does not accept parameter {name!r}; accepted parameters: {listed}")
+                close = difflib.get_close_matches(name, [*accepted, *also], n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise KdflowError(f"{what} does not accept parameter {name!r}{hint}; accepted parameters: {listed}")
     for p in _parameters(fn):
         if p.kind in _NAMED and p.name not in skipped and p.default is inspect.Parameter.empty and p.name not in kwargs:
             raise KdflowError(f"{what} needs parameter {p.name!r}; accepted parameters: {listed}")

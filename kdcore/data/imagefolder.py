@@ -124,7 +124,8 @@ def list_imagefolder(cfg: DataConfig) -> ImageFiles:
         raise DataError("dataset imagefolder needs data.root: a folder with one sub-folder of images per class")
     root = Path(cfg.root).expanduser()
     if not root.is_dir():
-        raise DataError(f"image folder {root} (data.root) does not exist")
+        looked = "" if root.is_absolute() else f" (looked for {root.resolve()}: relative to the working directory)"
+        raise DataError(f"image folder {root} (data.root) does not exist{looked}")
     held_out = held_out_folder(root)
     paths, labels, names = scan(root / "train" if held_out is not None else root)
     files = ImageFiles(

@@ -96,5 +96,5 @@ def build_objective(spec: Mapping[str, Mapping[str, Any] | None]) -> Objective:
             raise KdflowError(f"loss {name!r}: settings must be a mapping of parameters, got {settings!r}")
         params = dict(settings)
         weights[name] = _check_weight(name, params.pop("weight", 1.0))
-        losses[name] = create_loss(name, params)
+        losses[name] = create_loss(name, params, also=("weight",))
     return Objective(losses, weights)

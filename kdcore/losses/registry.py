@@ -64,11 +64,12 @@ def loss_params(name: str) -> list[str]:
     return accepted_params(LOSSES.get(name))
 
 
-def create_loss(name: str, params: Mapping[str, Any] | None = None) -> DistillLoss:
-    """Build the registered loss ``name`` from ``params``; unknown or missing params raise KdflowError."""
+def create_loss(name: str, params: Mapping[str, Any] | None = None, also: tuple[str, ...] = ()) -> DistillLoss:
+    """Build the registered loss ``name`` from ``params``; unknown or missing params raise KdflowError
+    (listing ``also``, the settings the caller took out of ``params`` before, as accepted too)."""
     cls = LOSSES.get(name)
     params = dict(params or {})
-    check_kwargs(f"loss {name!r}", cls, params)
+    check_kwargs(f"loss {name!r}", cls, params, also=also)
     return cls(**params)
 
 

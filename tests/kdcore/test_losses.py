@@ -78,6 +78,9 @@ def test_loss_param_validation():
         create_loss("fitnet", {"pairs": [{"student": "a", "teacher": "b"}], "connector": "magic"})
     with pytest.raises(KdflowError, match="'pairs'"):
         create_loss("fitnet", {"pairs": [{"student": "a"}]})
+    # a typo of the weight, which the objective takes out of each loss's settings: suggested and listed
+    with pytest.raises(KdflowError, match=r"'wieght' \(did you mean 'weight'\?\); accepted parameters: .*, weight$"):
+        build_objective({"kd": {"wieght": 0.9}})
 
 
 def test_fitnet_identity_connector_equals_hand_mse():

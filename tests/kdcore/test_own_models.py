@@ -232,6 +232,11 @@ def test_timm_model_for_grey_inputs_with_features_by_path():
     assert probe_shapes(net, ["layer2"], torch.zeros(2, 1, 32, 32))["layer2"][0] == 128
     vit = create_model("timm:vit_tiny_patch16_224", in_channels=3, num_classes=3, img_size=32)
     assert probe_shapes(vit, ["blocks.6"], torch.zeros(2, 3, 32, 32)) == {"blocks.6": (5, 192)}
+    from kdcore.preflight import preflight_with_data
+
+    cfg = config_from_dict({"teacher": {"arch": "timm:vit_tiny_patch16_224"}, "student": {"arch": "cnn_tiny"}})
+    with pytest.raises(ConfigError, match=r"Input height \(32\) doesn't match model \(224\).*needs kwargs.img_size"):
+        preflight_with_data(cfg, (3, 32, 32), 3, example=torch.zeros(2, 3, 32, 32), in_channels=3)
     with pytest.raises(KdflowError, match=r"unknown model 'timm:resnet10tt'.*did you mean"):
         create_model("timm:resnet10tt", in_channels=1, num_classes=3)
 
