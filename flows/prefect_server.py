@@ -174,8 +174,22 @@ def _locked(d: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _asked_port(port: Optional[int]) -> Optional[int]:
+    """The port asked for (``--port``, else ``KDFLOW_PREFECT_PORT``), checked; None: choose one."""
+    given, where = (port, "--port") if port is not None else (os.environ.get(PORT_ENV) or None, PORT_ENV)
+    if given is None:
+        return None
+    try:
+        value = int(given)
+    except ValueError:
+        value = -1
+    if not 1 <= value <= 65535:
+        raise KdflowError(f"{where} = {given!r} is not a port number (1-65535)")
+    return value
+
+
 def _choose_port(port: Optional[int], echo: Echo) -> int:
-    asked = port or (int(os.environ[PORT_ENV]) if os.environ.get(PORT_ENV, "").isdigit() else None)
+    asked = _asked_port(port)
     if asked:
         if not port_free(asked):
             raise KdflowError(
@@ -220,10 +234,25 @@ class _ExitedWhileStarting(KdflowError):
     pass
 
 
+def _listener_is(pid: int, port: int) -> bool:
+    """Whether the program listening on ``port`` runs in the process group of ``pid`` (the server
+    kdflow started, not another home's that took the port first)."""
+    import psutil
+
+    for c in psutil.net_connections(kind="tcp"):
+        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid is not None:
+            try:
+                return os.getpgid(c.pid) == pid
+            except ProcessLookupError:
+                return False
+    return False
+
+
 def _wait_healthy(s: LocalServer, timeout: float, proc: Optional[subprocess.Popen] = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if healthy(s.api_url):
+        # a server kdflow just started must be the one answering: another may have taken the port first
+        if healthy(s.api_url) and (proc is None or _listener_is(proc.pid, s.port)):
             return
         code = proc.poll() if proc is not None else (None if pid_alive(s.pid) else "?")
         if code is not None:
@@ -262,8 +291,9 @@ def start(
                 return s, False
             echo(f"removed a stale pid file of the local Prefect server (process {s.pid} is gone)")
             _pidfile(d).unlink(missing_ok=True)
-        chosen = _choose_port(port, echo)
         minutes = idle_minutes() if idle is None else idle
+        if minutes < 0:
+            raise KdflowError(f"the idle time must be 0 (never stop) or more minutes, got {minutes:g}")
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env.update(
             PREFECT_HOME=str(d / "prefect-home"),
@@ -274,8 +304,9 @@ def start(
                 filter(None, [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")])
             ),
         )
-        echo(f"starting a local Prefect server on {HOST}:{chosen} (kept running; `kdflow server stop` stops it)")
-        for attempt in (1, 2):  # a second try when the first was killed before it answered
+        for attempt in (1, 2):  # a second try when the first was killed, or lost its port, before it answered
+            chosen = _choose_port(port, echo)
+            echo(f"starting a local Prefect server on {HOST}:{chosen} (kept running; `kdflow server stop` stops it)")
             with open(d / "server.log", "ab") as log:
                 proc = subprocess.Popen(
                     [
@@ -314,7 +345,9 @@ def start(
             except KdflowError as exc:
                 _stop_group(srv.pid)
                 _pidfile(d).unlink(missing_ok=True)
-                if attempt == 2 or not isinstance(exc, _ExitedWhileStarting) or (proc.returncode or 0) >= 0:
+                lost_port = not port_free(chosen) and _asked_port(port) is None  # another program took it
+                killed = (proc.returncode or 0) < 0
+                if attempt == 2 or not isinstance(exc, _ExitedWhileStarting) or not (killed or lost_port):
                     raise
                 echo(f"{exc}; starting it again")
         touch(d)  # the idle time counts from here

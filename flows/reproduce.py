@@ -165,10 +165,13 @@ def reproduce_ref(
     from flows.runner import run_pipeline
     from kdcore.config import config_from_dict
     from tasks.home import kdflow_home
-    from tasks.tracking import default_tracking_uri
+    from tasks.tracking import check_reachable, default_tracking_uri
 
+    config_from_dict({}, list(overrides or []))  # an unknown --set key fails before anything is read
     orig_home = kdflow_home()
-    orig = original(default_tracking_uri(orig_home), ref, orig_home)
+    uri = default_tracking_uri(orig_home)
+    check_reachable(uri)  # a server that is down is said so at once, not as "not found" minutes later
+    orig = original(uri, ref, orig_home)
     cfg = config_from_dict(orig.config, list(overrides or []))
     fresh = Path(home) if home else Path(tempfile.mkdtemp(prefix="kdflow-reproduce-"))
     fresh.mkdir(parents=True, exist_ok=True)

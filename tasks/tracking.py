@@ -89,15 +89,29 @@ class RunView:
     tags: dict[str, str]
 
 
+# MLflow's client defaults, where the user has not set them (kdflow's processes only):
+MLFLOW_DEFAULTS = {
+    # MLflow prints "View run at <tracking URI>" on every run end: noisy, and it would print any
+    # credentials embedded in the URI
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    # a tracking server that went away mid-run: fail in about half a minute (retries after 2, 4, 8
+    # and 16 s) rather than MLflow's several minutes per call (7 retries, made for rate-limited
+    # hosted backends: set these two variables to have them back)
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+    # downloads (reproduce, retrain) print no tqdm bar into the progress display
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+for _name, _value in MLFLOW_DEFAULTS.items():
+    os.environ.setdefault(_name, _value)
+
+
 class Tracker:
     """A thin wrapper over ``MlflowClient`` bound to one tracking URI."""
 
     def __init__(self, uri: str, home: Path) -> None:
         self.uri = uri
         self.home = home
-        # MLflow prints "View run at <tracking URI>" on every run end: noisy, and it would print any
-        # credentials embedded in the URI
-        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self._create_store()
         self.client = MlflowClient(tracking_uri=uri)
 

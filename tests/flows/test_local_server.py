@@ -220,3 +220,47 @@ def test_prefect_api_url_and_ephemeral_are_respected(monkeypatch):
         assert ps.mode() == "ephemeral"
         monkeypatch.setenv("KDFLOW_PREFECT", "local")
         assert ps.mode() == "local" and ps.mode(ephemeral=True) == "ephemeral"
+
+
+def test_ports_are_checked_and_another_homes_server_on_the_port_is_not_taken_for_ours(tmp_path, monkeypatch):
+    """A server kdflow starts counts as up only when the program answering on its port is that server:
+    another home's, which took the port between the choice and the bind, is not (the flow run would
+    land in the other home's database). Ports out of range or not numbers fail with one message."""
+    import http.server
+    import threading
+
+    from flows import prefect_server as ps
+    from kdcore.errors import KdflowError
+
+    for port, env, needle in ((99999, None, "--port = 99999"), (None, "abc", "KDFLOW_PREFECT_PORT = 'abc'")):
+        if env is None:
+            monkeypatch.delenv(ps.PORT_ENV, raising=False)
+        else:
+            monkeypatch.setenv(ps.PORT_ENV, env)
+        with pytest.raises(KdflowError, match=needle + r" is not a port number \(1-65535\)"):
+            ps._choose_port(port, print)
+    monkeypatch.delenv(ps.PORT_ENV, raising=False)
+    with pytest.raises(KdflowError, match="idle time must be 0 .never stop. or more minutes, got -3"):
+        ps.start(tmp_path / "home", idle=-3)
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the handler's name
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"true")
+
+        def log_message(self, *args):
+            pass
+
+    other = http.server.HTTPServer(("127.0.0.1", 0), Health)  # "another home's server" on the port
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        port = other.server_address[1]
+        assert ps.healthy(f"http://127.0.0.1:{port}/api")
+        ours = subprocess.Popen(["sleep", "3"], start_new_session=True)  # started, never binds the port
+        srv = ps.LocalServer(ours.pid, port, ps.client_version(), tmp_path)
+        assert not ps._listener_is(ours.pid, port)
+        with pytest.raises(ps._ExitedWhileStarting, match="exited while starting"):
+            ps._wait_healthy(srv, 20, ours)
+    finally:
+        other.shutdown()

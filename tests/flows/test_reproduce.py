@@ -7,6 +7,7 @@ all against the test session's Prefect server."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -97,3 +98,25 @@ def test_reproduce_of_an_unknown_version_says_so(registered):
     assert out.returncode == 2
     assert "models:/tiny-student/9: not found in the MLflow store" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_reproduce_checks_its_overrides_and_the_tracking_server_first(registered):
+    kdflow, home, tmp = registered
+    out = kdflow("reproduce", "models:/tiny-student/1", "--set", "nosuch.key=1")
+    assert out.returncode == 2 and "nosuch" in out.stderr and "Traceback" not in out.stderr
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    env = {**os.environ, "KDFLOW_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{closed}"
+    down = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "reproduce", "models:/tiny-student/1"],
+        env=env,
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert down.returncode == 2
+    assert f"MLflow tracking server http://127.0.0.1:{closed} is unreachable" in down.stderr
+    assert "not found" not in down.stderr and "Traceback" not in down.stderr

@@ -282,7 +282,7 @@ def test_python_factory_builds_the_users_model():
         (
             "python:plugins_pkg.models:make_net",
             {"depth": 3},
-            "does not accept parameter 'depth'; accepted parameters: width",
+            "does not accept parameter 'depth' (did you mean 'width'?); accepted parameters: width",
         ),
         ("python:plugins_pkg.models", {}, "expected python:MODULE:FACTORY"),
         (
