@@ -61,13 +61,27 @@ def read_specs(prefect_file: Path = PREFECT_FILE, names: Optional[list[str]] = N
 def _api_url() -> str:
     from prefect.settings import PREFECT_API_URL
 
+    from flows.prefect_server import healthy
+
     url = PREFECT_API_URL.value()
     if not url:
         raise KdflowError(
             "no Prefect server configured: start one (`prefect server start`) and set "
             "PREFECT_API_URL=http://127.0.0.1:4200/api (deployments need a server that stays up)"
         )
+    if not healthy(url):
+        raise KdflowError(
+            f"the Prefect server at {url} (PREFECT_API_URL) does not answer: start it "
+            "(`prefect server start`, or `kdflow server start`) or fix PREFECT_API_URL"
+        )
     return url
+
+
+def _slots(gpus: Optional[int]) -> int:
+    """The gpu concurrency limit's slots: ``--gpus``, else the GPUs this machine sees."""
+    if gpus is not None and gpus < 1:
+        raise ConfigError(f"--gpus must be 1 or more (the slots of the gpu concurrency limit), got {gpus}")
+    return gpus if gpus is not None else gpu_slots()
 
 
 def ensure_pool(pool: str = POOL, pool_type: str = "process", image: str = DEFAULT_IMAGE) -> bool:
@@ -125,6 +139,11 @@ def parse_job_variables(items: list[str]) -> dict[str, Any]:
             out[key.strip()] = json.loads(value)
         except ValueError:
             out[key.strip()] = value
+    if "env" in out and not isinstance(out["env"], dict):
+        raise ConfigError(
+            f"--job-variable env={out['env']!r}: env must be a JSON object of variables, "
+            'e.g. \'env={"KDFLOW_HOME": "/data"}\''
+        )
     return out
 
 
@@ -182,6 +201,7 @@ def deploy(
     that type's pool (``kdflow-docker``, ``kdflow-k8s``) with the variables, e.g. ``{"gpus": 2}``."""
     if pool_type not in POOL_TYPES:
         raise ConfigError(f"--pool-type {pool_type!r} is not one of {', '.join(POOL_TYPES)}")
+    _slots(gpus)  # checked before anything is created
     api = _api_url()
     specs = read_specs(prefect_file, names)
     pool = pool or POOL_NAMES[pool_type]
@@ -191,7 +211,7 @@ def deploy(
             raise ConfigError("--image is for docker and kubernetes pools; a process pool runs the worker's checkout")
         variables["image"] = image
     created = ensure_pool(pool, pool_type, image or DEFAULT_IMAGE)
-    slots = ensure_gpu_limit(gpus if gpus is not None else gpu_slots())
+    slots = ensure_gpu_limit(_slots(gpus))
     selected = [s["name"] for s in specs] if names else None
     extra_env = {} if pool_type == "process" else {"KDFLOW_REPO": os.environ.get("KDFLOW_REPO", "/opt/kdflow")}
     if pool == POOL and not variables:
@@ -263,7 +283,7 @@ def serve(
     from prefect import serve as prefect_serve
 
     _api_url()
-    ensure_gpu_limit(gpus if gpus is not None else gpu_slots())
+    ensure_gpu_limit(_slots(gpus))
     deployments = runner_deployments(names, prefect_file)
     os.chdir(REPO_ROOT)  # the served flows read configs/ relative to the repository
     prefect_serve(*deployments, limit=limit)

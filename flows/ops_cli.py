@@ -138,17 +138,12 @@ def sweep(
     if report:
         check_writable(report, "--report")
     result = _run_flow("sweep", config, set_, quiet)
-    import pandas as pd
+    from flows.report import sweep_table
 
-    table = pd.DataFrame(result["table"])
-    cols = [
-        c
-        for c in ("trial", "label", "status", "top1", "gain_vs_baseline", "latency_ms", "size_bytes", "pareto")
-        if c in table
-    ]
-    out.print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    out.print(
-        f"results: {result['results_csv']}\nPareto plot: {result['pareto_png']}\nMLflow run: {result['mlflow_run_id']}"
+    out.print(sweep_table(result["table"]))
+    out.print(  # soft_wrap: a long path stays whole on its line (a terminal folds it; a file keeps it)
+        f"results: {result['results_csv']}\nPareto plot: {result['pareto_png']}\nMLflow run: {result['mlflow_run_id']}",
+        soft_wrap=True,
     )
     if report:
         write_json(report, result)

@@ -183,3 +183,37 @@ def print_locations(console: Console, home: str, tracking_uri: str, report: dict
     console.print(
         prefect_location(report.get("prefect_flow_run_id") if report else None), soft_wrap=True, highlight=False
     )
+
+
+def _num(v: Any, fmt: str, scale: float = 1.0) -> str:
+    """``v * scale`` formatted, or "-" for a trial that has no such figure (None, NaN, text)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:  # v != v: NaN
+        return "-"
+    return format(v * scale, fmt)
+
+
+def sweep_table(rows: list[dict[str, Any]]) -> Table:
+    """A sweep's trials: the overrides wrap in their own column, the figures stay on one line."""
+    t = Table(
+        title="sweep trials on the test split",
+        caption="top1 in %; gain: points over the plain-trained baseline; ms@1: CPU latency at batch 1; "
+        "pareto: no other trial is better at once in top1, latency and size",
+        caption_justify="left",
+        **COMPACT,
+    )
+    t.add_column("trial", justify="right", no_wrap=True)
+    t.add_column("overrides", ratio=1, overflow="fold")
+    for col in ("status", "top1", "gain", "ms@1", "KiB", "pareto"):
+        t.add_column(col, justify="left" if col == "status" else "right", no_wrap=True)
+    for r in rows:
+        t.add_row(
+            str(r.get("trial", "")),
+            str(r.get("label", "")),
+            str(r.get("status", "")),
+            _num(r.get("top1"), ".2f", 100),
+            _num(r.get("gain_vs_baseline"), "+.2f", 100),
+            _num(r.get("latency_ms"), ".2f"),
+            _num(r.get("size_bytes"), ".1f", 1 / 1024),
+            "yes" if r.get("pareto") is True else "",
+        )
+    return t

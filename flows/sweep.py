@@ -66,6 +66,11 @@ def expand_trials(cfg: PipelineConfig) -> list[Trial]:
     """The trials of ``cfg.sweep``: its ``trials`` crossed with its ``grid``, each validated, all
     sharing the teacher and one cache entry (the union of the features any trial reads)."""
     sweep = cfg.sweep
+    if not sweep.trials and not sweep.grid:
+        raise ConfigError(
+            "this config has no trials to sweep: give sweep.trials (a list of overrides per trial) and/or "
+            "sweep.grid ({key: [values]}), as configs/sweep.yaml does; `kdflow run` runs one pipeline"
+        )
     for key in [k for t in sweep.trials for k in t] + list(sweep.grid):
         if key.split(".")[0] in NOT_SWEPT:
             raise ConfigError(

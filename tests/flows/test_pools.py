@@ -224,7 +224,7 @@ def test_retargeted_file_keeps_everything_but_the_pool(tmp_path):
         assert {k: v for k, v in new.items() if k != "work_pool"} == {k: v for k, v in old.items() if k != "work_pool"}
 
 
-def test_bad_pool_type_and_job_variable_are_refused(tmp_path):
+def test_bad_pool_type_job_variables_gpus_and_a_server_that_is_down_are_refused(tmp_path):
     import os
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
@@ -234,6 +234,9 @@ def test_bad_pool_type_and_job_variable_are_refused(tmp_path):
     for args, message in (
         (["--pool-type", "slurm"], "--pool-type 'slurm' is not one of process, docker, kubernetes"),
         (["-j", "gpus"], "--job-variable 'gpus' is not KEY=VALUE"),
+        (["-j", "env={bad json"], "--job-variable env='{bad json': env must be a JSON object of variables"),
+        (["--gpus", "-2"], "--gpus must be 1 or more (the slots of the gpu concurrency limit), got -2"),
+        ([], "the Prefect server at http://127.0.0.1:9/api (PREFECT_API_URL) does not answer"),
     ):
         out = subprocess.run(
             [sys.executable, "-m", "flows.cli", "deploy", *args],

@@ -235,6 +235,12 @@ def test_sweep_quiet_prints_only_the_result(ops_runs):
     assert quiet.exit_code == 0, quiet.output[-3000:]
     assert not [line for line in quiet.output.splitlines() if line.startswith("[")], quiet.output
     assert "results:" in quiet.output
+    # the trials' table: a header line with every column, then one row per trial starting with its index
+    lines = quiet.output.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["trial", "overrides"])
+    assert lines[header].split()[2:] == ["status", "top1", "gain", "ms@1", "KiB", "pareto"], quiet.output
+    rows = [line.split() for line in lines[header + 2 :] if line.split() and line.split()[0] in ("0", "1")]
+    assert [r[0] for r in rows] == ["0", "1"] and all("completed" in r for r in rows), quiet.output
 
 
 def test_retrain_shows_the_pipeline_s_stages(ops_runs):

@@ -107,6 +107,9 @@ def test_sweep_keys_that_would_change_the_teacher_are_refused(monkeypatch):
     raw["sweep"] = {"grid": {"distill.temprature": [1, 2]}}
     with pytest.raises(ConfigError, match="distill.temprature: unknown key"):
         expand_trials(config_from_dict(raw))
+    raw.pop("sweep")  # a pipeline config without a sweep section: nothing to sweep, nothing trained
+    with pytest.raises(ConfigError, match="no trials to sweep: give sweep.trials .* and/or sweep.grid"):
+        expand_trials(config_from_dict(raw))
     raw["sweep"] = {"task_runner": "ray"}
     from flows.sweep import make_task_runner
 
