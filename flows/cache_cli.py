@@ -66,7 +66,7 @@ def _when(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
 
 
-@app.command("ls")
+@app.command("ls", short_help="List the cache entries (size, views, last use) and the decoded image stores.")
 def ls(
     long: Annotated[bool, typer.Option("--long", "-l", help="also show the full key, teacher and data hashes")] = False,
     decoded_dir: DecodedDir = None,
@@ -144,7 +144,7 @@ def verify(
         raise typer.Exit(1)
 
 
-@app.command("gc")
+@app.command("gc", short_help="Remove unused entries, interrupted builds' leftovers and (--decoded) image stores.")
 def collect(
     keep_days: Annotated[
         Optional[float], typer.Option("--keep-days", help="remove entries unused for this many days")

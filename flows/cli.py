@@ -74,7 +74,7 @@ def run(
         write_json(report, result)
 
 
-@app.command()
+@app.command(short_help="Check a config and its fit to the data (names, paths, shapes, checkpoint), training nothing.")
 def validate(config: ConfigPath = None, set_: Overrides = None) -> None:
     """Check a config without training: fields, names, module paths, then (loading the data) the
     feature pairs' shapes and the teacher checkpoint, as `kdflow run` does before it starts."""

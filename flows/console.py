@@ -10,6 +10,7 @@ group such as ``kdflow cache``).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Annotated, Iterator, NoReturn, Optional
@@ -44,6 +45,8 @@ def quiet_prefect(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+    if not verbose:  # its "Still processing items" while it sends the last events at exit: not the user's concern
+        logging.getLogger("EventsWorker").setLevel(logging.ERROR)
 
 
 # options several commands take, spelled once

@@ -32,7 +32,7 @@ def deploy(
         typer.Option(
             "--pool-type",
             help="process (pool kdflow-gpu), docker (kdflow-docker) or kubernetes (kdflow-k8s; these two need "
-            "pip install 'kdflow[deploy]')",
+            "pip install 'kdflow\\[deploy]')",
         ),
     ] = "process",
     image: Annotated[
@@ -166,7 +166,11 @@ def retrain(
     result = _run_flow("retrain", config, set_, quiet, force=force)
     d = result["decision"]
     out.print(f"decision: {d['action']} — {d['reason']}")
+
+    def version(v: object) -> str:
+        return f"v{v}" if v else "none"
+
     out.print(
-        f"champion: v{result['champion'] or '-'} (before: v{d['champion_before'] or '-'}); "
-        f"challenger: v{d['challenger'] or '-'}"
+        f"champion: {version(result['champion'])} (before: {version(d['champion_before'])}); "
+        f"challenger: {version(d['challenger'])}"
     )

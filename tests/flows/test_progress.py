@@ -251,3 +251,4 @@ def test_retrain_shows_the_pipeline_s_stages(ops_runs):
         assert f"[{stage}] done" in out, (stage, out)
     assert "[distill] epoch 1/1" in out
     assert out.index("[register] done") < out.index("decision:")
+    assert "champion: v1 (before: none)" in out and "v-" not in out, out  # no champion yet: said in words
