@@ -4,26 +4,25 @@ were padded to, the per-coefficient normalisation of the train split, the class 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
 
 from kdcore.errors import KdflowError
+from kdcore.json_file import JsonFile
 
 FORMAT = "kdflow-frames/1"
 
 
 @dataclass
-class FrameSpec:
+class FrameSpec(JsonFile):
     """``steps``: frames per input (longer clips are cut, shorter ones padded and masked); ``mean`` /
     ``std``: per coefficient, of the valid train frames; ``frontend``: ``audio_folder``'s
     ``data.options`` (sample_rate, features, n_mfcc, ...), empty for data given as frames."""
 
+    what: ClassVar[str] = "frame spec"
     steps: int
     mean: list[float]
     std: list[float]
@@ -84,26 +83,3 @@ class FrameSpec:
             list(d.get("class_names", [])),
             dict(d.get("frontend", {})),
         )
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.to_json().encode()).hexdigest()
-
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_json(), encoding="utf-8")
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> "FrameSpec":
-        path = Path(path)
-        try:
-            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except FileNotFoundError:
-            raise KdflowError(f"frame spec file {path} does not exist") from None
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise KdflowError(f"frame spec file {path} is not a valid kdflow frame spec ({exc})") from None

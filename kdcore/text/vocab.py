@@ -8,16 +8,14 @@ tokeniser, lowercasing, maximum length, the tokens and the class names.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, ClassVar, Iterable, Optional, Sequence
 
 import torch
 
 from kdcore.errors import KdflowError
+from kdcore.json_file import JsonFile
 from kdcore.text.tokenize import TOKENIZERS, tokenize
 
 PAD, UNK = 0, 1
@@ -26,7 +24,8 @@ FORMAT = "kdflow-vocab-v1"
 
 
 @dataclass
-class Vocabulary:
+class Vocabulary(JsonFile):
+    what: ClassVar[str] = "vocabulary"
     tokens: list[str]
     tokenizer: str = "word"
     lowercase: bool = True
@@ -108,26 +107,3 @@ class Vocabulary:
         return cls(
             list(d["tokens"]), d["tokenizer"], bool(d["lowercase"]), int(d["max_len"]), list(d.get("class_names", []))
         )
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False, sort_keys=True)
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.to_json().encode()).hexdigest()
-
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_json(), encoding="utf-8")
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Vocabulary":
-        path = Path(path)
-        try:
-            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except FileNotFoundError:
-            raise KdflowError(f"vocabulary file {path} does not exist") from None
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise KdflowError(f"vocabulary file {path} is not a valid kdflow vocabulary ({exc})") from None

@@ -5,23 +5,23 @@ mean and std, and the class names."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
 import torch
 
 from kdcore.errors import KdflowError
+from kdcore.json_file import JsonFile
 
 FORMAT = "kdflow-image/1"
 RESIZES = ("square", "shorter_side_crop")
 
 
 @dataclass
-class ImageSpec:
+class ImageSpec(JsonFile):
+    what: ClassVar[str] = "image spec"
     channels: int
     height: int
     width: int
@@ -74,33 +74,10 @@ class ImageSpec:
 
     # ---- storage -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, **{k: getattr(self, k) for k in self.__dataclass_fields__}}
+        return {"format": FORMAT, **{f.name: getattr(self, f.name) for f in fields(self)}}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ImageSpec":
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise KdflowError(f"not a kdflow image spec (expected format {FORMAT!r})")
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.to_json().encode()).hexdigest()
-
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_json(), encoding="utf-8")
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> "ImageSpec":
-        path = Path(path)
-        try:
-            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except FileNotFoundError:
-            raise KdflowError(f"image spec file {path} does not exist") from None
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise KdflowError(f"image spec file {path} is not a valid kdflow image spec ({exc})") from None
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
