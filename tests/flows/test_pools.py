@@ -234,8 +234,6 @@ def test_bad_pool_type_job_variables_gpus_and_a_server_that_is_down_are_refused(
     for args, message in (
         (["--pool-type", "slurm"], "--pool-type 'slurm' is not one of process, docker, kubernetes"),
         (["-j", "gpus"], "--job-variable 'gpus' is not KEY=VALUE"),
-        (["-j", "env={bad json"], "--job-variable env='{bad json': env must be a JSON object of variables"),
-        (["--gpus", "-2"], "--gpus must be 1 or more (the slots of the gpu concurrency limit), got -2"),
         ([], "the Prefect server at http://127.0.0.1:9/api (PREFECT_API_URL) does not answer"),
     ):
         out = subprocess.run(
@@ -248,6 +246,17 @@ def test_bad_pool_type_job_variables_gpus_and_a_server_that_is_down_are_refused(
         )
         assert out.returncode == 2, out.stdout + out.stderr
         assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_deploy_checks_env_and_gpus_before_creating_anything():
+    from flows.deploy import deploy, parse_job_variables
+    from kdcore.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--job-variable env='{bad json': env must be a JSON object of variables"):
+        parse_job_variables(["env={bad json"])
+    assert parse_job_variables(['env={"A": "1"}', "gpus=2"]) == {"env": {"A": "1"}, "gpus": 2}
+    with pytest.raises(ConfigError, match=r"--gpus must be 1 or more \(the slots .*\), got -2"):
+        deploy(None, -2)  # before any call to a Prefect server
 
 
 def test_a_run_given_gpus_that_sees_none_fails_clearly(tmp_path):

@@ -100,23 +100,19 @@ def test_reproduce_of_an_unknown_version_says_so(registered):
     assert "Traceback" not in out.stderr
 
 
-def test_reproduce_checks_its_overrides_and_the_tracking_server_first(registered):
-    kdflow, home, tmp = registered
-    out = kdflow("reproduce", "models:/tiny-student/1", "--set", "nosuch.key=1")
-    assert out.returncode == 2 and "nosuch" in out.stderr and "Traceback" not in out.stderr
+def test_reproduce_checks_its_overrides_and_the_tracking_server_first(registered, monkeypatch):
+    """Both fail before the original run is looked up (which would wait minutes on a server that is down
+    and then call the version "not found")."""
+    from flows.reproduce import reproduce_ref
+    from kdcore.errors import ConfigError, KdflowError
+
+    _, home, _ = registered
+    monkeypatch.setenv("KDFLOW_HOME", str(home))
+    with pytest.raises(ConfigError, match="nosuch"):
+        reproduce_ref("models:/tiny-student/1", ["nosuch.key=1"])
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
-    env = {**os.environ, "KDFLOW_HOME": str(home), "PYTHONPATH": str(ROOT)}
-    env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{closed}"
-    down = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "reproduce", "models:/tiny-student/1"],
-        env=env,
-        cwd=tmp,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert down.returncode == 2
-    assert f"MLflow tracking server http://127.0.0.1:{closed} is unreachable" in down.stderr
-    assert "not found" not in down.stderr and "Traceback" not in down.stderr
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{closed}")
+    with pytest.raises(KdflowError, match=f"MLflow tracking server http://127.0.0.1:{closed} is unreachable"):
+        reproduce_ref("models:/tiny-student/1")
