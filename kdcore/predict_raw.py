@@ -1,5 +1,6 @@
 """Logits of a trained (or registered) model on raw inputs that a data-specific encoder turns into
-the model's input tensor, batch by batch (text: :mod:`kdcore.text`; speech: :mod:`kdcore.speech`)."""
+the model's input tensor, batch by batch (text: :mod:`kdcore.text`; speech: :mod:`kdcore.speech`;
+images: :mod:`kdcore.vision`)."""
 
 from __future__ import annotations
 

@@ -30,7 +30,6 @@ from kdcore.data.image_files import IMAGE_FILES, keep_in_memory  # noqa: E402
 from kdcore.data.registry import DATASETS, RawData, validate_raw
 from kdcore.data.sequences import prepare_sequences
 from kdcore.data.splits import SplitIndices, make_splits
-from kdcore.vision.spec import ImageSpec
 
 __all__ = ["DATASETS", "DataBundle", "RawData", "Split", "SplitIndices", "load_dataset", "make_splits"]
 
@@ -74,8 +73,6 @@ def _in_memory(cfg: DataConfig, raw: RawData) -> DataBundle:
     train_x = parts["train"][0]
     mean, std = channel_stats(train_x, raw.scale)
     splits = {k: to_split(x, y, raw.scale, mean, std) for k, (x, y) in parts.items()}
-    c, h, w = (int(d) for d in train_x.shape[1:])
-    image = ImageSpec(c, h, w, [float(m) for m in mean], [float(s) for s in std], "square", list(raw.class_names))
     return DataBundle(
         name=cfg.name,
         train=splits["train"],
@@ -88,7 +85,6 @@ def _in_memory(cfg: DataConfig, raw: RawData) -> DataBundle:
         fingerprint=fingerprint,
         mean=[float(m) for m in mean],
         std=[float(s) for s in std],
-        extras={"image": image},
     )
 
 

@@ -13,11 +13,14 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from kdcore.vision.spec import ImageSpec
 
 
 @dataclass
@@ -103,9 +106,20 @@ class DataBundle:
             return [self.extras["vocab"].save(Path(folder) / "vocab.json")]
         if "frames" in self.extras:
             return [self.extras["frames"].save(Path(folder) / "frames.json")]
-        if "image" in self.extras:
-            return [self.extras["image"].save(Path(folder) / "image.json")]
+        if self.modality == "image":
+            return [self.image_spec().save(Path(folder) / "image.json")]
         return []
+
+    def image_spec(self) -> "ImageSpec":
+        """How new pictures become this image data's inputs: its size, the train statistics, the
+        class names, and the resize of its files (streamed: shorter side and centre crop; in memory:
+        straight to the square size)."""
+        from kdcore.vision.spec import ImageSpec
+
+        c, h, w = (int(d) for d in self.input_shape)
+        streamed = bool(self.extras.get("streaming"))
+        resize: Literal["square", "shorter_side_crop"] = "shorter_side_crop" if streamed else "square"
+        return ImageSpec(c, h, w, list(self.mean), list(self.std), resize, list(self.class_names))
 
 
 def channel_stats(x: np.ndarray, scale: float, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:

@@ -43,7 +43,6 @@ from kdcore.data.image_files import ImageFiles, decoded_bytes, default_workers, 
 from kdcore.data.registry import check_classes
 from kdcore.data.splits import make_splits
 from kdcore.errors import DataError
-from kdcore.vision.spec import ImageSpec
 
 STATS_SAMPLE = 1000
 PIL_ONLY = (".bmp",)  # listed image formats that torchvision.io does not decode
@@ -428,15 +427,6 @@ def stream_bundle(cfg: DataConfig, files: ImageFiles) -> DataBundle:
         mean=[float(m) for m in mean],
         std=[float(s) for s in std],
         extras={
-            "image": ImageSpec(
-                files.channels,
-                size,
-                size,
-                [float(m) for m in mean],
-                [float(s) for s in std],
-                "shorter_side_crop",
-                list(files.class_names),
-            ),
             "streaming": True,
             "num_workers": workers,
             "source": files.source,

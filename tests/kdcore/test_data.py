@@ -345,7 +345,7 @@ def test_a_saved_image_spec_reads_new_files_as_the_training_data(tmp_path):
     with pytest.raises(KdflowError, match=r"an image array must be uint8 \[16, 16, 3\]"):
         spec.encode([pixels[:8]])
     digits = load_dataset(DataConfig(name="digits"))
-    assert digits.extras["image"].to_dict()["resize"] == "square" and digits.extras["image"].height == 8
+    assert digits.image_spec().to_dict()["resize"] == "square" and digits.image_spec().height == 8
 
 
 def test_imagefolder_missing_and_empty(tmp_path):
