@@ -106,7 +106,7 @@ class DataBundle:
             return [self.extras["vocab"].save(Path(folder) / "vocab.json")]
         if "frames" in self.extras:
             return [self.extras["frames"].save(Path(folder) / "frames.json")]
-        if self.modality == "image":
+        if self.modality == "image" and len(self.mean) == int(self.input_shape[0]):  # images with train statistics
             return [self.image_spec().save(Path(folder) / "image.json")]
         return []
 
