@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 from kdcore.evaluate.predict import predict
 from kdcore.evaluate.profile import model_profile
+from kdcore.evaluate.table import comparison_table
 
 if TYPE_CHECKING:
-    from kdcore.evaluate.metrics import classification_metrics, comparison_table, per_sample_correct
+    from kdcore.evaluate.metrics import classification_metrics, per_sample_correct
 
-_LAZY = ("classification_metrics", "comparison_table", "per_sample_correct")
+_LAZY = ("classification_metrics", "per_sample_correct")
 
 __all__ = [
     "classification_metrics",

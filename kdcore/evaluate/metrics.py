@@ -1,8 +1,7 @@
-"""Classification metrics (torchmetrics) and a comparison table across models."""
+"""Classification metrics (torchmetrics)."""
 
 from __future__ import annotations
 
-import pandas as pd
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_calibration_error
@@ -67,10 +66,3 @@ def classification_metrics(
         teacher_pred = teacher_logits.detach().cpu().argmax(dim=1)
         metrics["agreement"] = (logits.argmax(dim=1) == teacher_pred).float().mean().item()
     return metrics
-
-
-def comparison_table(rows: dict[str, dict[str, float]]) -> pd.DataFrame:
-    """One row per model (index ``model``), one column per metric; missing metrics are NaN."""
-    table = pd.DataFrame.from_dict(rows, orient="index")
-    table.index.name = "model"
-    return table

@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass
 from typing import Optional, Sequence
 
 import numpy as np
-from mlxtend.evaluate import mcnemar, mcnemar_table
 
 from kdcore.errors import KdflowError
 
@@ -67,6 +66,8 @@ def mcnemar_test(
             f"McNemar: the two models were scored on different numbers of samples "
             f"({a.size} vs {b.size}); compare them on the same held-out set"
         )
+    from mlxtend.evaluate import mcnemar, mcnemar_table  # brings scikit-learn: imported when a verdict is due
+
     ones = np.ones(a.size, dtype=int)
     table = mcnemar_table(y_target=ones, y_model1=a.astype(int), y_model2=b.astype(int))
     both, only_a, only_b, neither = (int(v) for v in table.ravel())

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from kdcore.evaluate import classification_metrics, model_profile, per_sample_correct, predict
+from kdcore.evaluate import model_profile, predict
 from kdcore.stages.env import StageEnv
 
 #: the seed of the training sample evaluate measures fit on: the same rows whatever trainer.seed is,
@@ -27,6 +27,8 @@ def evaluate_models(env: StageEnv, models: dict[str, nn.Module], reference: str 
     """Metrics of each model on the test split; agreement is measured against ``reference``.
     With ``evaluate.fit_samples`` > 0 each model's metrics also hold ``train_top1`` (and, but for the
     reference, ``train_agreement``) on that many training samples."""
+    from kdcore.evaluate.metrics import classification_metrics, per_sample_correct  # torchmetrics: seconds to import
+
     cfg = env.cfg.evaluate
     x, y = env.data.test.x, env.data.test.y
     if not env.streaming:  # in memory: the whole split on the device once; streamed: decoded by a loader
