@@ -166,11 +166,21 @@ def retrain(
     result = _run_flow("retrain", config, set_, quiet, force=force)
     d = result["decision"]
     out.print(f"decision: {d['action']} — {d['reason']}")
+    out.print(retrain_summary(result))
+
+
+def retrain_summary(result: dict) -> str:
+    """Where the aliases point after a retrain, in words: the version trained this time is named as
+    promoted or as holding the alias ``challenger``, never "challenger" once it is the champion."""
+    d = result["decision"]
 
     def version(v: object) -> str:
         return f"v{v}" if v else "none"
 
-    out.print(
-        f"champion: {version(result['champion'])} (before: {version(d['champion_before'])}); "
-        f"challenger: {version(d['challenger'])}"
-    )
+    line = f"champion: {version(result['champion'])} (before: {version(d['champion_before'])})"
+    trained = d["challenger"]
+    if not trained:
+        return f"{line}; no new version"
+    if str(trained) == str(result["champion"]):
+        return f"{line}; {version(trained)} promoted"
+    return f"{line}; challenger: {version(trained)} (alias challenger)"

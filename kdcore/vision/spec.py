@@ -61,7 +61,8 @@ class ImageSpec(JsonFile):
             if self.height != self.width:
                 raise KdflowError(f"{image}: {a.shape[1]}x{a.shape[0]}, the model takes {self.width}x{self.height}")
             a = pil_pixels(image, mode, self.height)
-        return torch.from_numpy(np.ascontiguousarray(a[None] if a.ndim == 2 else a.transpose(2, 0, 1)))
+        # a copy: PIL's arrays are read-only, which torch.from_numpy warns about
+        return torch.from_numpy(np.array(a[None] if a.ndim == 2 else a.transpose(2, 0, 1), order="C"))
 
     def encode(self, images: Sequence[str | Path | np.ndarray]) -> torch.Tensor:
         """float32 ``[N, C, H, W]``: the pixels scaled to [0, 1] and normalised as in training."""

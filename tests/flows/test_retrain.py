@@ -77,6 +77,19 @@ def test_promotion_rule_needs_margin_and_significance():
     assert "not better" in decide(0.0, 1.0, 0.0, 0.05)[1]
 
 
+def test_the_retrain_summary_names_the_trained_version_by_where_its_alias_went():
+    """A promoted version is not called "challenger" (the alias it would hold had it lost)."""
+    from flows.ops_cli import retrain_summary
+
+    def summary(champion, before, trained):
+        return retrain_summary({"champion": champion, "decision": {"champion_before": before, "challenger": trained}})
+
+    assert summary("3", "1", "3") == "champion: v3 (before: v1); v3 promoted"
+    assert summary("1", None, "1") == "champion: v1 (before: none); v1 promoted"
+    assert summary("1", "1", "2") == "champion: v1 (before: v1); challenger: v2 (alias challenger)"
+    assert summary("1", "1", None) == "champion: v1 (before: v1); no new version"
+
+
 def test_a_due_retrain_that_would_reproduce_the_champion_trains_with_a_new_seed():
     others = [
         _champion(1),

@@ -8,6 +8,7 @@ import pickle
 import struct
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -346,6 +347,13 @@ def test_a_saved_image_spec_reads_new_files_as_the_training_data(tmp_path):
         spec.encode([pixels[:8]])
     digits = load_dataset(DataConfig(name="digits"))
     assert digits.image_spec().to_dict()["resize"] == "square" and digits.image_spec().height == 8
+    from PIL import Image
+
+    Image.fromarray(np.full((16, 16), 7, dtype=np.uint8)).save(tmp_path / "grey.png")
+    grey = ImageSpec(channels=1, height=16, width=16, mean=[0.0], std=[1.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PIL's read-only array once made torch warn here
+        assert grey.pixels(tmp_path / "grey.png").shape == (1, 16, 16)
 
 
 def test_imagefolder_missing_and_empty(tmp_path):
