@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 from pydantic import ByteSize, TypeAdapter, ValidationError
 from rich import box
+from rich.console import Console
 from rich.table import Table
 
 from flows.console import fail, out, user_errors
@@ -62,6 +63,15 @@ def parse_size(text: str) -> int:
         fail(f"--max-size {text!r} is not a size: give bytes with an optional unit, e.g. 1024, 500MB, 2G, 2GiB")
 
 
+def _print_table(t: Table) -> None:
+    """Piped into another program, the table keeps every column whole (rich would fit it to 80
+    columns and cut the dates); a terminal gets its own width."""
+    if out.is_terminal:
+        out.print(t)
+    else:  # Console.print's width can only narrow: a console of its own, as wide as the table needs
+        Console(file=out.file, width=max(out.width, 160)).print(t)
+
+
 def _when(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
 
@@ -87,7 +97,7 @@ def ls(
         shown = f"{m['count']}×{views['num_views']}" + (f" {views['policy']}" if views["policy"] != "none" else "")
         tensors = ", ".join(["logits" + (f" top-{m['topk']}" if m.get("topk") else ""), *m["paths"]])
         t.add_row(e.id[:12], m["split"], shown, tensors, m["dtype"], _size(e.size_bytes()), _when(e.last_used()))
-    out.print(t)
+    _print_table(t)
     if long:
         for e in entries:
             m = e.manifest
@@ -111,7 +121,7 @@ def _list_decoded(root: Path) -> None:
         t.add_column(col, no_wrap=True)
     for st in stores:
         t.add_row(st.id[:16], _images(st.splits), _size(st.size_bytes), _when(st.last_used))
-    out.print(t)
+    _print_table(t)
     out.print(f"{_stores(len(stores))}, {_size(sum(st.size_bytes for st in stores))}")
 
 

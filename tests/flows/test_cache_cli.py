@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -32,6 +33,17 @@ def test_ls_lists_entries_with_sizes_and_keys(cache_home):
     for e in entries.values():
         assert e.id[:12] in out.output and e.key in out.output
     assert "2 entries" in out.output and "train" in out.output and "val" in out.output
+
+
+def test_ls_piped_keeps_every_column_whole(cache_home, monkeypatch):
+    """Output that is not a terminal (a pipe, CliRunner) at the default 80 columns: the last-use time of
+    every entry is printed in full, not cut to "2026-12-"."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    out = CliRunner().invoke(app, ["cache", "ls"])
+    assert out.exit_code == 0, out.output
+    rows = [line for line in out.output.splitlines() if line.split()[:1] and len(line.split()[0]) == 12]
+    assert len(rows) == 2 and all(re.search(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}$", r.rstrip()) for r in rows), out.output
+    assert "last used" in out.output
 
 
 def test_verify_passes_then_reports_a_damaged_entry(cache_home):
