@@ -12,12 +12,17 @@ from typing import TYPE_CHECKING, Any
 
 from kdcore.evaluate.predict import predict
 from kdcore.evaluate.profile import model_profile
-from kdcore.evaluate.table import comparison_table
 
 if TYPE_CHECKING:
     from kdcore.evaluate.metrics import classification_metrics, per_sample_correct
+    from kdcore.evaluate.table import comparison_table
 
-_LAZY = ("classification_metrics", "per_sample_correct")
+#: name -> the module that defines it, imported on first use (torchmetrics; pandas for the table)
+_LAZY = {
+    "classification_metrics": "kdcore.evaluate.metrics",
+    "per_sample_correct": "kdcore.evaluate.metrics",
+    "comparison_table": "kdcore.evaluate.table",
+}
 
 __all__ = [
     "classification_metrics",
@@ -31,4 +36,4 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module 'kdcore.evaluate' has no attribute {name!r}")
-    return getattr(importlib.import_module("kdcore.evaluate.metrics"), name)
+    return getattr(importlib.import_module(_LAZY[name]), name)

@@ -39,6 +39,8 @@ def test_the_cli_loads_no_tracker_orchestrator_or_metrics_library_before_a_comma
         "prefect",
         "torchmetrics",
         "scipy",
+        "pandas",  # kdcore.evaluate's comparison table: loaded by the evaluate stage
+        "sklearn",  # mlxtend's McNemar test: loaded when a verdict is due
         "triton",
         "torch.utils.benchmark",
         "torch.utils.cpp_extension",
