@@ -1,4 +1,4 @@
-"""kdflow against real servers: an MLflow server restarted mid-run loses no metric; four pipelines
+"""kdflow against real servers: an MLflow server restarted mid-run loses no metric; three pipelines
 at once against one MLflow and one Prefect server all complete; credentials never leak."""
 
 from __future__ import annotations
@@ -91,12 +91,12 @@ def test_mlflow_server_restarted_mid_run_loses_no_metric(real_servers, tmp_path)
     check_complete(MlflowClient(mlflow.extra["uri"]), report, {"teacher": 6, "distill": 2, "baseline": 2}, out)
 
 
-def test_four_pipelines_at_once_against_one_mlflow_and_one_prefect_server(real_servers, tmp_path):
+def test_three_pipelines_at_once_against_one_mlflow_and_one_prefect_server(real_servers, tmp_path):
     mlflow, prefect = real_servers["mlflow"], real_servers["prefect"]
     port = mlflow.port
     procs = []
-    for i in range(4):
-        uri = f"http://kd:s3cret-{i}@127.0.0.1:{port}" if i == 3 else mlflow.extra["uri"]
+    for i in range(3):  # three at once on two cores (a fourth, once here, added ~30 s of a core and no case)
+        uri = f"http://kd:s3cret-{i}@127.0.0.1:{port}" if i == 2 else mlflow.extra["uri"]
         cfg = small("load", trainer={"seed": i})
         procs.append(start(cfg, tmp_path / f"p{i}", client_env(prefect, uri, tmp_path / f"p{i}" / "home")))
     outputs = []
@@ -109,13 +109,13 @@ def test_four_pipelines_at_once_against_one_mlflow_and_one_prefect_server(real_s
     reports = [json.loads(r.read_text()) for _, r in procs]
     for report in reports:
         check_complete(c, report, {"teacher": 2, "distill": 2, "baseline": 2})
-    assert len({r["prefect_flow_run_id"] for r in reports}) == 4
-    # four seeds: four teachers and four students, every version present, none lost to a race
-    assert len(c.search_model_versions("name='load-teacher'")) == 4
-    assert len(c.search_model_versions("name='load-student'")) == 4
+    assert len({r["prefect_flow_run_id"] for r in reports}) == 3
+    # three seeds: three teachers and three students, every version present, none lost to a race
+    assert len(c.search_model_versions("name='load-teacher'")) == 3
+    assert len(c.search_model_versions("name='load-student'")) == 3
     # the credentials given in the tracking URI appear nowhere: output, report, params, tags
-    secret = "s3cret-3"
-    assert secret not in outputs[3] and secret not in json.dumps(reports[3])
+    secret = "s3cret-2"
+    assert secret not in outputs[2] and secret not in json.dumps(reports[2])
     exp = c.get_experiment_by_name("load")
     for run in c.search_runs([exp.experiment_id]):
         blob = json.dumps({"params": run.data.params, "tags": run.data.tags})

@@ -1,11 +1,10 @@
 """Flow runs on real Prefect machinery beyond one process (the session's real Prefect and MLflow
 servers, tests/servers.py):
 
-- two process workers on the kdflow-gpu pool (`kdflow deploy --gpus 1`, each worker at most 2 flow
-  runs at once) and 3 pipeline deployment runs with different students, triggered together: all 3
-  complete, both workers ran some of them (neither may take all 3), and the teacher was trained once
-  (the `gpu` limit lets one training stage run at a time, and the runs behind the first find its
-  teacher in the cache);
+- two process workers on the kdflow-gpu pool (`kdflow deploy --gpus 1`, each worker one flow run at
+  a time) and 2 pipeline deployment runs with different students, triggered together: both
+  complete, each worker ran one of them, and the teacher was trained once (the `gpu` limit lets one
+  training stage run at a time, and the run behind the first finds its teacher in the cache);
 - `kdflow serve` of a deployment with a 10-second interval schedule: a scheduled run fires by
   itself and completes.
 """
@@ -41,10 +40,11 @@ BASE.update(
     trainer={"num_threads": 1},
 )
 BASE["distill"] = {"train": {"max_epochs": 1, "batch_size": 64}}
+# two runs, a worker each (--limit 1): a third run, once here, cost the suite a flow-run process
+# (~30 s of a core) and showed nothing two do not
 STUDENTS = [
     {"arch": "cnn_tiny"},
     {"arch": "cnn", "kwargs": {"channels": [4, 8]}},
-    {"arch": "cnn", "kwargs": {"channels": [8, 8]}},
 ]
 
 
@@ -108,7 +108,7 @@ def env(real_servers, tmp_path_factory):
     return e, base
 
 
-def test_two_workers_split_three_pipeline_runs_and_train_the_teacher_once(env, real_servers):
+def test_two_workers_split_two_pipeline_runs_and_train_the_teacher_once(env, real_servers):
     e, base = env
     api = PrefectApi(real_servers["prefect"].extra["api"])
     out = subprocess.run(
@@ -133,7 +133,7 @@ def test_two_workers_split_three_pipeline_runs_and_train_the_teacher_once(env, r
                 "--name",
                 name,
                 "--limit",
-                "2",
+                "1",
                 "--install-policy",
                 "never",
             ],

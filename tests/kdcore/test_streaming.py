@@ -322,7 +322,10 @@ def server():
     pid = forkserver._forkserver._forkserver_pid
     return pid, pid is not None and os.waitpid(pid, os.WNOHANG) == (0, 0)
 
-warm_loader_workers(load_dataset(DataConfig.model_validate(json.loads(sys.argv[1]))))
+in_memory, streamed = (DataConfig.model_validate(section) for section in json.loads(sys.argv[1]))
+warm_loader_workers(load_dataset(in_memory))  # first, and no loader after it: one would start a server
+print(json.dumps({"early": server()[1]}))
+warm_loader_workers(load_dataset(streamed))
 pid, alive = server()
 stop = threading.Event()  # then, as in a Prefect flow's task, a loader beside other threads
 threading.Thread(target=stop.wait, daemon=True).start()
@@ -332,21 +335,29 @@ print(json.dumps({"early": alive, "same": alive and server()[0] == pid, "batches
 """
 
 
-@pytest.mark.parametrize("in_memory", [False, True])
-def test_pipeline_starts_the_loader_workers_server_early_for_streamed_data(folder, in_memory):
+def test_pipeline_starts_the_loader_workers_server_early_for_streamed_data(folder):
     """Streamed data: the pipeline starts the DataLoader workers' forkserver as soon as the data is
     loaded (its imports take seconds), and the stages' loaders later fork their workers from that
-    server. Data held in memory has no workers to start: no server."""
-    section = {"name": "imagefolder", "root": str(folder), "image_size": 32, "in_memory": in_memory, "num_workers": 1}
+    server. Data held in memory has no workers to start: no server. Both in one process, the data in
+    memory first (a process apiece cost the suite ~15 s of a core in imports)."""
+    sections = [
+        {"name": "imagefolder", "root": str(folder), "image_size": 32, "in_memory": in_memory, "num_workers": 1}
+        for in_memory in (True, False)
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     proc = subprocess.run(
-        [sys.executable, "-c", WORKER_SERVER, json.dumps(section)], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", WORKER_SERVER, json.dumps(sections)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["batches"] == [[0, 1], [2, 3, 4]]
-    assert out["early"] is (not in_memory) and out["same"] is (not in_memory), out
+    in_memory, streamed = (json.loads(line) for line in proc.stdout.strip().splitlines()[-2:])
+    assert in_memory["early"] is False, "no server for data held in memory"
+    assert streamed["batches"] == [[0, 1], [2, 3, 4]]
+    assert streamed["early"] is True and streamed["same"] is True, streamed
 
 
 def test_16_bit_and_bmp_images_read_as_their_8_bit_pixels_in_memory_and_streamed(tmp_path):
