@@ -27,6 +27,7 @@ import kdcore
 from kdcore.errors import KdflowError
 from kdcore.evaluate.promotion_rules import Version
 from tasks.compute_gate import GATE
+from tasks.sqlite_store import seed_new_store
 
 _LOCK = threading.RLock()  # one writer at a time from this process (SQLite stores dislike concurrency)
 ALIAS_ATTEMPTS = 5  # set_alias: tries against a concurrent first promotion of the same model
@@ -134,6 +135,7 @@ class Tracker:
             if not db.exists():
                 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
+                seed_new_store(db)  # a copy of a store migrated once (tasks/sqlite_store.py)
                 SqlAlchemyStore(self.uri, self.artifact_root.as_uri())  # engine cached by MLflow, reused
             _INITIALISED.add(self.uri)
 
@@ -342,8 +344,23 @@ class Tracker:
         )
         if existing is not None:
             return existing, False
-        with process_uri(self.uri):  # register_model waits until the version is READY
-            mv = mlflow.register_model(model_uri, name, tags={k: redact(str(v)) for k, v in tags.items()})
+        # the client's calls, as mlflow.register_model makes them for a logged model's URI, without the
+        # lines it prints to stderr ("Successfully registered model ...", "Created version ..."): the
+        # report says what was registered, and --quiet prints nothing else. The registry looks the
+        # logged model up in the process's tracking store: hence process_uri
+        with _LOCK, process_uri(self.uri):
+            try:
+                self.client.create_registered_model(name)
+            except MlflowException as exc:
+                if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                    raise
+            ref = model_uri[len("models:/") :] if model_uri.startswith("models:/") else ""
+            mv = self.client.create_model_version(  # waits until the version is READY
+                name,
+                model_uri,
+                tags={k: redact(str(v)) for k, v in tags.items()},
+                model_id=ref if ref and "/" not in ref else None,  # models:/<model id>, as log_model gives
+            )
         return str(mv.version), True
 
     # -- the model registry ------------------------------------------------------------------
