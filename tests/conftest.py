@@ -42,7 +42,7 @@ TINY = {
 
 
 # The slowest modules first, longest first (seconds per module of a whole run, 2026-12-04, in the
-# comments): under `pytest -n 2 --dist loadfile` (the README's test command) a long module that
+# comments): under `pytest -n 3 --dist loadfile` (the README's test command) a long module that
 # started last would leave the other worker idle at the end. pytest_configure below turns off
 # xdist's own reordering (by the number of tests in a module), which would undo this order.
 SLOW_FIRST = (
@@ -110,9 +110,9 @@ def pytest_xdist_make_scheduler(config, log):
 def pytest_configure(config):
     if hasattr(config.option, "loadscopereorder"):  # xdist: keep SLOW_FIRST's order of modules
         config.option.loadscopereorder = False
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: one torch thread each
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # xdist workers on two cores: one torch thread each
         # and one for the kdflow processes a test starts (a config's trainer.num_threads still pins its
-        # own count): two of them at two threads each beside the other worker oversubscribe the cores
+        # own count): two of them at two threads each beside the other workers oversubscribe the cores
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         import torch
 
@@ -156,20 +156,53 @@ def prefect_server():
                 os.environ["PREFECT_API_URL"] = old
 
 
+_REAL_SERVERS: dict = {}  # the real_servers fixture's servers while they run; "stopped" once they are
+
+
+def _stop_real_servers() -> None:
+    for name in ("mlflow", "prefect"):
+        server = _REAL_SERVERS.pop(name, None)
+        if server is not None:
+            server.stop(timeout=3)  # then SIGKILL: Prefect's server took ~10 s to end on SIGTERM
+
+
 @pytest.fixture(scope="session")
 def real_servers(tmp_path_factory):
-    """A real Prefect server and a real MLflow tracking server on 127.0.0.1, for the whole session."""
+    """A real Prefect server and a real MLflow tracking server on 127.0.0.1, for REAL_SERVER_MODULES:
+    started for the first of their tests, stopped after the last (pytest_runtest_teardown below), so
+    they do not idle through the rest of the session."""
     from servers import mlflow_server, prefect_server
 
     root = tmp_path_factory.mktemp("servers")
     prefect, mlflow = prefect_server(root / "prefect").launch(), mlflow_server(root / "mlflow").launch()
+    _REAL_SERVERS.update(prefect=prefect, mlflow=mlflow)
     try:
         prefect.wait()
         mlflow.wait()
         yield {"prefect": prefect, "mlflow": mlflow, "root": root}
     finally:
-        mlflow.stop()
-        prefect.stop()
+        _stop_real_servers()
+
+
+def _module(item) -> str:
+    return Path(str(item.fspath)).stem if item is not None else ""
+
+
+def pytest_runtest_setup(item):
+    if "real_servers" in getattr(item, "fixturenames", ()) and _REAL_SERVERS.get("stopped"):
+        pytest.fail(f"{_module(item)} uses the real servers: add it to REAL_SERVER_MODULES in tests/conftest.py")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """After the last test of REAL_SERVER_MODULES (they run one after another: one xdist unit, and first
+    in SLOW_FIRST), stop the real servers. xdist tells a worker its next test before this one ends."""
+    result = yield
+    if _module(item) in REAL_SERVER_MODULES and _module(nextitem) not in REAL_SERVER_MODULES:
+        if any(name in _REAL_SERVERS for name in ("prefect", "mlflow")):
+            _stop_real_servers()
+            _REAL_SERVERS["stopped"] = True
+    return result
 
 
 @contextlib.contextmanager

@@ -128,6 +128,8 @@ def prefect_server(root: Path, port: int | None = None) -> Server:
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_SERVER_LOGGING_LEVEL="WARNING",
         PREFECT_UI_ENABLED="false",
+        # scheduled runs made every 5 s, not every 60: test_workers' `kdflow serve` test waits for one
+        PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="5",
     )
     argv = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     return Server(

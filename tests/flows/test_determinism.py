@@ -1,9 +1,8 @@
-"""The same numbers every time: the shipped default config, its epochs cut, run by `kdflow run` in
-fresh homes, gives bit-identical weights and metrics whatever else runs on the machine (another run
-beside it, the suite's other worker) and whatever thread count the environment suggests
-(``OMP_NUM_THREADS``): the config pins ``trainer.num_threads`` and every stage pins its own count
-(kdcore/stages/env.py), and no model
-trace runs beside a stage's compute."""
+"""The same numbers every time: the shipped default config, its epochs and training split cut, run
+by `kdflow run` in fresh homes, gives bit-identical weights and metrics whatever else runs on the
+machine (another run beside it, the suite's other worker) and whatever thread count the environment
+suggests (``OMP_NUM_THREADS``): the config pins ``trainer.num_threads`` and every stage pins its own
+count (kdcore/stages/env.py), and no model trace runs beside a stage's compute."""
 
 from __future__ import annotations
 
@@ -29,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SHORT = [
     "teacher.train.max_epochs=1",
     "distill.train.max_epochs=1",
+    "data.limit_train=1200",  # of 3,500: a third of each stage's compute (the two runs share two cores)
     "evaluate.latency=false",  # wall-clock figures differ run to run by nature; everything else must not
     "trainer.concurrent_stages=true",
 ]
@@ -87,7 +87,7 @@ def test_the_runs_trained_every_model(outcomes):
     plain = outcomes["plain"]
     assert {"teacher", "distill", "baseline"} <= set(plain["weights"]), plain["weights"]
     assert {"teacher", "student", "baseline"} <= set(plain["metrics"])
-    assert plain["metrics"]["teacher"]["top1"] > 0.5  # one epoch of MNIST digits: far above chance
+    assert plain["metrics"]["teacher"]["top1"] > 0.3  # one epoch of 1,200 MNIST digits: far above chance (0.1)
 
 
 def test_runs_under_load_with_other_thread_hints_repeat_bit_for_bit(outcomes):
