@@ -38,7 +38,7 @@ test: install
 	# machines), each of the ~90 processes the suite starts would otherwise compile them anew (~2 s of a core)
 	$(BIN)/python -m compileall -q -j 0 kdcore flows tasks tests bench >/dev/null
 	# three workers on two cores: a worker's test often waits (on a server, a subprocess's start, a
-	# poll), and a third keeps the cores busy meanwhile (with two, 1.53 of the 2 cores were busy on average)
+	# poll), and a third keeps the cores busy meanwhile (with two, about 1.5 of the 2 were busy on average)
 	$(BIN)/python -m pytest -q -n 3 --dist loadfile --durations=15
 
 # ruff (lint + format) and mypy, configured in pyproject.toml
