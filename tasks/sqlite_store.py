@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -77,8 +78,7 @@ def seed_new_store(db: Path) -> bool:
     fd, tmp = tempfile.mkstemp(dir=db.parent, prefix=".new-store-", suffix=".db")
     os.close(fd)
     try:
-        with open(template, "rb") as src, open(tmp, "wb") as dst:
-            dst.write(src.read())
+        shutil.copyfile(template, tmp)
         os.link(tmp, db)  # fails where another process put a store there meanwhile: that one stays
         return True
     except FileExistsError:

@@ -156,7 +156,8 @@ def prefect_server():
                 os.environ["PREFECT_API_URL"] = old
 
 
-_REAL_SERVERS: dict = {}  # the real_servers fixture's servers while they run; "stopped" once they are
+_REAL_SERVERS: dict = {}  # the real_servers fixture's servers while they run
+_real_servers_stopped = False  # by pytest_runtest_teardown, after the last of REAL_SERVER_MODULES' tests
 
 
 def _stop_real_servers() -> None:
@@ -189,7 +190,7 @@ def _module(item) -> str:
 
 
 def pytest_runtest_setup(item):
-    if "real_servers" in getattr(item, "fixturenames", ()) and _REAL_SERVERS.get("stopped"):
+    if "real_servers" in getattr(item, "fixturenames", ()) and _real_servers_stopped:
         pytest.fail(f"{_module(item)} uses the real servers: add it to REAL_SERVER_MODULES in tests/conftest.py")
 
 
@@ -197,11 +198,11 @@ def pytest_runtest_setup(item):
 def pytest_runtest_teardown(item, nextitem):
     """After the last test of REAL_SERVER_MODULES (they run one after another: one xdist unit, and first
     in SLOW_FIRST), stop the real servers. xdist tells a worker its next test before this one ends."""
+    global _real_servers_stopped
     result = yield
-    if _module(item) in REAL_SERVER_MODULES and _module(nextitem) not in REAL_SERVER_MODULES:
-        if any(name in _REAL_SERVERS for name in ("prefect", "mlflow")):
-            _stop_real_servers()
-            _REAL_SERVERS["stopped"] = True
+    if _REAL_SERVERS and _module(item) in REAL_SERVER_MODULES and _module(nextitem) not in REAL_SERVER_MODULES:
+        _stop_real_servers()
+        _real_servers_stopped = True
     return result
 
 
