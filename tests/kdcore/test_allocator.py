@@ -102,8 +102,9 @@ import json, sys, threading
 import torch
 from kdcore.train.allocator import keep_heap
 
-def rss_mb():
-    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+def rss_mb():  # anonymous pages only: the kernel may drop mapped library pages under load
+    line = next(l for l in open("/proc/self/status") if l.startswith("RssAnon:"))
+    return int(line.split()[1]) / 1024
 
 def free_in_a_thread():  # about 500 MB into a worker thread's heap, freed (kept where the heap is)
     def work():
@@ -119,10 +120,15 @@ out = {"state": keep_heap()}
 LOADER_CHILD = (
     HEAP
     + """
-from kdcore.train.batches import make_loader
+from kdcore.train import batches
+real_trim = batches.trim_heap
+def trim_heap():
+    out["trimmed"] = real_trim()
+    return out["trimmed"]
+batches.trim_heap = trim_heap
 free_in_a_thread()
 out["before"] = rss_mb()
-loader = make_loader(list(range(8)), [[0, 1], [2, 3]], int(sys.argv[1]), torch.device("cpu"))
+loader = batches.make_loader(list(range(8)), [[0, 1], [2, 3]], int(sys.argv[1]), torch.device("cpu"))
 out["after"] = rss_mb()
 out["batches"] = [b.tolist() for b in loader]
 print(json.dumps(out))
@@ -138,15 +144,18 @@ def test_forked_loader_workers_start_after_the_kept_heap_went_back():
     forked = _loader_child(1)
     assert forked["state"] == "kept"
     assert forked["batches"] == [[0, 1], [2, 3]]
+    assert forked["trimmed"] is True
     assert forked["before"] - forked["after"] > 200, forked  # the ~500 MB of free heap handed back
     alone = _loader_child(0)  # no workers: nothing forks, the heap stays for the next steps
+    assert "trimmed" not in alone
     assert alone["before"] - alone["after"] < 50, alone
 
 
 def test_trim_heap_does_nothing_where_the_heap_is_not_kept():
     system = _loader_child(1, KDFLOW_ALLOCATOR="system")
     assert system["state"] == "system: KDFLOW_ALLOCATOR=system"
-    assert system["before"] - system["after"] < 50, system
+    assert system["trimmed"] is False, system  # asked, and malloc_trim was not called
+    assert system["batches"] == [[0, 1], [2, 3]]
 
 
 # The same with a persistent loader (a stage's streaming source): made before the steps, its workers
