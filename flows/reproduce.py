@@ -1,5 +1,7 @@
 """`kdflow reproduce models:/NAME/VERSION` (or a pipeline run id): run the logged config again in a
 fresh home and compare, side by side, the original and reproduced metrics and weights' sha256.
+Where the data no longer have the original run's fingerprint nothing is trained: no metric or
+weight could match.
 
 The config comes from the pipeline run's ``config.yaml`` artifact, or, for runs logged before it
 existed, from the run's params (the flattened config). A registered version names its pipeline run
@@ -164,6 +166,7 @@ def reproduce_ref(
     from flows.progress import live_progress, quiet_libraries
     from flows.runner import run_pipeline
     from kdcore.config import config_from_dict
+    from tasks.data import load_data
     from tasks.home import kdflow_home
     from tasks.tracking import check_reachable, default_tracking_uri
 
@@ -173,10 +176,15 @@ def reproduce_ref(
     check_reachable(uri)  # a server that is down is said so at once, not as "not found" minutes later
     orig = original(uri, ref, orig_home)
     cfg = config_from_dict(orig.config, list(overrides or []))
+    if home is not None and Path(home).is_dir() and any(Path(home).iterdir()):
+        raise KdflowError(f"--home {home} is not empty: a reproduction needs a fresh home")
+    data_fp = load_data(cfg.data).fingerprint  # missing or bad data fails here, as in `kdflow run`
+    if orig.data_fingerprint and data_fp != orig.data_fingerprint:
+        # other data cannot give the same metrics or weights: say so now rather than after training
+        rows = [("data fingerprint", orig.data_fingerprint[:12], data_fp[:12], False)]
+        return {**_outcome(orig, rows, None, None), "trained": False}
     fresh = Path(home) if home else Path(tempfile.mkdtemp(prefix="kdflow-reproduce-"))
     fresh.mkdir(parents=True, exist_ok=True)
-    if any(fresh.iterdir()):
-        raise KdflowError(f"--home {fresh} is not empty: a reproduction needs a fresh home")
     with _store_in(fresh) as uri, quiet_libraries(quiet), live_progress(console, quiet):
         report = run_pipeline(cfg, home=fresh)
         from tasks.tracking import Tracker
@@ -187,13 +195,17 @@ def reproduce_ref(
             for name, v in report["registered"].items()
         }
     rows = compare(orig, report, new_weights)
+    return {**_outcome(orig, rows, fresh, report["mlflow_parent_run_id"]), "trained": True}
+
+
+def _outcome(orig: Original, rows: list[tuple[str, str, str, bool]], home: Optional[Path], run_id: Optional[str]):
     return {
         "original_run_id": orig.run_id,
         "config_source": orig.config_source,
-        "home": str(fresh),
+        "home": str(home) if home else None,
         "rows": rows,
         "match": all(r[3] for r in rows),
-        "reproduced_run_id": report["mlflow_parent_run_id"],
+        "reproduced_run_id": run_id,
     }
 
 
@@ -212,7 +224,7 @@ def reproduce(
 ) -> None:
     """Run a registered model's pipeline again in a fresh home; compare metrics and weights' sha256.
 
-    Exits 1 when anything differs."""
+    Exits 1 when anything differs (at once, before any training, when the data do)."""
     quiet_prefect(False)
     with user_errors():
         out = reproduce_ref(ref, list(set_ or []), home, quiet)
@@ -232,6 +244,14 @@ def reproduce(
         if home is None:
             shutil.rmtree(out["home"], ignore_errors=True)
         return
+    if not out["trained"]:
+        console.print(
+            "[bold red]NOT reproduced[/]: the data differ from the original run's, so no metric or weight "
+            "could match; nothing was trained",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
     console.print(
         f"[bold red]NOT reproduced[/]: see the rows marked NO; the reproduction is kept in {out['home']}",
         highlight=False,

@@ -78,9 +78,20 @@ def test_kept_heap_stops_the_page_faults_and_trains_the_same_weights():
     assert kept["weights"] == system["weights"]
 
 
+# keep_heap's outcome alone, from the module's file (it imports no torch; kdcore.train's __init__ would)
+STATE = f"""
+import importlib.util, json
+spec = importlib.util.spec_from_file_location("allocator", {str(Path(allocator.__file__))!r})
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+print(json.dumps({{"state": module.keep_heap()}}))
+"""
+
+
 def test_the_users_own_malloc_settings_win():
-    assert _child(MALLOC_TRIM_THRESHOLD_="1000000")["state"] == "system: MALLOC_TRIM_THRESHOLD_ is set"
-    assert _child(GLIBC_TUNABLES="glibc.malloc.mmap_threshold=1000000")["state"] == (
+    assert _run(STATE)["state"] == "kept"
+    assert _run(STATE, MALLOC_TRIM_THRESHOLD_="1000000")["state"] == "system: MALLOC_TRIM_THRESHOLD_ is set"
+    assert _run(STATE, GLIBC_TUNABLES="glibc.malloc.mmap_threshold=1000000")["state"] == (
         "system: GLIBC_TUNABLES sets glibc.malloc"
     )
 
