@@ -140,11 +140,25 @@ def _isolated_process_state():
 def prefect_server():
     """Prefect's test server, for this session's flows and for the `kdflow` processes its tests start
     (PREFECT_API_URL in the environment they inherit): each would otherwise start a temporary server
-    of its own, 10-20 s of the two cores."""
+    of its own, 10-20 s of the two cores. Its database starts as a copy of a migrated one
+    (tests/migrated_prefect_db.py)."""
+    import tempfile
+
     from prefect.settings import PREFECT_API_URL
+    from prefect.testing import utilities
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    from migrated_prefect_db import seed
+
+    def seeded_temp_dir() -> str:
+        folder = tempfile.mkdtemp()
+        seed(Path(folder) / "prefect-test.db")  # the harness's name for its database in that folder
+        return folder
+
+    with contextlib.ExitStack() as stack:
+        with pytest.MonkeyPatch.context() as patch:  # the harness makes its database's folder with mkdtemp()
+            patch.setattr(utilities, "mkdtemp", seeded_temp_dir)
+            stack.enter_context(prefect_test_harness(server_startup_timeout=120))
         old = os.environ.get("PREFECT_API_URL")
         os.environ["PREFECT_API_URL"] = str(PREFECT_API_URL.value())
         try:

@@ -122,6 +122,10 @@ def mlflow_server(root: Path, port: int | None = None) -> Server:
 def prefect_server(root: Path, port: int | None = None) -> Server:
     port = port or free_port()
     root.mkdir(parents=True, exist_ok=True)
+    if not (root / "home" / "prefect.db").exists():  # PREFECT_HOME's database: a copy of the migrated one
+        from migrated_prefect_db import seed
+
+        seed(root / "home" / "prefect.db")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(
         PREFECT_HOME=str(root / "home"),

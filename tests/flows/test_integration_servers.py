@@ -28,6 +28,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import TINY
+from migrated_prefect_db import seed as seed_prefect_db
 from servers import PrefectApi
 
 pytestmark = pytest.mark.slow  # real Prefect/MLflow servers: `pytest -m 'not slow'` skips them
@@ -95,6 +96,7 @@ class Stack:
         self.mlflow = f"http://127.0.0.1:{self.mlflow_port}"
         self.home = base / "home"
         self.procs: dict[str, subprocess.Popen] = {}
+        seed_prefect_db(base / "prefect.db")  # a migrated database (tests/migrated_prefect_db.py)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "KDFLOW_"))}
         env.update(
             {

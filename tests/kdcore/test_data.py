@@ -128,6 +128,33 @@ def test_digits_counts_shapes_and_determinism():
     assert load_dataset(DataConfig(name="digits", val_fraction=0.2)).fingerprint != b.fingerprint
 
 
+def test_digits_are_scikit_learns_rows_read_without_importing_it(monkeypatch):
+    """kdcore reads scikit-learn's digits file itself (kdcore/data/sklearn_digits.py): the same rows
+    as sklearn.datasets.load_digits, which it falls back to where the file is not found; loading them
+    in a fresh process imports no scikit-learn."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    from kdcore.data import sklearn_digits
+
+    ours = sklearn_digits.load_digits(DataConfig(name="digits"))
+    theirs = sk_load_digits()
+    assert ours.train_x.shape == (1797, 1, 8, 8) and ours.train_x.dtype == np.uint8
+    assert np.array_equal(ours.train_x[:, 0], theirs.images) and np.array_equal(ours.train_y, theirs.target)
+    assert ours.class_names == [str(int(c)) for c in theirs.target_names]
+    read = load_dataset(DataConfig(name="digits")).fingerprint
+    monkeypatch.setattr(sklearn_digits, "bundled_file", lambda: None)
+    fallback = sklearn_digits.load_digits(DataConfig(name="digits"))
+    assert np.array_equal(fallback.train_x, ours.train_x) and np.array_equal(fallback.train_y, ours.train_y)
+    assert load_dataset(DataConfig(name="digits")).fingerprint == read
+    code = (
+        "import sys; from kdcore.config import DataConfig; from kdcore.data import load_dataset;"
+        "load_dataset(DataConfig(name='digits')); print(sorted(m for m in sys.modules if m.startswith('sklearn')))"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=root)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]
+
+
 def test_mnist5k_counts_and_stratified_splits():
     b = load_dataset(DataConfig(name="mnist5k"))
     assert sum(sizes(b).values()) == 5000
