@@ -20,6 +20,7 @@ import yaml
 
 from conftest import TINY
 from flows.prefect_server import port_free as port_is_free  # as a server binds: SO_REUSEADDR
+from migrated_prefect_db import seed as seed_prefect_db
 from servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -163,6 +164,9 @@ def test_stale_pid_file_is_replaced_and_an_idle_server_stops_itself(tmp_path):
     gone = subprocess.Popen(["true"])
     gone.wait()
     (d / "server.json").write_text(json.dumps({"pid": gone.pid, "port": port, "version": "x"}))
+    # what is under test is the pid file and the idle stop, not a new database's migrations (the two
+    # runs above start on a new one): the server starts on a migrated copy (tests/migrated_prefect_db.py)
+    seed_prefect_db(d / "prefect-home" / "prefect.db")
     env = _env(home)
     status = kdflow(["server", "status"], env, tmp_path, timeout=120)
     assert "stale pid file" in status.stdout
