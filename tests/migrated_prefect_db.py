@@ -1,8 +1,9 @@
 """The tests' Prefect servers start on a copy of a database a server of this Prefect version made once.
 
 A Prefect server on a new SQLite database first runs its whole chain of schema migrations and
-registers its block types: on this machine kind, 35.5 s of CPU to a healthy server against 19.4 s on
-a copy of a database that went through it (2026-12-05, one `prefect server start` each). The suite
+registers its block types: on this machine kind, 29.9 s of the server's CPU until Prefect's test
+harness answered against 16.5 s on a copy of a database that went through it (bench/prefect_start.py,
+2026-12-05). The suite
 starts about eight such servers (each xdist worker's test harness, the real servers, the integration
 stack), so the first of them makes the template, once per Prefect version and user, in kdflow's
 cache folder (tasks/sqlite_store.py), and every server starts on a copy of it.
