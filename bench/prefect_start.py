@@ -11,7 +11,6 @@ wall seconds until the harness answered, medians."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
@@ -33,9 +32,7 @@ def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
 
     import psutil
-    import pytest
     from prefect.server.api.server import SubprocessASGIServer
-    from prefect.testing import utilities
     from prefect.testing.utilities import prefect_test_harness
 
     import migrated_prefect_db
@@ -44,18 +41,10 @@ def main() -> None:
     migrated_prefect_db.template()
     made = time.time() - t
 
-    def seeded() -> str:
-        folder = tempfile.mkdtemp()
-        migrated_prefect_db.seed(Path(folder) / "prefect-test.db")
-        return folder
-
     def start(copy: bool) -> tuple[float, float]:
         begin = time.time()
-        with contextlib.ExitStack() as stack:
-            with pytest.MonkeyPatch.context() as patch:
-                if copy:
-                    patch.setattr(utilities, "mkdtemp", seeded)
-                stack.enter_context(prefect_test_harness(server_startup_timeout=300))
+        harness = migrated_prefect_db.seeded_harness if copy else prefect_test_harness
+        with harness(300):
             wall = time.time() - begin
             cpu = psutil.Process(SubprocessASGIServer._instances[None].server_process.pid).cpu_times()
             return cpu.user + cpu.system, wall

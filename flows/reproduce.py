@@ -182,7 +182,7 @@ def reproduce_ref(
     if orig.data_fingerprint and data_fp != orig.data_fingerprint:
         # other data cannot give the same metrics or weights: say so now rather than after training
         rows = [("data fingerprint", orig.data_fingerprint[:12], data_fp[:12], False)]
-        return {**_outcome(orig, rows, None, None), "trained": False}
+        return _outcome(orig, rows, None, None)
     fresh = Path(home) if home else Path(tempfile.mkdtemp(prefix="kdflow-reproduce-"))
     fresh.mkdir(parents=True, exist_ok=True)
     with _store_in(fresh) as uri, quiet_libraries(quiet), live_progress(console, quiet):
@@ -195,7 +195,7 @@ def reproduce_ref(
             for name, v in report["registered"].items()
         }
     rows = compare(orig, report, new_weights)
-    return {**_outcome(orig, rows, fresh, report["mlflow_parent_run_id"]), "trained": True}
+    return _outcome(orig, rows, fresh, report["mlflow_parent_run_id"])
 
 
 def _outcome(orig: Original, rows: list[tuple[str, str, str, bool]], home: Optional[Path], run_id: Optional[str]):
@@ -206,6 +206,7 @@ def _outcome(orig: Original, rows: list[tuple[str, str, str, bool]], home: Optio
         "rows": rows,
         "match": all(r[3] for r in rows),
         "reproduced_run_id": run_id,
+        "trained": run_id is not None,  # None: the data differed, nothing ran
     }
 
 

@@ -142,23 +142,11 @@ def prefect_server():
     (PREFECT_API_URL in the environment they inherit): each would otherwise start a temporary server
     of its own, 10-20 s of the two cores. Its database starts as a copy of a migrated one
     (tests/migrated_prefect_db.py)."""
-    import tempfile
-
     from prefect.settings import PREFECT_API_URL
-    from prefect.testing import utilities
-    from prefect.testing.utilities import prefect_test_harness
 
-    from migrated_prefect_db import seed
+    from migrated_prefect_db import seeded_harness
 
-    def seeded_temp_dir() -> str:
-        folder = tempfile.mkdtemp()
-        seed(Path(folder) / "prefect-test.db")  # the harness's name for its database in that folder
-        return folder
-
-    with contextlib.ExitStack() as stack:
-        with pytest.MonkeyPatch.context() as patch:  # the harness makes its database's folder with mkdtemp()
-            patch.setattr(utilities, "mkdtemp", seeded_temp_dir)
-            stack.enter_context(prefect_test_harness(server_startup_timeout=120))
+    with seeded_harness(startup_timeout=120):
         old = os.environ.get("PREFECT_API_URL")
         os.environ["PREFECT_API_URL"] = str(PREFECT_API_URL.value())
         try:

@@ -3,10 +3,10 @@
 A Prefect server on a new SQLite database first runs its whole chain of schema migrations and
 registers its block types: on this machine kind, 29.9 s of the server's CPU until Prefect's test
 harness answered against 16.5 s on a copy of a database that went through it (bench/prefect_start.py,
-2026-12-05). The suite
-starts about eight such servers (each xdist worker's test harness, the real servers, the integration
-stack), so the first of them makes the template, once per Prefect version and user, in kdflow's
-cache folder (tasks/sqlite_store.py), and every server starts on a copy of it.
+2026-12-05). Six of the suite's servers start this way (each xdist worker's test harness, the real
+servers, the integration stack, test_local_server's stale-pid server), so the first of them makes
+the template, once per Prefect version and user, in kdflow's cache folder (tasks/sqlite_store.py),
+and every server starts on a copy of it.
 
 The template is made by a server with its services off (no events, no scheduled runs), stopped once
 healthy; it holds the schema and the block types only.
@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import prefect
 
@@ -98,3 +99,24 @@ def seed(db: Path) -> Path:
     db.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(template(), db)
     return db
+
+
+def _seeded_temp_dir() -> str:
+    folder = tempfile.mkdtemp()
+    seed(Path(folder) / "prefect-test.db")  # the harness's name for its database in that folder
+    return folder
+
+
+@contextlib.contextmanager
+def seeded_harness(startup_timeout: int = 120) -> Iterator[None]:
+    """Prefect's ``prefect_test_harness`` with its database a copy of the template. The harness makes
+    the database's folder with ``mkdtemp()``, which is patched while it starts and only then."""
+    import pytest
+    from prefect.testing import utilities
+    from prefect.testing.utilities import prefect_test_harness
+
+    with contextlib.ExitStack() as stack:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(utilities, "mkdtemp", _seeded_temp_dir)
+            stack.enter_context(prefect_test_harness(server_startup_timeout=startup_timeout))
+        yield
