@@ -269,7 +269,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def log_mlflow(home: Path, rows: list[dict[str, Any]], args: argparse.Namespace, teacher_acc: float, md: str) -> str:
-    from tasks.tracking import Tracker, default_tracking_uri
+    from tasks.tracking import Tracker
+    from tasks.uris import default_tracking_uri
 
     tracker = Tracker(default_tracking_uri(home), home)
     exp = tracker.experiment_id("kdflow-bench-methods")

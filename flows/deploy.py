@@ -35,6 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PREFECT_FILE = REPO_ROOT / "deployments" / "prefect.yaml"
 POOL = "kdflow-gpu"
 GPU_TAG = "gpu"
+HEALTH_PATIENCE = 30.0  # seconds a server that is up but slow to answer /health is waited for
 
 
 def gpu_slots() -> int:
@@ -69,7 +70,7 @@ def _api_url() -> str:
             "no Prefect server configured: start one (`prefect server start`) and set "
             "PREFECT_API_URL=http://127.0.0.1:4200/api (deployments need a server that stays up)"
         )
-    if not healthy(url):
+    if not healthy(url, patience=HEALTH_PATIENCE):  # a busy server answers late, not never
         raise KdflowError(
             f"the Prefect server at {url} (PREFECT_API_URL) does not answer: start it "
             "(`prefect server start`, or `kdflow server start`) or fix PREFECT_API_URL"

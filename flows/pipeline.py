@@ -28,7 +28,7 @@ from tasks.data import for_data, load_data
 from tasks.provenance import log_provenance
 from tasks.spec import StageSpec, enabled_stages
 from tasks.stage import SubmittedStage, finish_stage, runs_concurrently, submit_stage
-from tasks.tracking import redact
+from tasks.uris import redact
 
 
 @flow(name="kdflow-pipeline", description=__doc__)

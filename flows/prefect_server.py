@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,12 +128,23 @@ def _post(url: str, body: dict[str, Any], timeout: float = 5.0) -> Any:
         return json.loads(r.read() or b"null")
 
 
-def healthy(api_url: str) -> bool:
-    try:
-        _get(api_url + "/health")
-        return True
-    except Exception:  # noqa: BLE001 - not (yet) answering
-        return False
+def healthy(api_url: str, patience: float = 0.0) -> bool:
+    """Whether the server answers ``/health``. With ``patience`` (seconds), a server that is there but
+    slow (a timeout, an error status: busy or still starting) is asked again until that much time
+    has passed; a refused connection (nothing listens) is an answer at once."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            _get(api_url + "/health")
+            return True
+        except urllib.error.URLError as exc:
+            if isinstance(exc.reason, ConnectionRefusedError):
+                return False
+        except Exception:  # noqa: BLE001 - not (yet) answering: a timeout, a reset connection
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.5)
 
 
 def client_version() -> str:

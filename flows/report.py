@@ -15,7 +15,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from tasks.tracking import redact
+from tasks.uris import redact
 
 # two spaces between columns and none at the edges: ten columns fit in 80
 COMPACT: dict[str, Any] = {

@@ -168,7 +168,8 @@ def reproduce_ref(
     from kdcore.config import config_from_dict
     from tasks.data import load_data
     from tasks.home import kdflow_home
-    from tasks.tracking import check_reachable, default_tracking_uri
+    from tasks.tracking import check_reachable
+    from tasks.uris import default_tracking_uri
 
     config_from_dict({}, list(overrides or []))  # an unknown --set key fails before anything is read
     orig_home = kdflow_home()

@@ -10,7 +10,8 @@ from kdcore.config import PipelineConfig, load_config
 from kdcore.preflight import preflight, preflight_data
 from tasks.data import load_data
 from tasks.home import kdflow_home
-from tasks.tracking import check_prefect_api, check_reachable, default_tracking_uri
+from tasks.tracking import check_prefect_api, check_reachable
+from tasks.uris import default_tracking_uri
 
 
 def run_pipeline(

@@ -74,7 +74,7 @@ def _stop_all(with_mlflow: bool) -> None:
 def server_status() -> None:
     """Whether the local Prefect server runs, where, and which version."""
     from flows import prefect_server as ps
-    from tasks.tracking import redact
+    from tasks.uris import redact
 
     with user_errors():
         st = ps.status(_home())
@@ -110,7 +110,7 @@ def ui(
         return
     from flows import mlflow_ui
     from flows import prefect_server as ps
-    from tasks.tracking import default_tracking_uri, redact
+    from tasks.uris import default_tracking_uri, redact
 
     with user_errors():
         home = _home()

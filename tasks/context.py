@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from tasks.home import kdflow_home
-from tasks.tracking import Tracker, check_reachable, default_tracking_uri
+from tasks.tracking import Tracker, check_reachable
+from tasks.uris import default_tracking_uri
 
 
 @dataclass(frozen=True)

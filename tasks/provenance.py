@@ -16,7 +16,8 @@ import yaml
 import kdcore
 from kdcore.config import PipelineConfig
 from kdcore.fingerprint import code_version
-from tasks.tracking import Tracker, redact
+from tasks.tracking import Tracker
+from tasks.uris import redact
 
 CONFIG_ARTIFACT = "config.yaml"
 REDACTED = "***"

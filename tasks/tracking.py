@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import tempfile
 import threading
 import time
@@ -28,23 +27,14 @@ from kdcore.errors import KdflowError
 from kdcore.evaluate.promotion_rules import Version
 from tasks.compute_gate import GATE
 from tasks.sqlite_store import seed_new_store
+from tasks.uris import redact
 
 _LOCK = threading.RLock()  # one writer at a time from this process (SQLite stores dislike concurrency)
 ALIAS_ATTEMPTS = 5  # set_alias: tries against a concurrent first promotion of the same model
-_CRED = re.compile(r"(//)([^/@:]+)(:[^/@]*)?@")
 # MLflow 3's UI opens an experiment on its GenAI overview unless the experiment says it holds
 # model training ("Machine learning" in the UI's experiment-type switch; the tag its JS sets)
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 _INITIALISED: set[str] = set()  # SQLite stores created (or found) by this process
-
-
-def redact(uri: str) -> str:
-    """``http://user:secret@host`` -> ``http://***@host``."""
-    return _CRED.sub(r"\1***@", uri)
-
-
-def default_tracking_uri(home: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -268,3 +268,40 @@ def test_ports_are_checked_and_another_homes_server_on_the_port_is_not_taken_for
             ps._wait_healthy(srv, 20, ours)
     finally:
         other.shutdown()
+
+
+def test_a_slow_server_is_waited_for_and_a_refused_port_is_not(monkeypatch):
+    """`kdflow deploy` asks the server's /health with patience: a server busy enough to answer after
+    the 2-s read timeout (this happened beside three test workers on two cores) is still up, while a
+    port nothing listens on is down at once."""
+    import http.server
+    import threading
+
+    from flows import prefect_server as ps
+
+    calls: list[float] = []
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the handler's name
+            calls.append(time.monotonic())
+            if len(calls) == 1:
+                time.sleep(3)  # past _get's 2-s timeout: the first answer comes too late
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"true")
+
+        def log_message(self, *args):
+            pass
+
+    slow = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=slow.serve_forever, daemon=True).start()
+    try:
+        api = f"http://127.0.0.1:{slow.server_address[1]}/api"
+        assert not ps.healthy(api), "without patience a late answer is no answer"
+        assert ps.healthy(api, patience=30) and len(calls) >= 2
+    finally:
+        slow.shutdown()
+    refused = f"http://127.0.0.1:{free_port()}/api"
+    started = time.monotonic()
+    assert not ps.healthy(refused, patience=30)
+    assert time.monotonic() - started < 5, "a refused connection is not retried for the whole patience"
