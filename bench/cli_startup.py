@@ -1,11 +1,11 @@
 """Start-up time of the `kdflow` command line, against what it cost when it loaded everything at once.
 
 Each command runs as a fresh process (as a user, a test or a Prefect worker starts it), alternated
-over rounds; the table gives the median wall time. ``kdflow --help`` and ``kdflow cache ls`` load
-neither MLflow, Prefect nor torchmetrics; the row "eager imports" is the CLI module plus the two
-modules it loaded at import time until 2026-12-03 (kdcore.evaluate.metrics, which brings
-torchmetrics, torchvision's models and scipy, and tasks.tracking, which brings MLflow): what
-`kdflow --help` cost then, measured side by side.
+over rounds; the table gives the median wall time. ``kdflow --help`` and ``kdflow server status``
+load neither torch, MLflow, Prefect nor torchmetrics, ``kdflow cache ls`` torch only. The row "eager
+imports" is the CLI module plus the two modules it loaded at import time until 2026-12-03
+(kdcore.evaluate.metrics, which brings torchmetrics, torchvision's models and scipy, and
+tasks.tracking, which brings MLflow): what `kdflow --help` cost then, measured side by side.
 
     .venv/bin/python bench/cli_startup.py --rounds 5
 """
@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 KDFLOW = str(Path(sys.executable).with_name("kdflow"))
 COMMANDS = {
     "kdflow --help": [KDFLOW, "--help"],
+    "kdflow server status": [KDFLOW, "server", "status"],
     "kdflow cache ls": [KDFLOW, "cache", "ls"],
     "eager imports (before)": [
         sys.executable,

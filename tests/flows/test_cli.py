@@ -31,7 +31,7 @@ def test_help_lists_every_command_and_option():
 def test_the_cli_loads_no_tracker_orchestrator_or_metrics_library_before_a_command_needs_one():
     """torch, MLflow, Prefect and torchmetrics (which brings torchvision's models and scipy) load
     inside the commands that use them, not when the CLI module is imported: `kdflow --help` starts
-    in a tenth of the time (bench/cli_startup.py). The modules of the commands that only manage the
+    in a twentieth of the time (bench/cli_startup.py). The modules of the commands that only manage the
     servers (`kdflow server`, `kdflow ui`) load none of them either. So do torch's benchmark timer
     and FLOP counter (triton, and a C++-extension builder that logs a warning where torch is a CUDA
     build without a CUDA runtime)."""

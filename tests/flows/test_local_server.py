@@ -270,7 +270,7 @@ def test_ports_are_checked_and_another_homes_server_on_the_port_is_not_taken_for
         other.shutdown()
 
 
-def test_a_slow_server_is_waited_for_and_a_refused_port_is_not(monkeypatch):
+def test_a_slow_server_is_waited_for_and_a_refused_port_is_not():
     """`kdflow deploy` asks the server's /health with patience: a server busy enough to answer after
     the 2-s read timeout (this happened beside three test workers on two cores) is still up, while a
     port nothing listens on is down at once."""
