@@ -79,13 +79,20 @@ class IndexBatches:
         return shuffled_batches(self.n, batch_size, seed, epoch)
 
 
+# What the forkserver of DataLoader workers and DDP ranks imports once, before it forks any of them:
+# whatever a worker needs beyond this it imports itself, each worker of each loader. Image decoding
+# and augmentation (kdcore/data/stream.py) use torchvision, which costs a worker 2.5 s of CPU when it
+# is not here, against 0.07 s when it is (bench/loader_workers.py).
+FORKSERVER_PRELOAD = ["torch", "torchvision.io", "torchvision.transforms.v2", "kdcore.train.ddp", "kdcore.stages"]
+
+
 def worker_context():
     """The start method of DataLoader workers. In a process with one thread (not counting other
     DataLoaders' queue-feeder and pin-memory threads), the platform's default
     (fork on Linux: fastest). Workers forked straight from a process running threads (Prefect's
     task threads, MLflow's database sessions) can inherit a lock held by another thread and die, so
-    there ``forkserver`` where there is one: a clean process that imported torch and kdcore's
-    stages once and forks workers from there."""
+    there ``forkserver`` where there is one: a clean process that imported FORKSERVER_PRELOAD once
+    and forks workers from there."""
     import threading
 
     own = [t for t in threading.enumerate() if t.name != "QueueFeederThread" and "_pin_memory_loop" not in t.name]
@@ -100,14 +107,14 @@ def _server_context():
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "kdcore.train.ddp", "kdcore.stages"])  # as kdcore.train.ddp does
+    ctx.set_forkserver_preload(FORKSERVER_PRELOAD)  # the same list as kdcore.train.ddp's ranks
     return ctx
 
 
 def start_worker_server() -> bool:
     """Start the forkserver that :func:`worker_context` gives DataLoaders in a process running
     threads, now: for a process whose loaders will run beside other threads (a Prefect flow's
-    stages). The server imports torch and kdcore's stages (seconds) in its own process while this
+    stages). The server imports FORKSERVER_PRELOAD (seconds) in its own process while this
     one goes on, instead of when the first loader asks it for workers. Returns whether one runs."""
     if _server_context().get_start_method() != "forkserver":
         return False

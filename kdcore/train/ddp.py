@@ -327,12 +327,14 @@ def backend_for(device: torch.device, world_size: int) -> str:
 
 def _start_method() -> str:
     """``forkserver`` where there is one: a clean process (no CUDA, no threads) that imported torch
-    once and forks the ranks quickly; ``spawn`` elsewhere."""
+    (and the rest of FORKSERVER_PRELOAD) once and forks the ranks quickly; ``spawn`` elsewhere."""
     import multiprocessing
 
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return "spawn"
-    multiprocessing.get_context("forkserver").set_forkserver_preload(["torch", "kdcore.train.ddp", "kdcore.stages"])
+    from kdcore.train.batches import FORKSERVER_PRELOAD  # one list: DataLoader workers share the server
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload(FORKSERVER_PRELOAD)
     return "forkserver"
 
 
