@@ -10,6 +10,7 @@ CPU of a process's last second and of processes that live less than a second.
 
 Usage:
   python bench/suite_processes.py [--json FILE] [-- COMMAND ...]
+  python bench/suite_processes.py --from-json FILE
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def kind(cmd: str, parent_cmd: str) -> str:
     m = re.search(r"bench/(\S+\.py)", cmd)
     if m:
         return f"bench/{m.group(1)}"
-    return "other: " + cmd[:60]
+    return "other: " + " ".join(cmd.split())[:60]
 
 
 def sample(stop: threading.Event, seen: dict) -> None:
@@ -85,8 +86,12 @@ def sample(stop: threading.Event, seen: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", type=Path, help="also write every process's record here")
+    ap.add_argument("--from-json", type=Path, help="print the table of a run saved with --json (runs nothing)")
     ap.add_argument("command", nargs="*", help="the command to run (after --); default: the README's test command")
     args = ap.parse_args()
+    if args.from_json:  # the table again, from a run's saved records
+        table(json.loads(args.from_json.read_text()))
+        return
     cmd = args.command or DEFAULT
     before = {(p.pid, p.create_time()) for p in psutil.process_iter()}
     seen: dict = {}
@@ -99,6 +104,15 @@ def main() -> None:
     stop.set()
     sampler.join()
     rows = [r for key, r in seen.items() if key not in before]
+    total = sum(r["cpu"] for r in rows)
+    print(f"`{shlex.join(cmd)}`: exit {rc}, {wall:,.0f} s of wall, {total:,.0f} s of CPU in {len(rows)} processes")
+    table(rows)
+    if args.json:
+        args.json.write_text(json.dumps(rows))
+    sys.exit(rc)
+
+
+def table(rows: list[dict]) -> None:
     by_pid = {r["pid"]: r for r in rows}
     totals: collections.Counter = collections.Counter()
     counts: collections.Counter = collections.Counter()
@@ -111,7 +125,6 @@ def main() -> None:
         if k == KINDS[0][0]:
             servers[parent.get("test", "") or "?"] += r["cpu"]
     total = sum(totals.values())
-    print(f"`{shlex.join(cmd)}`: exit {rc}, {wall:,.0f} s of wall, {total:,.0f} s of CPU in {len(rows)} processes")
     print("| process kind | processes | CPU s | share |")
     print("|---|---|---|---|")
     for k, v in totals.most_common():
@@ -120,9 +133,6 @@ def main() -> None:
         print("\nforkserver children by the test that started their server:")
         for test, v in servers.most_common():
             print(f"  {v:7.1f} s  {test}")
-    if args.json:
-        args.json.write_text(json.dumps(rows))
-    sys.exit(rc)
 
 
 if __name__ == "__main__":
