@@ -1,6 +1,6 @@
 """DataLoader workers forked from kdflow's forkserver import nothing of their own: the server's
 preload list covers what a streamed image item needs (decoding, the augmented crop, the eval view),
-so no worker pays torchvision's import (2.5 s of CPU each, bench/loader_workers.py)."""
+so no worker pays torchvision's import (2.7 s of CPU each, bench/loader_workers.py)."""
 
 from __future__ import annotations
 
