@@ -25,21 +25,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 OLD = ["torch", "kdcore.train.ddp", "kdcore.stages"]  # kdflow's list before 2026-12-05 (commit 0d9c490)
-
-
-def write_folder(root: Path) -> Path:
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for c in range(3):
-        (root / f"c{c}").mkdir(parents=True, exist_ok=True)
-        for i in range(30):
-            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / f"c{c}" / f"{i}.png")
-    return root
 
 
 def child(folder: str, preload: list[str], loaders: int) -> dict:
@@ -86,10 +74,12 @@ def main() -> None:
         folder, *preload = args.child
         print(json.dumps(child(folder, preload, args.loaders)))
         return
+    from images import write_image_folder  # tests/images.py: the folders the tests stream
+
     from kdcore.train.batches import FORKSERVER_PRELOAD as current
 
     with tempfile.TemporaryDirectory() as tmp:
-        folder = str(write_folder(Path(tmp) / "images"))
+        folder = str(write_image_folder(Path(tmp) / "images"))
         print(f"one worker per loader, {args.loaders} loaders, 90 PNGs of 32 px")
         print("| forkserver preload | worker CPU s (median) | first batch s (median) |")
         print("|---|---|---|")

@@ -32,8 +32,8 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = [sys.executable, "-m", "pytest", "-q", "-n", "3", "--dist", "loadfile"]
 
+FORKSERVER_CHILD = "DataLoader worker / DDP rank (forkserver child)"  # known by its parent, not its command
 KINDS = [  # (kind, pattern in the command line), the first that matches
-    ("DataLoader worker / DDP rank (forkserver child)", None),
     ("forkserver", r"multiprocessing\.forkserver import main"),
     ("multiprocessing spawn child", r"multiprocessing\.(spawn|resource_tracker)"),
     ("pytest-xdist worker", r"-c import sys;exec\(eval"),
@@ -50,8 +50,8 @@ KINDS = [  # (kind, pattern in the command line), the first that matches
 
 def kind(cmd: str, parent_cmd: str) -> str:
     if re.search(r"multiprocessing\.forkserver import main", parent_cmd):
-        return KINDS[0][0]
-    for name, pattern in KINDS[1:]:
+        return FORKSERVER_CHILD
+    for name, pattern in KINDS:
         if re.search(pattern, cmd):
             return name
     m = re.search(r"(?:flows/cli\.py|flows\.cli|bin/kdflow)\s+(\S+)", cmd)
@@ -122,7 +122,7 @@ def table(rows: list[dict]) -> None:
         k = kind(r["cmd"], parent.get("cmd", ""))
         totals[k] += r["cpu"]
         counts[k] += 1
-        if k == KINDS[0][0]:
+        if k == FORKSERVER_CHILD:
             servers[parent.get("test", "") or "?"] += r["cpu"]
     total = sum(totals.values())
     print("| process kind | processes | CPU s | share |")

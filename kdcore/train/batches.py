@@ -81,8 +81,8 @@ class IndexBatches:
 
 # What the forkserver of DataLoader workers and DDP ranks imports once, before it forks any of them:
 # whatever a worker needs beyond this it imports itself, each worker of each loader. Image decoding
-# and augmentation (kdcore/data/stream.py) use torchvision: a worker's start-up took 2.70 s of CPU
-# when it was not here, 0.05 s with it (bench/loader_workers.py, medians).
+# and augmentation (kdcore/data/stream.py) use torchvision: a worker's start-up took 2.6-2.7 s of CPU
+# when it was not here, 0.05-0.06 s with it (bench/loader_workers.py, medians).
 FORKSERVER_PRELOAD = ["torch", "torchvision.io", "torchvision.transforms.v2", "kdcore.train.ddp", "kdcore.stages"]
 
 
